@@ -1,0 +1,527 @@
+//! `TrainConfig`: one TOML file, kohya's key names where they exist, every key also settable
+//! from the command line.
+//!
+//! Layers, later ones winning: built-in defaults (safe Flux defaults: guidance 1.0, raw
+//! prediction, `shift` sampling at the resolution's BFL shift, rank 16 / alpha 16, AdamW8bit,
+//! LR 1e-4, no T5 mask) → the `--preset`'s values → the TOML file → command-line overrides
+//! (`--network_dim 32`, `--network-dim=32`, `--set key=value`). Unknown keys are errors with a
+//! "did you mean" hint; values are checked by [`TrainConfig::validate`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+use crate::preset::TrainingPreset;
+
+/// Which Flux.1 variant the base is (inferred from the checkpoint when `auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelType {
+    /// Inferred from the weights: guidance embedder present ⇒ dev.
+    #[default]
+    Auto,
+    /// Guidance-distilled Flux.1-dev.
+    Dev,
+    /// Timestep-distilled Flux.1-schnell (no guidance embedder).
+    Schnell,
+}
+
+/// Optimizer, by kohya's `optimizer_type` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum OptimizerType {
+    /// AdamW with f32 state.
+    AdamW,
+    /// AdamW with block-wise 8-bit state (bitsandbytes-style).
+    #[default]
+    AdamW8bit,
+    /// Prodigy (learning rate 1.0 is the normal setting).
+    Prodigy,
+    /// Adafactor (factored second moments).
+    Adafactor,
+}
+
+/// Learning-rate schedule, by diffusers/kohya names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScheduler {
+    /// Constant after warmup.
+    #[default]
+    Constant,
+    /// Alias of constant with warmup steps.
+    ConstantWithWarmup,
+    /// Linear decay to 0.
+    Linear,
+    /// Half-cosine decay to 0.
+    Cosine,
+    /// Cosine with hard restarts (`lr_scheduler_num_cycles`).
+    CosineWithRestarts,
+    /// Polynomial decay (`lr_scheduler_power`).
+    Polynomial,
+}
+
+/// How training noise levels σ are drawn (kohya's `timestep_sampling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSampling {
+    /// σ from the shifted discrete table (kohya `sigma`).
+    Sigma,
+    /// σ = u, u ~ U(0,1).
+    Uniform,
+    /// σ = sigmoid(scale·n), n ~ N(0,1).
+    Sigmoid,
+    /// σ = s·q / (1 + (s−1)·q), q = sigmoid(scale·n) (kohya `shift`).
+    #[default]
+    Shift,
+    /// BFL time shift with μ from the image's token count (kohya `flux_shift`).
+    FluxShift,
+    /// σ = sigmoid(N(logit_mean, logit_std)).
+    LogitNormal,
+}
+
+/// What the transformer's output is compared with (kohya's `model_prediction_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelPredictionType {
+    /// The raw prediction, target ε − x0 (recommended for Flux).
+    #[default]
+    Raw,
+    /// prediction + x_t (kohya `additive`).
+    Additive,
+    /// prediction·(−σ) + x_t, with the loss weighting applied (kohya `sigma_scaled`).
+    SigmaScaled,
+}
+
+/// Per-sample loss weighting by σ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightingScheme {
+    /// Weight 1.
+    #[default]
+    None,
+    /// w = σ⁻².
+    SigmaSqrt,
+    /// w = 2 / (π(1 − 2σ + 2σ²)).
+    Cosmap,
+}
+
+/// Per-element loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// Mean squared error.
+    #[default]
+    L2,
+    /// Mean absolute error.
+    L1,
+    /// Pseudo-Huber with `huber_c`.
+    Huber,
+}
+
+/// LoRA file layout written at each save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SaveFormat {
+    /// `lora_unet_*` with `.alpha` (ComfyUI, Forge, kohya tools).
+    #[default]
+    Kohya,
+    /// `transformer.*.lora_A/B`, scale folded (diffusers, ai-toolkit).
+    Peft,
+    /// `diffusion_model.*` (ComfyUI native).
+    Comfyui,
+}
+
+/// Every training setting. Field names follow kohya sd-scripts where it has one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Training preset whose values sit under the file's: character, style or concept.
+    pub preset: Option<TrainingPreset>,
+    /// Backend: `auto`, `cuda`, `wgpu` or `ndarray`.
+    pub backend: String,
+
+    /// Flux transformer checkpoint (BFL file, ComfyUI file or diffusers folder).
+    pub pretrained_model_name_or_path: Option<PathBuf>,
+    /// Autoencoder weights (`ae.safetensors` or a diffusers `vae/` folder).
+    pub ae: Option<PathBuf>,
+    /// CLIP-L text encoder folder or file.
+    pub clip_l: Option<PathBuf>,
+    /// T5-XXL text encoder folder or file.
+    pub t5xxl: Option<PathBuf>,
+    /// Model variant.
+    pub model_type: ModelType,
+    /// Store the frozen base in bf16 where the backend computes it (never on wgpu).
+    pub base_bf16: bool,
+
+    /// kohya dataset TOML (several datasets / subsets).
+    pub dataset_config: Option<PathBuf>,
+    /// A single image folder (used when `dataset_config` is not given).
+    pub train_data_dir: Option<PathBuf>,
+    /// Trigger word inserted into captions that lack it.
+    pub trigger_word: Option<String>,
+    /// Caption file extension.
+    pub caption_extension: String,
+    /// Training resolution (bucket area ≤ resolution²).
+    pub resolution: u32,
+    /// Images per step.
+    pub train_batch_size: usize,
+
+    /// LoRA rank.
+    pub network_dim: usize,
+    /// LoRA alpha (scale = alpha / rank).
+    pub network_alpha: f32,
+    /// Adapter input dropout.
+    pub network_dropout: f64,
+    /// Rank dropout.
+    pub rank_dropout: f64,
+    /// Module dropout.
+    pub module_dropout: f64,
+    /// Target preset: `kohya`, `aitoolkit` or `attention`.
+    pub lora_targets: String,
+    /// Double blocks to train, e.g. `"0-18"` or `"all"`.
+    pub train_double_block_indices: String,
+    /// Single blocks to train.
+    pub train_single_block_indices: String,
+    /// LoRA+ ratio: B matrices learn this many times faster.
+    pub loraplus_lr_ratio: Option<f32>,
+
+    /// Base learning rate.
+    pub learning_rate: f64,
+    /// Optimizer.
+    pub optimizer_type: OptimizerType,
+    /// Extra optimizer arguments as `key=value` (kohya style), e.g. `["weight_decay=0.01"]`.
+    pub optimizer_args: Vec<String>,
+    /// LR schedule.
+    pub lr_scheduler: LrScheduler,
+    /// Warmup steps.
+    pub lr_warmup_steps: usize,
+    /// Cycles for `cosine_with_restarts`.
+    pub lr_scheduler_num_cycles: usize,
+    /// Power for `polynomial`.
+    pub lr_scheduler_power: f64,
+    /// Total optimizer steps (`None`: from the preset and dataset size).
+    pub max_train_steps: Option<usize>,
+    /// Micro-batches averaged per optimizer step.
+    pub gradient_accumulation_steps: usize,
+    /// Global gradient-norm clip (0 disables).
+    pub max_grad_norm: f64,
+    /// Seed for noise, σ, data order and dropout.
+    pub seed: u64,
+    /// Recompute each block's forward in backward to save memory.
+    pub gradient_checkpointing: bool,
+    /// EMA decay of LoRA weights (`None`: no EMA).
+    pub ema_decay: Option<f32>,
+    /// Weight of regularisation-image loss.
+    pub prior_loss_weight: f32,
+
+    /// Guidance value fed to dev's guidance embedder while training (1.0 is safe).
+    pub guidance_scale: f32,
+    /// σ sampling.
+    pub timestep_sampling: TimestepSampling,
+    /// Scale inside sigmoid for `sigmoid` / `shift`.
+    pub sigmoid_scale: f32,
+    /// Shift s for `shift` / `sigma` (`None`: BFL's shift for the resolution).
+    pub discrete_flow_shift: Option<f32>,
+    /// Mean for `logit_normal`.
+    pub logit_mean: f32,
+    /// Std for `logit_normal`.
+    pub logit_std: f32,
+    /// Prediction type.
+    pub model_prediction_type: ModelPredictionType,
+    /// Loss weighting.
+    pub weighting_scheme: WeightingScheme,
+    /// Per-element loss.
+    pub loss_type: LossType,
+    /// Huber parameter.
+    pub huber_c: f32,
+    /// Mask T5 padding in attention (BFL inference does not).
+    pub apply_t5_attn_mask: bool,
+    /// T5 tokens (`None`: 512 for dev, 256 for schnell).
+    pub t5xxl_max_token_length: Option<usize>,
+
+    /// Output folder.
+    pub output_dir: PathBuf,
+    /// File stem of the LoRA.
+    pub output_name: String,
+    /// Save every N steps (`None`: only at the end).
+    pub save_every_n_steps: Option<usize>,
+    /// Keep only the last K intermediate saves (`None`: keep all).
+    pub save_last_n_saves: Option<usize>,
+    /// File layout.
+    pub save_format: SaveFormat,
+
+    /// Prompts file for samples (kohya per-line flags `--w --h --s --d --g --n`).
+    pub sample_prompts: Option<PathBuf>,
+    /// Sample every N steps.
+    pub sample_every_n_steps: Option<usize>,
+    /// Also sample before training.
+    pub sample_at_first: bool,
+    /// Fraction of images held out for validation loss.
+    pub validation_split: f32,
+    /// Seed of the validation noise and σ (fixed across evaluations).
+    pub validation_seed: u64,
+    /// Validate every N steps (`None`: at each save).
+    pub validate_every_n_steps: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            preset: None,
+            backend: "auto".into(),
+            pretrained_model_name_or_path: None,
+            ae: None,
+            clip_l: None,
+            t5xxl: None,
+            model_type: ModelType::Auto,
+            base_bf16: true,
+            dataset_config: None,
+            train_data_dir: None,
+            trigger_word: None,
+            caption_extension: ".txt".into(),
+            resolution: 1024,
+            train_batch_size: 1,
+            network_dim: 16,
+            network_alpha: 16.0,
+            network_dropout: 0.0,
+            rank_dropout: 0.0,
+            module_dropout: 0.0,
+            lora_targets: "kohya".into(),
+            train_double_block_indices: "all".into(),
+            train_single_block_indices: "all".into(),
+            loraplus_lr_ratio: None,
+            learning_rate: 1e-4,
+            optimizer_type: OptimizerType::AdamW8bit,
+            optimizer_args: Vec::new(),
+            lr_scheduler: LrScheduler::Constant,
+            lr_warmup_steps: 0,
+            lr_scheduler_num_cycles: 1,
+            lr_scheduler_power: 1.0,
+            max_train_steps: None,
+            gradient_accumulation_steps: 1,
+            max_grad_norm: 1.0,
+            seed: 42,
+            gradient_checkpointing: false,
+            ema_decay: None,
+            prior_loss_weight: 1.0,
+            guidance_scale: 1.0,
+            timestep_sampling: TimestepSampling::Shift,
+            sigmoid_scale: 1.0,
+            discrete_flow_shift: None,
+            logit_mean: 0.0,
+            logit_std: 1.0,
+            model_prediction_type: ModelPredictionType::Raw,
+            weighting_scheme: WeightingScheme::None,
+            loss_type: LossType::L2,
+            huber_c: 0.1,
+            apply_t5_attn_mask: false,
+            t5xxl_max_token_length: None,
+            output_dir: PathBuf::from("output"),
+            output_name: "lora".into(),
+            save_every_n_steps: None,
+            save_last_n_saves: None,
+            save_format: SaveFormat::Kohya,
+            sample_prompts: None,
+            sample_every_n_steps: None,
+            sample_at_first: true,
+            validation_split: 0.0,
+            validation_seed: 1234,
+            validate_every_n_steps: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Every key a config file may use, in declaration order.
+    pub fn keys() -> Vec<String> {
+        match serde_json::to_value(TrainConfig::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Builds the config from an optional TOML file and command-line arguments.
+    ///
+    /// `args` are `--key value`, `--key=value` or `--set key=value`; dashes in keys may be
+    /// underscores or hyphens; values are TOML (`32`, `true`, `"text"`, `[1, 2]`) or bare words.
+    pub fn load(file: Option<&Path>, args: &[String]) -> Result<Self, TrainError> {
+        let file_table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| TrainError::Io { path: path.to_path_buf(), source: e })?;
+                parse_table(&text, &path.display().to_string())?
+            }
+            None => toml::Table::new(),
+        };
+        let cli = cli_table(args)?;
+        let origin = file.map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
+        check_keys(&file_table, &origin)?;
+        check_keys(&cli, "command line")?;
+        // The preset may come from the file or the command line; its values go underneath both.
+        let preset = cli.get("preset").or_else(|| file_table.get("preset")).cloned();
+        let mut merged = match preset {
+            Some(v) => {
+                let p: TrainingPreset = v.try_into().map_err(|e: toml::de::Error| TrainError::Config {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                })?;
+                p.defaults()
+            }
+            None => toml::Table::new(),
+        };
+        merged.extend(file_table);
+        merged.extend(cli);
+        let config: TrainConfig = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| TrainError::Config { origin, message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and combinations; each error names the key and the fix.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |key: &str, message: String| Err(TrainError::Invalid { key: key.to_string(), message });
+        if self.network_dim == 0 {
+            return bad("network_dim", "must be at least 1 (typical: 8–64)".into());
+        }
+        if !(self.network_alpha > 0.0 && self.network_alpha.is_finite()) {
+            return bad("network_alpha", format!("{} must be positive (usually = network_dim)", self.network_alpha));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad("learning_rate", format!("{} must be positive (1e-4 for AdamW, 1.0 for Prodigy)", self.learning_rate));
+        }
+        for (k, p) in [
+            ("network_dropout", self.network_dropout),
+            ("rank_dropout", self.rank_dropout),
+            ("module_dropout", self.module_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(k, format!("{p} must be in [0, 1)"));
+            }
+        }
+        if self.resolution < 64 || self.resolution % 16 != 0 {
+            return bad("resolution", format!("{} must be a multiple of 16 and at least 64", self.resolution));
+        }
+        if self.train_batch_size == 0 || self.gradient_accumulation_steps == 0 {
+            return bad("train_batch_size", "batch size and gradient_accumulation_steps must be ≥ 1".into());
+        }
+        if self.max_train_steps == Some(0) {
+            return bad("max_train_steps", "must be at least 1".into());
+        }
+        if self.max_grad_norm < 0.0 {
+            return bad("max_grad_norm", "must be ≥ 0 (0 disables clipping)".into());
+        }
+        if !(0.0..0.9).contains(&self.validation_split) {
+            return bad("validation_split", format!("{} must be in [0, 0.9)", self.validation_split));
+        }
+        if let Some(d) = self.ema_decay {
+            if !(0.0..1.0).contains(&d) {
+                return bad("ema_decay", format!("{d} must be in [0, 1), e.g. 0.999"));
+            }
+        }
+        if let Some(s) = self.discrete_flow_shift {
+            if !(s > 0.0) {
+                return bad("discrete_flow_shift", format!("{s} must be positive"));
+            }
+        }
+        if self.optimizer_type == OptimizerType::Prodigy && self.learning_rate < 0.1 {
+            return bad("learning_rate", format!(
+                "{} is far below Prodigy's normal 1.0 (Prodigy estimates the step size itself); set learning_rate = 1.0",
+                self.learning_rate
+            ));
+        }
+        if self.lr_scheduler == LrScheduler::CosineWithRestarts && self.lr_scheduler_num_cycles == 0 {
+            return bad("lr_scheduler_num_cycles", "must be ≥ 1".into());
+        }
+        if self.dataset_config.is_some() && self.train_data_dir.is_some() {
+            return bad("train_data_dir", "give either dataset_config or train_data_dir, not both".into());
+        }
+        Ok(())
+    }
+
+    /// The config as TOML (printed at start and stored in the output folder).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# could not render config: {e}\n"))
+    }
+
+    /// The effective T5 token count for a model that has (`true`) or lacks a guidance embedder.
+    pub fn t5_tokens(&self, guidance: bool) -> usize {
+        self.t5xxl_max_token_length.unwrap_or(if guidance { 512 } else { 256 })
+    }
+
+    /// Parsed `optimizer_args` (`key=value` strings) as a map of TOML values.
+    pub fn optimizer_arg_map(&self) -> Result<BTreeMap<String, toml::Value>, TrainError> {
+        self.optimizer_args
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').ok_or_else(|| TrainError::Invalid {
+                    key: "optimizer_args".into(),
+                    message: format!("{kv:?} is not key=value, e.g. \"weight_decay=0.01\""),
+                })?;
+                Ok((k.trim().to_string(), parse_value(v.trim())))
+            })
+            .collect()
+    }
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table, TrainError> {
+    text.parse::<toml::Table>().map_err(|e| TrainError::Config { origin: origin.to_string(), message: e.to_string() })
+}
+
+/// A command-line value as TOML: numbers, booleans, arrays and quoted strings parse as such,
+/// anything else is a bare string.
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn cli_table(args: &[String]) -> Result<toml::Table, TrainError> {
+    let mut table = toml::Table::new();
+    let mut it = args.iter().peekable();
+    while let Some(arg) = it.next() {
+        let Some(flag) = arg.strip_prefix("--") else {
+            return Err(TrainError::Config {
+                origin: "command line".into(),
+                message: format!("unexpected argument {arg:?}; options look like --network_dim 32"),
+            });
+        };
+        let (key, value) = if flag == "set" {
+            let kv = it.next().ok_or_else(|| cli_err("--set needs key=value"))?;
+            let (k, v) = kv.split_once('=').ok_or_else(|| cli_err(&format!("--set {kv}: expected key=value")))?;
+            (k.to_string(), v.to_string())
+        } else if let Some((k, v)) = flag.split_once('=') {
+            (k.to_string(), v.to_string())
+        } else {
+            match it.peek() {
+                Some(next) if !next.starts_with("--") => (flag.to_string(), it.next().cloned().unwrap_or_default()),
+                _ => (flag.to_string(), "true".to_string()), // a bare flag is a boolean switch
+            }
+        };
+        table.insert(key.replace('-', "_"), parse_value(&value));
+    }
+    Ok(table)
+}
+
+fn cli_err(message: &str) -> TrainError {
+    TrainError::Config { origin: "command line".into(), message: message.to_string() }
+}
+
+fn check_keys(table: &toml::Table, origin: &str) -> Result<(), TrainError> {
+    let known = TrainConfig::keys();
+    for key in table.keys() {
+        if !known.iter().any(|k| k == key) {
+            let suggestion = known
+                .iter()
+                .map(|k| (strsim::jaro_winkler(k, key), k))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, k)| k.clone());
+            return Err(TrainError::UnknownKey { origin: origin.to_string(), key: key.clone(), suggestion });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Config layering, overrides, unknown keys and validation.
+
+use std::io::Write;
+
+use fluxlora_train::{OptimizerType, TimestepSampling, TrainConfig, TrainError, TrainingPreset};
+
+fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn defaults_are_the_safe_flux_defaults() {
+    let c = TrainConfig::load(None, &[]).unwrap();
+    assert_eq!((c.network_dim, c.network_alpha, c.learning_rate), (16, 16.0, 1e-4));
+    assert_eq!(c.optimizer_type, OptimizerType::AdamW8bit);
+    assert_eq!(c.guidance_scale, 1.0);
+    assert_eq!(c.timestep_sampling, TimestepSampling::Shift);
+    assert!(!c.apply_t5_attn_mask);
+    assert_eq!(c.t5_tokens(true), 512);
+    assert_eq!(c.t5_tokens(false), 256);
+}
+
+#[test]
+fn file_then_command_line_override_in_that_order() {
+    let f = file("network_dim = 8\nlearning_rate = 2e-4\noptimizer_type = \"Prodigy\"\n");
+    let c = TrainConfig::load(Some(f.path()), &args("--network-dim 32 --learning_rate=1.0 --gradient_checkpointing")).unwrap();
+    assert_eq!(c.network_dim, 32);
+    assert_eq!(c.learning_rate, 1.0);
+    assert_eq!(c.optimizer_type, OptimizerType::Prodigy);
+    assert!(c.gradient_checkpointing);
+    let c = TrainConfig::load(None, &args("--set output_name=my_lora --set optimizer_args=[\"weight_decay=0.01\"]")).unwrap();
+    assert_eq!(c.output_name, "my_lora");
+    assert_eq!(c.optimizer_arg_map().unwrap()["weight_decay"].as_float(), Some(0.01));
+}
+
+#[test]
+fn preset_values_sit_under_file_and_flags() {
+    let c = TrainConfig::load(None, &args("--preset style")).unwrap();
+    assert_eq!((c.network_dim, c.network_alpha), (32, 32.0));
+    assert_eq!(c.preset, Some(TrainingPreset::Style));
+    let f = file("preset = \"style\"\nnetwork_dim = 8\n");
+    let c = TrainConfig::load(Some(f.path()), &[]).unwrap();
+    assert_eq!(c.network_dim, 8);
+    assert_eq!(TrainingPreset::Character.steps_for(20), 2000);
+    assert_eq!(TrainingPreset::Character.steps_for(5), 1000);
+    assert_eq!(TrainingPreset::Style.steps_for(500), 5000);
+    assert!(TrainingPreset::Character.dataset_advice(20, 1024).is_empty());
+    let advice = TrainingPreset::Style.dataset_advice(12, 512);
+    assert_eq!(advice.len(), 2);
+    assert!(advice[0].contains("add 38 more"));
+}
+
+#[test]
+fn unknown_keys_get_a_did_you_mean() {
+    let f = file("netwrk_dim = 8\n");
+    let err = TrainConfig::load(Some(f.path()), &[]).unwrap_err();
+    assert!(matches!(&err, TrainError::UnknownKey { suggestion: Some(s), .. } if s == "network_dim"), "{err}");
+    assert!(err.to_string().contains(&f.path().display().to_string()));
+    let err = TrainConfig::load(None, &args("--learnig-rate 1e-3")).unwrap_err().to_string();
+    assert!(err.contains("learning_rate"), "{err}");
+}
+
+#[test]
+fn bad_values_are_rejected_with_the_key_named() {
+    for (flags, key) in [
+        ("--network_dim 0", "network_dim"),
+        ("--learning_rate -1", "learning_rate"),
+        ("--resolution 1000", "resolution"),
+        ("--optimizer_type Prodigy --learning_rate 1e-4", "learning_rate"),
+        ("--ema_decay 1.5", "ema_decay"),
+        ("--network_dropout 1.0", "network_dropout"),
+    ] {
+        let err = TrainConfig::load(None, &args(flags)).unwrap_err();
+        assert!(matches!(&err, TrainError::Invalid { key: k, .. } if k == key), "{flags}: {err}");
+    }
+    let err = TrainConfig::load(None, &args("--optimizer_type SGD")).unwrap_err().to_string();
+    assert!(err.contains("AdamW8bit"), "{err}");
+    assert!(TrainConfig::load(None, &args("stray")).is_err());
+}
+
+#[test]
+fn effective_config_round_trips_through_toml() {
+    let c = TrainConfig::load(None, &args("--network_dim 4 --trigger_word sks --discrete_flow_shift 3.1582")).unwrap();
+    let f = file(&c.to_toml());
+    assert_eq!(TrainConfig::load(Some(f.path()), &[]).unwrap(), c);
+}
