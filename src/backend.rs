@@ -119,7 +119,7 @@ pub fn nvidia_driver_present() -> bool {
 /// Whether wgpu sees a GPU adapter that is not a software rasteriser.
 #[cfg(feature = "wgpu")]
 pub fn hardware_gpu_adapter() -> bool {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::from_env_or_default());
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapters = futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     adapters.iter().any(|a| {
         let t = a.get_info().device_type;
