@@ -1,3 +1,58 @@
-//! Dataset preparation for Flux LoRA training: images, captions, buckets, caches, loader.
+//! Dataset preparation for Flux LoRA training, free of any tensor framework: images become host
+//! `f32` buffers ([`fluxlora_io::HostTensor`], CHW, values in [-1, 1]) and the model crate plugs
+//! its encoders in through the [`LatentEncoder`] and [`TextEncoder`] traits.
 //!
-//! Not landed yet: the implementation is in progress (see docs/ARCHITECTURE.md).
+//! How data flows:
+//! 1. [`config`] — a kohya-style dataset TOML, or a folder with `N_name` subfolders, becomes a
+//!    validated [`DatasetConfig`] (datasets → subsets; unknown keys are errors with a hint).
+//! 2. [`spec`] — each subset's folder is listed: images, same-stem caption files, orphan
+//!    captions, unreadable captions ([`DatasetSpec`]).
+//! 3. [`analysis`] — every image is decoded once in parallel ([`decode`]: JPEG/PNG/WebP/BMP,
+//!    EXIF orientation, any colour type) and measured: size, content hash, perceptual hash,
+//!    sharpness ([`Analysis`]).
+//! 4. [`quality`] — the [`QualityReport`] (buckets, missing captions, duplicates, blur, upscaled
+//!    images, trigger word, tags; text and JSON; blocking problems flagged), or [`dataset`] — the
+//!    trainable [`Dataset`], refusing blocking problems unless `skip_bad_images` is on.
+//! 5. [`bucket`] assigns each image an aspect-ratio bucket; [`caption`] transforms captions per
+//!    epoch; [`loader`] plans seeded, resumable epochs of same-bucket batches and prefetches them
+//!    on a background thread; [`pixels`] crops/resizes/flips a sample into training pixels.
+//! 6. [`cache`] — latents and text embeddings on disk as safetensors, keyed by content and every
+//!    setting that changes them; built in parallel, resumable after an interruption.
+//!
+//! All randomness comes from [`rng`], derived from the run seed and the decision's coordinates.
+
+pub mod analysis;
+pub mod bucket;
+pub mod cache;
+pub mod caption;
+pub mod config;
+pub mod dataset;
+pub mod decode;
+pub mod error;
+pub mod loader;
+pub mod pixels;
+pub mod problem;
+pub mod progress;
+pub mod quality;
+pub mod rng;
+pub mod spec;
+
+pub use analysis::{Analysis, ImageInfo};
+pub use bucket::{
+    assign_bucket, bucket_resolutions, crop_rect, Bucket, BucketAssignment, BucketRejection,
+    CropRect,
+};
+pub use cache::latent::{CachedLatent, LatentCache, LatentEncoder, LatentKey};
+pub use cache::text::{TextCache, TextEmbedding, TextEncoder};
+pub use cache::{BuildOptions, BuildStats};
+pub use caption::{CaptionSettings, CaptionSource};
+pub use config::{BucketSettings, DatasetConfig, DatasetSettings, SubsetSettings};
+pub use dataset::{Dataset, Item, Sample};
+pub use error::{DataError, Result};
+pub use loader::{epoch_plan, Batch, Loader, LoaderState, Prefetched, Prefetcher};
+pub use pixels::{training_pixels, TrainingPixels};
+pub use problem::{Problem, ProblemKind, Severity};
+pub use progress::Progress;
+pub use quality::{QualityReport, QualitySettings};
+pub use rng::SplitMix64;
+pub use spec::{DatasetSpec, ImageRecord};

@@ -1,3 +1,47 @@
-//! Checkpoint I/O for fluxlora: validated mmap safetensors, LoRA key formats, metadata.
+//! Checkpoint I/O for fluxlora, on the host and without Burn (plain `f32` buffers), so every
+//! other crate can depend on it cheaply.
 //!
-//! Not landed yet: the implementation is in progress (see docs/ARCHITECTURE.md).
+//! Data flow:
+//! - **Base models in**: [`Checkpoint::open`] maps a `.safetensors` file, a diffusers sharded
+//!   checkpoint (`*.safetensors.index.json`) or a folder holding one; every header is validated
+//!   up front ([`SafeTensorsFile`]); the model loader then pulls one tensor at a time as a
+//!   [`HostTensor`] (F8/F16/BF16/F64/integers upcast to `f32`) or as raw bytes.
+//! - **LoRAs in**: [`read_lora`] detects the key format (kohya, PEFT/diffusers, ComfyUI, BFL,
+//!   XLabs, OneTrainer) and returns canonical [`LoraWeights`] keyed by BFL module path, with
+//!   split q/k/v/mlp pieces fused exactly.
+//! - **LoRAs out**: [`write_lora`] writes kohya, PEFT/diffusers or ComfyUI keys with each
+//!   format's alpha semantics and [`TrainingMetadata`] (`ss_*`, `modelspec.*`).
+//! - **Any file out**: [`write_safetensors`] (deterministic, aligned) and [`atomic_write`]
+//!   (temp file, fsync, rename, fsync dir) so a crash never leaves a torn checkpoint.
+//!
+//! Modules:
+//! - [`tensor`] — [`HostTensor`].
+//! - [`safetensors`] — header validation, the mmap reader, dtypes, the writer.
+//! - [`sharded`] — [`Checkpoint`] over single or sharded files.
+//! - [`flux_keys`] — BFL ↔ diffusers key layouts of full transformer checkpoints (for the model
+//!   loader).
+//! - [`atomic`] — [`atomic_write`].
+//! - [`lora`] — canonical LoRA, key maps per format, exact fuse/split, detection.
+//! - [`metadata`] — kohya training metadata.
+//! - [`error`] — [`IoError`], the crate's one error type.
+
+pub mod atomic;
+pub mod error;
+pub mod flux_keys;
+pub mod lora;
+pub mod metadata;
+pub mod safetensors;
+pub mod sharded;
+pub mod tensor;
+
+pub use atomic::atomic_write;
+pub use error::{IoError, Result};
+pub use lora::keys_flux::{flux_block_module_paths, flux_module_paths, FluxDims};
+pub use lora::keys_te::{TE_CLIP, TE_T5};
+pub use lora::{detect, read_lora, write_lora, write_lora_as, LoraFormat, LoraModule, LoraWeights};
+pub use metadata::{iso8601_utc, FluxVariant, TrainingMetadata};
+pub use safetensors::{
+    serialize_safetensors, write_safetensors, Dtype, SafeTensorsFile, TensorRef,
+};
+pub use sharded::Checkpoint;
+pub use tensor::HostTensor;

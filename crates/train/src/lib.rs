@@ -5,16 +5,49 @@
 //! yields cached latents and text embeddings, `fluxlora-flux` runs the transformer whose linears
 //! carry `fluxlora-lora` adapters, `fluxlora-optim` steps them, and `fluxlora-io` writes the LoRA.
 //!
+//! Data flow of a run ([`Trainer::run`]): a [`BatchSource`] ([`CachedBatches`] in real runs)
+//! yields packed latents + text embeddings + masks → [`noise`] draws σ and ε from
+//! (seed, step, micro-batch) → [`step`] forms x_t and the target ε − x0, runs forward + backward
+//! and reduces the loss → [`optimizer`] steps the adapters at the scheduled LR → [`log`] writes
+//! the CSV row and the progress bar → every N steps [`resume`] writes a checkpoint folder whose
+//! LoRA goes through [`lora_export`] and [`save`] (atomic write, self-check, retention).
+//!
 //! - [`config`]: settings, layering and validation.
 //! - [`preset`]: character / style / concept presets and dataset advice.
+//! - [`noise`]: seeded σ / ε draws.
+//! - [`step`]: one flow-matching training step and its loss.
+//! - [`optimizer`]: optimizer and LR schedule from the config.
+//! - [`lora_export`]: model adapters ↔ canonical `LoraWeights`.
+//! - [`save`]: LoRA files with metadata, self-check, retention.
+//! - [`resume`]: checkpoint folders and `--resume`.
+//! - [`log`]: CSV log, progress bar, NaN/inf guard.
+//! - [`source`]: the batch source trait and the cached-data source.
+//! - [`run`]: the [`Trainer`] loop.
 
 pub mod config;
 pub mod error;
+pub mod log;
+pub mod lora_export;
+pub mod noise;
+pub mod optimizer;
 pub mod preset;
+pub mod resume;
+pub mod run;
+pub mod save;
+pub mod source;
+pub mod step;
 
 pub use config::{
     LossType, LrScheduler, ModelPredictionType, ModelType, OptimizerType, SaveFormat, TimestepSampling, TrainConfig,
     WeightingScheme,
 };
 pub use error::TrainError;
+pub use log::{CsvLog, StepRecord};
+pub use lora_export::{export_lora, import_lora};
+pub use optimizer::{lr_schedule, TrainOptimizer};
 pub use preset::{PresetAdvice, TrainingPreset};
+pub use resume::{load_checkpoint, save_checkpoint, TrainState};
+pub use run::{target_selector, RunSummary, Trainer};
+pub use save::{lora_format, save_lora, self_check, SelfCheck};
+pub use source::{BatchSource, CachedBatches};
+pub use step::{flow_matching_loss, training_step, StepSettings, TrainBatch};

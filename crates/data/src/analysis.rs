@@ -1,0 +1,78 @@
+//! Decoding every image once, in parallel: size after EXIF orientation, content hash, alpha,
+//! perceptual hash and sharpness. Both the quality report and the trainer's dataset are built
+//! from this; a file that fails to decode is kept with its reason.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{decode_file, DecodeFailure, DecodedImage};
+use crate::progress::Progress;
+use crate::quality::{blur, phash};
+use crate::spec::DatasetSpec;
+
+/// What was learnt from decoding one image file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// Width and height after EXIF orientation.
+    pub width: u32,
+    pub height: u32,
+    /// Lower-case hex SHA-256 of the file bytes.
+    pub content_hash: String,
+    pub format: String,
+    pub color: String,
+    pub has_alpha: bool,
+    /// 9×8 luma thumbnail and its 64-bit difference hash; `None` for images under 9×8 pixels.
+    pub thumbnail: Option<Vec<u8>>,
+    pub dhash: Option<u64>,
+    /// Variance of the Laplacian at the working size; `None` when too small to measure.
+    pub sharpness: Option<f64>,
+}
+
+impl ImageInfo {
+    /// Measures a decoded image.
+    pub fn measure(d: &DecodedImage) -> ImageInfo {
+        let thumb = phash::thumbnail(&d.image);
+        ImageInfo {
+            width: d.image.width(),
+            height: d.image.height(),
+            content_hash: d.content_hash.clone(),
+            format: d.format.to_string(),
+            color: d.color.clone(),
+            has_alpha: d.has_alpha,
+            thumbnail: thumb.clone(),
+            dhash: thumb.as_deref().map(phash::dhash),
+            sharpness: blur::sharpness(&d.image),
+        }
+    }
+}
+
+/// Decode results for every distinct image path of a spec.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Analysis {
+    pub images: BTreeMap<PathBuf, Result<ImageInfo, String>>,
+}
+
+impl Analysis {
+    /// Decodes every image of `spec` (each path once) on the rayon pool.
+    pub fn run(spec: &DatasetSpec, progress: &Progress) -> Analysis {
+        let mut paths: Vec<PathBuf> = spec.images.iter().map(|r| r.path.clone()).collect();
+        paths.sort();
+        paths.dedup();
+        let bar = progress.bar(paths.len() as u64, "analysing images");
+        let images = paths
+            .into_par_iter()
+            .map(|p| {
+                let r = decode_file(&p)
+                    .map(|d| ImageInfo::measure(&d))
+                    .map_err(|DecodeFailure { reason }| reason);
+                bar.inc(1);
+                (p, r)
+            })
+            .collect();
+        bar.finish();
+        Analysis { images }
+    }
+}

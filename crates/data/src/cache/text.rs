@@ -1,0 +1,120 @@
+//! Text-embedding cache: one entry per (caption text, encoder). Entries hold `t5` (T5 hidden
+//! states, `[tokens, 4096]` for Flux) and `clip_pooled` (`[768]`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use fluxlora_io::HostTensor;
+
+use super::{digest, BuildOptions, BuildStats, CacheDir};
+use crate::error::{DataError, Result};
+
+/// The text conditioning of one caption.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextEmbedding {
+    pub t5: HostTensor,
+    pub clip_pooled: HostTensor,
+}
+
+/// The text encoders (T5 + CLIP), implemented by the model crate.
+pub trait TextEncoder {
+    /// Everything that changes the output: model file hashes, tokenizer, T5 max length, dtype.
+    fn identity(&self) -> String;
+    fn encode(&self, caption: &str) -> Result<TextEmbedding>;
+}
+
+/// A folder of text entries for one encoder.
+#[derive(Debug, Clone)]
+pub struct TextCache {
+    dir: CacheDir,
+    encoder: String,
+}
+
+impl TextCache {
+    /// Opens (creating) the cache folder for an encoder identity.
+    pub fn open(dir: &Path, encoder_identity: &str) -> Result<Self> {
+        Ok(Self {
+            dir: CacheDir::create(dir)?,
+            encoder: encoder_identity.to_string(),
+        })
+    }
+
+    /// The digest (file stem) of a caption.
+    pub fn digest(&self, caption: &str) -> String {
+        digest(&[
+            ("kind", "text"),
+            ("encoder", &self.encoder),
+            ("caption", caption),
+        ])
+    }
+
+    /// A valid entry, or `None`.
+    pub fn load(&self, caption: &str) -> Option<TextEmbedding> {
+        let mut t = self
+            .dir
+            .load(&self.digest(caption), &["t5", "clip_pooled"])?;
+        Some(TextEmbedding {
+            t5: t.remove("t5")?,
+            clip_pooled: t.remove("clip_pooled")?,
+        })
+    }
+
+    /// Makes sure every caption has a valid entry. Stops at the first encoder error, keeping
+    /// everything written so far.
+    pub fn build(
+        &self,
+        captions: &[String],
+        encoder: &dyn TextEncoder,
+        opts: &BuildOptions,
+    ) -> Result<BuildStats> {
+        if encoder.identity() != self.encoder {
+            return Err(DataError::Cache {
+                path: self.dir.dir.clone(),
+                message: format!("opened for encoder `{}` but given `{}`; open the cache with the encoder's identity", self.encoder, encoder.identity()),
+            });
+        }
+        let start = Instant::now();
+        let mut stats = BuildStats {
+            removed_temporaries: self.dir.remove_temporaries(),
+            ..Default::default()
+        };
+        let unique: BTreeSet<&String> = captions.iter().collect();
+        let todo: Vec<&String> = unique
+            .into_iter()
+            .filter(|c| {
+                let hit = self.load(c).is_some();
+                stats.reused += hit as usize;
+                !hit
+            })
+            .collect();
+        let bar = opts.progress.bar(todo.len() as u64, "encoding captions");
+        for caption in todo {
+            let emb = encoder.encode(caption).map_err(|e| DataError::Encoder {
+                encoder: self.encoder.clone(),
+                item: format!("caption {caption:?}"),
+                message: e.to_string(),
+            })?;
+            let meta = BTreeMap::from([
+                ("caption".to_string(), caption.clone()),
+                ("encoder".to_string(), self.encoder.clone()),
+            ]);
+            self.dir.store(
+                &self.digest(caption),
+                &[("t5", &emb.t5), ("clip_pooled", &emb.clip_pooled)],
+                meta,
+            )?;
+            stats.built += 1;
+            bar.inc(1);
+        }
+        bar.finish();
+        stats.elapsed = start.elapsed();
+        Ok(stats)
+    }
+
+    /// Deletes entries for captions not in `captions`.
+    pub fn prune(&self, captions: &[String]) -> Result<usize> {
+        let keep: BTreeSet<String> = captions.iter().map(|c| self.digest(c)).collect();
+        self.dir.prune(&keep)
+    }
+}

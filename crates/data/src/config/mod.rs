@@ -1,0 +1,279 @@
+//! The dataset configuration: kohya-style TOML (`[general]`, `[[datasets]]`,
+//! `[[datasets.subsets]]`) or a plain folder using kohya's `N_name` repeat convention.
+//!
+//! Values "ascend" as in kohya's `config_util`: a subset key may be written on the subset, its
+//! dataset, or `[general]`; the nearest one wins. Dataset keys (resolution, batch size, buckets)
+//! may be written on the dataset or `[general]`. Unknown keys are errors with a "did you mean".
+//!
+//! Differences from kohya, on purpose: `caption_extension` defaults to `.txt`; `enable_bucket`
+//! defaults to true; `resolution` defaults to 1024 and `max_bucket_reso` to 2048; relative
+//! `image_dir`s are resolved against the config file's folder; `bucket_reso_steps` must be a
+//! multiple of 16 (Flux packs 2×2 latent patches of an 8× VAE). Extensions: `trigger_word`,
+//! `resolutions = [512, 1024]` (multi-resolution: the dataset is repeated once per resolution)
+//! and `skip_bad_images`.
+
+mod toml_file;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::caption::CaptionSettings;
+use crate::error::{DataError, Result};
+
+/// A whole dataset configuration: one or more datasets, each with its own resolution and
+/// buckets, each made of subsets (image folders).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetConfig {
+    /// The config file, or the folder for [`DatasetConfig::from_folder`].
+    pub source: PathBuf,
+    /// Train on the remaining images when some are unreadable (default false: stop).
+    pub skip_bad_images: bool,
+    pub datasets: Vec<DatasetSettings>,
+}
+
+/// One dataset: shared resolution, bucketing and batch size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSettings {
+    pub batch_size: usize,
+    pub buckets: BucketSettings,
+    pub subsets: Vec<SubsetSettings>,
+}
+
+/// Aspect-ratio bucketing settings (kohya names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketSettings {
+    /// Target (width, height); buckets keep area ≤ width·height.
+    pub resolution: (u32, u32),
+    pub enable_bucket: bool,
+    pub min_bucket_reso: u32,
+    pub max_bucket_reso: u32,
+    pub bucket_reso_steps: u32,
+    pub bucket_no_upscale: bool,
+}
+
+impl Default for BucketSettings {
+    fn default() -> Self {
+        Self {
+            resolution: (1024, 1024),
+            enable_bucket: true,
+            min_bucket_reso: 256,
+            max_bucket_reso: 2048,
+            bucket_reso_steps: 64,
+            bucket_no_upscale: false,
+        }
+    }
+}
+
+/// One image folder and how its images and captions are used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubsetSettings {
+    pub image_dir: PathBuf,
+    pub num_repeats: u32,
+    pub is_reg: bool,
+    /// Caption file extension including the dot, e.g. `.txt`.
+    pub caption_extension: String,
+    /// Caption used for images without a caption file (kohya DreamBooth style).
+    pub class_tokens: Option<String>,
+    pub flip_aug: bool,
+    pub random_crop: bool,
+    /// Use the alpha channel as a loss mask (transparent = not learned).
+    pub alpha_mask: bool,
+    pub caption: CaptionSettings,
+}
+
+impl SubsetSettings {
+    /// A subset with default settings for `image_dir`.
+    pub fn new(image_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            image_dir: image_dir.into(),
+            num_repeats: 1,
+            is_reg: false,
+            caption_extension: ".txt".into(),
+            class_tokens: None,
+            flip_aug: false,
+            random_crop: false,
+            alpha_mask: false,
+            caption: CaptionSettings::default(),
+        }
+    }
+}
+
+/// Image extensions that are picked up when scanning folders (lower case, no dot).
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp"];
+
+/// Names the config file in errors.
+pub(crate) struct Ctx<'a> {
+    pub file: &'a Path,
+}
+
+impl Ctx<'_> {
+    pub fn bad(&self, table: &str, key: &str, message: impl Into<String>) -> DataError {
+        DataError::BadValue {
+            file: self.file.to_path_buf(),
+            table: table.into(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl DatasetConfig {
+    /// with `class_tokens = "name"`; images directly inside `root` form a subset repeated once.
+    /// All other settings are defaults; adjust the public fields, then call [`Self::validate`].
+    pub fn from_folder(root: &Path) -> Result<Self> {
+        let entries = std::fs::read_dir(root)
+            .map_err(|e| DataError::io(root, "listing the dataset folder", e))?;
+        let mut names: Vec<(PathBuf, String)> = Vec::new();
+        let mut has_images = false;
+        for entry in entries {
+            let entry = entry.map_err(|e| DataError::io(root, "listing the dataset folder", e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                names.push((path, name));
+            } else if is_image_path(&path) {
+                has_images = true;
+            }
+        }
+        names.sort();
+        let mut subsets = Vec::new();
+        if has_images {
+            subsets.push(SubsetSettings::new(root));
+        }
+        for (path, name) in names {
+            if let Some((repeats, class)) = parse_repeat_folder(&name) {
+                let mut s = SubsetSettings::new(path);
+                s.num_repeats = repeats;
+                s.class_tokens = Some(class.to_string()).filter(|c| !c.trim().is_empty());
+                subsets.push(s);
+            }
+        }
+        if subsets.is_empty() {
+            return Err(DataError::Empty {
+                detail: format!(
+                    "{} has no images ({}) and no `N_name` subfolders such as `10_mychar`",
+                    root.display(),
+                    IMAGE_EXTENSIONS.join(", ")
+                ),
+            });
+        }
+        Ok(DatasetConfig {
+            source: root.to_path_buf(),
+            skip_bad_images: false,
+            datasets: vec![DatasetSettings {
+                batch_size: 1,
+                buckets: BucketSettings::default(),
+                subsets,
+            }],
+        })
+    }
+
+    /// Checks the invariants that parsing enforces, after fields were changed by hand.
+    pub fn validate(&self) -> Result<()> {
+        let ctx = Ctx { file: &self.source };
+        for (di, d) in self.datasets.iter().enumerate() {
+            let dname = format!("datasets.{di}");
+            validate_buckets(&d.buckets).map_err(|(key, msg)| ctx.bad(&dname, key, msg))?;
+            if d.batch_size == 0 {
+                return Err(ctx.bad(&dname, "batch_size", "must be at least 1"));
+            }
+            for (si, s) in d.subsets.iter().enumerate() {
+                validate_subset(&ctx, &format!("{dname}.subsets.{si}"), s)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `10_sks dog` → (10, "sks dog").
+pub fn parse_repeat_folder(name: &str) -> Option<(u32, &str)> {
+    let (n, rest) = name.split_once('_')?;
+    let repeats: u32 = n.parse().ok()?;
+    (repeats > 0).then_some((repeats, rest))
+}
+
+/// True when the extension is one of [`IMAGE_EXTENSIONS`] (any case).
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+/// Bucket invariants; returns the offending key and a message with the fix.
+pub(crate) fn validate_buckets(
+    b: &BucketSettings,
+) -> std::result::Result<(), (&'static str, String)> {
+    let step = b.bucket_reso_steps;
+    if step < 16 || !step.is_multiple_of(16) {
+        return Err(("bucket_reso_steps", format!("{step} is not a multiple of 16 (Flux needs 16: 8× VAE then 2×2 patches); use 16, 32 or 64")));
+    }
+    let (w, h) = b.resolution;
+    if w < 64 || h < 64 || !w.is_multiple_of(16) || !h.is_multiple_of(16) || w > 8192 || h > 8192 {
+        return Err((
+            "resolution",
+            format!("{w}×{h}: sides must be multiples of 16 between 64 and 8192"),
+        ));
+    }
+    if !b.min_bucket_reso.is_multiple_of(step) || !b.max_bucket_reso.is_multiple_of(step) {
+        return Err(("min_bucket_reso", format!(
+            "min_bucket_reso {} and max_bucket_reso {} must be multiples of bucket_reso_steps {step}",
+            b.min_bucket_reso, b.max_bucket_reso
+        )));
+    }
+    if b.min_bucket_reso < step || b.min_bucket_reso > b.max_bucket_reso {
+        return Err((
+            "min_bucket_reso",
+            format!(
+                "need bucket_reso_steps ≤ min_bucket_reso ≤ max_bucket_reso, got {step}, {}, {}",
+                b.min_bucket_reso, b.max_bucket_reso
+            ),
+        ));
+    }
+    if b.enable_bucket
+        && !b.bucket_no_upscale
+        && (b.min_bucket_reso as u64).pow(2) > w as u64 * h as u64
+    {
+        return Err((
+            "min_bucket_reso",
+            format!(
+                "min_bucket_reso {} squared exceeds the resolution area {w}×{h}; lower it",
+                b.min_bucket_reso
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_subset(ctx: &Ctx, name: &str, s: &SubsetSettings) -> Result<()> {
+    if s.num_repeats == 0 {
+        return Err(ctx.bad(name, "num_repeats", "must be at least 1"));
+    }
+    if !s.caption_extension.starts_with('.') || s.caption_extension.len() < 2 {
+        return Err(ctx.bad(
+            name,
+            "caption_extension",
+            format!(
+                "`{}` must start with a dot, e.g. \".txt\"",
+                s.caption_extension
+            ),
+        ));
+    }
+    s.caption
+        .validate()
+        .map_err(|(key, msg)| ctx.bad(name, key, msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeat_folder_names() {
+        assert_eq!(parse_repeat_folder("10_sks dog"), Some((10, "sks dog")));
+        assert_eq!(parse_repeat_folder("0_x"), None);
+        assert_eq!(parse_repeat_folder("abc"), None);
+        assert_eq!(parse_repeat_folder("x_1"), None);
+    }
+}

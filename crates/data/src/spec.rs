@@ -1,0 +1,177 @@
+//! Listing a dataset: which image files each subset has and the caption text next to them.
+//! Nothing is decoded here; unreadable captions, caption files without an image and missing
+//! folders become [`Problem`]s rather than errors, so that one report can list everything.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::caption::CaptionSource;
+use crate::config::{is_image_path, DatasetConfig};
+use crate::problem::{Problem, ProblemKind, Severity};
+
+/// A listed dataset: its configuration and the files found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetSpec {
+    pub config: DatasetConfig,
+    /// One record per (dataset, subset, image file), in a stable order.
+    pub images: Vec<ImageRecord>,
+    /// Problems found while listing (missing folders, unreadable captions, orphan captions).
+    pub problems: Vec<Problem>,
+}
+
+/// An image file of a subset and its caption.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub dataset: usize,
+    pub subset: usize,
+    pub path: PathBuf,
+    /// The caption file, when one exists.
+    pub caption_path: Option<PathBuf>,
+    /// The caption, or why its file could not be read (e.g. not UTF-8).
+    pub caption: Result<CaptionSource, String>,
+}
+
+impl DatasetSpec {
+    /// Lists every subset's folder.
+    pub fn scan(config: &DatasetConfig) -> DatasetSpec {
+        let skip = config.skip_bad_images;
+        let mut images = Vec::new();
+        let mut problems = Vec::new();
+        let mut orphans_seen = BTreeSet::new();
+        for (di, d) in config.datasets.iter().enumerate() {
+            for (si, s) in d.subsets.iter().enumerate() {
+                let files = match list_dir(&s.image_dir) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        problems.push(Problem::new(
+                            ProblemKind::MissingImageDir,
+                            Severity::Blocking,
+                            Some(s.image_dir.clone()),
+                            format!("image_dir cannot be listed ({e}); fix the path in the dataset config"),
+                        ));
+                        continue;
+                    }
+                };
+                let ext = s.caption_extension.as_str();
+                let image_stems: BTreeSet<PathBuf> = files
+                    .iter()
+                    .filter(|p| is_image_path(p))
+                    .map(|p| p.with_extension(""))
+                    .collect();
+                for path in files.iter().filter(|p| is_image_path(p)) {
+                    let cap = caption_path_for(path, ext);
+                    let (caption_path, caption) =
+                        if cap.exists() || std::fs::symlink_metadata(&cap).is_ok() {
+                            let c = read_caption(&cap);
+                            if let Err(reason) = &c {
+                                let kind = if reason.contains("UTF-8") {
+                                    ProblemKind::CaptionNotUtf8
+                                } else {
+                                    ProblemKind::CaptionUnreadable
+                                };
+                                problems.push(Problem::bad_file(
+                                    kind,
+                                    cap.clone(),
+                                    reason.clone(),
+                                    skip,
+                                ));
+                            }
+                            (Some(cap), c)
+                        } else {
+                            (None, Ok(CaptionSource::Missing))
+                        };
+                    images.push(ImageRecord {
+                        dataset: di,
+                        subset: si,
+                        path: path.clone(),
+                        caption_path,
+                        caption,
+                    });
+                }
+                for path in files.iter().filter(|p| has_extension(p, ext)) {
+                    let stem = strip_caption_ext(path, ext);
+                    if !image_stems.contains(&stem) && orphans_seen.insert(path.clone()) {
+                        problems.push(Problem::new(
+                            ProblemKind::OrphanCaption,
+                            Severity::Warning,
+                            Some(path.clone()),
+                            "caption file without an image of the same name; it is ignored — add the image or delete the caption",
+                        ));
+                    }
+                }
+            }
+        }
+        if images.is_empty()
+            && !problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::MissingImageDir)
+        {
+            problems.push(Problem::new(
+                ProblemKind::NoImages,
+                Severity::Blocking,
+                None,
+                format!(
+                    "no image files (.jpg, .jpeg, .png, .webp, .bmp) in any image_dir of {}",
+                    config.source.display()
+                ),
+            ));
+        }
+        DatasetSpec {
+            config: config.clone(),
+            images,
+            problems,
+        }
+    }
+}
+
+/// `a/b.png` with `.txt` → `a/b.txt`.
+pub fn caption_path_for(image: &Path, caption_extension: &str) -> PathBuf {
+    let mut s = image.with_extension("").into_os_string();
+    s.push(caption_extension);
+    PathBuf::from(s)
+}
+
+fn has_extension(p: &Path, ext: &str) -> bool {
+    p.file_name()
+        .map(|n| n.to_string_lossy().ends_with(ext))
+        .unwrap_or(false)
+}
+
+fn strip_caption_ext(p: &Path, ext: &str) -> PathBuf {
+    let s = p.as_os_str().to_string_lossy();
+    PathBuf::from(&s[..s.len() - ext.len()])
+}
+
+/// Entries of a folder (not recursive), hidden files left out, sorted by name.
+fn list_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        out.push(e.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads a caption file as UTF-8.
+pub fn read_caption(path: &Path) -> Result<CaptionSource, String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("caption file unreadable ({e}); fix or remove it"))?;
+    if !meta.is_file() {
+        return Err("caption path is not a regular file; remove or rename it".into());
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("caption file unreadable ({e}); check its permissions"))?;
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(CaptionSource::from_text(&text)),
+        Err(e) => Err(format!(
+            "caption is not UTF-8 (invalid byte at offset {}); re-save it as UTF-8",
+            e.utf8_error().valid_up_to()
+        )),
+    }
+}

@@ -1,0 +1,252 @@
+//! Frozen weights for the autoencoder and the text encoders: a checkpoint reader that checks
+//! every tensor's shape, the storage dtype choice, and the two stateless layers they share
+//! (linear, 2-d convolution).
+//!
+//! Loading is tensor by tensor: each tensor is decoded from the memory-mapped checkpoint to
+//! `f32` on the host, checked, (for linears) transposed to Burn's `[d_in, d_out]`, converted to
+//! the storage dtype and moved to the device before the next one is read; the host never holds
+//! more than one tensor (plus its transpose). Weights are plain `Tensor` fields (Burn module
+//! constants), so they get no gradients and no optimizer state. Dropping a model frees its device
+//! memory: encode once, drop the encoder, keep the embeddings.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::module::{conv2d, linear};
+use burn::tensor::ops::{ConvOptions, PaddedConvOptions};
+use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use fluxlora_io::{Checkpoint, HostTensor};
+
+use crate::error::{FluxError, Result};
+
+/// `Some(DType::BF16)` when `B` supports bf16 for general arithmetic on `device` (CUDA, Flex),
+/// `None` otherwise (NdArray, and wgpu, whose bf16 kernels silently produce garbage).
+/// Pass the result as the `dtype` of a load option.
+pub fn bf16_if_supported<B: Backend>(device: &B::Device) -> Option<DType> {
+    B::supports_dtype(device, DType::BF16).then_some(DType::BF16)
+}
+
+/// Resolves a requested storage dtype: `None` is f32; any other dtype must be a float dtype the
+/// backend supports on `device`.
+pub(crate) fn storage_dtype<B: Backend>(device: &B::Device, requested: Option<DType>) -> Result<DType> {
+    let dtype = requested.unwrap_or(DType::F32);
+    if !dtype.is_float() {
+        return Err(FluxError::Config(format!("weight dtype {dtype:?} is not a float dtype; use F32 or BF16")));
+    }
+    if !B::supports_dtype(device, dtype) {
+        return Err(FluxError::Config(format!(
+            "this backend does not support {dtype:?} tensors on {device:?}; load in f32 (dtype None) or use \
+             `bf16_if_supported` to pick bf16 only where it works"
+        )));
+    }
+    Ok(dtype)
+}
+
+/// Opens a checkpoint, mapping the I/O error into [`FluxError::Io`].
+pub(crate) fn open_checkpoint(path: &Path) -> Result<Checkpoint> {
+    Checkpoint::open(path).map_err(|e| FluxError::Io { path: path.into(), message: e.to_string() })
+}
+
+/// Reads tensors by model-internal name from a checkpoint, translating each name to the file's
+/// key, checking shapes, and recording which keys were used.
+pub(crate) struct WeightReader<'a, B: Backend> {
+    ckpt: &'a Checkpoint,
+    path: PathBuf,
+    key_of: Box<dyn Fn(&str) -> String + 'a>,
+    device: B::Device,
+    dtype: DType,
+    used: BTreeSet<String>,
+}
+
+impl<'a, B: Backend> WeightReader<'a, B> {
+    /// A reader over `ckpt` (opened from `path`, for messages); `key_of` maps internal names to
+    /// file keys; tensors are stored in `dtype` on `device`.
+    pub(crate) fn new(
+        ckpt: &'a Checkpoint,
+        path: &Path,
+        key_of: impl Fn(&str) -> String + 'a,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
+        Self { ckpt, path: path.into(), key_of: Box::new(key_of), device: device.clone(), dtype, used: BTreeSet::new() }
+    }
+
+    /// The file key of internal name `name`.
+    pub(crate) fn key(&self, name: &str) -> String {
+        (self.key_of)(name)
+    }
+
+    /// The file shape of internal name `name`, `None` when absent.
+    pub(crate) fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.ckpt.info(&self.key(name)).ok().map(|(_, s)| s.to_vec())
+    }
+
+    /// The file shape of `name`, which must exist with rank `rank` (used to infer architectures).
+    pub(crate) fn require_shape(&self, name: &str, rank: usize, model: &str) -> Result<Vec<usize>> {
+        match self.shape(name) {
+            Some(s) if s.len() == rank => Ok(s),
+            found => Err(FluxError::Config(format!(
+                "{}: tensor `{}` is {}, expected a rank-{rank} tensor; the file is not a complete {model}",
+                self.path.display(),
+                self.key(name),
+                found.map_or("missing".to_string(), |s| format!("of shape {s:?}")),
+            ))),
+        }
+    }
+
+    /// Reads `name` as f32, checking its shape is `expected` or one of `alternatives` (same
+    /// element order, e.g. a `[C, C, 1, 1]` 1×1 convolution read as a `[C, C]` linear).
+    pub(crate) fn host(&mut self, name: &str, expected: &[usize], alternatives: &[&[usize]]) -> Result<HostTensor> {
+        let key = self.key(name);
+        let found = self.ckpt.info(&key).map(|(_, s)| s.to_vec()).map_err(|_| FluxError::MissingKey {
+            path: self.path.clone(),
+            key: key.clone(),
+            expected: expected.to_vec(),
+        })?;
+        if found != expected && !alternatives.iter().any(|a| *a == found.as_slice()) {
+            return Err(FluxError::ShapeMismatch { path: self.path.clone(), key, expected: expected.to_vec(), found });
+        }
+        let mut t = self.ckpt.read_f32(&key).map_err(|e| FluxError::Io { path: self.path.clone(), message: e.to_string() })?;
+        t.shape = expected.to_vec();
+        self.used.insert(key);
+        Ok(t)
+    }
+
+    fn upload<const D: usize>(&self, t: HostTensor) -> Tensor<B, D> {
+        Tensor::from_data(TensorData::new(t.data, t.shape), (&self.device, self.dtype))
+    }
+
+    /// Reads `name` with shape `shape` onto the device.
+    pub(crate) fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+        let t = self.host(name, &shape, &[])?;
+        Ok(self.upload(t))
+    }
+
+    /// Reads the linear `{name}.weight` (`[d_out, d_in]`, or `[d_out, d_in, 1, 1]` when
+    /// `allow_1x1`) and, when `bias`, `{name}.bias` `[d_out]`.
+    pub(crate) fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool, allow_1x1: bool) -> Result<Linear<B>> {
+        let alt: &[usize] = &[d_out, d_in, 1, 1];
+        let alts: &[&[usize]] = if allow_1x1 { &[alt] } else { &[] };
+        let w = self.host(&format!("{name}.weight"), &[d_out, d_in], alts)?;
+        let w = w.transpose().map_err(|e| FluxError::Config(e.to_string()))?;
+        let weight = self.upload(w);
+        let bias = if bias { Some(self.tensor(&format!("{name}.bias"), [d_out])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Reads the convolution `{name}.weight` `[c_out, c_in, k, k]` and `{name}.bias` `[c_out]`.
+    pub(crate) fn conv2d(&mut self, name: &str, c_in: usize, c_out: usize, kernel: usize) -> Result<Conv2d<B>> {
+        Ok(Conv2d {
+            weight: self.tensor(&format!("{name}.weight"), [c_out, c_in, kernel, kernel])?,
+            bias: self.tensor(&format!("{name}.bias"), [c_out])?,
+        })
+    }
+
+    /// Checkpoint keys starting with `prefix` that were never read.
+    pub(crate) fn unused_with_prefix(&self, prefix: &str) -> Vec<String> {
+        self.ckpt.names().filter(|k| k.starts_with(prefix) && !self.used.contains(*k)).map(str::to_string).collect()
+    }
+
+    /// Fails naming the first unread key under `prefix` (a tensor the inferred architecture has no
+    /// place for means the file is for a different architecture).
+    pub(crate) fn ensure_all_used(&self, prefix: &str, model: &str) -> Result<()> {
+        let unused = self.unused_with_prefix(prefix);
+        match unused.first() {
+            None => Ok(()),
+            Some(first) => Err(FluxError::Config(format!(
+                "{}: {} tensor(s) the {model} has no place for, e.g. `{first}`; the file is for a different \
+                 architecture",
+                self.path.display(),
+                unused.len()
+            ))),
+        }
+    }
+}
+
+/// A frozen linear layer: `x · weight + bias` with `weight` in Burn's `[d_in, d_out]` layout.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[d_in, d_out]` (the transpose of the PyTorch `[out, in]` checkpoint tensor).
+    pub weight: Tensor<B, 2>,
+    /// `[d_out]`.
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// Applies the layer to the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        linear(x, self.weight.clone(), self.bias.clone())
+    }
+
+    /// Output width.
+    pub fn d_out(&self) -> usize {
+        self.weight.dims()[1]
+    }
+}
+
+/// A frozen 2-d convolution with square kernel, PyTorch weight layout `[c_out, c_in, k, k]`.
+#[derive(Module, Debug)]
+pub struct Conv2d<B: Backend> {
+    /// `[c_out, c_in, k, k]`.
+    pub weight: Tensor<B, 4>,
+    /// `[c_out]`.
+    pub bias: Tensor<B, 1>,
+}
+
+impl<B: Backend> Conv2d<B> {
+    /// Stride 1, symmetric zero padding `padding` (1 for a 3×3 "same" convolution, 0 for 1×1).
+    pub fn forward(&self, x: Tensor<B, 4>, padding: usize) -> Tensor<B, 4> {
+        conv2d(x, self.weight.clone(), Some(self.bias.clone()), ConvOptions::new([1, 1], [padding, padding], [1, 1], 1))
+    }
+
+    /// Stride 2 after zero padding of one row at the bottom and one column at the right (the
+    /// asymmetric padding of the BFL / diffusers downsampler).
+    pub fn forward_downsample(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let options = PaddedConvOptions::asymmetric([2, 2], [0, 0], [1, 1], [1, 1], 1);
+        conv2d(x, self.weight.clone(), Some(self.bias.clone()), options)
+    }
+}
+
+/// LayerNorm over the last dimension with affine parameters, computed in f32 whatever the
+/// storage dtype (as PyTorch does for bf16), and returned in the input's dtype.
+pub(crate) fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: &Tensor<B, 1>,
+    beta: &Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    let x = to_f32(x);
+    let (var, mean) = x.clone().var_mean_bias(D - 1);
+    let y = (x - mean) * (var + eps).sqrt().recip();
+    let y = y * to_f32(gamma.clone()).unsqueeze::<D>() + to_f32(beta.clone()).unsqueeze::<D>();
+    cast_to(y, dtype)
+}
+
+/// Casts to f32 when needed.
+pub(crate) fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    cast_to(x, DType::F32)
+}
+
+/// Casts to `dtype` when needed.
+pub(crate) fn cast_to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if x.dtype() == dtype {
+        x
+    } else {
+        x.cast(dtype)
+    }
+}
+
+/// Token ids `[B, L]` read back to the host (row-major), checked to lie in `0..vocab`.
+pub(crate) fn host_ids<B: Backend>(ids: &Tensor<B, 2, burn::tensor::Int>, vocab: usize) -> Result<Vec<i64>> {
+    let data = ids.to_data().convert::<i64>();
+    let v = data.to_vec::<i64>().map_err(|e| FluxError::Input { name: "input_ids".into(), message: format!("{e:?}") })?;
+    if let Some(bad) = v.iter().find(|&&i| i < 0 || i as usize >= vocab) {
+        return Err(FluxError::Input {
+            name: "input_ids".into(),
+            message: format!("token id {bad} is outside the vocabulary 0..{vocab}; the tokenizer does not match the model"),
+        });
+    }
+    Ok(v)
+}

@@ -1,0 +1,47 @@
+//! ComfyUI names: `diffusion_model.<bfl path>` for the transformer,
+//! `text_encoders.clip_l.transformer.<CLIP path>` and `text_encoders.t5xxl.transformer.<T5 path>`
+//! for the text encoders. Written with `.lora_A.weight`, `.lora_B.weight`, `.alpha` (scale =
+//! alpha/rank, as ComfyUI applies it) and `.diff_b` (output-bias delta, applied as is).
+
+use super::keys_flux::{is_bfl_module, Target};
+use super::keys_te::{split_component, Component, TE_CLIP, TE_T5};
+use super::write::{module_tensors, OutTensor, Roles};
+use super::LoraWeights;
+
+const CLIP: &str = "text_encoders.clip_l.transformer.";
+const T5: &str = "text_encoders.t5xxl.transformer.";
+
+/// Maps a ComfyUI module stem to its canonical target.
+pub(crate) fn parse_stem(stem: &str) -> Option<Target> {
+    if let Some(p) = stem.strip_prefix("diffusion_model.") {
+        return is_bfl_module(p).then(|| Target::whole(p));
+    }
+    if let Some(p) = stem.strip_prefix(CLIP) {
+        return Some(Target::whole(format!("{TE_CLIP}{p}")));
+    }
+    stem.strip_prefix(T5)
+        .map(|p| Target::whole(format!("{TE_T5}{p}")))
+}
+
+/// Every tensor of a ComfyUI file.
+pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, String)> {
+    let roles = Roles {
+        down: ".lora_A.weight",
+        up: ".lora_B.weight",
+        alpha: Some(".alpha"),
+        bias: ".diff_b",
+    };
+    let mut out = Vec::new();
+    for (key, m) in &lora.modules {
+        let stem = match split_component(key) {
+            (Component::Transformer, p) if is_bfl_module(p) => format!("diffusion_model.{p}"),
+            (Component::Transformer, _) => {
+                return Err((key.clone(), "is not a Flux transformer module".into()))
+            }
+            (Component::ClipL, p) => format!("{CLIP}{p}"),
+            (Component::T5, p) => format!("{T5}{p}"),
+        };
+        out.extend(module_tensors(&stem, m, &roles));
+    }
+    Ok(out)
+}

@@ -1,0 +1,121 @@
+//! Writing [`LoraWeights`] as kohya, PEFT/diffusers or ComfyUI safetensors (atomically).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{comfy, kohya, peft, LoraFormat, LoraModule, LoraWeights};
+use crate::error::{IoError, Result};
+use crate::safetensors::{write_safetensors, Dtype, TensorRef};
+use crate::tensor::HostTensor;
+
+/// One tensor to be written.
+pub(crate) struct OutTensor {
+    pub name: String,
+    pub tensor: HostTensor,
+    /// Scalars such as `.alpha` are always written as F32 (a BF16 alpha of 0.3 would change
+    /// the scale).
+    pub keep_f32: bool,
+}
+
+impl OutTensor {
+    pub fn weight(name: String, tensor: HostTensor) -> Self {
+        OutTensor {
+            name,
+            tensor,
+            keep_f32: false,
+        }
+    }
+}
+
+/// Key suffixes of a format that stores alpha (kohya, ComfyUI).
+pub(crate) struct Roles {
+    pub down: &'static str,
+    pub up: &'static str,
+    pub alpha: Option<&'static str>,
+    /// Bias delta, written as `scale·up_bias`.
+    pub bias: &'static str,
+}
+
+/// The tensors of one module for a format that stores alpha.
+pub(crate) fn module_tensors(stem: &str, m: &LoraModule, roles: &Roles) -> Vec<OutTensor> {
+    let mut out = vec![
+        OutTensor::weight(format!("{stem}{}", roles.down), m.down.clone()),
+        OutTensor::weight(format!("{stem}{}", roles.up), m.up.clone()),
+    ];
+    if let Some(a) = roles.alpha {
+        out.push(OutTensor {
+            name: format!("{stem}{a}"),
+            tensor: HostTensor::scalar(m.alpha),
+            keep_f32: true,
+        });
+    }
+    if let Some(b) = m.delta_bias() {
+        out.push(OutTensor::weight(format!("{stem}{}", roles.bias), b));
+    }
+    out
+}
+
+/// Writes `lora` to `path` in `format` with F32 weights. See [`write_lora_as`].
+pub fn write_lora(
+    path: impl AsRef<Path>,
+    lora: &LoraWeights,
+    format: LoraFormat,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    write_lora_as(path, lora, format, metadata, Dtype::F32)
+}
+
+/// Writes `lora` to `path` in `format` (kohya, PEFT or ComfyUI) with weights stored as `dtype`
+/// (F32, F16 or BF16). The file's metadata is `lora.metadata` overlaid with `metadata`, minus
+/// any diffusers `lora_adapter_metadata` (its alphas would no longer describe the weights).
+pub fn write_lora_as(
+    path: impl AsRef<Path>,
+    lora: &LoraWeights,
+    format: LoraFormat,
+    metadata: &BTreeMap<String, String>,
+    dtype: Dtype,
+) -> Result<()> {
+    let path = path.as_ref();
+    let fail = |problem: String| IoError::LoraWrite {
+        path: path.into(),
+        format: format.name(),
+        problem,
+    };
+    if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+        return Err(fail(format!(
+            "weights can be stored as F32, F16 or BF16, not {dtype}"
+        )));
+    }
+    for (key, m) in &lora.modules {
+        m.check()
+            .map_err(|p| fail(format!("module `{key}`: {p}")))?;
+    }
+    let tensors = match format {
+        LoraFormat::Kohya => kohya::tensors(lora),
+        LoraFormat::Peft => peft::tensors(lora),
+        LoraFormat::ComfyUi => comfy::tensors(lora),
+        other => {
+            return Err(fail(format!(
+                "{other} is a read-only format; write kohya, PEFT or ComfyUI"
+            )))
+        }
+    }
+    .map_err(|(key, p)| fail(format!("module `{key}` {p}")))?;
+
+    let mut meta: BTreeMap<String, String> = lora
+        .metadata
+        .iter()
+        .chain(metadata.iter())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    meta.retain(|k, _| k != peft::ADAPTER_METADATA_KEY && !k.ends_with("_lora_adapter_metadata"));
+
+    let refs: Vec<(&str, TensorRef)> = tensors
+        .iter()
+        .map(|t| {
+            let d = if t.keep_f32 { Dtype::F32 } else { dtype };
+            (t.name.as_str(), TensorRef::cast(&t.tensor, d))
+        })
+        .collect();
+    write_safetensors(path, &refs, &meta)
+}

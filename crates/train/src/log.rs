@@ -1,0 +1,179 @@
+//! Watching a run: the per-step CSV log (`step,loss,lr,sigma_mean,seconds`), the progress bar
+//! (step, s/it, ETA, smoothed loss, LR), and the NaN/inf guard.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::error::TrainError;
+
+/// CSV header.
+pub const CSV_HEADER: &str = "step,loss,lr,sigma_mean,seconds";
+
+/// One logged optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepRecord {
+    /// Optimizer steps completed (1 for the first).
+    pub step: u64,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f32,
+    /// Learning rate applied (after Prodigy's `d`).
+    pub lr: f64,
+    /// Mean σ of the step.
+    pub sigma_mean: f32,
+    /// Wall time of the step.
+    pub seconds: f64,
+}
+
+/// Appends one line per step to a CSV file, flushed each time so a crash loses nothing.
+#[derive(Debug)]
+pub struct CsvLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl CsvLog {
+    /// Creates (or truncates) the log with its header.
+    pub fn create(path: &Path) -> Result<Self, TrainError> {
+        let mut file = File::create(path).map_err(|e| TrainError::io(path, e))?;
+        writeln!(file, "{CSV_HEADER}").map_err(|e| TrainError::io(path, e))?;
+        Ok(Self { path: path.to_path_buf(), file })
+    }
+
+    /// Opens an existing log for a run resumed after `step`: rows of later steps (written after
+    /// the checkpoint, before an interruption) are dropped. Creates the log if there is none.
+    pub fn resume(path: &Path, step: u64) -> Result<Self, TrainError> {
+        let kept: Vec<String> = match File::open(path) {
+            Ok(f) => BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .skip(1)
+                .filter(|l| l.split(',').next().and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s <= step))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(TrainError::io(path, e)),
+        };
+        let mut log = Self::create(path)?;
+        for l in kept {
+            writeln!(log.file, "{l}").map_err(|e| TrainError::io(path, e))?;
+        }
+        Ok(log)
+    }
+
+    /// Appends a step.
+    pub fn write(&mut self, r: &StepRecord) -> Result<(), TrainError> {
+        writeln!(self.file, "{},{},{},{},{:.4}", r.step, r.loss, r.lr, r.sigma_mean, r.seconds)
+            .and_then(|()| self.file.flush())
+            .map_err(|e| TrainError::io(&self.path, e))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Errors when the loss is NaN or infinite, naming the step and the likely causes.
+pub fn check_finite(step: u64, loss: f32, lr: f64) -> Result<(), TrainError> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(TrainError::NonFiniteLoss { step, value: loss, lr })
+    }
+}
+
+/// Exponential moving average of the loss (kohya's progress bar shows a windowed mean; an EMA
+/// with the same ~20-step memory needs no buffer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmoothedLoss {
+    value: Option<f64>,
+}
+
+impl SmoothedLoss {
+    /// Adds a value and returns the smoothed loss.
+    pub fn push(&mut self, loss: f32) -> f64 {
+        let v = match self.value {
+            None => f64::from(loss),
+            Some(prev) => 0.95 * prev + 0.05 * f64::from(loss),
+        };
+        self.value = Some(v);
+        v
+    }
+}
+
+/// The terminal progress bar.
+#[derive(Debug)]
+pub struct Progress {
+    bar: ProgressBar,
+    smooth: SmoothedLoss,
+}
+
+impl Progress {
+    /// A bar over `total` steps starting at `start`; hidden when `visible` is false (tests,
+    /// non-terminal output is hidden by indicatif anyway).
+    pub fn new(total: u64, start: u64, visible: bool) -> Self {
+        let bar = if visible { ProgressBar::new(total) } else { ProgressBar::hidden() };
+        if let Ok(style) = ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_position(start);
+        Self { bar, smooth: SmoothedLoss::default() }
+    }
+
+    /// Shows a finished step.
+    pub fn update(&mut self, r: &StepRecord) {
+        let avg = self.smooth.push(r.loss);
+        self.bar.set_position(r.step);
+        self.bar.set_message(format!("{:.2} s/it  loss {avg:.4}  lr {:.2e}", r.seconds, r.lr));
+    }
+
+    /// Prints a line above the bar.
+    pub fn println(&self, line: &str) {
+        self.bar.println(line);
+    }
+
+    /// Leaves the bar with a final message.
+    pub fn finish(&self, message: &str) {
+        self.bar.finish_with_message(message.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_and_inf_losses_are_errors_naming_the_step() {
+        assert!(check_finite(3, 0.5, 1e-4).is_ok());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let e = check_finite(17, bad, 1e-4).unwrap_err().to_string();
+            assert!(e.contains("step 17") && e.contains("learning rate"), "{e}");
+        }
+    }
+
+    #[test]
+    fn csv_resume_drops_rows_after_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log.csv");
+        let mut log = CsvLog::create(&p).unwrap();
+        for step in 1..=5 {
+            log.write(&StepRecord { step, loss: 0.5, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1 }).unwrap();
+        }
+        drop(log);
+        let mut log = CsvLog::resume(&p, 3).unwrap();
+        log.write(&StepRecord { step: 4, loss: 0.25, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1 }).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let steps: Vec<&str> = text.lines().map(|l| l.split(',').next().unwrap()).collect();
+        assert_eq!(steps, vec!["step", "1", "2", "3", "4"]);
+        assert!(text.lines().nth(4).unwrap().starts_with("4,0.25,"));
+    }
+
+    #[test]
+    fn smoothing_starts_at_the_first_value_and_moves_slowly() {
+        let mut s = SmoothedLoss::default();
+        assert_eq!(s.push(1.0), 1.0);
+        assert!((s.push(0.0) - 0.95).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,190 @@
+//! Resumable checkpoints: a folder `<output_dir>/<name>-step<N>/` holding
+//! - `<name>.safetensors` — the LoRA (in `save_format`, self-checked),
+//! - `optimizer.safetensors` — the optimizer state (`fluxlora_optim::state_file`),
+//! - `state.json` — [`TrainState`]: step, epoch, batch-source position, RNG seed and counter,
+//!   LR step, optimizer name, config hash,
+//! - `config.toml` — the effective config (to name what changed when the hash differs).
+//!
+//! The folder is written under a temporary name and renamed into place, so an interruption
+//! during a save leaves the previous checkpoints intact and no half-written folder under the
+//! final name. σ/ε draws derive from (seed, step, micro-batch) and dropout reseeds the backend
+//! from the same numbers, so step + seed are the whole RNG state.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::AutodiffBackend;
+use fluxlora_flux::Flux;
+use fluxlora_io::{read_lora, TrainingMetadata};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::lora_export::import_lora;
+use crate::optimizer::TrainOptimizer;
+use crate::save::{lora_format, save_lora};
+
+/// Format tag of `state.json`.
+pub const STATE_FORMAT: &str = "fluxlora-train-state/1";
+/// File names inside a checkpoint folder.
+pub const STATE_FILE: &str = "state.json";
+/// Optimizer state file.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Effective config file.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// Config keys that do not change the training math (may differ on resume).
+const BOOKKEEPING_KEYS: &[&str] = &[
+    "output_dir", "output_name", "save_every_n_steps", "save_last_n_saves", "save_format", "sample_prompts",
+    "sample_every_n_steps", "sample_at_first", "validate_every_n_steps", "max_train_steps", "backend",
+];
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// [`STATE_FORMAT`].
+    pub format: String,
+    /// Optimizer steps completed.
+    pub step: u64,
+    /// Data epoch at the checkpoint.
+    pub epoch: u64,
+    /// The batch source's position (e.g. a `fluxlora_data::LoaderState`).
+    pub source: serde_json::Value,
+    /// Seed of the σ/ε streams and the backend RNG.
+    pub seed: u64,
+    /// Next RNG counter (the streams of step `k` use counter `k`).
+    pub rng_counter: u64,
+    /// Steps the LR schedule has advanced.
+    pub lr_step: u64,
+    /// Optimizer name.
+    pub optimizer: String,
+    /// [`config_hash`] of the run's config.
+    pub config_hash: String,
+    /// The LoRA file name inside the folder.
+    pub lora_file: String,
+}
+
+fn training_table(c: &TrainConfig) -> toml::Table {
+    let mut t: toml::Table = toml::from_str(&c.to_toml()).unwrap_or_default();
+    for k in BOOKKEEPING_KEYS {
+        t.remove(*k);
+    }
+    t
+}
+
+/// FNV-1a 64 of the config's training-relevant keys (bookkeeping keys such as `output_dir` and
+/// `max_train_steps` excluded), as 16 hex digits.
+pub fn config_hash(c: &TrainConfig) -> String {
+    let text = toml::to_string(&training_table(c)).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The LoRA file name used inside checkpoint folders.
+pub fn lora_file_name(c: &TrainConfig) -> String {
+    format!("{}.safetensors", c.output_name)
+}
+
+/// Writes a checkpoint folder at `dir` (replacing one of the same name) and returns its path.
+pub fn save_checkpoint<B: AutodiffBackend>(
+    dir: &Path,
+    model: &mut Flux<B>,
+    optimizer: &TrainOptimizer<B>,
+    state: &TrainState,
+    config: &TrainConfig,
+    metadata: &TrainingMetadata,
+) -> Result<PathBuf, TrainError> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
+    let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.partial"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    save_lora(model, &tmp.join(&state.lora_file), lora_format(config.save_format), metadata)?;
+    optimizer.save_state(&tmp.join(OPTIMIZER_FILE))?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        problem: format!("cannot encode state.json: {e}"),
+        fix: "report this as a bug".into(),
+    })?;
+    let write = |p: PathBuf, text: &str| std::fs::write(&p, text).map_err(|e| TrainError::io(&p, e));
+    write(tmp.join(STATE_FILE), &json)?;
+    write(tmp.join(CONFIG_FILE), &config.to_toml())?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Reads `state.json` of a checkpoint folder and checks it belongs to `config`.
+pub fn read_state(dir: &Path, config: &TrainConfig) -> Result<TrainState, TrainError> {
+    let bad = |problem: String, fix: &str| TrainError::Checkpoint { path: dir.to_path_buf(), problem, fix: fix.into() };
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}"), "point --resume at a <name>-step<N> folder written by this trainer"))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| bad(format!("{STATE_FILE} is malformed: {e}"), "the folder is damaged; resume from an earlier checkpoint"))?;
+    if state.format != STATE_FORMAT {
+        return Err(bad(format!("state format `{}`, expected `{STATE_FORMAT}`", state.format), "resume with the trainer version that wrote it"));
+    }
+    let hash = config_hash(config);
+    if state.config_hash != hash {
+        let changed = changed_keys(dir, config);
+        return Err(bad(
+            format!("it was written with a different training config (hash {} vs {hash}; changed: {changed})", state.config_hash),
+            "resume with the same settings (see its config.toml), or start a new run",
+        ));
+    }
+    Ok(state)
+}
+
+fn changed_keys(dir: &Path, config: &TrainConfig) -> String {
+    let Ok(text) = std::fs::read_to_string(dir.join(CONFIG_FILE)) else { return "unknown, config.toml missing".into() };
+    let Ok(old) = toml::from_str::<TrainConfig>(&text) else { return "unknown, config.toml unreadable".into() };
+    let (a, b) = (training_table(&old), training_table(config));
+    let keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).collect();
+    let mut keys: Vec<String> = keys.into_iter().cloned().collect();
+    keys.dedup();
+    if keys.is_empty() { "nothing visible".into() } else { keys.join(", ") }
+}
+
+/// Restores the LoRA values and optimizer state of a checkpoint into `model` / `optimizer`
+/// (whose adapters must already be applied with the run's targets); returns the state.
+pub fn load_checkpoint<B: AutodiffBackend>(
+    dir: &Path,
+    model: &mut Flux<B>,
+    optimizer: &mut TrainOptimizer<B>,
+    config: &TrainConfig,
+) -> Result<TrainState, TrainError> {
+    let state = read_state(dir, config)?;
+    if state.optimizer != optimizer.name() {
+        return Err(TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            problem: format!("written by optimizer {}, this run uses {}", state.optimizer, optimizer.name()),
+            fix: "resume with the same optimizer_type".into(),
+        });
+    }
+    let lora_path = dir.join(&state.lora_file);
+    let (weights, _) = read_lora(&lora_path)?;
+    import_lora(model, &weights, &lora_path)?;
+    optimizer.load_state(&dir.join(OPTIMIZER_FILE), model)?;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_ignores_bookkeeping_but_not_training_keys() {
+        let base = TrainConfig::default();
+        let h = config_hash(&base);
+        let moved = TrainConfig { output_dir: "elsewhere".into(), max_train_steps: Some(99), ..base.clone() };
+        assert_eq!(config_hash(&moved), h);
+        let other = TrainConfig { learning_rate: 2e-4, ..base };
+        assert_ne!(config_hash(&other), h);
+    }
+}

@@ -1,0 +1,307 @@
+//! [`Trainer`]: the loop. Per optimizer step: `gradient_accumulation_steps` micro-batches from a
+//! [`BatchSource`], each with seeded σ/ε draws and a reseeded backend RNG (dropout), forward +
+//! backward ([`training_step`]), NaN/inf guard, averaged gradients, optimizer step at the
+//! scheduled LR, CSV row and progress bar. Saves a resumable checkpoint every
+//! `save_every_n_steps` (keeping the last `save_last_n_saves`) and at the end, where the final
+//! LoRA also goes to `<output_dir>/<output_name>.safetensors`. The effective config is written to
+//! `<output_dir>/<output_name>-config.toml` at start.
+//!
+//! Stopping early: [`Trainer::stop_handle`] returns a flag the caller may set (e.g. from a
+//! SIGINT handler); the loop then finishes the current step, saves a resumable checkpoint and
+//! returns. The crate installs no signal handler itself.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use fluxlora_flux::Flux;
+use fluxlora_lora::{BlockList, Preset, TargetSelector};
+use fluxlora_optim::{GradientMean, LrSchedule};
+
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::log::{check_finite, CsvLog, Progress, StepRecord};
+use crate::noise::draw_noise;
+use crate::optimizer::{lr_schedule, TrainOptimizer};
+use crate::resume::{config_hash, load_checkpoint, lora_file_name, save_checkpoint, TrainState, STATE_FORMAT};
+use crate::save::{checkpoint_dir_name, lora_format, prune_checkpoints, save_lora, training_metadata, SelfCheck};
+use crate::source::BatchSource;
+use crate::step::{training_step, StepSettings};
+
+/// The LoRA targets a config asks for (`lora_targets`, block lists, rank, alpha, dropouts).
+pub fn target_selector(c: &TrainConfig) -> Result<TargetSelector, TrainError> {
+    let invalid = |key: &str, e: fluxlora_lora::LoraError| TrainError::Invalid { key: key.into(), message: e.to_string() };
+    let preset: Preset = c.lora_targets.parse().map_err(|e| invalid("lora_targets", e))?;
+    let mut s = TargetSelector::new(preset, c.network_dim, c.network_alpha);
+    s.dropout = c.network_dropout;
+    s.rank_dropout = c.rank_dropout;
+    s.module_dropout = c.module_dropout;
+    s.double_blocks = c.train_double_block_indices.parse::<BlockList>().map_err(|e| invalid("train_double_block_indices", e))?;
+    s.single_blocks = c.train_single_block_indices.parse::<BlockList>().map_err(|e| invalid("train_single_block_indices", e))?;
+    Ok(s)
+}
+
+/// What a finished (or stopped) run produced.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Optimizer steps completed.
+    pub steps: u64,
+    /// Whether the stop flag ended the run before `max_train_steps`.
+    pub stopped: bool,
+    /// Loss of the last step.
+    pub last_loss: Option<f32>,
+    /// The final LoRA (`None` when stopped early).
+    pub lora: Option<PathBuf>,
+    /// The last checkpoint folder written.
+    pub checkpoint: Option<PathBuf>,
+    /// The CSV log.
+    pub csv: PathBuf,
+    /// The self-check of the last save.
+    pub self_check: Option<SelfCheck>,
+    /// Wall time of `run`.
+    pub seconds: f64,
+}
+
+/// The training loop over a LoRA-wrapped [`Flux`].
+pub struct Trainer<B: AutodiffBackend> {
+    config: TrainConfig,
+    model: Option<Flux<B>>,
+    optimizer: TrainOptimizer<B>,
+    schedule: LrSchedule,
+    settings: StepSettings,
+    device: B::Device,
+    step: u64,
+    total_steps: u64,
+    started_at: f64,
+    stop: Arc<AtomicBool>,
+    show_progress: bool,
+    last_check: Option<SelfCheck>,
+}
+
+fn mix(seed: u64, step: u64, micro: u64) -> u64 {
+    let mut r = fluxlora_data::SplitMix64::derive(seed, &[0x4452_4f50, step, micro]);
+    r.next_u64()
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Validates the config, freezes `model`'s base and adds the configured adapters, and builds
+    /// the optimizer and schedule. `max_train_steps` must be set.
+    pub fn new(config: TrainConfig, mut model: Flux<B>, device: B::Device) -> Result<Self, TrainError> {
+        config.validate()?;
+        let total = config.max_train_steps.ok_or_else(|| TrainError::Invalid {
+            key: "max_train_steps".into(),
+            message: "not set; give it, or derive it from the preset and dataset size (TrainingPreset::steps_for) before building the trainer".into(),
+        })? as u64;
+        if config.ema_decay.is_some() {
+            return Err(TrainError::Invalid { key: "ema_decay".into(), message: "EMA of LoRA weights is not implemented yet; remove ema_decay".into() });
+        }
+        // Adapter init draws from the backend RNG: seed it so a run is reproducible from `seed`.
+        B::seed(&device, mix(config.seed, u64::MAX, 0));
+        let chosen = model.apply_lora(&target_selector(&config)?, &device)?;
+        if chosen.is_empty() {
+            return Err(TrainError::Invalid {
+                key: "lora_targets".into(),
+                message: "no linear of the model was selected; check lora_targets and the block lists".into(),
+            });
+        }
+        let settings = StepSettings::from_config(&config)?;
+        let optimizer = TrainOptimizer::from_config(&config)?;
+        let schedule = lr_schedule(&config, total)?;
+        let started_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        Ok(Self {
+            config,
+            model: Some(model),
+            optimizer,
+            schedule,
+            settings,
+            device,
+            step: 0,
+            total_steps: total,
+            started_at,
+            stop: Arc::new(AtomicBool::new(false)),
+            show_progress: true,
+            last_check: None,
+        })
+    }
+
+    /// Hides (false) or shows the progress bar.
+    pub fn with_progress(mut self, show: bool) -> Self {
+        self.show_progress = show;
+        self
+    }
+
+    /// A flag that, once set, makes [`run`](Self::run) save a checkpoint and return after the
+    /// current step.
+    pub fn stop_handle(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Optimizer steps completed.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The config.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &TrainOptimizer<B> {
+        &self.optimizer
+    }
+
+    /// The model (with its adapters).
+    pub fn model_mut(&mut self) -> &mut Flux<B> {
+        self.model.as_mut().expect("the model is only taken during an optimizer step")
+    }
+
+    /// Ends training and returns the model.
+    pub fn into_model(mut self) -> Flux<B> {
+        self.model.take().expect("the model is only taken during an optimizer step")
+    }
+
+    /// Restores a checkpoint folder (LoRA, optimizer state, step, RNG counter, source position).
+    pub fn resume(&mut self, dir: &std::path::Path, source: &mut dyn BatchSource<B>) -> Result<TrainState, TrainError> {
+        let model = self.model.as_mut().expect("model present between steps");
+        let state = load_checkpoint(dir, model, &mut self.optimizer, &self.config)?;
+        source.restore(&state.source)?;
+        self.step = state.step;
+        Ok(state)
+    }
+
+    /// One optimizer step (all micro-batches); returns its record.
+    pub fn step_once(&mut self, source: &mut dyn BatchSource<B>) -> Result<StepRecord, TrainError> {
+        let t0 = Instant::now();
+        let lr = self.schedule.lr(self.step);
+        let micro = self.config.gradient_accumulation_steps.max(1);
+        let model = self.model.take().expect("model present between steps");
+        let result = (|| {
+            let mut mean = GradientMean::new();
+            let mut single = None;
+            let (mut loss_sum, mut sigma_sum) = (0.0f64, 0.0f64);
+            for m in 0..micro as u64 {
+                let batch = source.next_batch(&self.device)?;
+                let [b, l, c] = batch.dims()?;
+                let draw = draw_noise(self.config.seed, self.step, m, &self.settings.sampler, b, l, c);
+                B::seed(&self.device, mix(self.config.seed, self.step, m));
+                let out = training_step(&model, &batch, &draw, &self.settings)?;
+                check_finite(self.step + 1, out.loss, lr)?;
+                loss_sum += f64::from(out.loss);
+                sigma_sum += f64::from(out.sigma_mean);
+                if micro == 1 {
+                    single = Some(out.grads);
+                } else {
+                    mean.accumulate::<B, Flux<B>>(&model, out.grads);
+                }
+            }
+            let grads = match single {
+                Some(g) => g,
+                None => mean.finish::<B, Flux<B>>(&model),
+            };
+            Ok((grads, loss_sum / micro as f64, sigma_sum / micro as f64))
+        })();
+        let (grads, loss, sigma) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                self.model = Some(model);
+                return Err(e);
+            }
+        };
+        self.model = Some(self.optimizer.step(lr, model, grads));
+        self.step += 1;
+        Ok(StepRecord {
+            step: self.step,
+            loss: loss as f32,
+            lr: self.optimizer.effective_lr(lr),
+            sigma_mean: sigma as f32,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn state(&self, source: &dyn BatchSource<B>) -> TrainState {
+        TrainState {
+            format: STATE_FORMAT.into(),
+            step: self.step,
+            epoch: source.epoch(),
+            source: source.position(),
+            seed: self.config.seed,
+            rng_counter: self.step,
+            lr_step: self.step,
+            optimizer: self.optimizer.name().into(),
+            config_hash: config_hash(&self.config),
+            lora_file: lora_file_name(&self.config),
+        }
+    }
+
+    /// Writes a resumable checkpoint `<output_dir>/<name>-step<N>/` for the current step.
+    pub fn save_checkpoint(&mut self, source: &dyn BatchSource<B>) -> Result<PathBuf, TrainError> {
+        let state = self.state(source);
+        let dir = self.config.output_dir.join(checkpoint_dir_name(&self.config.output_name, self.step));
+        let meta = self.metadata(state.epoch);
+        let model = self.model.as_mut().expect("model present between steps");
+        let path = save_checkpoint(&dir, model, &self.optimizer, &state, &self.config, &meta)?;
+        Ok(path)
+    }
+
+    fn metadata(&self, epoch: u64) -> fluxlora_io::TrainingMetadata {
+        let guidance = self.model.as_ref().is_some_and(|m| m.config.guidance_embed);
+        let mut meta = training_metadata(&self.config, guidance, self.step, epoch, self.started_at);
+        meta.optimizer = Some(self.optimizer.name().into());
+        meta
+    }
+
+    /// Trains until `max_train_steps` (or the stop flag), saving as configured.
+    pub fn run(&mut self, source: &mut dyn BatchSource<B>) -> Result<RunSummary, TrainError> {
+        let t0 = Instant::now();
+        let c = self.config.clone();
+        std::fs::create_dir_all(&c.output_dir).map_err(|e| TrainError::io(&c.output_dir, e))?;
+        let cfg_path = c.output_dir.join(format!("{}-config.toml", c.output_name));
+        std::fs::write(&cfg_path, c.to_toml()).map_err(|e| TrainError::io(&cfg_path, e))?;
+        let csv_path = c.output_dir.join(format!("{}-log.csv", c.output_name));
+        let mut csv = if self.step == 0 { CsvLog::create(&csv_path)? } else { CsvLog::resume(&csv_path, self.step)? };
+        let mut progress = Progress::new(self.total_steps, self.step, self.show_progress);
+        let mut last_loss = None;
+        while self.step < self.total_steps && !self.stop.load(Ordering::Relaxed) {
+            let rec = self.step_once(source)?;
+            csv.write(&rec)?;
+            progress.update(&rec);
+            last_loss = Some(rec.loss);
+            if let Some(n) = c.save_every_n_steps.filter(|&n| n > 0) {
+                if self.step % n as u64 == 0 && self.step < self.total_steps {
+                    self.save_checkpoint(source)?;
+                    if let Some(keep) = c.save_last_n_saves {
+                        prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1))?;
+                    }
+                    progress.println(&format!("saved step {} to {}", self.step, c.output_dir.display()));
+                }
+            }
+        }
+        let stopped = self.step < self.total_steps;
+        let checkpoint = Some(self.save_checkpoint(source)?);
+        if let Some(keep) = c.save_last_n_saves {
+            prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1))?;
+        }
+        let mut lora = None;
+        if !stopped {
+            let path = c.output_dir.join(format!("{}.safetensors", c.output_name));
+            let meta = self.metadata(source.epoch());
+            let model = self.model.as_mut().expect("model present between steps");
+            self.last_check = Some(save_lora(model, &path, lora_format(c.save_format), &meta)?);
+            lora = Some(path);
+        }
+        progress.finish(if stopped { "stopped; resumable checkpoint saved" } else { "done" });
+        Ok(RunSummary {
+            steps: self.step,
+            stopped,
+            last_loss,
+            lora,
+            checkpoint,
+            csv: csv_path,
+            self_check: self.last_check.clone(),
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! Writing the LoRA: kohya keys by default (PEFT/diffusers or ComfyUI via `save_format`), F32,
+//! `ss_*` / `modelspec.*` metadata, atomically (`fluxlora-io` writes a temporary file and
+//! renames it). After each write a self-check reloads the file and compares key count, shapes
+//! and ΔW = scale·up·down with the adapters in memory. Retention keeps the last K checkpoint
+//! folders `<name>-step<N>`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use fluxlora_flux::Flux;
+use fluxlora_io::{iso8601_utc, read_lora, write_lora, FluxVariant, LoraFormat, TrainingMetadata};
+
+use crate::config::{SaveFormat, TrainConfig};
+use crate::error::TrainError;
+use crate::lora_export::{export_lora, to_host};
+
+/// The io crate's format for a `save_format`.
+pub fn lora_format(f: SaveFormat) -> LoraFormat {
+    match f {
+        SaveFormat::Kohya => LoraFormat::Kohya,
+        SaveFormat::Peft => LoraFormat::Peft,
+        SaveFormat::Comfyui => LoraFormat::ComfyUi,
+    }
+}
+
+/// kohya-style metadata for a save at `step` (`started_at`: Unix seconds of the run start).
+pub fn training_metadata(c: &TrainConfig, guidance_model: bool, step: u64, epoch: u64, started_at: f64) -> TrainingMetadata {
+    let variant = if guidance_model { FluxVariant::Dev } else { FluxVariant::Schnell };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let dim = u32::try_from(c.network_dim).unwrap_or(u32::MAX);
+    let mut m = TrainingMetadata::flux_lora(variant, dim, c.network_alpha);
+    m.output_name = Some(c.output_name.clone());
+    m.learning_rate = Some(c.learning_rate);
+    m.max_train_steps = c.max_train_steps.map(|s| s as u64);
+    m.optimizer = Some(format!("{:?}", c.optimizer_type));
+    m.seed = Some(c.seed);
+    m.resolution = Some((c.resolution, c.resolution));
+    m.training_started_at = Some(started_at);
+    m.training_finished_at = Some(now);
+    m.steps = Some(step);
+    m.epoch = Some(epoch);
+    m.guidance_scale = Some(c.guidance_scale);
+    m.timestep_sampling = Some(format!("{:?}", c.timestep_sampling).to_lowercase());
+    m.discrete_flow_shift = c.discrete_flow_shift;
+    m.model_prediction_type = Some(format!("{:?}", c.model_prediction_type).to_lowercase());
+    m.modelspec_title = Some(format!("{} step {step}", c.output_name));
+    m.modelspec_date = Some(iso8601_utc(now as i64));
+    m.modelspec_resolution = Some((c.resolution, c.resolution));
+    m.network_args = Some(vec![("lora_targets".into(), c.lora_targets.clone())]);
+    m
+}
+
+/// What the self-check compared.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelfCheck {
+    /// Modules in the file (= adapters' linears in the model).
+    pub modules: usize,
+    /// Largest |ΔW_file − ΔW_memory| over all modules.
+    pub max_abs_diff: f32,
+}
+
+/// Exports the adapters of `model`, writes them to `path` in `format` with `metadata`, and
+/// self-checks the file.
+pub fn save_lora<B: Backend>(
+    model: &mut Flux<B>,
+    path: &Path,
+    format: LoraFormat,
+    metadata: &TrainingMetadata,
+) -> Result<SelfCheck, TrainError> {
+    let weights = export_lora(model)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    }
+    write_lora(path, &weights, format, &metadata.to_map())?;
+    self_check(model, path)
+}
+
+/// Reloads `path` and compares it with the adapters in `model`: the same module paths, shapes
+/// `[r, in]` / `[out, r]` that fit each linear, and ΔW within 1e-5 relative (PEFT folds the
+/// scale into the factors, so only ΔW is format-independent).
+pub fn self_check<B: Backend>(model: &mut Flux<B>, path: &Path) -> Result<SelfCheck, TrainError> {
+    let fail = |problem: String| TrainError::SelfCheck { path: path.to_path_buf(), problem };
+    let (file, _) = read_lora(path)?;
+    let mut count = 0;
+    let mut max_diff = 0.0f32;
+    for (key, lin) in model.linears_mut() {
+        if lin.adapters.is_empty() {
+            if file.modules.contains_key(&key) {
+                return Err(fail(format!("module `{key}` is in the file but has no adapter in memory")));
+            }
+            continue;
+        }
+        count += 1;
+        let m = file.modules.get(&key).ok_or_else(|| fail(format!("module `{key}` is missing from the file")))?;
+        let rank: usize = lin.adapters.iter().map(|a| a.rank()).sum();
+        if m.down.shape != [m.rank(), lin.d_in()] || m.up.shape != [lin.d_out(), m.rank()] || m.rank() > rank {
+            return Err(fail(format!(
+                "module `{key}`: down {:?} / up {:?} do not fit a {}→{} linear with adapters of total rank {rank}",
+                m.down.shape, m.up.shape, lin.d_in(), lin.d_out()
+            )));
+        }
+        let want = to_host(&lin.delta_weight())?.transpose()?; // [out, in]
+        let got = m.delta()?;
+        let diff = got.max_abs_diff(&want)?;
+        let tol = 1e-5 * want.max_abs().max(1e-3);
+        if !(diff <= tol) {
+            return Err(fail(format!("module `{key}`: ΔW differs by {diff:e} (tolerance {tol:e})")));
+        }
+        max_diff = max_diff.max(diff);
+    }
+    if file.modules.len() != count {
+        return Err(fail(format!("{} modules in the file, {count} adapters in memory", file.modules.len())));
+    }
+    Ok(SelfCheck { modules: count, max_abs_diff: max_diff })
+}
+
+/// Name of the checkpoint folder for `step`.
+pub fn checkpoint_dir_name(output_name: &str, step: u64) -> String {
+    format!("{output_name}-step{step:08}")
+}
+
+/// The step of a checkpoint folder name of this run, if it is one.
+fn checkpoint_step(output_name: &str, name: &str) -> Option<u64> {
+    let rest = name.strip_prefix(output_name)?.strip_prefix("-step")?;
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+/// The checkpoint folders of run `output_name` in `output_dir`, oldest step first.
+pub fn list_checkpoints(output_dir: &Path, output_name: &str) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(output_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(TrainError::io(output_dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| TrainError::io(output_dir, e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(step) = checkpoint_step(output_name, &name) {
+            if entry.path().is_dir() {
+                out.push((step, entry.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Deletes all but the newest `keep` checkpoint folders of the run; returns the deleted ones.
+pub fn prune_checkpoints(output_dir: &Path, output_name: &str, keep: usize) -> Result<Vec<PathBuf>, TrainError> {
+    let all = list_checkpoints(output_dir, output_name)?;
+    let excess = all.len().saturating_sub(keep);
+    let mut removed = Vec::new();
+    for (_, dir) in all.into_iter().take(excess) {
+        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        removed.push(dir);
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_names_parse_only_for_this_run() {
+        assert_eq!(checkpoint_dir_name("lora", 120), "lora-step00000120");
+        assert_eq!(checkpoint_step("lora", "lora-step00000120"), Some(120));
+        assert_eq!(checkpoint_step("lora", "lora-step12"), Some(12));
+        assert_eq!(checkpoint_step("lora", "lora2-step00000120"), None);
+        assert_eq!(checkpoint_step("lora", "lora-step"), None);
+        assert_eq!(checkpoint_step("lora", "lora-step1x"), None);
+    }
+
+    #[test]
+    fn retention_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        for s in [5u64, 10, 15, 20] {
+            std::fs::create_dir(dir.path().join(checkpoint_dir_name("run", s))).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("other-step00000001")).unwrap();
+        let removed = prune_checkpoints(dir.path(), "run", 2).unwrap();
+        assert_eq!(removed.len(), 2);
+        let left: Vec<u64> = list_checkpoints(dir.path(), "run").unwrap().into_iter().map(|p| p.0).collect();
+        assert_eq!(left, vec![15, 20]);
+        assert!(dir.path().join("other-step00000001").exists());
+    }
+}
