@@ -43,6 +43,20 @@ pub(crate) fn storage_dtype<B: Backend>(device: &B::Device, requested: Option<DT
     Ok(dtype)
 }
 
+/// `path/sub` when `path` is a model folder holding `sub/` (the diffusers layout), else `path`.
+pub(crate) fn model_subfolder(path: &Path, sub: &str) -> PathBuf {
+    if path.is_dir() && path.join(sub).is_dir() {
+        return path.join(sub);
+    }
+    path.to_path_buf()
+}
+
+/// The key prefix of a checkpoint (e.g. `text_model.` or a ComfyUI wrapper prefix): what stands
+/// before `probe` in the first key that ends with it; `None` when no key does.
+pub(crate) fn key_prefix(ckpt: &Checkpoint, probe: &str) -> Option<String> {
+    ckpt.names().find(|n| n.ends_with(probe)).map(|n| n[..n.len() - probe.len()].to_string())
+}
+
 /// Opens a checkpoint, mapping the I/O error into [`FluxError::Io`].
 pub(crate) fn open_checkpoint(path: &Path) -> Result<Checkpoint> {
     Checkpoint::open(path).map_err(|e| FluxError::Io { path: path.into(), message: e.to_string() })

@@ -10,7 +10,7 @@ use fluxlora_io::Checkpoint;
 
 use crate::clip::{ClipActivation, ClipConfig, ClipLayer, ClipPooling, ClipTextModel};
 use crate::error::{FluxError, Result};
-use crate::frozen::{open_checkpoint, storage_dtype, WeightReader};
+use crate::frozen::{key_prefix, model_subfolder, open_checkpoint, storage_dtype, WeightReader};
 
 const PROBE: &str = "embeddings.token_embedding.weight";
 
@@ -44,10 +44,7 @@ impl Default for ClipLoadOptions {
 
 /// The weights of `path`: a Flux model folder's `text_encoder/`, otherwise `path` itself.
 pub fn resolve_clip_path(path: &Path) -> PathBuf {
-    if path.is_dir() && path.join("text_encoder").is_dir() {
-        return path.join("text_encoder");
-    }
-    path.to_path_buf()
+    model_subfolder(path, "text_encoder")
 }
 
 impl<B: Backend> ClipTextModel<B> {
@@ -61,11 +58,7 @@ impl<B: Backend> ClipTextModel<B> {
 
     /// Loads from an opened checkpoint (`path` is used in messages).
     pub fn from_checkpoint(ckpt: &Checkpoint, path: &Path, options: &ClipLoadOptions, device: &B::Device) -> Result<Self> {
-        let prefix = ckpt
-            .names()
-            .find(|n| n.ends_with(PROBE))
-            .map(|n| n[..n.len() - PROBE.len()].to_string())
-            .ok_or_else(|| FluxError::UnknownModelFormat {
+        let prefix = key_prefix(ckpt, PROBE).ok_or_else(|| FluxError::UnknownModelFormat {
                 path: path.into(),
                 model: "CLIP text model",
                 expected: "`[text_model.]embeddings.token_embedding.weight` (transformers CLIPTextModel keys)",

@@ -8,7 +8,7 @@ use burn::tensor::{backend::Backend, DType};
 use fluxlora_io::Checkpoint;
 
 use crate::error::{FluxError, Result};
-use crate::frozen::{open_checkpoint, storage_dtype, WeightReader};
+use crate::frozen::{key_prefix, model_subfolder, open_checkpoint, storage_dtype, WeightReader};
 use crate::t5::{T5Block, T5Config, T5Encoder};
 
 const PROBE: &str = "encoder.block.0.layer.0.SelfAttention.q.weight";
@@ -33,10 +33,7 @@ impl Default for T5LoadOptions {
 
 /// The weights of `path`: a Flux model folder's `text_encoder_2/`, otherwise `path` itself.
 pub fn resolve_t5_path(path: &Path) -> PathBuf {
-    if path.is_dir() && path.join("text_encoder_2").is_dir() {
-        return path.join("text_encoder_2");
-    }
-    path.to_path_buf()
+    model_subfolder(path, "text_encoder_2")
 }
 
 impl<B: Backend> T5Encoder<B> {
@@ -49,11 +46,7 @@ impl<B: Backend> T5Encoder<B> {
 
     /// Loads from an opened checkpoint (`path` is used in messages).
     pub fn from_checkpoint(ckpt: &Checkpoint, path: &Path, options: &T5LoadOptions, device: &B::Device) -> Result<Self> {
-        let prefix = ckpt
-            .names()
-            .find(|n| n.ends_with(PROBE))
-            .map(|n| n[..n.len() - PROBE.len()].to_string())
-            .ok_or_else(|| FluxError::UnknownModelFormat {
+        let prefix = key_prefix(ckpt, PROBE).ok_or_else(|| FluxError::UnknownModelFormat {
                 path: path.into(),
                 model: "T5 encoder",
                 expected: "`encoder.block.0.layer.0.SelfAttention.q.weight` (transformers T5EncoderModel keys)",
