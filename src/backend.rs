@@ -147,19 +147,19 @@ macro_rules! with_backend {
             #[cfg(feature = "cuda")]
             $crate::backend::BackendKind::Cuda => {
                 type $B = burn::backend::Cuda;
-                let $dev = <$B as burn::tensor::backend::Backend>::Device::default();
+                let $dev: burn::tensor::Device<$B> = Default::default();
                 $body
             }
             #[cfg(feature = "wgpu")]
             $crate::backend::BackendKind::Wgpu => {
                 type $B = burn::backend::Wgpu;
-                let $dev = <$B as burn::tensor::backend::Backend>::Device::default();
+                let $dev: burn::tensor::Device<$B> = Default::default();
                 $body
             }
             #[cfg(feature = "ndarray")]
             $crate::backend::BackendKind::NdArray => {
                 type $B = burn::backend::NdArray;
-                let $dev = <$B as burn::tensor::backend::Backend>::Device::default();
+                let $dev: burn::tensor::Device<$B> = Default::default();
                 $body
             }
             #[allow(unreachable_patterns)]

@@ -1,7 +1,7 @@
 //! Loading the tagger from bad inputs (each error names the file and the fix), settings inferred
 //! from the weights, and tagging a folder with a corrupt image in it.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! Caption tools over a real folder: trigger insertion, dedupe/sort, dry-run diffs, the
 //! no-overwrite rule, tag statistics, and bad inputs (non-UTF-8 caption, unreadable folder).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! retries (500 then success, 429), non-retryable errors, timeout, unreachable server, and a
 //! concurrent folder run.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! The bad-input corpus: every kind of broken or unusual file in one folder must produce a report
 //! (and, for the trainer, a refusal listing them, or a skip) — never a panic.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Cache keying, reuse, rebuild and resume, with small deterministic fake encoders (average
 //! pooling) standing in for the real VAE and text encoders.
 
-mod common;
+use crate::common;
 
 use std::cell::Cell;
 use std::path::Path;

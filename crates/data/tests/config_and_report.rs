@@ -1,6 +1,6 @@
 //! Folder convention, the demo dataset's quality report, and the blur / orientation references.
 
-mod common;
+use crate::common;
 
 use common::*;
 use fluxlora_data::*;

@@ -1,7 +1,7 @@
 //! The loader: seeded, reproducible epoch plans; batches within one bucket; repeats counted;
 //! resuming from a saved state continues exactly; prefetching yields the same sequence.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

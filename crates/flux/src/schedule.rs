@@ -3,6 +3,10 @@
 //!
 //! Flux is trained as a rectified flow: `x_σ = (1 − σ)·x₀ + σ·ε`, the model predicts the
 //! velocity `ε − x₀`, and σ = 1 is pure noise. Sampling walks σ from 1 down to 0.
+//!
+//! Training samplers ([`SigmaSampler`]) map a uniform and a normal draw to σ; the discrete one
+//! (kohya `timestep_sampling = "sigma"`) indexes the shifted table of diffusers'
+//! `FlowMatchEulerDiscreteScheduler` ([`flow_match_sigmas`]).
 
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 
@@ -78,6 +82,29 @@ pub enum SigmaSampler {
     /// base_shift, max_shift)`: the resolution-dependent BFL shift (kohya `flux_shift`; ai-toolkit
     /// uses max_shift 1.16).
     FluxShift { sigmoid_scale: f64, base_shift: f64, max_shift: f64 },
+    /// σ = `flow_match_sigma(⌊u·N⌋, N, shift)`: an index drawn uniformly over the N-step table
+    /// of diffusers' `FlowMatchEulerDiscreteScheduler` (kohya `sigma`, with `shift =
+    /// discrete_flow_shift`, N = `num_train_timesteps` = 1000). Discrete: only N values occur.
+    Discrete { shift: f64, num_train_timesteps: usize },
+}
+
+/// Entry `index` (0 = most noise) of diffusers' `FlowMatchEulerDiscreteScheduler(num_train_timesteps
+/// = n, shift)` sigma table, computed in f32 with diffusers' order of operations so it matches
+/// the PyTorch table bit for bit:
+/// `t = linspace(1, n, n)[::-1][index] = n − index`, `s = t / n`,
+/// `σ = shift·s / (1 + (shift − 1)·s)`. `index ≥ n` is clamped to `n − 1`.
+pub fn flow_match_sigma(index: usize, n: usize, shift: f64) -> f32 {
+    let n = n.max(1);
+    let t = (n - index.min(n - 1)) as f32;
+    let s = t / n as f32;
+    let shift32 = shift as f32;
+    let minus_one = (shift - 1.0) as f32;
+    (shift32 * s) / (1.0 + minus_one * s)
+}
+
+/// The whole table of [`flow_match_sigma`]: `n` values from 1.0 down to `shift·(1/n) / …`.
+pub fn flow_match_sigmas(n: usize, shift: f64) -> Vec<f32> {
+    (0..n.max(1)).map(|i| flow_match_sigma(i, n, shift)).collect()
 }
 
 impl SigmaSampler {
@@ -95,6 +122,11 @@ impl SigmaSampler {
             SigmaSampler::FluxShift { sigmoid_scale, base_shift, max_shift } => {
                 let q = sigmoid(sigmoid_scale * n);
                 time_shift(lin_mu(image_seq_len, base_shift, max_shift), 1.0, q)
+            }
+            SigmaSampler::Discrete { shift, num_train_timesteps } => {
+                // kohya: indices = (u · N).long(), u ∈ [0, 1).
+                let index = (u * num_train_timesteps as f64).floor().max(0.0) as usize;
+                f64::from(flow_match_sigma(index, num_train_timesteps, shift))
             }
         }
     }
@@ -203,6 +235,36 @@ mod tests {
             .sigma(0.0, n, 4096);
         let s = 1.15f64.exp();
         assert!((fs - s * q / (1.0 + (s - 1.0) * q)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn flow_match_table_matches_the_closed_form() {
+        // Independent f64 closed form: σ_i = k·s/(1 + (k − 1)·s), s = (1000 − i)/1000.
+        for shift in [1.0, 3.0, 1.15f64.exp()] {
+            let table = flow_match_sigmas(1000, shift);
+            assert_eq!(table.len(), 1000);
+            for (i, &v) in table.iter().enumerate() {
+                let s = (1000 - i) as f64 / 1000.0;
+                let want = shift * s / (1.0 + (shift - 1.0) * s);
+                assert!((f64::from(v) - want).abs() <= 2e-7 * want, "shift {shift} index {i}: {v} vs {want}");
+            }
+            assert_eq!(table[0], 1.0);
+            assert!(table.windows(2).all(|w| w[0] > w[1]));
+        }
+        // shift 3 at index 500 (s = 0.5): 1.5 / 2 = 0.75 exactly.
+        assert_eq!(flow_match_sigma(500, 1000, 3.0), 0.75);
+    }
+
+    #[test]
+    fn discrete_sampler_picks_the_table_entry_of_floor_u_n() {
+        let d = SigmaSampler::Discrete { shift: 3.0, num_train_timesteps: 1000 };
+        let entry = |i: usize| {
+            let s = (1000 - i) as f64 / 1000.0;
+            3.0 * s / (1.0 + 2.0 * s)
+        };
+        for (u, i) in [(0.0, 0usize), (0.0009, 0), (0.001, 1), (0.4999, 499), (0.5, 500), (0.999_999, 999)] {
+            assert!((d.sigma(u, 0.7, 4096) - entry(i)).abs() < 1e-6, "u = {u} should pick index {i}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A bf16-stored frozen base on a backend that supports it (Flex): the forward stays close to
 //! the f32 reference and LoRA training still reaches only the adapters.
 
-mod common;
+use crate::common;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{DType, Distribution, Tensor};

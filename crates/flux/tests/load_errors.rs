@@ -1,6 +1,6 @@
 //! A wrong or partial checkpoint fails cleanly, naming the key and both shapes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! `$FLUXLORA_PARITY_DIR` when set) against its reference output, on NdArray (the wgpu case is in the root
 //! package's `tests/wgpu_backend.rs`).
 
-mod common;
+use crate::common;
 
 use burn::backend::NdArray;
 use common::{case_dirs, fixtures_dir, run_case, Case};

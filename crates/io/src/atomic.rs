@@ -76,15 +76,18 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// Flushes a folder's entries (new names, renames) to disk; a no-op where folders cannot be
+/// opened for syncing (non-Unix).
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| IoError::io(dir, "open directory for fsync", e))?;
     d.sync_all()
         .map_err(|e| IoError::io(dir, "fsync directory", e))
 }
 
+/// Flushes a folder's entries to disk (a no-op on this platform).
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<()> {
+pub fn sync_dir(_dir: &Path) -> Result<()> {
     Ok(())
 }
 

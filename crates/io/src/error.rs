@@ -227,6 +227,14 @@ pub enum IoError {
         format: &'static str,
         problem: String,
     },
+
+    /// A LoRA tool operation (resize, extract, merge) cannot be done as asked.
+    #[error("{path}: cannot {op}: {problem}")]
+    LoraOp {
+        path: PathBuf,
+        op: &'static str,
+        problem: String,
+    },
 }
 
 impl IoError {

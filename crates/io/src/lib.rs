@@ -22,6 +22,8 @@
 //!   loader).
 //! - [`atomic`] — [`atomic_write`].
 //! - [`lora`] — canonical LoRA, key maps per format, exact fuse/split, detection.
+//! - [`lora::ops`] — LoRA tools: inspect, convert, resize by SVD, extract from two
+//!   checkpoints, merge into a base checkpoint.
 //! - [`metadata`] — kohya training metadata.
 //! - [`error`] — [`IoError`], the crate's one error type.
 
@@ -34,10 +36,14 @@ pub mod safetensors;
 pub mod sharded;
 pub mod tensor;
 
-pub use atomic::atomic_write;
+pub use atomic::{atomic_write, sync_dir};
 pub use error::{IoError, Result};
 pub use lora::keys_flux::{flux_block_module_paths, flux_module_paths, FluxDims};
 pub use lora::keys_te::{TE_CLIP, TE_T5};
+pub use lora::ops::{
+    convert_lora_file, extract_lora, extract_lora_file, inspect_lora, merge_loras, resize_lora,
+    resize_lora_file, ExtractOptions, LoraInspection, ResizeTarget, WeightedLora,
+};
 pub use lora::{detect, read_lora, write_lora, write_lora_as, LoraFormat, LoraModule, LoraWeights};
 pub use metadata::{iso8601_utc, FluxVariant, TrainingMetadata};
 pub use safetensors::{

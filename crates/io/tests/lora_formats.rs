@@ -2,7 +2,7 @@
 //! into the right canonical modules with the right ΔW, computed here from the file's own
 //! tensors with the format's documented semantics.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! `1e-5 · max_ij Σ_k |scale·up_ik·down_kj|` — a few hundred f32 roundings of the largest term
 //! sum; conversions only add power-of-two scalings, one scale fold and re-associated sums.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -3,7 +3,7 @@
 //! either, and whatever we accept the reference `safetensors` crate accepts too, with the same
 //! bytes.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

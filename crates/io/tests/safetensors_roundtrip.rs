@@ -1,7 +1,7 @@
 //! Our writer against the reference `safetensors` crate as an independent reader, and the
 //! reference writer against our reader.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 

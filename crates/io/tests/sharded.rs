@@ -1,7 +1,7 @@
 //! Diffusers-style sharded checkpoints: an index whose `weight_map` names the shard of each
 //! tensor, opened through the index or the folder, read tensor by tensor across shards.
 
-mod common;
+use crate::common;
 
 use common::{f32_raw, values, write_reference};
 use fluxlora_io::{Checkpoint, IoError};

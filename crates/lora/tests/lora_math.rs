@@ -1,6 +1,6 @@
 //! Property tests of the rank/alpha math of `LoraLinear` against host reference arithmetic.
 
-mod common;
+use crate::common;
 
 use burn::backend::Autodiff;
 use burn::module::Module;

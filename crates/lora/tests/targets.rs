@@ -2,7 +2,7 @@
 //! (kohya 304 modules; ai-toolkit 494 diffusers modules; parameters per rank from the anchor
 //! tables), block lists, per-type ranks and regex rules.
 
-mod common;
+use crate::common;
 
 use common::flux_linears;
 use fluxlora_lora::{BlockList, ModuleKind, Preset, RuleOverride, TargetSelector};

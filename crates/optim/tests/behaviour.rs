@@ -1,7 +1,7 @@
 //! Optimizer plumbing: global-norm clipping (vs torch), gradient averaging, frozen parameters,
 //! per-group learning rates, Burn's `OptimizerAdaptor`, and reported state memory.
 
-mod common;
+use crate::common;
 
 use burn::module::{Module, Param};
 use burn::optim::{GradientsParams, Optimizer};

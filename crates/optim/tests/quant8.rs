@@ -2,7 +2,7 @@
 //! quantizer code for code, an independent error bound, and convergence on a quadratic next to
 //! f32 AdamW.
 
-mod common;
+use crate::common;
 
 use burn::module::{Module, Param};
 use burn::optim::{GradientsParams, Optimizer};

@@ -2,7 +2,7 @@
 //! optimizer; state files are keyed by parameter path, so a fresh process (fresh random
 //! `ParamId`s) resumes correctly.
 
-mod common;
+use crate::common;
 
 use burn::module::Param;
 use burn::tensor::Tensor;

@@ -1,6 +1,6 @@
 //! LR schedules: values against diffusers `get_scheduler` (fixture), and invariants (proptest).
 
-mod common;
+use crate::common;
 
 use common::Fixture;
 use fluxlora_optim::{LrSchedule, ScheduleKind};

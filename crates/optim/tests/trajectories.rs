@@ -3,7 +3,7 @@
 //! transformers Adafactor — same initial parameters, same per-step gradients, parameters compared
 //! after steps 1, 2, 6 and 12 with the tolerance stated per optimizer.
 
-mod common;
+use crate::common;
 
 use burn::optim::Optimizer;
 use common::*;

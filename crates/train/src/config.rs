@@ -250,6 +250,9 @@ pub struct TrainConfig {
     pub save_last_n_saves: Option<usize>,
     /// File layout.
     pub save_format: SaveFormat,
+    /// Latent and text-embedding caches (`None`: `<output_dir>/cache`); valid entries are reused
+    /// across runs.
+    pub cache_dir: Option<PathBuf>,
 
     /// Prompts file for samples (kohya per-line flags `--w --h --s --d --g --n`).
     pub sample_prompts: Option<PathBuf>,
@@ -322,6 +325,7 @@ impl Default for TrainConfig {
             save_every_n_steps: None,
             save_last_n_saves: None,
             save_format: SaveFormat::Kohya,
+            cache_dir: None,
             sample_prompts: None,
             sample_every_n_steps: None,
             sample_at_first: true,
@@ -414,6 +418,18 @@ impl TrainConfig {
         }
         if !(0.0..0.9).contains(&self.validation_split) {
             return bad("validation_split", format!("{} must be in [0, 0.9)", self.validation_split));
+        }
+        if self.validation_split > 0.0 || self.validate_every_n_steps.is_some() {
+            // Refused rather than ignored: a run that silently skipped validation would name no
+            // best checkpoint.
+            return bad(
+                "validation_split",
+                format!(
+                    "{}: the validation split is not implemented yet; set validation_split = 0 and \
+                     validate_every_n_steps unset, and compare checkpoints by their samples",
+                    self.validation_split
+                ),
+            );
         }
         if let Some(d) = self.ema_decay {
             if !(0.0..1.0).contains(&d) {

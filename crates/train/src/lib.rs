@@ -17,6 +17,7 @@
 //! - [`noise`]: seeded σ / ε draws.
 //! - [`step`]: one flow-matching training step and its loss.
 //! - [`optimizer`]: optimizer and LR schedule from the config.
+//! - [`ema`]: EMA of the LoRA weights (`ema_decay`), saved instead of the live weights.
 //! - [`lora_export`]: model adapters ↔ canonical `LoraWeights`.
 //! - [`save`]: LoRA files with metadata, self-check, retention.
 //! - [`resume`]: checkpoint folders and `--resume`.
@@ -24,30 +25,50 @@
 //! - [`source`]: the batch source trait and the cached-data source.
 //! - [`run`]: the [`Trainer`] loop.
 
+pub mod base;
 pub mod config;
+pub mod ema;
+pub mod encoders;
 pub mod error;
+pub mod inference;
 pub mod log;
 pub mod lora_export;
+pub mod monitor;
 pub mod noise;
 pub mod optimizer;
+pub mod prepare;
 pub mod preset;
+pub mod report;
 pub mod resume;
 pub mod run;
 pub mod save;
+pub mod session;
 pub mod source;
 pub mod step;
+pub mod prompts;
+pub mod font;
+pub mod grid;
+pub mod plot;
+pub mod sample;
 
+pub use base::BaseModel;
+pub use ema::LoraEma;
+pub use encoders::{FluxLatentEncoder, FluxTextEncoder};
+pub use prepare::{dataset_config, prepare_data, CachePlan, PreparedData};
 pub use config::{
     LossType, LrScheduler, ModelPredictionType, ModelType, OptimizerType, SaveFormat, TimestepSampling, TrainConfig,
     WeightingScheme,
 };
 pub use error::TrainError;
+pub use inference::{apply_loras, apply_named_loras, resolve_lora_name, sample_prompts, ApplyReport, SampleRun};
 pub use log::{CsvLog, StepRecord};
 pub use lora_export::{export_lora, import_lora};
 pub use optimizer::{lr_schedule, TrainOptimizer};
 pub use preset::{PresetAdvice, TrainingPreset};
 pub use resume::{load_checkpoint, save_checkpoint, TrainState};
-pub use run::{target_selector, RunSummary, Trainer};
+pub use monitor::{Monitor, Sampler};
+pub use run::{target_selector, NoObserver, RunObserver, RunSummary, Trainer};
+pub use session::{train_session, SessionOptions, SessionReport};
 pub use save::{lora_format, save_lora, self_check, SelfCheck};
 pub use source::{BatchSource, CachedBatches};
 pub use step::{flow_matching_loss, training_step, StepSettings, TrainBatch};

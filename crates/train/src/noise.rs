@@ -2,7 +2,9 @@
 //!
 //! Every draw comes from a SplitMix64 stream derived from `(seed, step, micro-batch)`, so the
 //! draws of any step can be recomputed from those three numbers alone: a resumed run needs no
-//! saved generator state to continue bit-for-bit. ε is standard normal by Box–Muller.
+//! saved generator state to continue bit-for-bit. ε is standard normal by Box–Muller. Each
+//! sample's σ takes one uniform `u` and one normal `n` from the σ stream; the sampler uses the
+//! one it needs (the discrete `sigma` table of kohya indexes it with `⌊u·1000⌋`).
 
 use fluxlora_data::SplitMix64;
 use fluxlora_flux::schedule::SigmaSampler;

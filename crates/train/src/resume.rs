@@ -3,7 +3,10 @@
 //! - `optimizer.safetensors` — the optimizer state (`fluxlora_optim::state_file`),
 //! - `state.json` — [`TrainState`]: step, epoch, batch-source position, RNG seed and counter,
 //!   LR step, optimizer name, config hash,
-//! - `config.toml` — the effective config (to name what changed when the hash differs).
+//! - `config.toml` — the effective config (to name what changed when the hash differs),
+//! - with `ema_decay` set: `ema.safetensors` — the EMA state ([`LoraEma::save`]), and
+//!   `live.safetensors` — the live adapter weights training continues from (the LoRA file then
+//!   holds the averages). Resume restores both, so EMA runs resume bit-exactly too.
 //!
 //! The folder is written under a temporary name and renamed into place, so an interruption
 //! during a save leaves the previous checkpoints intact and no half-written folder under the
@@ -18,10 +21,11 @@ use fluxlora_io::{read_lora, TrainingMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::ema::{read_adapter_file, read_adapters, restore_adapters, write_adapters, LoraEma};
 use crate::error::TrainError;
 use crate::lora_export::import_lora;
 use crate::optimizer::TrainOptimizer;
-use crate::save::{lora_format, save_lora};
+use crate::save::{lora_format, move_aside, save_lora};
 
 /// Format tag of `state.json`.
 pub const STATE_FORMAT: &str = "fluxlora-train-state/1";
@@ -31,6 +35,10 @@ pub const STATE_FILE: &str = "state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// Effective config file.
 pub const CONFIG_FILE: &str = "config.toml";
+/// EMA state file (runs with `ema_decay`).
+pub const EMA_FILE: &str = "ema.safetensors";
+/// Live adapter weights (runs with `ema_decay`, whose LoRA file holds the averages).
+pub const LIVE_FILE: &str = "live.safetensors";
 
 /// Config keys that do not change the training math (may differ on resume).
 const BOOKKEEPING_KEYS: &[&str] = &[
@@ -89,6 +97,8 @@ pub fn lora_file_name(c: &TrainConfig) -> String {
 }
 
 /// Writes a checkpoint folder at `dir` (replacing one of the same name) and returns its path.
+/// With `ema`, the LoRA file holds its averages and the folder also gets [`EMA_FILE`] and
+/// [`LIVE_FILE`].
 pub fn save_checkpoint<B: AutodiffBackend>(
     dir: &Path,
     model: &mut Flux<B>,
@@ -96,6 +106,7 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     state: &TrainState,
     config: &TrainConfig,
     metadata: &TrainingMetadata,
+    ema: Option<&LoraEma>,
 ) -> Result<PathBuf, TrainError> {
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
     let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -104,20 +115,39 @@ pub fn save_checkpoint<B: AutodiffBackend>(
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    save_lora(model, &tmp.join(&state.lora_file), lora_format(config.save_format), metadata)?;
+    let lora_path = tmp.join(&state.lora_file);
+    match ema {
+        Some(ema) => {
+            save_lora(&mut ema.averaged(model)?, &lora_path, lora_format(config.save_format), metadata)?;
+            ema.save(&tmp.join(EMA_FILE))?;
+            write_adapters(&tmp.join(LIVE_FILE), &read_adapters(model)?, &Default::default())?;
+        }
+        None => {
+            save_lora(model, &lora_path, lora_format(config.save_format), metadata)?;
+        }
+    }
     optimizer.save_state(&tmp.join(OPTIMIZER_FILE))?;
     let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Checkpoint {
         path: dir.to_path_buf(),
         problem: format!("cannot encode state.json: {e}"),
         fix: "report this as a bug".into(),
     })?;
-    let write = |p: PathBuf, text: &str| std::fs::write(&p, text).map_err(|e| TrainError::io(&p, e));
+    // Every file is fsynced before the folder is renamed into place, and the rename itself is
+    // flushed, so a power loss cannot leave a complete-looking folder with empty files.
+    let write = |p: PathBuf, text: &str| -> Result<(), TrainError> {
+        Ok(fluxlora_io::atomic_write(&p, |w| w.write_all(text.as_bytes()))?)
+    };
     write(tmp.join(STATE_FILE), &json)?;
     write(tmp.join(CONFIG_FILE), &config.to_toml())?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    }
+    // Replacing a folder of the same step: move the old one aside (one atomic rename) rather
+    // than deleting it in place, where a kill would leave it half-deleted under its name.
+    let old = if dir.exists() { Some(move_aside(dir)?) } else { None };
+    fluxlora_io::sync_dir(&tmp)?;
     std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
+    fluxlora_io::sync_dir(if parent.as_os_str().is_empty() { Path::new(".") } else { &parent })?;
+    if let Some(old) = old {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    }
     Ok(dir.to_path_buf())
 }
 
@@ -152,12 +182,14 @@ fn changed_keys(dir: &Path, config: &TrainConfig) -> String {
 }
 
 /// Restores the LoRA values and optimizer state of a checkpoint into `model` / `optimizer`
-/// (whose adapters must already be applied with the run's targets); returns the state.
+/// (whose adapters must already be applied with the run's targets), and with `ema` its EMA
+/// state and the live weights from [`LIVE_FILE`]; returns the state.
 pub fn load_checkpoint<B: AutodiffBackend>(
     dir: &Path,
     model: &mut Flux<B>,
     optimizer: &mut TrainOptimizer<B>,
     config: &TrainConfig,
+    ema: Option<&mut LoraEma>,
 ) -> Result<TrainState, TrainError> {
     let state = read_state(dir, config)?;
     if state.optimizer != optimizer.name() {
@@ -167,9 +199,38 @@ pub fn load_checkpoint<B: AutodiffBackend>(
             fix: "resume with the same optimizer_type".into(),
         });
     }
-    let lora_path = dir.join(&state.lora_file);
-    let (weights, _) = read_lora(&lora_path)?;
-    import_lora(model, &weights, &lora_path)?;
+    match ema {
+        Some(ema) => {
+            let missing = |f: &str| TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                problem: format!("{f} is missing, but this run has ema_decay set"),
+                fix: "resume with the ema_decay of the run that wrote it (none), or start a new run".into(),
+            };
+            let (ema_path, live_path) = (dir.join(EMA_FILE), dir.join(LIVE_FILE));
+            if !ema_path.exists() {
+                return Err(missing(EMA_FILE));
+            }
+            if !live_path.exists() {
+                return Err(missing(LIVE_FILE));
+            }
+            let loaded = LoraEma::load(&ema_path, ema.decay(), model)?;
+            if loaded.updates() != state.step {
+                return Err(TrainError::Checkpoint {
+                    path: dir.to_path_buf(),
+                    problem: format!("{EMA_FILE} has {} updates but the checkpoint is at step {}", loaded.updates(), state.step),
+                    fix: "the folder is inconsistent; resume from another checkpoint".into(),
+                });
+            }
+            let (live, _) = read_adapter_file(&live_path)?;
+            restore_adapters(model, &live, &live_path)?;
+            *ema = loaded;
+        }
+        None => {
+            let lora_path = dir.join(&state.lora_file);
+            let (weights, _) = read_lora(&lora_path)?;
+            import_lora(model, &weights, &lora_path)?;
+        }
+    }
     optimizer.load_state(&dir.join(OPTIMIZER_FILE), model)?;
     Ok(state)
 }

@@ -6,6 +6,11 @@
 //! LoRA also goes to `<output_dir>/<output_name>.safetensors`. The effective config is written to
 //! `<output_dir>/<output_name>-config.toml` at start.
 //!
+//! With `ema_decay` set, a [`LoraEma`] is updated after every optimizer step; every LoRA file the
+//! trainer writes (checkpoints and the final one) then holds the averages, while the live
+//! weights keep training and go into the checkpoint's `live.safetensors` (see [`crate::resume`]).
+//! Observers see the live model.
+//!
 //! Stopping early: [`Trainer::stop_handle`] returns a flag the caller may set (e.g. from a
 //! SIGINT handler); the loop then finishes the current step, saves a resumable checkpoint and
 //! returns. The crate installs no signal handler itself.
@@ -21,6 +26,7 @@ use fluxlora_lora::{BlockList, Preset, TargetSelector};
 use fluxlora_optim::{GradientMean, LrSchedule};
 
 use crate::config::TrainConfig;
+use crate::ema::LoraEma;
 use crate::error::TrainError;
 use crate::log::{check_finite, CsvLog, Progress, StepRecord};
 use crate::noise::draw_noise;
@@ -64,6 +70,33 @@ pub struct RunSummary {
     pub seconds: f64,
 }
 
+/// Watches a run: called by [`Trainer::run_observed`] before the first step, after every
+/// optimizer step, after every intermediate checkpoint, and at the end. Sampling, the loss curve
+/// and validation hook in here ([`crate::monitor::Monitor`]); every method defaults to nothing.
+pub trait RunObserver<B: AutodiffBackend> {
+    /// Before the first step of this `run` (step 0, or the resumed step).
+    fn on_start(&mut self, _step: u64, _model: &Flux<B>) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// After each optimizer step. Returns lines to print above the progress bar.
+    fn on_step(&mut self, _record: &StepRecord, _model: &Flux<B>) -> Result<Vec<String>, TrainError> {
+        Ok(Vec::new())
+    }
+    /// After each checkpoint folder is written (`dir`), including the last one.
+    fn on_checkpoint(&mut self, _step: u64, _dir: &std::path::Path, _model: &Flux<B>) -> Result<Vec<String>, TrainError> {
+        Ok(Vec::new())
+    }
+    /// At the end of the run, with its summary.
+    fn on_end(&mut self, _summary: &RunSummary, _model: &Flux<B>) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// The observer that does nothing.
+pub struct NoObserver;
+
+impl<B: AutodiffBackend> RunObserver<B> for NoObserver {}
+
 /// The training loop over a LoRA-wrapped [`Flux`].
 pub struct Trainer<B: AutodiffBackend> {
     config: TrainConfig,
@@ -78,6 +111,7 @@ pub struct Trainer<B: AutodiffBackend> {
     stop: Arc<AtomicBool>,
     show_progress: bool,
     last_check: Option<SelfCheck>,
+    ema: Option<LoraEma>,
 }
 
 fn mix(seed: u64, step: u64, micro: u64) -> u64 {
@@ -94,9 +128,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             key: "max_train_steps".into(),
             message: "not set; give it, or derive it from the preset and dataset size (TrainingPreset::steps_for) before building the trainer".into(),
         })? as u64;
-        if config.ema_decay.is_some() {
-            return Err(TrainError::Invalid { key: "ema_decay".into(), message: "EMA of LoRA weights is not implemented yet; remove ema_decay".into() });
-        }
+        let ema = config.ema_decay.map(LoraEma::new).transpose()?;
         // Adapter init draws from the backend RNG: seed it so a run is reproducible from `seed`.
         B::seed(&device, mix(config.seed, u64::MAX, 0));
         let chosen = model.apply_lora(&target_selector(&config)?, &device)?;
@@ -123,6 +155,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             stop: Arc::new(AtomicBool::new(false)),
             show_progress: true,
             last_check: None,
+            ema,
         })
     }
 
@@ -136,6 +169,12 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// current step.
     pub fn stop_handle(&self) -> Arc<AtomicBool> {
         self.stop.clone()
+    }
+
+    /// Uses `stop` as the stop flag (e.g. one a signal handler already sets).
+    pub fn with_stop_handle(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// Optimizer steps completed.
@@ -153,6 +192,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         &self.optimizer
     }
 
+    /// The EMA of the adapter weights (`ema_decay` set).
+    pub fn ema(&self) -> Option<&LoraEma> {
+        self.ema.as_ref()
+    }
+
     /// The model (with its adapters).
     pub fn model_mut(&mut self) -> &mut Flux<B> {
         self.model.as_mut().expect("the model is only taken during an optimizer step")
@@ -166,7 +210,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Restores a checkpoint folder (LoRA, optimizer state, step, RNG counter, source position).
     pub fn resume(&mut self, dir: &std::path::Path, source: &mut dyn BatchSource<B>) -> Result<TrainState, TrainError> {
         let model = self.model.as_mut().expect("model present between steps");
-        let state = load_checkpoint(dir, model, &mut self.optimizer, &self.config)?;
+        let state = load_checkpoint(dir, model, &mut self.optimizer, &self.config, self.ema.as_mut())?;
         source.restore(&state.source)?;
         self.step = state.step;
         Ok(state)
@@ -212,6 +256,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         self.model = Some(self.optimizer.step(lr, model, grads));
         self.step += 1;
+        if let Some(ema) = self.ema.as_mut() {
+            ema.update(self.model.as_mut().expect("model put back just above"))?;
+        }
         Ok(StepRecord {
             step: self.step,
             loss: loss as f32,
@@ -242,7 +289,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let dir = self.config.output_dir.join(checkpoint_dir_name(&self.config.output_name, self.step));
         let meta = self.metadata(state.epoch);
         let model = self.model.as_mut().expect("model present between steps");
-        let path = save_checkpoint(&dir, model, &self.optimizer, &state, &self.config, &meta)?;
+        let path = save_checkpoint(&dir, model, &self.optimizer, &state, &self.config, &meta, self.ema.as_ref())?;
         Ok(path)
     }
 
@@ -255,6 +302,15 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Trains until `max_train_steps` (or the stop flag), saving as configured.
     pub fn run(&mut self, source: &mut dyn BatchSource<B>) -> Result<RunSummary, TrainError> {
+        self.run_observed(source, &mut NoObserver)
+    }
+
+    /// [`run`](Self::run), calling `observer` along the way.
+    pub fn run_observed(
+        &mut self,
+        source: &mut dyn BatchSource<B>,
+        observer: &mut dyn RunObserver<B>,
+    ) -> Result<RunSummary, TrainError> {
         let t0 = Instant::now();
         let c = self.config.clone();
         std::fs::create_dir_all(&c.output_dir).map_err(|e| TrainError::io(&c.output_dir, e))?;
@@ -264,36 +320,50 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut csv = if self.step == 0 { CsvLog::create(&csv_path)? } else { CsvLog::resume(&csv_path, self.step)? };
         let mut progress = Progress::new(self.total_steps, self.step, self.show_progress);
         let mut last_loss = None;
+        observer.on_start(self.step, self.model_ref())?;
         while self.step < self.total_steps && !self.stop.load(Ordering::Relaxed) {
             let rec = self.step_once(source)?;
             csv.write(&rec)?;
             progress.update(&rec);
             last_loss = Some(rec.loss);
+            for line in observer.on_step(&rec, self.model_ref())? {
+                progress.println(&line);
+            }
             if let Some(n) = c.save_every_n_steps.filter(|&n| n > 0) {
                 if self.step % n as u64 == 0 && self.step < self.total_steps {
-                    self.save_checkpoint(source)?;
+                    let dir = self.save_checkpoint(source)?;
                     if let Some(keep) = c.save_last_n_saves {
                         prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1))?;
                     }
-                    progress.println(&format!("saved step {} to {}", self.step, c.output_dir.display()));
+                    progress.println(&format!("saved step {} to {}", self.step, dir.display()));
+                    for line in observer.on_checkpoint(self.step, &dir, self.model_ref())? {
+                        progress.println(&line);
+                    }
                 }
             }
         }
         let stopped = self.step < self.total_steps;
-        let checkpoint = Some(self.save_checkpoint(source)?);
+        let last_dir = self.save_checkpoint(source)?;
         if let Some(keep) = c.save_last_n_saves {
             prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1))?;
         }
+        for line in observer.on_checkpoint(self.step, &last_dir, self.model_ref())? {
+            progress.println(&line);
+        }
+        let checkpoint = Some(last_dir);
         let mut lora = None;
         if !stopped {
             let path = c.output_dir.join(format!("{}.safetensors", c.output_name));
             let meta = self.metadata(source.epoch());
             let model = self.model.as_mut().expect("model present between steps");
-            self.last_check = Some(save_lora(model, &path, lora_format(c.save_format), &meta)?);
+            self.last_check = Some(match &self.ema {
+                Some(ema) => save_lora(&mut ema.averaged(model)?, &path, lora_format(c.save_format), &meta)?,
+                None => save_lora(model, &path, lora_format(c.save_format), &meta)?,
+            });
             lora = Some(path);
         }
         progress.finish(if stopped { "stopped; resumable checkpoint saved" } else { "done" });
-        Ok(RunSummary {
+        let summary = RunSummary {
             steps: self.step,
             stopped,
             last_loss,
@@ -302,6 +372,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             csv: csv_path,
             self_check: self.last_check.clone(),
             seconds: t0.elapsed().as_secs_f64(),
-        })
+        };
+        observer.on_end(&summary, self.model_ref())?;
+        Ok(summary)
+    }
+
+    fn model_ref(&self) -> &Flux<B> {
+        self.model.as_ref().expect("model present between steps")
     }
 }

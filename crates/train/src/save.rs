@@ -2,7 +2,8 @@
 //! `ss_*` / `modelspec.*` metadata, atomically (`fluxlora-io` writes a temporary file and
 //! renames it). After each write a self-check reloads the file and compares key count, shapes
 //! and ΔW = scale·up·down with the adapters in memory. Retention keeps the last K checkpoint
-//! folders `<name>-step<N>`.
+//! folders `<name>-step<N>`. With `ema_decay` set, the metadata carries `fluxlora_ema_decay` and
+//! `fluxlora_ema_warmup` (the file then holds EMA weights; see [`crate::ema`]).
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,10 @@ pub fn training_metadata(c: &TrainConfig, guidance_model: bool, step: u64, epoch
     m.modelspec_date = Some(iso8601_utc(now as i64));
     m.modelspec_resolution = Some((c.resolution, c.resolution));
     m.network_args = Some(vec![("lora_targets".into(), c.lora_targets.clone())]);
+    if let Some(d) = c.ema_decay {
+        m.extra.insert(crate::ema::EMA_METADATA_KEY.into(), d.to_string());
+        m.extra.insert(crate::ema::EMA_WARMUP_METADATA_KEY.into(), "diffusers".into());
+    }
     m
 }
 
@@ -149,14 +154,46 @@ pub fn list_checkpoints(output_dir: &Path, output_name: &str) -> Result<Vec<(u64
     Ok(out)
 }
 
-/// Deletes all but the newest `keep` checkpoint folders of the run; returns the deleted ones.
+/// Suffix of a checkpoint folder moved aside for deletion (`.<name>-step<N>.deleting`).
+const DELETING_SUFFIX: &str = ".deleting";
+
+/// Renames checkpoint folder `dir` to the hidden `.<name>.deleting` beside it (replacing a stale
+/// one), a name [`list_checkpoints`] ignores; returns the new path. One rename is atomic, so a
+/// kill leaves the folder either complete under its name or gone from the listing.
+pub fn move_aside(dir: &Path) -> Result<PathBuf, TrainError> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let aside = dir.with_file_name(format!(".{name}{DELETING_SUFFIX}"));
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside).map_err(|e| TrainError::io(&aside, e))?;
+    }
+    std::fs::rename(dir, &aside).map_err(|e| TrainError::io(dir, e))?;
+    Ok(aside)
+}
+
+/// Deletes a checkpoint folder without ever leaving it half-deleted under its own name:
+/// [`move_aside`], then remove.
+pub fn remove_checkpoint_dir(dir: &Path) -> Result<(), TrainError> {
+    let aside = move_aside(dir)?;
+    std::fs::remove_dir_all(&aside).map_err(|e| TrainError::io(&aside, e))
+}
+
+/// Deletes all but the newest `keep` checkpoint folders of the run, and any of its folders left
+/// moved aside by an interrupted deletion; returns the deleted checkpoints.
 pub fn prune_checkpoints(output_dir: &Path, output_name: &str, keep: usize) -> Result<Vec<PathBuf>, TrainError> {
     let all = list_checkpoints(output_dir, output_name)?;
     let excess = all.len().saturating_sub(keep);
     let mut removed = Vec::new();
     for (_, dir) in all.into_iter().take(excess) {
-        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        remove_checkpoint_dir(&dir)?;
         removed.push(dir);
+    }
+    for entry in std::fs::read_dir(output_dir).map_err(|e| TrainError::io(output_dir, e))? {
+        let entry = entry.map_err(|e| TrainError::io(output_dir, e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let inner = name.strip_prefix('.').and_then(|n| n.strip_suffix(DELETING_SUFFIX));
+        if inner.is_some_and(|n| checkpoint_step(output_name, n).is_some()) && entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path()).map_err(|e| TrainError::io(entry.path(), e))?;
+        }
     }
     Ok(removed)
 }
@@ -187,5 +224,30 @@ mod tests {
         let left: Vec<u64> = list_checkpoints(dir.path(), "run").unwrap().into_iter().map(|p| p.0).collect();
         assert_eq!(left, vec![15, 20]);
         assert!(dir.path().join("other-step00000001").exists());
+    }
+
+    #[test]
+    fn a_folder_moved_aside_is_unlisted_and_the_next_prune_sweeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for s in [5u64, 6] {
+            let d = dir.path().join(checkpoint_dir_name("run", s));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("state.json"), b"{}").unwrap();
+        }
+        // A deletion of step 5 killed after its rename: only the hidden folder is left.
+        let aside = move_aside(&dir.path().join("run-step00000005")).unwrap();
+        assert_eq!(aside, dir.path().join(".run-step00000005.deleting"));
+        assert!(aside.join("state.json").exists());
+        let steps = |d: &Path| list_checkpoints(d, "run").unwrap().into_iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(steps(dir.path()), vec![6]);
+        // Hidden folders that are not this run's deletions stay.
+        for keep in [".other-step00000001.deleting", ".run-step00000007.partial"] {
+            std::fs::create_dir(dir.path().join(keep)).unwrap();
+        }
+        assert!(prune_checkpoints(dir.path(), "run", 5).unwrap().is_empty());
+        assert!(!aside.exists());
+        assert!(dir.path().join(".other-step00000001.deleting").exists());
+        assert!(dir.path().join(".run-step00000007.partial").exists());
+        assert_eq!(steps(dir.path()), vec![6]);
     }
 }

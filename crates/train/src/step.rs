@@ -13,6 +13,11 @@
 //! 4. × the loss mask (alpha mask, broadcast over channels), then the mean over tokens and
 //!    channels per sample (masked elements count as zeros, as kohya's `apply_masked_loss`);
 //! 5. × the per-sample weight (`prior_loss_weight` for regularisation images), mean over the batch.
+//!
+//! `timestep_sampling = "sigma"` is kohya's discrete sampler: an index uniform over the 1000-entry
+//! table of diffusers' `FlowMatchEulerDiscreteScheduler(shift = discrete_flow_shift, default 3.0)`
+//! ([`fluxlora_flux::schedule::flow_match_sigmas`]), σ = table[index]. kohya feeds the model
+//! `timesteps / 1000` (σ·1000/1000 in f32, at most an ulp from σ); this step feeds σ itself.
 
 use burn::optim::GradientsParams;
 use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor, TensorData};
@@ -94,6 +99,11 @@ pub struct StepSettings {
     pub checkpointing: Checkpointing,
 }
 
+/// kohya's default `discrete_flow_shift` (used by `timestep_sampling = "sigma"` when unset).
+pub const KOHYA_DISCRETE_FLOW_SHIFT: f64 = 3.0;
+/// Length of the discrete σ table (`FlowMatchEulerDiscreteScheduler(num_train_timesteps)`).
+pub const NUM_TRAIN_TIMESTEPS: usize = 1000;
+
 /// BFL's static shift for a square image of `resolution` pixels: `exp(μ)` with μ from the
 /// token count `(resolution/16)²` (3.16 at 1024², 1.0 … 3.2 from 256² up).
 pub fn bfl_shift(resolution: u32) -> f64 {
@@ -118,14 +128,10 @@ impl StepSettings {
             TimestepSampling::FluxShift => {
                 SigmaSampler::FluxShift { sigmoid_scale: scale, base_shift: BASE_SHIFT, max_shift: MAX_SHIFT }
             }
-            TimestepSampling::Sigma => {
-                return Err(TrainError::Invalid {
-                    key: "timestep_sampling".into(),
-                    message: "`sigma` (kohya's discrete table) is not implemented; use `shift` (same shifted \
-                              density, continuous) or `flux_shift`"
-                        .into(),
-                })
-            }
+            TimestepSampling::Sigma => SigmaSampler::Discrete {
+                shift: c.discrete_flow_shift.map_or(KOHYA_DISCRETE_FLOW_SHIFT, f64::from),
+                num_train_timesteps: NUM_TRAIN_TIMESTEPS,
+            },
         };
         let weighting = match c.weighting_scheme {
             WeightingScheme::None => LossWeighting::None,
@@ -332,6 +338,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `fixtures/train/flow_match_sigmas.json`, written by diffusers
+    /// (`fixtures/train/make_flow_match_sigmas.py`).
+    fn diffusers_tables() -> serde_json::Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/train/flow_match_sigmas.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sigma_sampling_reproduces_the_diffusers_table_bit_for_bit() {
+        let fixture = diffusers_tables();
+        let tables = fixture["tables"].as_array().unwrap();
+        assert_eq!(tables.len(), 3);
+        for t in tables {
+            let shift = t["shift"].as_f64().unwrap();
+            let want: Vec<f32> = t["sigmas"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let got = fluxlora_flux::schedule::flow_match_sigmas(NUM_TRAIN_TIMESTEPS, shift);
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "shift {shift} index {i}: {g} vs diffusers {w}");
+            }
+            // kohya's timesteps[indices] → get_sigmas path lands on the same entries.
+            let config = TrainConfig {
+                timestep_sampling: TimestepSampling::Sigma,
+                discrete_flow_shift: Some(shift as f32),
+                ..TrainConfig::default()
+            };
+            let sampler = StepSettings::from_config(&config).unwrap().sampler;
+            let idx = t["kohya_indices"].as_array().unwrap();
+            for (i, k) in idx.iter().zip(t["kohya_sigmas"].as_array().unwrap()) {
+                let i = i.as_u64().unwrap() as usize;
+                let u = (i as f64 + 0.5) / NUM_TRAIN_TIMESTEPS as f64;
+                let got = sampler.sigma(u, 0.0, 4096) as f32;
+                // The config stores the shift as f32, so compare at f32 precision of the shift.
+                assert!((f64::from(got) - k.as_f64().unwrap()).abs() < 1e-6, "index {i}: {got} vs {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn sigma_sampling_defaults_to_kohyas_shift_of_three() {
+        let config = TrainConfig { timestep_sampling: TimestepSampling::Sigma, ..TrainConfig::default() };
+        let s = StepSettings::from_config(&config).unwrap().sampler;
+        assert_eq!(s, SigmaSampler::Discrete { shift: 3.0, num_train_timesteps: 1000 });
+        // The draws are seeded per (seed, step, micro-batch) and only take table values.
+        let a = crate::noise::draw_noise(9, 4, 1, &s, 64, 1, 1);
+        assert_eq!(a, crate::noise::draw_noise(9, 4, 1, &s, 64, 1, 1));
+        assert_ne!(a.sigmas, crate::noise::draw_noise(9, 5, 1, &s, 64, 1, 1).sigmas);
+        let table = fluxlora_flux::schedule::flow_match_sigmas(1000, 3.0);
+        assert!(a.sigmas.iter().all(|v| table.contains(v)), "{:?}", a.sigmas);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `CachedBatches`: the real batch source over the data crate's loader and caches, with small
 //! deterministic stand-in encoders; then a short run on it.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

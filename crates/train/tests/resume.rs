@@ -1,7 +1,7 @@
 //! Resume exactness: N steps straight == N/2 steps + checkpoint + resume + N/2 steps, bit for bit
 //! on `Autodiff<NdArray>`, and what a resume refuses.
 
-mod common;
+use crate::common;
 
 use common::*;
 use fluxlora_train::{LrScheduler, OptimizerType, TrainConfig, TrainError, Trainer};

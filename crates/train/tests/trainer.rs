@@ -1,7 +1,7 @@
 //! The loop end to end on a tiny random Flux: outputs, saving formats and self-check, LoRA
 //! export/import, the step against an independent computation, and the NaN guard.
 
-mod common;
+use crate::common;
 
 use burn::module::AutodiffModule;
 use burn::tensor::{Tensor, TensorData};

@@ -30,6 +30,7 @@ pub mod keys_flux;
 pub mod keys_te;
 pub mod kohya;
 pub mod onetrainer;
+pub mod ops;
 pub mod peft;
 pub mod read;
 pub mod write;

@@ -1,0 +1,10 @@
+//! All integration tests of fluxlora-flux, compiled as one test binary (one link instead of one per file).
+
+mod common;
+mod autoencoder;
+mod bf16_base;
+mod load_errors;
+mod lora;
+mod parity;
+mod parity_encoders;
+mod text_encoders;

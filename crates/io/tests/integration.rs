@@ -1,0 +1,9 @@
+//! All integration tests of fluxlora-io, compiled as one test binary (one link instead of one per file).
+
+mod common;
+mod dtypes;
+mod lora_formats;
+mod lora_roundtrip;
+mod malformed;
+mod safetensors_roundtrip;
+mod sharded;

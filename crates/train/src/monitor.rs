@@ -1,0 +1,182 @@
+//! Watching a run train: [`Monitor`] is the [`RunObserver`] that keeps the loss history, redraws
+//! the loss-curve PNG at every checkpoint and at the end, and draws sample grids from the
+//! prompts file at step 0 (`sample_at_first`), every `sample_every_n_steps` and at the end.
+//!
+//! Sampling never needs the text encoders during training: [`Sampler::new`] encodes every
+//! prompt once before training (then drops CLIP and T5) and keeps only the autoencoder for
+//! decoding. Samples run on the inference view of the model (`valid()`), so they add nothing to
+//! the autodiff graph.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use fluxlora_data::{TextEmbedding, TextEncoder};
+use fluxlora_flux::{Autoencoder, Flux};
+
+use crate::base::BaseModel;
+use crate::config::TrainConfig;
+use crate::encoders::FluxTextEncoder;
+use crate::error::TrainError;
+use crate::grid::SampleGrid;
+use crate::log::StepRecord;
+use crate::plot::LossPlot;
+use crate::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
+use crate::run::{RunObserver, RunSummary};
+use crate::sample::generate;
+
+/// Prompts with their text embeddings, and the autoencoder that decodes samples.
+pub struct Sampler<B: Backend> {
+    ae: Autoencoder<B>,
+    prompts: Vec<(SamplePrompt, TextEmbedding)>,
+    shift: bool,
+    device: B::Device,
+}
+
+impl<B: Backend> Sampler<B> {
+    /// Reads the config's prompts file (sizes default to the training resolution), encodes every
+    /// prompt (loading and then dropping CLIP + T5) and loads the autoencoder.
+    pub fn new(c: &TrainConfig, base: &BaseModel, device: &B::Device) -> Result<Option<Self>, TrainError> {
+        let Some(file) = &c.sample_prompts else { return Ok(None) };
+        let defaults = SampleDefaults { width: c.resolution, height: c.resolution, seed: c.seed, ..Default::default() };
+        let prompts = parse_prompt_file(file, &defaults)?;
+        if prompts.is_empty() {
+            return Err(TrainError::Invalid {
+                key: "sample_prompts".into(),
+                message: format!("{} has no prompts; add one per line, or unset sample_prompts", file.display()),
+            });
+        }
+        let t5_len = base.t5_max_length(c)?;
+        let encoded = {
+            let text = FluxTextEncoder::<B>::load(base, t5_len, c.apply_t5_attn_mask, device)?;
+            prompts
+                .into_iter()
+                .map(|p| Ok::<_, TrainError>((text.encode(&p.prompt)?, p)))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let ae = base.load_autoencoder(None, device)?;
+        let shift = base.is_dev(c)?;
+        Ok(Some(Self { ae, prompts: encoded.into_iter().map(|(e, p)| (p, e)).collect(), shift, device: device.clone() }))
+    }
+
+    /// Warnings the prompts file produced (adjusted sizes, unknown flags, ...).
+    pub fn warnings(&self) -> Vec<String> {
+        self.prompts.iter().flat_map(|(p, _)| p.warnings.clone()).collect()
+    }
+
+    /// One grid of every prompt, drawn from `flux`.
+    pub fn grid(&self, flux: &Flux<B>, run_name: &str, step: u64) -> Result<SampleGrid, TrainError> {
+        let mut grid = SampleGrid::new(run_name, step);
+        for (p, text) in &self.prompts {
+            grid.push(generate(flux, &self.ae, text, p, self.shift, &self.device)?, p.prompt.clone(), p.seed);
+        }
+        Ok(grid)
+    }
+}
+
+/// Loss history, loss curve and sample grids of a run.
+pub struct Monitor<B: AutodiffBackend> {
+    run_name: String,
+    output_dir: PathBuf,
+    sampler: Option<Sampler<B::InnerBackend>>,
+    sample_every: Option<u64>,
+    sample_at_first: bool,
+    last_sampled: Option<u64>,
+    losses: Vec<(u64, f64)>,
+    plot: LossPlot,
+    /// Sample grids written so far.
+    pub grids: Vec<PathBuf>,
+    /// The loss curve, once drawn.
+    pub loss_curve: Option<PathBuf>,
+}
+
+impl<B: AutodiffBackend> Monitor<B> {
+    /// A monitor for the config's run; `history` is the loss log so far (on resume).
+    pub fn new(c: &TrainConfig, sampler: Option<Sampler<B::InnerBackend>>, history: Vec<(u64, f64)>) -> Self {
+        Self {
+            run_name: c.output_name.clone(),
+            output_dir: c.output_dir.clone(),
+            sampler,
+            sample_every: c.sample_every_n_steps.filter(|&n| n > 0).map(|n| n as u64),
+            sample_at_first: c.sample_at_first,
+            last_sampled: None,
+            losses: history,
+            plot: LossPlot { title: format!("{} loss", c.output_name), ..Default::default() },
+            grids: Vec::new(),
+            loss_curve: None,
+        }
+    }
+
+    /// `<output_dir>/<name>-loss.png`.
+    pub fn loss_curve_path(&self) -> PathBuf {
+        self.output_dir.join(format!("{}-loss.png", self.run_name))
+    }
+
+    fn sample(&mut self, step: u64, model: &Flux<B>) -> Result<Vec<String>, TrainError> {
+        let Some(sampler) = &self.sampler else { return Ok(Vec::new()) };
+        if self.last_sampled == Some(step) {
+            return Ok(Vec::new());
+        }
+        let grid = sampler.grid(&model.valid(), &self.run_name, step)?;
+        let path = self.output_dir.join("samples").join(format!("{}-step{step:08}.png", self.run_name));
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|e| TrainError::io(&path, e))?;
+        grid.save(&path)?;
+        self.last_sampled = Some(step);
+        self.grids.push(path.clone());
+        Ok(vec![format!("samples at step {step}: {}", path.display())])
+    }
+
+    fn draw_curve(&mut self) -> Result<(), TrainError> {
+        let path = self.loss_curve_path();
+        self.plot.save(&path, &self.losses, &[])?;
+        self.loss_curve = Some(path);
+        Ok(())
+    }
+}
+
+/// The `(step, loss)` rows of a CSV log written by [`crate::CsvLog`]; missing file → empty.
+pub fn read_loss_history(csv: &Path) -> Vec<(u64, f64)> {
+    let Ok(text) = std::fs::read_to_string(csv) else { return Vec::new() };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+impl<B: AutodiffBackend> RunObserver<B> for Monitor<B> {
+    fn on_start(&mut self, step: u64, model: &Flux<B>) -> Result<(), TrainError> {
+        for w in self.sampler.as_ref().map(Sampler::warnings).unwrap_or_default() {
+            eprintln!("sample prompts: {w}");
+        }
+        if step == 0 && self.sample_at_first {
+            for line in self.sample(step, model)? {
+                eprintln!("{line}");
+            }
+        }
+        Ok(())
+    }
+
+    fn on_step(&mut self, r: &StepRecord, model: &Flux<B>) -> Result<Vec<String>, TrainError> {
+        self.losses.push((r.step, f64::from(r.loss)));
+        match self.sample_every {
+            Some(n) if r.step % n == 0 => self.sample(r.step, model),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn on_checkpoint(&mut self, _step: u64, _dir: &Path, _model: &Flux<B>) -> Result<Vec<String>, TrainError> {
+        self.draw_curve()?;
+        Ok(Vec::new())
+    }
+
+    fn on_end(&mut self, summary: &RunSummary, model: &Flux<B>) -> Result<(), TrainError> {
+        self.draw_curve()?;
+        if !summary.stopped {
+            self.sample(summary.steps, model)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! From a config to trainable batches: the dataset (a kohya dataset TOML or an image folder,
+//! with the run's resolution, batch size, caption extension and trigger word), its loader, and
+//! the latent and text caches built by the base model's encoders — each encoder loaded only for
+//! its cache and dropped right after, so the transformer trains without them in memory.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::tensor::{backend::Backend, DType};
+use fluxlora_data::{
+    epoch_plan, BuildOptions, BuildStats, DataError, Dataset, DatasetConfig, LatentCache, LatentEncoder, Loader,
+    Progress, TextCache, TextEmbedding, TextEncoder,
+};
+use fluxlora_io::HostTensor;
+
+use crate::base::BaseModel;
+use crate::config::TrainConfig;
+use crate::encoders::{FluxLatentEncoder, FluxTextEncoder};
+use crate::error::TrainError;
+use crate::source::CachedBatches;
+
+/// The dataset config of a run: `dataset_config` as written, or `train_data_dir` scanned
+/// (kohya's `N_name` folders) with the run's resolution, batch size and caption extension. The
+/// run's `trigger_word` fills every subset that has none.
+pub fn dataset_config(c: &TrainConfig) -> Result<DatasetConfig, TrainError> {
+    let mut d = match (&c.dataset_config, &c.train_data_dir) {
+        (Some(file), _) => DatasetConfig::from_toml_file(file)?,
+        (None, Some(dir)) => {
+            let mut d = DatasetConfig::from_folder(dir)?;
+            for ds in &mut d.datasets {
+                ds.batch_size = c.train_batch_size;
+                let b = &mut ds.buckets;
+                b.resolution = (c.resolution, c.resolution);
+                b.min_bucket_reso = b.min_bucket_reso.min(c.resolution);
+                b.max_bucket_reso = b.max_bucket_reso.max(c.resolution);
+                for s in &mut ds.subsets {
+                    s.caption_extension = c.caption_extension.clone();
+                }
+            }
+            d
+        }
+        (None, None) => {
+            return Err(TrainError::Invalid {
+                key: "train_data_dir".into(),
+                message: "no dataset; set train_data_dir (a folder of images + .txt captions) or dataset_config \
+                          (a kohya dataset TOML)"
+                    .into(),
+            })
+        }
+    };
+    if let Some(t) = &c.trigger_word {
+        for s in d.datasets.iter_mut().flat_map(|ds| ds.subsets.iter_mut()) {
+            s.caption.trigger_word.get_or_insert_with(|| t.clone());
+        }
+    }
+    d.validate()?;
+    Ok(d)
+}
+
+/// Epochs the run reads: enough batches for `max_train_steps` optimizer steps.
+pub fn epochs_needed(c: &TrainConfig, batches_per_epoch: usize) -> u64 {
+    let micro = c.max_train_steps.unwrap_or(0) * c.gradient_accumulation_steps.max(1);
+    micro.div_ceil(batches_per_epoch.max(1)).max(1) as u64
+}
+
+/// The folder holding the caches.
+pub fn cache_dir(c: &TrainConfig) -> PathBuf {
+    c.cache_dir.clone().unwrap_or_else(|| c.output_dir.join("cache"))
+}
+
+/// What [`prepare_data`] did.
+#[derive(Debug)]
+pub struct PreparedData {
+    /// The batches to train on.
+    pub source: CachedBatches,
+    /// The dataset.
+    pub dataset: Arc<Dataset>,
+    /// Epochs covered by the caches.
+    pub epochs: u64,
+    /// Latent cache build.
+    pub latents: BuildStats,
+    /// Text cache build.
+    pub texts: BuildStats,
+}
+
+/// The caches a run needs: every (image, bucket, crop, flip) sample and every caption variant
+/// of the epochs it reads.
+pub struct CachePlan {
+    dir: PathBuf,
+    dataset: Arc<Dataset>,
+    loader: Loader,
+    epochs: u64,
+    opts: BuildOptions,
+}
+
+impl CachePlan {
+    /// The plan for `dataset` under the config's seed, steps and cache folder.
+    pub fn new(c: &TrainConfig, dataset: Arc<Dataset>, progress: bool) -> Self {
+        let loader = Loader::new(dataset.clone(), c.seed);
+        let epochs = epochs_needed(c, loader.batches_per_epoch());
+        let opts = BuildOptions { progress: Progress { enabled: progress }, ..Default::default() };
+        Self { dir: cache_dir(c), dataset, loader, epochs, opts }
+    }
+
+    /// Builds (or reuses) the latent cache; any image that failed to load is an error naming it.
+    pub fn latents(&self, encoder: &dyn LatentEncoder) -> Result<(LatentCache, BuildStats), TrainError> {
+        let samples: Vec<_> = (0..self.epochs)
+            .flat_map(|e| epoch_plan(&self.dataset, self.loader.state().seed, e))
+            .flat_map(|b| b.samples)
+            .collect();
+        let cache = LatentCache::open(&self.dir.join("latents"), &encoder.identity())?;
+        let stats = cache.build(&self.dataset, &samples, encoder, &self.opts)?;
+        if let Some((path, why)) = stats.failed.first() {
+            return Err(TrainError::Data(fluxlora_data::DataError::Encoder {
+                encoder: encoder.identity(),
+                item: path.clone(),
+                message: format!("{why} ({} image(s) failed); fix or remove them and run again", stats.failed.len()),
+            }));
+        }
+        Ok((cache, stats))
+    }
+
+    /// Builds (or reuses) the text cache.
+    pub fn texts(&self, encoder: &dyn TextEncoder) -> Result<(TextCache, BuildStats), TrainError> {
+        let cache = TextCache::open(&self.dir.join("text"), &encoder.identity())?;
+        let stats = cache.build(&self.loader.captions_for_epochs(0..self.epochs), encoder, &self.opts)?;
+        Ok((cache, stats))
+    }
+
+    /// The prepared data over the built caches.
+    pub fn finish(self, latents: (LatentCache, BuildStats), texts: (TextCache, BuildStats)) -> PreparedData {
+        PreparedData {
+            source: CachedBatches::new(self.loader, latents.0, texts.0),
+            dataset: self.dataset,
+            epochs: self.epochs,
+            latents: latents.1,
+            texts: texts.1,
+        }
+    }
+}
+
+/// An encoder loaded on first use, so that a complete cache costs no model load.
+struct Lazy<'a, E> {
+    make: &'a dyn Fn() -> Result<E, TrainError>,
+    identity: String,
+    cell: std::cell::OnceCell<E>,
+}
+
+impl<'a, E> Lazy<'a, E> {
+    fn new(identity: String, make: &'a dyn Fn() -> Result<E, TrainError>) -> Self {
+        Self { make, identity, cell: Default::default() }
+    }
+
+    fn get(&self) -> Result<&E, DataError> {
+        if let Some(e) = self.cell.get() {
+            return Ok(e);
+        }
+        let e = (self.make)().map_err(|e| DataError::Encoder {
+            encoder: self.identity.clone(),
+            item: "loading the model".into(),
+            message: e.to_string(),
+        })?;
+        Ok(self.cell.get_or_init(|| e))
+    }
+}
+
+impl<B: Backend> LatentEncoder for Lazy<'_, FluxLatentEncoder<B>> {
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+    fn encode(&self, image: &HostTensor) -> Result<HostTensor, DataError> {
+        self.get()?.encode(image)
+    }
+}
+
+impl<B: Backend> TextEncoder for Lazy<'_, FluxTextEncoder<B>> {
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+    fn encode(&self, caption: &str) -> Result<TextEmbedding, DataError> {
+        self.get()?.encode(caption)
+    }
+}
+
+/// Opens the dataset, then builds its caches with the base model's encoders, one at a time: the
+/// autoencoder, then CLIP + T5; each is dropped once its cache is complete.
+pub fn prepare_data<B: Backend>(
+    c: &TrainConfig,
+    base: &BaseModel,
+    device: &B::Device,
+    progress: bool,
+) -> Result<PreparedData, TrainError> {
+    let dataset = Arc::new(Dataset::open(&dataset_config(c)?, &Progress { enabled: progress })?);
+    let plan = CachePlan::new(c, dataset, progress);
+    let latents = {
+        let make = || FluxLatentEncoder::<B>::load(base, device);
+        plan.latents(&Lazy::new(FluxLatentEncoder::<B>::identity_of(&base.ae, DType::F32, None), &make))?
+    };
+    let t5_len = base.t5_max_length(c)?;
+    let texts = {
+        let make = || FluxTextEncoder::<B>::load(base, t5_len, c.apply_t5_attn_mask, device);
+        let identity = FluxTextEncoder::<B>::identity_of(base, t5_len, c.apply_t5_attn_mask, DType::F32);
+        plan.texts(&Lazy::new(identity, &make))?
+    };
+    Ok(plan.finish(latents, texts))
+}

@@ -1,0 +1,101 @@
+//! A whole training run from a config, as the `train` example runs it: resolve the base model →
+//! open the dataset and build the caches (each encoder loaded for its cache, then dropped) →
+//! encode the sample prompts and keep only the autoencoder → load the transformer (bf16 where
+//! the backend supports it and `base_bf16` is on) → train with the [`Monitor`] (loss curve,
+//! sample grids) → the files it produced.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use burn::tensor::backend::AutodiffBackend;
+use fluxlora_data::BuildStats;
+use fluxlora_flux::bf16_if_supported;
+
+use crate::base::BaseModel;
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::monitor::{read_loss_history, Monitor, Sampler};
+use crate::prepare::prepare_data;
+use crate::run::{RunSummary, Trainer};
+
+/// How to run a session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Progress bars on the terminal.
+    pub progress: bool,
+    /// Continue from this checkpoint folder.
+    pub resume: Option<PathBuf>,
+    /// A stop flag (e.g. set by a SIGINT handler): the run saves a resumable checkpoint and
+    /// returns after the current step.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// What a session did and wrote.
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    /// The training loop's summary (final LoRA, last checkpoint, CSV log, ...).
+    pub run: RunSummary,
+    /// Images in the dataset.
+    pub images: usize,
+    /// Latent cache build.
+    pub latents: BuildStats,
+    /// Text cache build.
+    pub texts: BuildStats,
+    /// Sample grids written.
+    pub sample_grids: Vec<PathBuf>,
+    /// The loss-curve PNG.
+    pub loss_curve: Option<PathBuf>,
+    /// The effective config as written to the output folder.
+    pub config_file: PathBuf,
+}
+
+impl SessionReport {
+    /// Every file the run produced (for the closing summary).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.run.lora.iter().cloned().collect();
+        v.extend(self.run.checkpoint.iter().cloned());
+        v.push(self.run.csv.clone());
+        v.extend(self.loss_curve.iter().cloned());
+        v.extend(self.sample_grids.iter().cloned());
+        v.push(self.config_file.clone());
+        v
+    }
+}
+
+/// Runs a whole training session on backend `B` (see the module docs).
+pub fn train_session<B: AutodiffBackend>(
+    config: TrainConfig,
+    device: &B::Device,
+    options: SessionOptions,
+) -> Result<SessionReport, TrainError> {
+    config.validate()?;
+    let base = BaseModel::resolve(&config)?;
+    let mut data = prepare_data::<B::InnerBackend>(&config, &base, device, options.progress)?;
+    let sampler = Sampler::<B::InnerBackend>::new(&config, &base, device)?;
+    let dtype = if config.base_bf16 { bf16_if_supported::<B>(device) } else { None };
+    let flux = base.load_transformer::<B>(dtype, device)?;
+    let mut trainer = Trainer::new(config.clone(), flux, device.clone())?.with_progress(options.progress);
+    if let Some(stop) = options.stop {
+        trainer = trainer.with_stop_handle(stop);
+    }
+    let csv = config.output_dir.join(format!("{}-log.csv", config.output_name));
+    let history = match &options.resume {
+        Some(dir) => {
+            let state = trainer.resume(dir, &mut data.source)?;
+            read_loss_history(&csv).into_iter().filter(|(s, _)| *s <= state.step).collect()
+        }
+        None => Vec::new(),
+    };
+    let mut monitor = Monitor::<B>::new(&config, sampler, history);
+    let run = trainer.run_observed(&mut data.source, &mut monitor)?;
+    Ok(SessionReport {
+        images: data.dataset.items.len(),
+        latents: data.latents,
+        texts: data.texts,
+        sample_grids: monitor.grids.clone(),
+        loss_curve: monitor.loss_curve.clone(),
+        config_file: config.output_dir.join(format!("{}-config.toml", config.output_name)),
+        run,
+    })
+}

@@ -1,0 +1,10 @@
+//! All integration tests of fluxlora-train, compiled as one test binary (one link instead of one per file).
+
+mod common;
+mod cached_source;
+mod config;
+mod ema;
+mod kill_during_save;
+mod pipeline;
+mod resume;
+mod trainer;
