@@ -55,6 +55,9 @@ struct Args {
     /// T5 tokens per prompt (default: 512 for dev, 256 for schnell).
     #[arg(long)]
     t5_max_length: Option<usize>,
+    /// Keep the transformer in f32 (default: bf16 where the backend supports it, as on CUDA).
+    #[arg(long)]
+    f32: bool,
 }
 
 fn parse_weighted(s: &str) -> Result<(PathBuf, f32), String> {
@@ -94,7 +97,13 @@ fn run(args: Args) -> Result<(), String> {
     };
     let kind = fluxlora::backend::select(args.backend.as_deref()).map_err(|e| e.to_string())?;
     println!("backend: {kind}; {} prompt(s)", sample.prompts.len());
-    let out = fluxlora::with_backend!(kind, |B, dev| sample.run::<B>(&base, &dev)).map_err(|e| e.to_string())?;
+    let f32 = args.f32;
+    let out = fluxlora::with_backend!(kind, |B, dev| {
+        let mut run = sample;
+        run.base_dtype = if f32 { None } else { fluxlora::flux::bf16_if_supported::<B>(&dev) };
+        run.run::<B>(&base, &dev)
+    })
+    .map_err(|e| e.to_string())?;
     for w in &out.warnings {
         eprintln!("warning: {w}");
     }
