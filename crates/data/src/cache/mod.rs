@@ -125,6 +125,18 @@ impl CacheDir {
     }
 
     /// Deletes temporary files left by an interrupted atomic write.
+    /// Starts a build: checks the cache was opened for the `given` encoder identity, and clears
+    /// temporaries an interrupted build left (counted in the returned stats).
+    pub fn begin_build(&self, opened: &str, given: &str) -> Result<BuildStats> {
+        if given != opened {
+            return Err(DataError::Cache {
+                path: self.dir.clone(),
+                message: format!("opened for encoder `{opened}` but given `{given}`; open the cache with the encoder's identity"),
+            });
+        }
+        Ok(BuildStats { removed_temporaries: self.remove_temporaries(), ..Default::default() })
+    }
+
     pub fn remove_temporaries(&self) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;

@@ -68,17 +68,8 @@ impl TextCache {
         encoder: &dyn TextEncoder,
         opts: &BuildOptions,
     ) -> Result<BuildStats> {
-        if encoder.identity() != self.encoder {
-            return Err(DataError::Cache {
-                path: self.dir.dir.clone(),
-                message: format!("opened for encoder `{}` but given `{}`; open the cache with the encoder's identity", self.encoder, encoder.identity()),
-            });
-        }
         let start = Instant::now();
-        let mut stats = BuildStats {
-            removed_temporaries: self.dir.remove_temporaries(),
-            ..Default::default()
-        };
+        let mut stats = self.dir.begin_build(&self.encoder, &encoder.identity())?;
         let unique: BTreeSet<&String> = captions.iter().collect();
         let todo: Vec<&String> = unique
             .into_iter()
