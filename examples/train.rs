@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Every config key can be given as `--key value`; `--backend cuda|wgpu|ndarray|auto` picks the
-//! device. Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a resumable checkpoint
+//! device. The tiny-world run (no config) then scores the concept: the share of samples from
+//! held-out prompts that show it, base alone vs base + LoRA (`--concept-score` asks for it on
+//! any run whose prompts file holds tiny-world prompts). Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a resumable checkpoint
 //! and exits; `--resume DIR` continues it exactly. All logic lives in `fluxlora-train`
 //! (`train_session`); this file only parses arguments and prints.
 
@@ -18,11 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
+use fluxlora::train::tiny_world::concept_check;
 use fluxlora::train::{train_session, SessionOptions, SessionReport, TrainConfig};
 
-const HELP: &str = "usage: train [CONFIG.toml] [--resume CHECKPOINT_DIR] [--no-progress] [--KEY VALUE ...]
+const HELP: &str = "usage: train [CONFIG.toml] [--resume CHECKPOINT_DIR] [--no-progress] [--concept-score] [--KEY VALUE ...]
   CONFIG.toml   a training config (default: the embedded tiny world, fixtures/tiny-world/train.toml)
   --resume DIR  continue from a checkpoint folder written by an earlier run
+  --concept-score  after training, score the tiny-world concept, base vs base + LoRA (on by default
+                for the tiny world)
   --KEY VALUE   any config key, e.g. --learning_rate 1e-4 --max_train_steps 1500 --backend cuda";
 
 /// The repository's embedded default run, with its paths made absolute.
@@ -30,7 +35,7 @@ fn default_run() -> (PathBuf, Vec<String>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let abs = |p: &str| format!("{:?}", root.join(p).display().to_string());
     let flags = [
-        ("pretrained_model_name_or_path", abs("fixtures/tiny-base")),
+        ("pretrained_model_name_or_path", abs("fixtures/tiny-world/base")),
         ("train_data_dir", abs("fixtures/tiny-world/dataset")),
         ("sample_prompts", abs("fixtures/tiny-world/prompts.txt")),
     ];
@@ -42,16 +47,21 @@ struct Args {
     overrides: Vec<String>,
     resume: Option<PathBuf>,
     progress: bool,
+    concept_score: bool,
 }
+
+/// Seeds per held-out prompt for the concept score (4 prompts × 4 seeds = 16 samples per model).
+const CONCEPT_SEEDS: usize = 4;
 
 fn parse_args() -> Result<Args, String> {
     let mut raw = std::env::args().skip(1).peekable();
-    let (mut config, mut overrides, mut resume, mut progress) = (None, Vec::new(), None, true);
+    let (mut config, mut overrides, mut resume, mut progress, mut concept_score) = (None, Vec::new(), None, true, false);
     while let Some(a) = raw.next() {
         match a.as_str() {
             "-h" | "--help" => return Err(HELP.into()),
             "--resume" => resume = Some(PathBuf::from(raw.next().ok_or("--resume needs a checkpoint folder")?)),
             "--no-progress" => progress = false,
+            "--concept-score" => concept_score = true,
             _ if config.is_none() && overrides.is_empty() && !a.starts_with('-') => config = Some(PathBuf::from(a)),
             _ => overrides.push(a),
         }
@@ -62,10 +72,11 @@ fn parse_args() -> Result<Args, String> {
             let (file, mut flags) = default_run();
             flags.append(&mut overrides);
             overrides = flags;
+            concept_score = true;
             file
         }
     };
-    Ok(Args { config, overrides, resume, progress })
+    Ok(Args { config, overrides, resume, progress, concept_score })
 }
 
 fn print_report(r: &SessionReport, wall: f64) {
@@ -75,6 +86,9 @@ fn print_report(r: &SessionReport, wall: f64) {
     println!("caches: {} latents built, {} reused; {} captions built, {} reused", r.latents.built, r.latents.reused, r.texts.built, r.texts.reused);
     if let Some(l) = s.last_loss {
         println!("last loss: {l:.5}");
+    }
+    if let Some(line) = r.best_checkpoint_line() {
+        println!("{line}");
     }
     println!("files:");
     for f in r.files() {
@@ -106,9 +120,28 @@ fn run() -> Result<(), String> {
     })
     .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
     let options = SessionOptions { progress: args.progress, resume: args.resume, stop: Some(stop) };
-    let report = fluxlora::with_backend!(kind, |B, dev| train_session::<Autodiff<B>>(config, &dev, options))
-        .map_err(|e| e.to_string())?;
+    let scored = config.clone();
+    let (report, scores) = fluxlora::with_backend!(kind, |B, dev| {
+        let report = train_session::<Autodiff<B>>(config, &dev, options).map_err(|e| e.to_string())?;
+        let scores = match (&report.run.lora, args.concept_score && !report.run.stopped) {
+            (Some(lora), true) => {
+                println!("scoring the concept on held-out prompts ({CONCEPT_SEEDS} seeds each), base vs base + LoRA ...");
+                Some(concept_check::<B>(&scored, lora, CONCEPT_SEEDS, &dev).map_err(|e| e.to_string())?)
+            }
+            _ => None,
+        };
+        Ok::<_, String>((report, scores))
+    })?;
     print_report(&report, t0.elapsed().as_secs_f64());
+    if let Some(s) = scores {
+        println!(
+            "concept score ({} held-out samples each): base {:.0} %, base + LoRA {:.0} %  (grid: {})",
+            s.samples,
+            100.0 * s.base,
+            100.0 * s.lora,
+            s.grid.display()
+        );
+    }
     Ok(())
 }
 

@@ -64,6 +64,10 @@ pub enum DataError {
         message: String,
     },
 
+    /// `validation_split` cannot be honoured for this dataset.
+    #[error("validation_split = {fraction}: {message}")]
+    ValidationSplit { fraction: f64, message: String },
+
     /// Loader misuse, e.g. resuming from a state made for another dataset.
     #[error("loader: {0}")]
     Loader(String),

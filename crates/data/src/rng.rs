@@ -81,6 +81,7 @@ pub(crate) mod purpose {
     pub const FLIP: u64 = 3;
     pub const CAPTION: u64 = 4;
     pub const REG_ORDER: u64 = 5;
+    pub const VALIDATION_SPLIT: u64 = 6;
 }
 
 #[cfg(test)]

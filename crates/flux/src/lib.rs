@@ -15,13 +15,16 @@
 //! - [`checkpointing`]: forward + backward with optional block-level recomputation.
 //! - [`autoencoder`]: the KL autoencoder (image ↔ latent), plain and tiled.
 //! - [`clip`], [`t5`]: the CLIP-L and T5 v1.1 text encoders; [`tokenizer`]: their tokenizers.
-//! - [`frozen`]: shape-checked loading of the frozen autoencoder / text-encoder weights.
+//! - [`frozen`]: shape-checked loading of the frozen autoencoder / text-encoder weights (and
+//!   random trainable autoencoder layers).
+//! - [`export`]: a model's weights back out as BFL-named tensors (for models trained from scratch).
 //! - [`error`]: [`FluxError`].
 
 pub mod autoencoder;
 pub mod checkpointing;
 pub mod clip;
 pub mod error;
+pub mod export;
 pub mod frozen;
 pub mod latents;
 pub mod sampler;

@@ -1,6 +1,7 @@
 //! All integration tests of fluxlora-flux, compiled as one test binary (one link instead of one per file).
 
 mod common;
+mod export;
 mod autoencoder;
 mod bf16_base;
 mod load_errors;

@@ -13,7 +13,7 @@ use fluxlora_lora::{Preset, TargetSelector};
 type B = NdArray;
 type AB = Autodiff<NdArray>;
 
-fn tiny() -> FluxConfig {
+pub(crate) fn tiny() -> FluxConfig {
     FluxConfig {
         in_channels: 8,
         out_channels: 8,
@@ -31,7 +31,7 @@ fn tiny() -> FluxConfig {
     }
 }
 
-fn inputs<Bk: Backend>(c: &FluxConfig, batch: usize, dev: &Bk::Device) -> FluxInputs<Bk> {
+pub(crate) fn inputs<Bk: Backend>(c: &FluxConfig, batch: usize, dev: &Bk::Device) -> FluxInputs<Bk> {
     let (h, w, l_txt) = (2, 3, 4);
     let n = Distribution::Normal(0.0, 1.0);
     FluxInputs {

@@ -260,11 +260,15 @@ pub struct TrainConfig {
     pub sample_every_n_steps: Option<usize>,
     /// Also sample before training.
     pub sample_at_first: bool,
-    /// Fraction of images held out for validation loss.
+    /// Fraction in [0, 1) of the training images (regularisation images never) held out for the
+    /// validation loss: `round(fraction · images)`, at least 1 when above 0; they are never
+    /// trained on. 0 (default) disables validation. Refused when nothing would be left to train.
     pub validation_split: f32,
-    /// Seed of the validation noise and σ (fixed across evaluations).
+    /// Seed of the validation split (which images are held out) and of the held-out images'
+    /// fixed σ and noise, identical at every evaluation, across runs and after `--resume`.
     pub validation_seed: u64,
-    /// Validate every N steps (`None`: at each save).
+    /// Compute the validation loss every N steps and at the end (`None`: at each save —
+    /// `save_every_n_steps` — and at the end). Needs `validation_split > 0`.
     pub validate_every_n_steps: Option<usize>,
 }
 
@@ -416,20 +420,19 @@ impl TrainConfig {
         if self.max_grad_norm < 0.0 {
             return bad("max_grad_norm", "must be ≥ 0 (0 disables clipping)".into());
         }
-        if !(0.0..0.9).contains(&self.validation_split) {
-            return bad("validation_split", format!("{} must be in [0, 0.9)", self.validation_split));
+        if !(0.0..1.0).contains(&self.validation_split) {
+            return bad("validation_split", format!("{} must be in [0, 1), e.g. 0.1 to hold out a tenth of the images", self.validation_split));
         }
-        if self.validation_split > 0.0 || self.validate_every_n_steps.is_some() {
-            // Refused rather than ignored: a run that silently skipped validation would name no
-            // best checkpoint.
-            return bad(
-                "validation_split",
-                format!(
-                    "{}: the validation split is not implemented yet; set validation_split = 0 and \
-                     validate_every_n_steps unset, and compare checkpoints by their samples",
-                    self.validation_split
-                ),
-            );
+        match self.validate_every_n_steps {
+            Some(0) => return bad("validate_every_n_steps", "must be at least 1, or unset to validate at each save".into()),
+            // Refused rather than ignored: the user expects a validation loss that would never come.
+            Some(n) if self.validation_split == 0.0 => {
+                return bad(
+                    "validate_every_n_steps",
+                    format!("{n} has no effect without a validation split; set validation_split (e.g. 0.1) or unset it"),
+                )
+            }
+            _ => {}
         }
         if let Some(d) = self.ema_decay {
             if !(0.0..1.0).contains(&d) {

@@ -24,6 +24,8 @@
 //! - [`log`]: CSV log, progress bar, NaN/inf guard.
 //! - [`source`]: the batch source trait and the cached-data source.
 //! - [`run`]: the [`Trainer`] loop.
+//! - [`tiny_world`]: the embedded tiny world (procedural domain, pretraining, concept detector
+//!   and score).
 
 pub mod base;
 pub mod config;
@@ -45,11 +47,13 @@ pub mod save;
 pub mod session;
 pub mod source;
 pub mod step;
+pub mod validation;
 pub mod prompts;
 pub mod font;
 pub mod grid;
 pub mod plot;
 pub mod sample;
+pub mod tiny_world;
 
 pub use base::BaseModel;
 pub use ema::LoraEma;

@@ -1,5 +1,7 @@
-//! Watching a run: the per-step CSV log (`step,loss,lr,sigma_mean,seconds`), the progress bar
-//! (step, s/it, ETA, smoothed loss, LR), and the NaN/inf guard.
+//! Watching a run: the per-step CSV log (`step,loss,lr,sigma_mean,seconds`, plus `val_loss` in
+//! runs with a validation split — its cell empty on steps without validation; readers find the
+//! column by name, see [`crate::monitor::read_validation_history`]), the progress bar (step, s/it,
+//! ETA, smoothed loss, LR, last validation loss), and the NaN/inf guard.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -11,6 +13,8 @@ use crate::error::TrainError;
 
 /// CSV header.
 pub const CSV_HEADER: &str = "step,loss,lr,sigma_mean,seconds";
+/// The extra column of runs with a validation split.
+pub const VAL_COLUMN: &str = "val_loss";
 
 /// One logged optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,6 +29,8 @@ pub struct StepRecord {
     pub sigma_mean: f32,
     /// Wall time of the step.
     pub seconds: f64,
+    /// Validation loss after this step, on steps that validate.
+    pub val_loss: Option<f32>,
 }
 
 /// Appends one line per step to a CSV file, flushed each time so a crash loses nothing.
@@ -32,19 +38,31 @@ pub struct StepRecord {
 pub struct CsvLog {
     path: PathBuf,
     file: File,
+    validation: bool,
 }
 
 impl CsvLog {
     /// Creates (or truncates) the log with its header.
     pub fn create(path: &Path) -> Result<Self, TrainError> {
+        Self::create_for(path, false)
+    }
+
+    /// [`create`](Self::create), with the `val_loss` column when `validation` is true.
+    pub fn create_for(path: &Path, validation: bool) -> Result<Self, TrainError> {
         let mut file = File::create(path).map_err(|e| TrainError::io(path, e))?;
-        writeln!(file, "{CSV_HEADER}").map_err(|e| TrainError::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), file })
+        let header = if validation { format!("{CSV_HEADER},{VAL_COLUMN}") } else { CSV_HEADER.to_string() };
+        writeln!(file, "{header}").map_err(|e| TrainError::io(path, e))?;
+        Ok(Self { path: path.to_path_buf(), file, validation })
     }
 
     /// Opens an existing log for a run resumed after `step`: rows of later steps (written after
     /// the checkpoint, before an interruption) are dropped. Creates the log if there is none.
     pub fn resume(path: &Path, step: u64) -> Result<Self, TrainError> {
+        Self::resume_for(path, step, false)
+    }
+
+    /// [`resume`](Self::resume), with the `val_loss` column when `validation` is true.
+    pub fn resume_for(path: &Path, step: u64, validation: bool) -> Result<Self, TrainError> {
         let kept: Vec<String> = match File::open(path) {
             Ok(f) => BufReader::new(f)
                 .lines()
@@ -55,7 +73,7 @@ impl CsvLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(TrainError::io(path, e)),
         };
-        let mut log = Self::create(path)?;
+        let mut log = Self::create_for(path, validation)?;
         for l in kept {
             writeln!(log.file, "{l}").map_err(|e| TrainError::io(path, e))?;
         }
@@ -64,7 +82,11 @@ impl CsvLog {
 
     /// Appends a step.
     pub fn write(&mut self, r: &StepRecord) -> Result<(), TrainError> {
-        writeln!(self.file, "{},{},{},{},{:.4}", r.step, r.loss, r.lr, r.sigma_mean, r.seconds)
+        let val = match (self.validation, r.val_loss) {
+            (false, _) => String::new(),
+            (true, v) => format!(",{}", v.map(|v| v.to_string()).unwrap_or_default()),
+        };
+        writeln!(self.file, "{},{},{},{},{:.4}{val}", r.step, r.loss, r.lr, r.sigma_mean, r.seconds)
             .and_then(|()| self.file.flush())
             .map_err(|e| TrainError::io(&self.path, e))
     }
@@ -108,6 +130,7 @@ impl SmoothedLoss {
 pub struct Progress {
     bar: ProgressBar,
     smooth: SmoothedLoss,
+    last_val: Option<(u64, f32)>,
 }
 
 impl Progress {
@@ -119,14 +142,25 @@ impl Progress {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_position(start);
-        Self { bar, smooth: SmoothedLoss::default() }
+        Self { bar, smooth: SmoothedLoss::default(), last_val: None }
     }
 
     /// Shows a finished step.
     pub fn update(&mut self, r: &StepRecord) {
         let avg = self.smooth.push(r.loss);
         self.bar.set_position(r.step);
-        self.bar.set_message(format!("{:.2} s/it  loss {avg:.4}  lr {:.2e}", r.seconds, r.lr));
+        if let Some(v) = r.val_loss {
+            self.last_val = Some((r.step, v));
+        }
+        self.bar.set_message(self.message(r, avg));
+    }
+
+    fn message(&self, r: &StepRecord, avg: f64) -> String {
+        let mut m = format!("{:.2} s/it  loss {avg:.4}  lr {:.2e}", r.seconds, r.lr);
+        if let Some((step, v)) = self.last_val {
+            m.push_str(&format!("  val {v:.4} @{step}"));
+        }
+        m
     }
 
     /// Prints a line above the bar.
@@ -157,17 +191,41 @@ mod tests {
     fn csv_resume_drops_rows_after_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("log.csv");
-        let mut log = CsvLog::create(&p).unwrap();
+        let mut log = CsvLog::create_for(&p, true).unwrap();
         for step in 1..=5 {
-            log.write(&StepRecord { step, loss: 0.5, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1 }).unwrap();
+            log.write(&StepRecord { step, loss: 0.5, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1, val_loss: (step == 2).then_some(0.75) }).unwrap();
         }
         drop(log);
-        let mut log = CsvLog::resume(&p, 3).unwrap();
-        log.write(&StepRecord { step: 4, loss: 0.25, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1 }).unwrap();
+        let mut log = CsvLog::resume_for(&p, 3, true).unwrap();
+        log.write(&StepRecord { step: 4, loss: 0.25, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1, val_loss: None }).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         let steps: Vec<&str> = text.lines().map(|l| l.split(',').next().unwrap()).collect();
         assert_eq!(steps, vec!["step", "1", "2", "3", "4"]);
+        assert_eq!(text.lines().next(), Some("step,loss,lr,sigma_mean,seconds,val_loss"));
         assert!(text.lines().nth(4).unwrap().starts_with("4,0.25,"));
+        // The validation cell: a value on step 2, empty elsewhere; six columns on every row.
+        assert!(text.lines().all(|l| l.split(',').count() == 6), "{text}");
+        assert!(text.lines().nth(2).unwrap().ends_with(",0.75"), "{text}");
+        assert!(text.lines().nth(4).unwrap().ends_with(','), "{text}");
+
+        // Without validation: the five columns, the value of a record ignored.
+        let q = dir.path().join("plain.csv");
+        let mut log = CsvLog::create(&q).unwrap();
+        log.write(&StepRecord { step: 1, loss: 0.5, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1, val_loss: Some(0.75) }).unwrap();
+        let text = std::fs::read_to_string(&q).unwrap();
+        assert_eq!(text, "step,loss,lr,sigma_mean,seconds\n1,0.5,0.0001,0.3,0.1000\n");
+    }
+
+    #[test]
+    fn progress_message_shows_the_last_validation_loss() {
+        let mut p = Progress::new(10, 0, false);
+        let r = |step, val_loss| StepRecord { step, loss: 0.5, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1, val_loss };
+        p.update(&r(1, None));
+        assert!(!p.message(&r(1, None), 0.5).contains("val"));
+        p.update(&r(2, Some(0.123_45)));
+        p.update(&r(3, None));
+        let m = p.message(&r(3, None), 0.5);
+        assert!(m.contains("val 0.1235 @2"), "{m}");
     }
 
     #[test]

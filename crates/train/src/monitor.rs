@@ -1,5 +1,6 @@
-//! Watching a run train: [`Monitor`] is the [`RunObserver`] that keeps the loss history, redraws
-//! the loss-curve PNG at every checkpoint and at the end, and draws sample grids from the
+//! Watching a run train: [`Monitor`] is the [`RunObserver`] that keeps the loss history (and the
+//! validation losses the trainer logs), redraws the loss-curve PNG — training loss and
+//! validation points — at every checkpoint and at the end, and draws sample grids from the
 //! prompts file at step 0 (`sample_at_first`), every `sample_every_n_steps` and at the end.
 //!
 //! Sampling never needs the text encoders during training: [`Sampler::new`] encodes every
@@ -83,6 +84,7 @@ pub struct Monitor<B: AutodiffBackend> {
     sample_at_first: bool,
     last_sampled: Option<u64>,
     losses: Vec<(u64, f64)>,
+    validation: Vec<(u64, f64)>,
     plot: LossPlot,
     /// Sample grids written so far.
     pub grids: Vec<PathBuf>,
@@ -101,10 +103,22 @@ impl<B: AutodiffBackend> Monitor<B> {
             sample_at_first: c.sample_at_first,
             last_sampled: None,
             losses: history,
+            validation: Vec::new(),
             plot: LossPlot { title: format!("{} loss", c.output_name), ..Default::default() },
             grids: Vec::new(),
             loss_curve: None,
         }
+    }
+
+    /// The validation losses logged so far (on resume; see [`read_validation_history`]).
+    pub fn with_validation_history(mut self, history: Vec<(u64, f64)>) -> Self {
+        self.validation = history;
+        self
+    }
+
+    /// The validation points collected so far.
+    pub fn validation(&self) -> &[(u64, f64)] {
+        &self.validation
     }
 
     /// `<output_dir>/<name>-loss.png`.
@@ -128,13 +142,14 @@ impl<B: AutodiffBackend> Monitor<B> {
 
     fn draw_curve(&mut self) -> Result<(), TrainError> {
         let path = self.loss_curve_path();
-        self.plot.save(&path, &self.losses, &[])?;
+        self.plot.save(&path, &self.losses, &self.validation)?;
         self.loss_curve = Some(path);
         Ok(())
     }
 }
 
-/// The `(step, loss)` rows of a CSV log written by [`crate::CsvLog`]; missing file → empty.
+/// The `(step, loss)` rows of a CSV log written by [`crate::CsvLog`] (any version: the first two
+/// columns); missing file → empty.
 pub fn read_loss_history(csv: &Path) -> Vec<(u64, f64)> {
     let Ok(text) = std::fs::read_to_string(csv) else { return Vec::new() };
     text.lines()
@@ -142,6 +157,22 @@ pub fn read_loss_history(csv: &Path) -> Vec<(u64, f64)> {
         .filter_map(|l| {
             let mut f = l.split(',');
             Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `(step, validation loss)` rows of a CSV log: the `val_loss` column where its cell is not
+/// empty. Logs written before that column existed, and a missing file, give none.
+pub fn read_validation_history(csv: &Path) -> Vec<(u64, f64)> {
+    let Ok(text) = std::fs::read_to_string(csv) else { return Vec::new() };
+    let mut lines = text.lines();
+    let Some(col) = lines.next().and_then(|h| h.split(',').position(|c| c.trim() == "val_loss")) else {
+        return Vec::new();
+    };
+    lines
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some((f.first()?.parse().ok()?, f.get(col)?.trim().parse().ok()?))
         })
         .collect()
 }
@@ -161,6 +192,9 @@ impl<B: AutodiffBackend> RunObserver<B> for Monitor<B> {
 
     fn on_step(&mut self, r: &StepRecord, model: &Flux<B>) -> Result<Vec<String>, TrainError> {
         self.losses.push((r.step, f64::from(r.loss)));
+        if let Some(v) = r.val_loss {
+            self.validation.push((r.step, f64::from(v)));
+        }
         match self.sample_every {
             Some(n) if r.step % n == 0 => self.sample(r.step, model),
             _ => Ok(Vec::new()),
@@ -178,5 +212,28 @@ impl<B: AutodiffBackend> RunObserver<B> for Monitor<B> {
             self.sample(summary.steps, model)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histories_read_old_and_new_logs() {
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join("old.csv");
+        std::fs::write(&old, "step,loss,lr,sigma_mean,seconds\n1,0.5,0.0001,0.3,0.1000\n2,0.25,0.0001,0.3,0.1000\n").unwrap();
+        assert_eq!(read_loss_history(&old), vec![(1, 0.5), (2, 0.25)]);
+        assert!(read_validation_history(&old).is_empty());
+        let new = d.path().join("new.csv");
+        std::fs::write(
+            &new,
+            "step,loss,lr,sigma_mean,seconds,val_loss\n1,0.5,0.0001,0.3,0.1000,\n2,0.25,0.0001,0.3,0.1000,0.375\n3,0.125,0.0001,0.3,0.1000,\n",
+        )
+        .unwrap();
+        assert_eq!(read_loss_history(&new), vec![(1, 0.5), (2, 0.25), (3, 0.125)]);
+        assert_eq!(read_validation_history(&new), vec![(2, 0.375)]);
+        assert!(read_validation_history(&d.path().join("missing.csv")).is_empty());
     }
 }

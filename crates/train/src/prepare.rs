@@ -1,7 +1,10 @@
 //! From a config to trainable batches: the dataset (a kohya dataset TOML or an image folder,
-//! with the run's resolution, batch size, caption extension and trigger word), its loader, and
-//! the latent and text caches built by the base model's encoders — each encoder loaded only for
-//! its cache and dropped right after, so the transformer trains without them in memory.
+//! with the run's resolution, batch size, caption extension and trigger word), split into the
+//! items trained on and the items held out for the validation loss (`validation_split`, chosen
+//! by `validation_seed`), its loader, and the latent and text caches built by the base model's
+//! encoders — each encoder loaded only for its cache and dropped right after, so the transformer
+//! trains without them in memory. Held-out items get cache entries for their one fixed
+//! validation sample and are never in the loader's dataset.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +21,8 @@ use crate::config::TrainConfig;
 use crate::encoders::{FluxLatentEncoder, FluxTextEncoder};
 use crate::error::TrainError;
 use crate::source::CachedBatches;
+use crate::step::StepSettings;
+use crate::validation::ValidationSet;
 
 /// The dataset config of a run: `dataset_config` as written, or `train_data_dir` scanned
 /// (kohya's `N_name` folders) with the run's resolution, batch size and caption extension. The
@@ -68,13 +73,26 @@ pub fn cache_dir(c: &TrainConfig) -> PathBuf {
     c.cache_dir.clone().unwrap_or_else(|| c.output_dir.join("cache"))
 }
 
+/// The run's dataset split by `validation_split` under `validation_seed`: the training items
+/// (the loader's dataset) and the held-out ones (`None` when the split is 0). Errors when the
+/// split would leave nothing to train on.
+pub fn split_dataset(c: &TrainConfig, dataset: Dataset) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>), TrainError> {
+    if c.validation_split <= 0.0 {
+        return Ok((Arc::new(dataset), None));
+    }
+    let split = dataset.split_validation(f64::from(c.validation_split), c.validation_seed)?;
+    Ok((Arc::new(split.train), split.validation.map(Arc::new)))
+}
+
 /// What [`prepare_data`] did.
 #[derive(Debug)]
 pub struct PreparedData {
     /// The batches to train on.
     pub source: CachedBatches,
-    /// The dataset.
+    /// The training dataset (without the held-out items).
     pub dataset: Arc<Dataset>,
+    /// The items held out for the validation loss.
+    pub validation: Option<Arc<Dataset>>,
     /// Epochs covered by the caches.
     pub epochs: u64,
     /// Latent cache build.
@@ -83,11 +101,29 @@ pub struct PreparedData {
     pub texts: BuildStats,
 }
 
+impl PreparedData {
+    /// The held-out items with their fixed draws (`None` without a validation split).
+    pub fn validation_set<B: Backend>(&self, c: &TrainConfig, device: &B::Device) -> Result<Option<ValidationSet>, TrainError> {
+        let Some(held) = &self.validation else { return Ok(None) };
+        let sampler = StepSettings::from_config(c)?.sampler;
+        let set = ValidationSet::from_cache::<B>(
+            held,
+            self.source.latent_cache(),
+            self.source.text_cache(),
+            &sampler,
+            c.validation_seed,
+            device,
+        )?;
+        Ok(Some(set))
+    }
+}
+
 /// The caches a run needs: every (image, bucket, crop, flip) sample and every caption variant
-/// of the epochs it reads.
+/// of the epochs it reads, plus the one validation sample of each held-out item.
 pub struct CachePlan {
     dir: PathBuf,
     dataset: Arc<Dataset>,
+    validation: Option<Arc<Dataset>>,
     loader: Loader,
     epochs: u64,
     opts: BuildOptions,
@@ -99,7 +135,17 @@ impl CachePlan {
         let loader = Loader::new(dataset.clone(), c.seed);
         let epochs = epochs_needed(c, loader.batches_per_epoch());
         let opts = BuildOptions { progress: Progress { enabled: progress }, ..Default::default() };
-        Self { dir: cache_dir(c), dataset, loader, epochs, opts }
+        Self { dir: cache_dir(c), dataset, validation: None, loader, epochs, opts }
+    }
+
+    /// Also caches the held-out items' validation samples (see [`split_dataset`]).
+    pub fn with_validation(mut self, validation: Option<Arc<Dataset>>) -> Self {
+        self.validation = validation;
+        self
+    }
+
+    fn validation_samples(&self) -> Vec<fluxlora_data::Sample> {
+        self.validation.as_ref().map(|v| (0..v.items.len()).map(|i| v.validation_sample(i)).collect()).unwrap_or_default()
     }
 
     /// Builds (or reuses) the latent cache; any image that failed to load is an error naming it.
@@ -109,7 +155,15 @@ impl CachePlan {
             .flat_map(|b| b.samples)
             .collect();
         let cache = LatentCache::open(&self.dir.join("latents"), &encoder.identity())?;
-        let stats = cache.build(&self.dataset, &samples, encoder, &self.opts)?;
+        let mut stats = cache.build(&self.dataset, &samples, encoder, &self.opts)?;
+        if let Some(held) = &self.validation {
+            let v = cache.build(held, &self.validation_samples(), encoder, &self.opts)?;
+            stats.built += v.built;
+            stats.reused += v.reused;
+            stats.failed.extend(v.failed);
+            stats.removed_temporaries += v.removed_temporaries;
+            stats.elapsed += v.elapsed;
+        }
         if let Some((path, why)) = stats.failed.first() {
             return Err(TrainError::Data(fluxlora_data::DataError::Encoder {
                 encoder: encoder.identity(),
@@ -123,7 +177,11 @@ impl CachePlan {
     /// Builds (or reuses) the text cache.
     pub fn texts(&self, encoder: &dyn TextEncoder) -> Result<(TextCache, BuildStats), TrainError> {
         let cache = TextCache::open(&self.dir.join("text"), &encoder.identity())?;
-        let stats = cache.build(&self.loader.captions_for_epochs(0..self.epochs), encoder, &self.opts)?;
+        let mut captions = self.loader.captions_for_epochs(0..self.epochs);
+        captions.extend(self.validation_samples().into_iter().map(|s| s.caption));
+        captions.sort();
+        captions.dedup();
+        let stats = cache.build(&captions, encoder, &self.opts)?;
         Ok((cache, stats))
     }
 
@@ -132,6 +190,7 @@ impl CachePlan {
         PreparedData {
             source: CachedBatches::new(self.loader, latents.0, texts.0),
             dataset: self.dataset,
+            validation: self.validation,
             epochs: self.epochs,
             latents: latents.1,
             texts: texts.1,
@@ -182,7 +241,7 @@ impl<B: Backend> TextEncoder for Lazy<'_, FluxTextEncoder<B>> {
     }
 }
 
-/// Opens the dataset, then builds its caches with the base model's encoders, one at a time: the
+/// Opens and splits the dataset, then builds its caches with the base model's encoders, one at a time: the
 /// autoencoder, then CLIP + T5; each is dropped once its cache is complete.
 pub fn prepare_data<B: Backend>(
     c: &TrainConfig,
@@ -190,8 +249,8 @@ pub fn prepare_data<B: Backend>(
     device: &B::Device,
     progress: bool,
 ) -> Result<PreparedData, TrainError> {
-    let dataset = Arc::new(Dataset::open(&dataset_config(c)?, &Progress { enabled: progress })?);
-    let plan = CachePlan::new(c, dataset, progress);
+    let (dataset, validation) = split_dataset(c, Dataset::open(&dataset_config(c)?, &Progress { enabled: progress })?)?;
+    let plan = CachePlan::new(c, dataset, progress).with_validation(validation);
     let latents = {
         let make = || FluxLatentEncoder::<B>::load(base, device);
         plan.latents(&Lazy::new(FluxLatentEncoder::<B>::identity_of(&base.ae, DType::F32, None), &make))?

@@ -11,6 +11,16 @@
 //! weights keep training and go into the checkpoint's `live.safetensors` (see [`crate::resume`]).
 //! Observers see the live model.
 //!
+//! Validation ([`Trainer::with_validation`], required when `validation_split > 0`): after every
+//! `validate_every_n_steps`-th step — or, with that unset, after every step that saves — and
+//! after the last step, the mean loss over the held-out items with their fixed σ and ε
+//! ([`crate::validation`]) is computed forward-only on `model.valid()` (the EMA weights when
+//! `ema_decay` is set, since those are what the saves hold). It goes into the step's CSV row
+//! (a `val_loss` column that runs without validation do not have) and the progress bar; a validation at a step that also saves pairs with that save, and
+//! [`RunSummary::best_checkpoint`] names the existing save with the lowest validation loss (the
+//! final LoRA for the last step of a finished run). On `--resume`, the validations logged up to
+//! the checkpoint count too.
+//!
 //! Stopping early: [`Trainer::stop_handle`] returns a flag the caller may set (e.g. from a
 //! SIGINT handler); the loop then finishes the current step, saves a resumable checkpoint and
 //! returns. The crate installs no signal handler itself.
@@ -20,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use fluxlora_flux::Flux;
 use fluxlora_lora::{BlockList, Preset, TargetSelector};
@@ -34,7 +45,9 @@ use crate::optimizer::{lr_schedule, TrainOptimizer};
 use crate::resume::{config_hash, load_checkpoint, lora_file_name, save_checkpoint, TrainState, STATE_FORMAT};
 use crate::save::{checkpoint_dir_name, lora_format, prune_checkpoints, save_lora, training_metadata, SelfCheck};
 use crate::source::BatchSource;
+use crate::monitor::read_validation_history;
 use crate::step::{training_step, StepSettings};
+use crate::validation::{BestCheckpoint, ValidationHistory, ValidationSet};
 
 /// The LoRA targets a config asks for (`lora_targets`, block lists, rank, alpha, dropouts).
 pub fn target_selector(c: &TrainConfig) -> Result<TargetSelector, TrainError> {
@@ -68,6 +81,10 @@ pub struct RunSummary {
     pub self_check: Option<SelfCheck>,
     /// Wall time of `run`.
     pub seconds: f64,
+    /// The last validation loss, with its step (runs with a validation set).
+    pub last_val_loss: Option<(u64, f32)>,
+    /// The existing save with the lowest validation loss (runs with a validation set).
+    pub best_checkpoint: Option<BestCheckpoint>,
 }
 
 /// Watches a run: called by [`Trainer::run_observed`] before the first step, after every
@@ -112,6 +129,8 @@ pub struct Trainer<B: AutodiffBackend> {
     show_progress: bool,
     last_check: Option<SelfCheck>,
     ema: Option<LoraEma>,
+    validation: Option<ValidationSet>,
+    val_history: ValidationHistory,
 }
 
 fn mix(seed: u64, step: u64, micro: u64) -> u64 {
@@ -156,6 +175,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             show_progress: true,
             last_check: None,
             ema,
+            validation: None,
+            val_history: ValidationHistory::default(),
         })
     }
 
@@ -163,6 +184,44 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn with_progress(mut self, show: bool) -> Self {
         self.show_progress = show;
         self
+    }
+
+    /// Scores `set` (the held-out items with their fixed draws) during the run; see the module
+    /// docs for when.
+    pub fn with_validation(mut self, set: ValidationSet) -> Self {
+        self.validation = Some(set);
+        self
+    }
+
+    /// The validation set, if any.
+    pub fn validation(&self) -> Option<&ValidationSet> {
+        self.validation.as_ref()
+    }
+
+    /// The validation loss of the current weights (the EMA weights with `ema_decay`), forward
+    /// only on the inner backend.
+    pub fn validation_loss(&self) -> Result<f32, TrainError> {
+        let set = self.validation.as_ref().ok_or_else(|| TrainError::Invalid {
+            key: "validation_split".into(),
+            message: "no validation set was given to the trainer (Trainer::with_validation)".into(),
+        })?;
+        let model = self.model_ref();
+        let valid = match &self.ema {
+            Some(ema) => ema.averaged(model)?.valid(),
+            None => model.valid(),
+        };
+        set.loss(&valid, &self.settings, &self.device)
+    }
+
+    /// Whether the step just completed is scored: every `validate_every_n_steps`, else at
+    /// every save; and the last step of the run.
+    fn validates_at(&self, step: u64, saves: bool, last: bool) -> bool {
+        self.validation.is_some()
+            && (last
+                || match self.config.validate_every_n_steps.filter(|&n| n > 0) {
+                    Some(n) => step % n as u64 == 0,
+                    None => saves,
+                })
     }
 
     /// A flag that, once set, makes [`run`](Self::run) save a checkpoint and return after the
@@ -265,6 +324,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             lr: self.optimizer.effective_lr(lr),
             sigma_mean: sigma as f32,
             seconds: t0.elapsed().as_secs_f64(),
+            val_loss: None,
         })
     }
 
@@ -317,33 +377,64 @@ impl<B: AutodiffBackend> Trainer<B> {
         let cfg_path = c.output_dir.join(format!("{}-config.toml", c.output_name));
         std::fs::write(&cfg_path, c.to_toml()).map_err(|e| TrainError::io(&cfg_path, e))?;
         let csv_path = c.output_dir.join(format!("{}-log.csv", c.output_name));
-        let mut csv = if self.step == 0 { CsvLog::create(&csv_path)? } else { CsvLog::resume(&csv_path, self.step)? };
+        if c.validation_split > 0.0 && self.validation.is_none() {
+            return Err(TrainError::Invalid {
+                key: "validation_split".into(),
+                message: format!(
+                    "{} is set but the trainer has no validation set; build it with \
+                     PreparedData::validation_set and pass it to Trainer::with_validation",
+                    c.validation_split
+                ),
+            });
+        }
+        self.val_history = ValidationHistory::default();
+        if self.step > 0 && self.validation.is_some() {
+            // Validations logged before the checkpoint, paired with the saves still on disk.
+            for (step, loss) in read_validation_history(&csv_path).into_iter().filter(|(s, _)| *s <= self.step) {
+                self.val_history.push(step, loss as f32);
+                self.val_history.pair(step, c.output_dir.join(checkpoint_dir_name(&c.output_name, step)));
+            }
+        }
+        let with_val = self.validation.is_some();
+        let mut csv = if self.step == 0 {
+            CsvLog::create_for(&csv_path, with_val)?
+        } else {
+            CsvLog::resume_for(&csv_path, self.step, with_val)?
+        };
         let mut progress = Progress::new(self.total_steps, self.step, self.show_progress);
         let mut last_loss = None;
         observer.on_start(self.step, self.model_ref())?;
         while self.step < self.total_steps && !self.stop.load(Ordering::Relaxed) {
-            let rec = self.step_once(source)?;
+            let mut rec = self.step_once(source)?;
+            let saves = c.save_every_n_steps.filter(|&n| n > 0).is_some_and(|n| self.step % n as u64 == 0)
+                && self.step < self.total_steps;
+            let last = self.step >= self.total_steps || self.stop.load(Ordering::Relaxed);
+            if self.validates_at(self.step, saves, last) {
+                let v = self.validation_loss()?;
+                self.val_history.push(self.step, v);
+                rec.val_loss = Some(v);
+            }
             csv.write(&rec)?;
             progress.update(&rec);
             last_loss = Some(rec.loss);
             for line in observer.on_step(&rec, self.model_ref())? {
                 progress.println(&line);
             }
-            if let Some(n) = c.save_every_n_steps.filter(|&n| n > 0) {
-                if self.step % n as u64 == 0 && self.step < self.total_steps {
-                    let dir = self.save_checkpoint(source)?;
-                    if let Some(keep) = c.save_last_n_saves {
-                        prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1))?;
-                    }
-                    progress.println(&format!("saved step {} to {}", self.step, dir.display()));
-                    for line in observer.on_checkpoint(self.step, &dir, self.model_ref())? {
-                        progress.println(&line);
-                    }
+            if saves {
+                let dir = self.save_checkpoint(source)?;
+                self.val_history.pair(self.step, dir.clone());
+                if let Some(keep) = c.save_last_n_saves {
+                    prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1))?;
+                }
+                progress.println(&format!("saved step {} to {}", self.step, dir.display()));
+                for line in observer.on_checkpoint(self.step, &dir, self.model_ref())? {
+                    progress.println(&line);
                 }
             }
         }
         let stopped = self.step < self.total_steps;
         let last_dir = self.save_checkpoint(source)?;
+        self.val_history.pair(self.step, last_dir.clone());
         if let Some(keep) = c.save_last_n_saves {
             prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1))?;
         }
@@ -360,6 +451,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 Some(ema) => save_lora(&mut ema.averaged(model)?, &path, lora_format(c.save_format), &meta)?,
                 None => save_lora(model, &path, lora_format(c.save_format), &meta)?,
             });
+            self.val_history.pair(self.step, path.clone());
             lora = Some(path);
         }
         progress.finish(if stopped { "stopped; resumable checkpoint saved" } else { "done" });
@@ -372,6 +464,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             csv: csv_path,
             self_check: self.last_check.clone(),
             seconds: t0.elapsed().as_secs_f64(),
+            last_val_loss: self.val_history.last(),
+            best_checkpoint: self.val_history.best(),
         };
         observer.on_end(&summary, self.model_ref())?;
         Ok(summary)

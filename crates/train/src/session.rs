@@ -1,8 +1,10 @@
 //! A whole training run from a config, as the `train` example runs it: resolve the base model →
-//! open the dataset and build the caches (each encoder loaded for its cache, then dropped) →
+//! open the dataset, hold out the validation split, and build the caches (each encoder loaded
+//! for its cache, then dropped) → read the held-out items and fix their σ / ε →
 //! encode the sample prompts and keep only the autoencoder → load the transformer (bf16 where
-//! the backend supports it and `base_bf16` is on) → train with the [`Monitor`] (loss curve,
-//! sample grids) → the files it produced.
+//! the backend supports it and `base_bf16` is on) → train with the [`Monitor`] (loss curve with
+//! validation points, sample grids) → the files it produced and the best checkpoint by
+//! validation loss.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -15,9 +17,10 @@ use fluxlora_flux::bf16_if_supported;
 use crate::base::BaseModel;
 use crate::config::TrainConfig;
 use crate::error::TrainError;
-use crate::monitor::{read_loss_history, Monitor, Sampler};
+use crate::monitor::{read_loss_history, read_validation_history, Monitor, Sampler};
 use crate::prepare::prepare_data;
 use crate::run::{RunSummary, Trainer};
+use crate::validation::BestCheckpoint;
 
 /// How to run a session.
 #[derive(Debug, Clone, Default)]
@@ -36,8 +39,10 @@ pub struct SessionOptions {
 pub struct SessionReport {
     /// The training loop's summary (final LoRA, last checkpoint, CSV log, ...).
     pub run: RunSummary,
-    /// Images in the dataset.
+    /// Images trained on.
     pub images: usize,
+    /// Images held out for the validation loss (`validation_split`).
+    pub validation_images: usize,
     /// Latent cache build.
     pub latents: BuildStats,
     /// Text cache build.
@@ -51,6 +56,18 @@ pub struct SessionReport {
 }
 
 impl SessionReport {
+    /// The save with the lowest validation loss (runs with a validation split).
+    pub fn best_checkpoint(&self) -> Option<&BestCheckpoint> {
+        self.run.best_checkpoint.as_ref()
+    }
+
+    /// The closing-summary line naming the best checkpoint, or `None` without validation.
+    pub fn best_checkpoint_line(&self) -> Option<String> {
+        let best = self.best_checkpoint()?;
+        let of = self.validation_images;
+        Some(format!("best checkpoint by validation loss ({of} held-out image(s)): {best}"))
+    }
+
     /// Every file the run produced (for the closing summary).
     pub fn files(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = self.run.lora.iter().cloned().collect();
@@ -76,21 +93,26 @@ pub fn train_session<B: AutodiffBackend>(
     let dtype = if config.base_bf16 { bf16_if_supported::<B>(device) } else { None };
     let flux = base.load_transformer::<B>(dtype, device)?;
     let mut trainer = Trainer::new(config.clone(), flux, device.clone())?.with_progress(options.progress);
+    if let Some(set) = data.validation_set::<B::InnerBackend>(&config, device)? {
+        trainer = trainer.with_validation(set);
+    }
     if let Some(stop) = options.stop {
         trainer = trainer.with_stop_handle(stop);
     }
     let csv = config.output_dir.join(format!("{}-log.csv", config.output_name));
-    let history = match &options.resume {
+    let (history, val_history) = match &options.resume {
         Some(dir) => {
             let state = trainer.resume(dir, &mut data.source)?;
-            read_loss_history(&csv).into_iter().filter(|(s, _)| *s <= state.step).collect()
+            let upto = |v: Vec<(u64, f64)>| v.into_iter().filter(|(s, _)| *s <= state.step).collect::<Vec<_>>();
+            (upto(read_loss_history(&csv)), upto(read_validation_history(&csv)))
         }
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
-    let mut monitor = Monitor::<B>::new(&config, sampler, history);
+    let mut monitor = Monitor::<B>::new(&config, sampler, history).with_validation_history(val_history);
     let run = trainer.run_observed(&mut data.source, &mut monitor)?;
     Ok(SessionReport {
         images: data.dataset.items.len(),
+        validation_images: data.validation.as_ref().map_or(0, |v| v.items.len()),
         latents: data.latents,
         texts: data.texts,
         sample_grids: monitor.grids.clone(),

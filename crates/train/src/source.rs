@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use fluxlora_data::{Dataset, LatentCache, LatentKey, Loader, LoaderState, TextCache};
+use fluxlora_data::{Dataset, LatentCache, LatentKey, Loader, LoaderState, Sample, TextCache};
 use fluxlora_flux::latents;
 
 use crate::error::TrainError;
@@ -41,6 +41,16 @@ impl CachedBatches {
     pub fn loader(&self) -> &Loader {
         &self.loader
     }
+
+    /// The latent cache.
+    pub fn latent_cache(&self) -> &LatentCache {
+        &self.latents
+    }
+
+    /// The text-embedding cache.
+    pub fn text_cache(&self) -> &TextCache {
+        &self.texts
+    }
 }
 
 fn missing(what: &str, name: String) -> TrainError {
@@ -64,43 +74,55 @@ fn stack<B: Backend, const D: usize>(parts: Vec<(Vec<usize>, Vec<f32>)>, what: &
     Ok(Tensor::from_data(TensorData::new(data, shape), device))
 }
 
+/// The micro-batch of `samples` of `dataset`, read from the caches: packed latents, their
+/// alpha masks (packed like the latents), T5 tokens and pooled CLIP vectors.
+pub fn cached_batch<B: Backend>(
+    dataset: &Dataset,
+    samples: &[Sample],
+    latents: &LatentCache,
+    texts: &TextCache,
+    device: &B::Device,
+) -> Result<TrainBatch<B>, TrainError> {
+    let (mut lat, mut masks, mut t5, mut pooled, mut is_reg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for s in samples {
+        let key = LatentKey::of(dataset, s);
+        let item_path = dataset.items.get(s.item).map(|i| i.path.display().to_string()).unwrap_or_default();
+        let cached = latents.load(&key).ok_or_else(|| missing("latent", item_path.clone()))?;
+        let text = texts.load(&s.caption).ok_or_else(|| missing("text", format!("the caption of {item_path}")))?;
+        masks.push(cached.mask.map(|m| (m.shape, m.data)));
+        lat.push((cached.latent.shape, cached.latent.data));
+        t5.push((text.t5.shape, text.t5.data));
+        pooled.push((text.clip_pooled.shape, text.clip_pooled.data));
+        is_reg.push(s.is_reg);
+    }
+    let x: Tensor<B, 4> = stack(lat, "latents", device)?;
+    let [b, c, hh, ww] = x.dims();
+    let tokens = latents::pack(x)?;
+    let mask = if masks.iter().any(Option::is_some) {
+        // Samples without a mask train on every element (mask 1).
+        let parts = masks.into_iter().map(|m| m.unwrap_or_else(|| (vec![1, hh, ww], vec![1.0; hh * ww]))).collect();
+        let m: Tensor<B, 4> = stack(parts, "alpha masks", device)?;
+        // The mask at latent resolution, repeated over channels and packed like the latents:
+        // the same per-element weights kohya applies to unpacked latents.
+        Some(latents::pack(m.expand([b, c, hh, ww]))?)
+    } else {
+        None
+    };
+    Ok(TrainBatch {
+        latents: tokens,
+        grid: (hh / 2, ww / 2),
+        txt: stack(t5, "T5 embeddings", device)?,
+        y: stack(pooled, "CLIP pooled vectors", device)?,
+        mask,
+        is_reg,
+    })
+}
+
 impl<B: Backend> BatchSource<B> for CachedBatches {
     fn next_batch(&mut self, device: &B::Device) -> Result<TrainBatch<B>, TrainError> {
         let batch = self.loader.next_batch();
         let dataset: &Arc<Dataset> = self.loader.dataset();
-        let (mut lat, mut masks, mut t5, mut pooled, mut is_reg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for s in &batch.samples {
-            let key = LatentKey::of(dataset, s);
-            let item_path = dataset.items.get(s.item).map(|i| i.path.display().to_string()).unwrap_or_default();
-            let cached = self.latents.load(&key).ok_or_else(|| missing("latent", item_path.clone()))?;
-            let text = self.texts.load(&s.caption).ok_or_else(|| missing("text", format!("the caption of {item_path}")))?;
-            masks.push(cached.mask.map(|m| (m.shape, m.data)));
-            lat.push((cached.latent.shape, cached.latent.data));
-            t5.push((text.t5.shape, text.t5.data));
-            pooled.push((text.clip_pooled.shape, text.clip_pooled.data));
-            is_reg.push(s.is_reg);
-        }
-        let x: Tensor<B, 4> = stack(lat, "latents", device)?;
-        let [b, c, hh, ww] = x.dims();
-        let tokens = latents::pack(x)?;
-        let mask = if masks.iter().any(Option::is_some) {
-            // Samples without a mask train on every element (mask 1).
-            let parts = masks.into_iter().map(|m| m.unwrap_or_else(|| (vec![1, hh, ww], vec![1.0; hh * ww]))).collect();
-            let m: Tensor<B, 4> = stack(parts, "alpha masks", device)?;
-            // The mask at latent resolution, repeated over channels and packed like the latents:
-            // the same per-element weights kohya applies to unpacked latents.
-            Some(latents::pack(m.expand([b, c, hh, ww]))?)
-        } else {
-            None
-        };
-        Ok(TrainBatch {
-            latents: tokens,
-            grid: (hh / 2, ww / 2),
-            txt: stack(t5, "T5 embeddings", device)?,
-            y: stack(pooled, "CLIP pooled vectors", device)?,
-            mask,
-            is_reg,
-        })
+        cached_batch(dataset, &batch.samples, &self.latents, &self.texts, device)
     }
 
     fn position(&self) -> serde_json::Value {

@@ -206,13 +206,19 @@ fn host_tensor<B: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D], de
     Tensor::from_data(TensorData::new(data, shape), device)
 }
 
-/// Runs one training forward + backward on `batch` with the draws `draw`.
-pub fn training_step<B: AutodiffBackend>(
-    model: &Flux<B>,
-    batch: &TrainBatch<B>,
-    draw: &NoiseDraw,
-    s: &StepSettings,
-) -> Result<StepOutput, TrainError> {
+/// The model inputs and loss terms of one micro-batch under its draws.
+struct Prepared<B: Backend> {
+    inputs: FluxInputs<B>,
+    target: Tensor<B, 3>,
+    x_t: Tensor<B, 3>,
+    sigmas: Tensor<B, 1>,
+    weights: Tensor<B, 1>,
+    mask: Option<Tensor<B, 3>>,
+}
+
+/// x_t = (1 − σ)·x0 + σ·ε, the target ε − x0, the per-sample weights and the model inputs (t = σ,
+/// the guidance value when the model has a guidance embedder).
+fn prepare<B: Backend>(guidance_embed: bool, batch: &TrainBatch<B>, draw: &NoiseDraw, s: &StepSettings) -> Result<Prepared<B>, TrainError> {
     let [b, l, c] = batch.dims()?;
     if draw.sigmas.len() != b || draw.noise.len() != b * l * c {
         return Err(TrainError::Shape {
@@ -238,16 +244,45 @@ pub fn training_step<B: AutodiffBackend>(
         txt_ids: latents::txt_ids(b, txt_len, &device),
         timesteps: sigmas.clone(),
         y: batch.y.clone().detach(),
-        guidance: model.config.guidance_embed.then(|| Tensor::full([b], s.guidance, &device)),
+        guidance: guidance_embed.then(|| Tensor::full([b], s.guidance, &device)),
     };
-    let mask = batch.mask.clone();
-    let out = forward_backward(model, &inputs, s.checkpointing, |pred| {
-        flow_matching_loss(pred, target.clone(), x_t.clone(), sigmas.clone(), mask.clone(), weights.clone(), &s.loss)
+    Ok(Prepared { inputs, target, x_t, sigmas, weights, mask: batch.mask.clone() })
+}
+
+fn scalar<B: Backend>(loss: Tensor<B, 1>) -> Result<f32, TrainError> {
+    let loss = loss.into_data().convert::<f32>().to_vec::<f32>().ok().and_then(|v| v.first().copied());
+    loss.ok_or_else(|| TrainError::Shape { what: "loss".into(), message: "the loss tensor is empty".into() })
+}
+
+/// Runs one training forward + backward on `batch` with the draws `draw`.
+pub fn training_step<B: AutodiffBackend>(
+    model: &Flux<B>,
+    batch: &TrainBatch<B>,
+    draw: &NoiseDraw,
+    s: &StepSettings,
+) -> Result<StepOutput, TrainError> {
+    let b = batch.dims()?[0];
+    let p = prepare(model.config.guidance_embed, batch, draw, s)?;
+    let out = forward_backward(model, &p.inputs, s.checkpointing, |pred| {
+        flow_matching_loss(pred, p.target.clone(), p.x_t.clone(), p.sigmas.clone(), p.mask.clone(), p.weights.clone(), &s.loss)
     })?;
-    let loss = out.loss.into_data().convert::<f32>().to_vec::<f32>().ok().and_then(|v| v.first().copied());
-    let loss = loss.ok_or_else(|| TrainError::Shape { what: "loss".into(), message: "the loss tensor is empty".into() })?;
+    let loss = scalar(out.loss)?;
     let sigma_mean = draw.sigmas.iter().sum::<f32>() / b as f32;
     Ok(StepOutput { loss, sigma_mean, grads: out.grads })
+}
+
+/// The loss [`training_step`] would report for `batch` under `draw`, forward only: for a model
+/// on a plain backend (e.g. `model.valid()`), so no autodiff graph is built and no dropout
+/// applies. Same inputs, prediction type, element loss, σ weighting, mask and sample weights.
+pub fn evaluation_loss<B: Backend>(
+    model: &Flux<B>,
+    batch: &TrainBatch<B>,
+    draw: &NoiseDraw,
+    s: &StepSettings,
+) -> Result<f32, TrainError> {
+    let p = prepare(model.config.guidance_embed, batch, draw, s)?;
+    let pred = model.forward(&p.inputs)?;
+    scalar(flow_matching_loss(pred, p.target, p.x_t, p.sigmas, p.mask, p.weights, &s.loss))
 }
 
 #[cfg(test)]

@@ -8,3 +8,5 @@ mod kill_during_save;
 mod pipeline;
 mod resume;
 mod trainer;
+mod tiny_world;
+mod validation;

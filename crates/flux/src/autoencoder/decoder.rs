@@ -6,7 +6,7 @@ use burn::tensor::{activation::silu, backend::Backend, Tensor};
 use crate::autoencoder::config::AutoencoderConfig;
 use crate::autoencoder::resnet::{AttnBlock, GroupNorm, ResnetBlock, Upsample};
 use crate::error::Result;
-use crate::frozen::{Conv2d, WeightReader};
+use crate::frozen::{Conv2d, LayerSource};
 
 /// One resolution level: `num_res_blocks + 1` ResNet blocks, then (except at level 0) an
 /// upsampler. Levels are indexed as in BFL: `up[0]` is the full-resolution level, run last.
@@ -31,7 +31,7 @@ pub struct Decoder<B: Backend> {
 }
 
 impl<B: Backend> Decoder<B> {
-    pub(crate) fn load(c: &AutoencoderConfig, w: &mut WeightReader<'_, B>) -> Result<Self> {
+    pub(crate) fn load(c: &AutoencoderConfig, w: &mut impl LayerSource<B>) -> Result<Self> {
         let g = c.norm_groups;
         let mut block_in = c.mid_channels();
         let conv_in = w.conv2d("decoder.conv_in", c.z_channels, block_in, 3)?;

@@ -6,7 +6,7 @@ use burn::tensor::{activation::silu, backend::Backend, Tensor};
 use crate::autoencoder::config::AutoencoderConfig;
 use crate::autoencoder::resnet::{AttnBlock, Downsample, GroupNorm, ResnetBlock};
 use crate::error::Result;
-use crate::frozen::{Conv2d, WeightReader};
+use crate::frozen::{Conv2d, LayerSource};
 
 /// One resolution level: ResNet blocks, then (except at the last level) a downsampler.
 #[derive(Module, Debug)]
@@ -30,7 +30,7 @@ pub struct Encoder<B: Backend> {
 }
 
 impl<B: Backend> Encoder<B> {
-    pub(crate) fn load(c: &AutoencoderConfig, w: &mut WeightReader<'_, B>) -> Result<Self> {
+    pub(crate) fn load(c: &AutoencoderConfig, w: &mut impl LayerSource<B>) -> Result<Self> {
         let g = c.norm_groups;
         let conv_in = w.conv2d("encoder.conv_in", c.in_channels, c.ch, 3)?;
         let mut down = Vec::with_capacity(c.ch_mult.len());

@@ -12,7 +12,7 @@ use crate::autoencoder::encoder::Encoder;
 use crate::autoencoder::keys::{detect_layout, file_key, AeKeyLayout};
 use crate::autoencoder::Autoencoder;
 use crate::error::{FluxError, Result};
-use crate::frozen::{open_checkpoint, storage_dtype, WeightReader};
+use crate::frozen::{open_checkpoint, storage_dtype, RandomLayers, WeightReader};
 
 /// How to load an autoencoder. The defaults are FLUX.1's.
 #[derive(Debug, Clone)]
@@ -49,6 +49,17 @@ pub fn resolve_autoencoder_path(path: &Path) -> PathBuf {
 }
 
 impl<B: Backend> Autoencoder<B> {
+    /// A randomly initialised autoencoder of architecture `config` whose every parameter requires
+    /// gradients (PyTorch's default init; seed the backend with `B::seed` first for a
+    /// reproducible one). This is what `pretrain_tiny` trains; loaded autoencoders are frozen.
+    pub fn init(config: AutoencoderConfig, device: &B::Device) -> Result<Self> {
+        config.validate()?;
+        let mut w = RandomLayers::<B>::new(device);
+        let encoder = Encoder::load(&config, &mut w)?;
+        let decoder = Decoder::load(&config, &mut w)?;
+        Ok(Self { encoder, decoder, config })
+    }
+
     /// Loads an autoencoder (see [`resolve_autoencoder_path`] for what `path` may be). The
     /// architecture is inferred from the tensor shapes; every tensor is checked and a tensor the
     /// inferred architecture does not use is an error.

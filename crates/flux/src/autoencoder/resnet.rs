@@ -2,34 +2,31 @@
 //! block, the single-head mid attention, and the ×2 down/upsamplers. Activations are
 //! `[batch, channels, height, width]`.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation::silu, backend::Backend, Tensor};
 
 use crate::autoencoder::config::GROUP_NORM_EPS;
 use crate::error::Result;
-use crate::frozen::{cast_to, to_f32, Conv2d, Linear, WeightReader};
+use crate::frozen::{cast_to, to_f32, Conv2d, LayerSource, Linear};
 
 /// GroupNorm with affine parameters (eps 1e-6), statistics in f32.
 #[derive(Module, Debug)]
 pub struct GroupNorm<B: Backend> {
     /// `[C]`; key `….weight`.
-    pub gamma: Tensor<B, 1>,
+    pub gamma: Param<Tensor<B, 1>>,
     /// `[C]`; key `….bias`.
-    pub beta: Tensor<B, 1>,
+    pub beta: Param<Tensor<B, 1>>,
     /// Number of groups.
     #[module(skip)]
     pub groups: usize,
 }
 
 impl<B: Backend> GroupNorm<B> {
-    pub(crate) fn load(name: &str, channels: usize, groups: usize, w: &mut WeightReader<'_, B>) -> Result<Self> {
-        Ok(Self {
-            gamma: w.tensor(&format!("{name}.weight"), [channels])?,
-            beta: w.tensor(&format!("{name}.bias"), [channels])?,
-            groups,
-        })
+    pub(crate) fn load(name: &str, channels: usize, groups: usize, w: &mut impl LayerSource<B>) -> Result<Self> {
+        let (gamma, beta) = w.norm_affine(name, channels)?;
+        Ok(Self { gamma, beta, groups })
     }
 
     /// Normalises each group of `C / groups` channels over channels × height × width.
@@ -40,8 +37,8 @@ impl<B: Backend> GroupNorm<B> {
         let x = to_f32(x).reshape([b, g, (c / g) * h * wd]);
         let (var, mean) = x.clone().var_mean_bias(2);
         let x = ((x - mean) * (var + GROUP_NORM_EPS).sqrt().recip()).reshape([b, c, h, wd]);
-        let gamma = to_f32(self.gamma.clone()).reshape([1, c, 1, 1]);
-        let beta = to_f32(self.beta.clone()).reshape([1, c, 1, 1]);
+        let gamma = to_f32(self.gamma.val()).reshape([1, c, 1, 1]);
+        let beta = to_f32(self.beta.val()).reshape([1, c, 1, 1]);
         cast_to(x * gamma + beta, dtype)
     }
 }
@@ -58,7 +55,7 @@ pub struct ResnetBlock<B: Backend> {
 }
 
 impl<B: Backend> ResnetBlock<B> {
-    pub(crate) fn load(name: &str, c_in: usize, c_out: usize, groups: usize, w: &mut WeightReader<'_, B>) -> Result<Self> {
+    pub(crate) fn load(name: &str, c_in: usize, c_out: usize, groups: usize, w: &mut impl LayerSource<B>) -> Result<Self> {
         Ok(Self {
             norm1: GroupNorm::load(&format!("{name}.norm1"), c_in, groups, w)?,
             conv1: w.conv2d(&format!("{name}.conv1"), c_in, c_out, 3)?,
@@ -92,7 +89,7 @@ pub struct AttnBlock<B: Backend> {
 }
 
 impl<B: Backend> AttnBlock<B> {
-    pub(crate) fn load(name: &str, c: usize, groups: usize, w: &mut WeightReader<'_, B>) -> Result<Self> {
+    pub(crate) fn load(name: &str, c: usize, groups: usize, w: &mut impl LayerSource<B>) -> Result<Self> {
         let mut lin = |n: &str| w.linear(&format!("{name}.{n}"), c, c, true, true);
         let (q, k, v, proj_out) = (lin("q")?, lin("k")?, lin("v")?, lin("proj_out")?);
         Ok(Self { norm: GroupNorm::load(&format!("{name}.norm"), c, groups, w)?, q, k, v, proj_out })
@@ -117,7 +114,7 @@ pub struct Downsample<B: Backend> {
 }
 
 impl<B: Backend> Downsample<B> {
-    pub(crate) fn load(name: &str, c: usize, w: &mut WeightReader<'_, B>) -> Result<Self> {
+    pub(crate) fn load(name: &str, c: usize, w: &mut impl LayerSource<B>) -> Result<Self> {
         Ok(Self { conv: w.conv2d(&format!("{name}.conv"), c, c, 3)? })
     }
 
@@ -134,7 +131,7 @@ pub struct Upsample<B: Backend> {
 }
 
 impl<B: Backend> Upsample<B> {
-    pub(crate) fn load(name: &str, c: usize, w: &mut WeightReader<'_, B>) -> Result<Self> {
+    pub(crate) fn load(name: &str, c: usize, w: &mut impl LayerSource<B>) -> Result<Self> {
         Ok(Self { conv: w.conv2d(&format!("{name}.conv"), c, c, 3)? })
     }
 
@@ -178,8 +175,8 @@ mod tests {
         let vals: Vec<f32> = (0..12).map(|i| (i as f32 * 0.7).sin() * 3.0 + i as f32).collect();
         let x = Tensor::<NdArray, 4>::from_data(TensorData::new(vals.clone(), [1, 4, 1, 3]), &dev);
         let gn = GroupNorm {
-            gamma: Tensor::from_data(TensorData::new(vec![1.0f32, 2., 3., 4.], [4]), &dev),
-            beta: Tensor::from_data(TensorData::new(vec![0.5f32, 0., -1., 0.], [4]), &dev),
+            gamma: Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32, 2., 3., 4.], [4]), &dev)),
+            beta: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.5f32, 0., -1., 0.], [4]), &dev)),
             groups: 2,
         };
         let y = gn.forward(x).into_data().to_vec::<f32>().unwrap();

@@ -1,0 +1,529 @@
+//! Building the tiny world: pretrain a small Flux autoencoder and transformer on the procedural
+//! domain ([`crate::tiny_world::domain`]), then write them, the text encoders and the concept
+//! dataset as an ordinary model folder and dataset that every other part of fluxlora reads.
+//!
+//! 1. **Autoencoder** ([`Autoencoder::init`], all parameters trainable, on small images), in two
+//!    stages: `ae_steps` on random colours, then `ae_refine_steps` with a fresh AdamW at half the
+//!    learning rate where the random colours are saturated (near the RGB cube's corners,
+//!    where the concept's magenta and yellow lie and where a small autoencoder learns last).
+//!    Reconstruction loss
+//!    `mean((decode(encode(x)) − x)²) + 1e-4·mean(z²)` on random-colour scenes (solid or striped,
+//!    the concept's colours included) and base-domain scenes, AdamW. The latent scale and shift
+//!    are then measured on base-domain images (`shift` = mean, `scale` = 1/std), as Flux's were.
+//! 2. **Text encoders**: copied (CLIP-L and T5 shaped, random, from `fixtures/tiny-base`). They
+//!    stay frozen; the transformer learns to read their features.
+//! 3. **Transformer** ([`Flux::init`], all parameters trainable): the same flow-matching step as
+//!    LoRA training ([`training_step`]) on latents of base-domain scenes and their captions,
+//!    guidance values drawn in [1, 5] so that any `--g` works, AdamW.
+//! 4. **Files** (BFL keys, the layout of `flux1-dev.safetensors` / `ae.safetensors`):
+//!    `base/transformer/flux1-tiny.safetensors`, `base/vae/ae.safetensors` (each with a
+//!    `config.json` holding what the weights do not record), `base/text_encoder*/`,
+//!    `base/tokenizer*/`; `dataset/` (the concept images and captions) and `prompts.txt` (held-out
+//!    sample prompts); `base/preview.png` (base samples of a few captions).
+//!
+//! Everything is drawn from the seed (scenes, noise, initial weights via `B::seed`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use fluxlora_data::{SplitMix64, TextEncoder};
+use fluxlora_flux::autoencoder::AutoencoderConfig;
+use fluxlora_flux::export::{autoencoder_tensors, transformer_tensors};
+use fluxlora_flux::schedule::SigmaSampler;
+use fluxlora_flux::{latents, Autoencoder, AutoencoderLoadOptions, Flux, FluxConfig};
+use fluxlora_io::{write_safetensors, HostTensor, TensorRef};
+use image::RgbImage;
+
+use crate::base::BaseModel;
+use crate::encoders::FluxTextEncoder;
+use crate::error::TrainError;
+use crate::grid::{save_png, SampleGrid};
+use crate::noise::draw_noise;
+use crate::prompts::{parse_prompt_line, SampleDefaults};
+use crate::sample::generate;
+use crate::step::{bfl_shift, training_step, LossSettings, StepSettings, TrainBatch};
+use crate::tiny_world::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
+use crate::{LossType, ModelPredictionType};
+
+/// Stream tags for the seeded draws.
+const AE_SCENES: u64 = 0xae;
+const FLUX_SCENES: u64 = 0xf1;
+const FLUX_BATCHES: u64 = 0xba;
+const CONCEPT: u64 = 0xc0;
+
+/// How to build the tiny world.
+#[derive(Debug, Clone)]
+pub struct PretrainOptions {
+    /// Seed of everything.
+    pub seed: u64,
+    /// Image side (pixels).
+    pub size: u32,
+    /// Autoencoder architecture (scale/shift are measured, these are ignored).
+    pub autoencoder: AutoencoderConfig,
+    /// Side of the autoencoder's training images (smaller than `size` is cheaper; the networks are
+    /// convolutional, so what they learn carries over).
+    pub ae_size: u32,
+    /// Autoencoder steps (first stage), batch and learning rate.
+    pub ae_steps: usize,
+    /// Autoencoder steps of the second stage (saturated colours).
+    pub ae_refine_steps: usize,
+    /// Start the second stage from this first-stage autoencoder (an `ae.safetensors` written by
+    /// an earlier build with the same options) instead of training the first stage again.
+    pub ae_from: Option<PathBuf>,
+    pub ae_batch: usize,
+    pub ae_lr: f64,
+    /// Transformer architecture (`in_channels` must be 4 × the latent channels).
+    pub transformer: FluxConfig,
+    /// Transformer steps, batch and learning rate.
+    pub flux_steps: usize,
+    pub flux_batch: usize,
+    pub flux_lr: f64,
+    /// Distinct base-domain images the transformer trains on.
+    pub flux_images: usize,
+    /// T5 tokens per caption.
+    pub t5_max_length: usize,
+    /// Concept images in the dataset.
+    pub concept_images: usize,
+    /// A model folder whose `text_encoder*/` and `tokenizer*/` are copied.
+    pub text_encoders: PathBuf,
+    /// Output folder (gets `base/`, `dataset/`, `prompts.txt`).
+    pub out: PathBuf,
+}
+
+impl PretrainOptions {
+    /// The committed tiny world: 64² images, a 3-level autoencoder (×4, 8 latent channels), a
+    /// 64-wide transformer with 2 double and 2 single blocks, text encoders from `text_encoders`.
+    pub fn tiny_world(text_encoders: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        Self {
+            seed: 20261129,
+            size: 64,
+            autoencoder: AutoencoderConfig {
+                ch: 12,
+                ch_mult: vec![1, 2, 2],
+                num_res_blocks: 1,
+                z_channels: 8,
+                norm_groups: 4,
+                scale_factor: 1.0,
+                shift_factor: 0.0,
+                ..AutoencoderConfig::flux()
+            },
+            ae_size: 32,
+            ae_steps: 700,
+            ae_refine_steps: 600,
+            ae_from: None,
+            ae_batch: 8,
+            ae_lr: 2e-3,
+            transformer: FluxConfig {
+                in_channels: 32,
+                out_channels: 32,
+                vec_in_dim: 32,
+                context_in_dim: 32,
+                hidden_size: 64,
+                mlp_hidden_dim: 256,
+                num_heads: 2,
+                depth: 2,
+                depth_single_blocks: 2,
+                axes_dim: vec![8, 12, 12],
+                theta: 10_000.0,
+                qkv_bias: true,
+                guidance_embed: true,
+            },
+            flux_steps: 1200,
+            flux_batch: 16,
+            flux_lr: 1e-3,
+            flux_images: 2000,
+            t5_max_length: 32,
+            concept_images: 20,
+            text_encoders: text_encoders.into(),
+            out: out.into(),
+        }
+    }
+}
+
+/// What a build did.
+#[derive(Debug, Clone, Default)]
+pub struct PretrainReport {
+    /// Mean autoencoder loss over the first and the last 50 steps.
+    pub ae_loss: (f32, f32),
+    /// Measured latent scale and shift.
+    pub scale_shift: (f64, f64),
+    /// Mean transformer loss over the first and the last 100 steps.
+    pub flux_loss: (f32, f32),
+    /// Seconds spent on each model.
+    pub ae_seconds: f64,
+    pub flux_seconds: f64,
+    /// Every file written.
+    pub files: Vec<PathBuf>,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> TrainError {
+    TrainError::io(path, e)
+}
+
+fn images_tensor<B: Backend>(images: &[RgbImage], device: &B::Device) -> Tensor<B, 4> {
+    let (w, h) = images[0].dimensions();
+    let data: Vec<f32> = images.iter().flat_map(image_to_chw).collect();
+    Tensor::from_data(TensorData::new(data, [images.len(), 3, h as usize, w as usize]), device)
+}
+
+fn mean(v: &[f32]) -> f32 {
+    v.iter().sum::<f32>() / v.len().max(1) as f32
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
+    t.into_data().convert::<f32>().to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN)
+}
+
+fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), TrainError> {
+    let refs: Vec<(&str, TensorRef<'_>)> = tensors.iter().map(|(k, t)| (k.as_str(), TensorRef::f32(t))).collect();
+    write_safetensors(path, &refs, &BTreeMap::new()).map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    fluxlora_io::atomic_write(path, |w| w.write_all(text.as_bytes()))
+        .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    std::fs::create_dir_all(to).map_err(|e| io_err(to, e))?;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(from).map_err(|e| io_err(from, e))? {
+        let entry = entry.map_err(|e| io_err(from, e))?;
+        if entry.path().is_file() {
+            let dest = to.join(entry.file_name());
+            std::fs::copy(entry.path(), &dest).map_err(|e| io_err(&dest, e))?;
+            out.push(dest);
+        }
+    }
+    Ok(out)
+}
+
+/// Makes every parameter trainable (a loaded autoencoder is frozen).
+struct Trainable;
+
+impl<B: Backend> ModuleMapper<B> for Trainable {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.set_require_grad(true)
+    }
+}
+
+/// Trains the autoencoder; returns it (inner backend) with its measured scale/shift.
+fn pretrain_autoencoder<B: AutodiffBackend>(
+    o: &PretrainOptions,
+    world: &World,
+    report: &mut PretrainReport,
+    progress: &mut dyn FnMut(&str),
+    device: &B::Device,
+) -> Result<Autoencoder<B::InnerBackend>, TrainError> {
+    let start = Instant::now();
+    let (mut ae, first_stage) = match &o.ae_from {
+        Some(path) => {
+            let options = AutoencoderLoadOptions {
+                norm_groups: o.autoencoder.norm_groups,
+                scale_factor: 1.0,
+                shift_factor: 0.0,
+                ..Default::default()
+            };
+            (Autoencoder::<B>::load(path, &options, device)?.map(&mut Trainable), false)
+        }
+        None => (Autoencoder::<B>::init(o.autoencoder.clone(), device)?, true),
+    };
+    let crops = World::new(o.ae_size);
+    let mut losses = Vec::with_capacity(o.ae_steps + o.ae_refine_steps);
+    let stages = [(first_stage, 0, o.ae_steps, o.ae_lr, false), (true, o.ae_steps, o.ae_refine_steps, o.ae_lr / 2.0, true)];
+    for (run, offset, steps, lr0, saturated) in stages {
+        if !run {
+            continue;
+        }
+        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Autoencoder<B>>();
+        for i in 0..steps {
+            let step = offset + i;
+            let mut rng = SplitMix64::derive(o.seed, &[AE_SCENES, step as u64]);
+            let images: Vec<RgbImage> = (0..o.ae_batch)
+                .map(|k| {
+                    let scene = if k % 2 == 0 {
+                        crops.autoencoder_scene(&mut rng, saturated)
+                    } else {
+                        crops.base_scene(&mut rng)
+                    };
+                    crops.render(&scene)
+                })
+                .collect();
+            let x = images_tensor::<B>(&images, device);
+            let z = ae.encode(x.clone())?;
+            let recon = ae.decode(z.clone())?;
+            let loss = (recon - x).powi_scalar(2).mean() + z.powi_scalar(2).mean() * 1e-4;
+            let value = scalar(loss.clone());
+            if !value.is_finite() {
+                return Err(TrainError::NonFiniteLoss { step: step as u64, value, lr: lr0 });
+            }
+            losses.push(value);
+            let grads = GradientsParams::from_grads(loss.backward(), &ae);
+            // Linear decay to 10 % over the stage.
+            let lr = lr0 * (1.0 - 0.9 * i as f64 / steps.max(1) as f64);
+            ae = optim.step(lr, ae, grads);
+            if step % 100 == 0 || i + 1 == steps {
+                progress(&format!("autoencoder step {step}/{}: loss {value:.4}", o.ae_steps + o.ae_refine_steps));
+            }
+        }
+    }
+    report.ae_loss = (mean(&losses[..losses.len().min(50)]), mean(&losses[losses.len().saturating_sub(50)..]));
+    let mut ae = ae.valid();
+    // Latent statistics of the base domain.
+    let mut rng = SplitMix64::derive(o.seed, &[AE_SCENES, u64::MAX]);
+    let images: Vec<RgbImage> = (0..64).map(|_| world.render(&world.base_scene(&mut rng))).collect();
+    let z = ae.encode(images_tensor::<B::InnerBackend>(&images, device))?;
+    let v: Vec<f32> = z.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+    let m = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64;
+    let var = v.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / v.len().max(1) as f64;
+    ae.config.shift_factor = m;
+    ae.config.scale_factor = 1.0 / var.sqrt().max(1e-6);
+    report.scale_shift = (ae.config.scale_factor, ae.config.shift_factor);
+    report.ae_seconds = start.elapsed().as_secs_f64();
+    Ok(ae)
+}
+
+/// Latents and text of the transformer's training set, on the host.
+struct FluxData {
+    latents: Vec<f32>,
+    captions: Vec<usize>,
+    texts: Vec<(Vec<f32>, Vec<f32>)>,
+    tokens: usize,
+    channels: usize,
+    grid: (usize, usize),
+}
+
+fn encode_flux_data<B: Backend>(
+    o: &PretrainOptions,
+    world: &World,
+    ae: &Autoencoder<B>,
+    text: &FluxTextEncoder<B>,
+    progress: &mut dyn FnMut(&str),
+    device: &B::Device,
+) -> Result<FluxData, TrainError> {
+    let mut rng = SplitMix64::derive(o.seed, &[FLUX_SCENES]);
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut data = FluxData { latents: Vec::new(), captions: Vec::new(), texts: Vec::new(), tokens: 0, channels: 0, grid: (0, 0) };
+    let chunk = 32;
+    let mut done = 0;
+    while done < o.flux_images {
+        let n = chunk.min(o.flux_images - done);
+        let scenes: Vec<_> = (0..n).map(|_| world.base_scene(&mut rng)).collect();
+        let images: Vec<RgbImage> = scenes.iter().map(|s| world.render(s)).collect();
+        let z = ae.encode(images_tensor::<B>(&images, device))?;
+        let [_, _, h, w] = z.dims();
+        let packed = latents::pack(z)?;
+        let [_, l, c] = packed.dims();
+        (data.tokens, data.channels, data.grid) = (l, c, (h / 2, w / 2));
+        data.latents.extend(packed.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default());
+        for s in &scenes {
+            let next = index.len();
+            let id = *index.entry(s.caption.clone()).or_insert(next);
+            if id == data.texts.len() {
+                let (t5, pooled) = text.encode_tensors(&s.caption)?;
+                data.texts.push((
+                    t5.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default(),
+                    pooled.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default(),
+                ));
+            }
+            data.captions.push(id);
+        }
+        done += n;
+        progress(&format!("encoded {done}/{} images, {} captions", o.flux_images, index.len()));
+    }
+    Ok(data)
+}
+
+fn flux_batch<B: Backend>(d: &FluxData, picks: &[usize], o: &PretrainOptions, device: &B::Device) -> TrainBatch<B> {
+    let per = d.tokens * d.channels;
+    let lat: Vec<f32> = picks.iter().flat_map(|&i| d.latents[i * per..(i + 1) * per].iter().copied()).collect();
+    let txt: Vec<f32> = picks.iter().flat_map(|&i| d.texts[d.captions[i]].0.iter().copied()).collect();
+    let y: Vec<f32> = picks.iter().flat_map(|&i| d.texts[d.captions[i]].1.iter().copied()).collect();
+    let b = picks.len();
+    let c = &o.transformer;
+    TrainBatch {
+        latents: Tensor::from_data(TensorData::new(lat, [b, d.tokens, d.channels]), device),
+        grid: d.grid,
+        txt: Tensor::from_data(TensorData::new(txt, [b, o.t5_max_length, c.context_in_dim]), device),
+        y: Tensor::from_data(TensorData::new(y, [b, c.vec_in_dim]), device),
+        mask: None,
+        is_reg: vec![false; b],
+    }
+}
+
+fn pretrain_transformer<B: AutodiffBackend>(
+    o: &PretrainOptions,
+    data: &FluxData,
+    report: &mut PretrainReport,
+    progress: &mut dyn FnMut(&str),
+    device: &B::Device,
+) -> Result<Flux<B::InnerBackend>, TrainError> {
+    let start = Instant::now();
+    let mut model = Flux::<B>::init(&o.transformer, device)?;
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Flux<B>>();
+    let loss = LossSettings {
+        loss_type: LossType::L2,
+        huber_c: 0.1,
+        prediction: ModelPredictionType::Raw,
+        weighting: fluxlora_flux::schedule::LossWeighting::None,
+        prior_loss_weight: 1.0,
+    };
+    let sampler = SigmaSampler::Shift { shift: bfl_shift(o.size), sigmoid_scale: 1.0 };
+    let mut settings = StepSettings { sampler: sampler.clone(), loss, guidance: 1.0, checkpointing: Default::default() };
+    let n = data.captions.len();
+    let mut losses = Vec::with_capacity(o.flux_steps);
+    for step in 0..o.flux_steps {
+        let mut rng = SplitMix64::derive(o.seed, &[FLUX_BATCHES, step as u64]);
+        let picks: Vec<usize> = (0..o.flux_batch).map(|_| rng.below(n as u64) as usize).collect();
+        settings.guidance = (1.0 + 4.0 * rng.next_f64()) as f32;
+        let batch = flux_batch::<B>(data, &picks, o, device);
+        let draw = draw_noise(o.seed, step as u64, 0, &sampler, picks.len(), data.tokens, data.channels);
+        let out = training_step(&model, &batch, &draw, &settings)?;
+        if !out.loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss { step: step as u64, value: out.loss, lr: o.flux_lr });
+        }
+        losses.push(out.loss);
+        let warm = ((step + 1) as f64 / 100.0).min(1.0);
+        let lr = o.flux_lr * warm * (1.0 - 0.9 * step as f64 / o.flux_steps.max(1) as f64);
+        model = optim.step(lr, model, out.grads);
+        if step % 100 == 0 || step + 1 == o.flux_steps {
+            let recent = mean(&losses[losses.len().saturating_sub(100)..]);
+            progress(&format!("transformer step {step}/{}: loss {recent:.4} (mean of the last 100)", o.flux_steps));
+        }
+    }
+    report.flux_loss = (mean(&losses[..losses.len().min(100)]), mean(&losses[losses.len().saturating_sub(100)..]));
+    report.flux_seconds = start.elapsed().as_secs_f64();
+    Ok(model.valid())
+}
+
+/// Writes the concept dataset and the held-out prompts.
+fn write_dataset(o: &PretrainOptions, world: &World, report: &mut PretrainReport) -> Result<(), TrainError> {
+    let dir = o.out.join("dataset");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    let mut rng = SplitMix64::derive(o.seed, &[CONCEPT]);
+    for i in 0..o.concept_images {
+        let bg = CONCEPT_BACKGROUNDS[i % CONCEPT_BACKGROUNDS.len()];
+        let scene = world.concept_scene(&mut rng, bg);
+        let png = dir.join(format!("sks_{i:02}.png"));
+        save_png(&png, &world.render(&scene), &[])?;
+        let txt = dir.join(format!("sks_{i:02}.txt"));
+        std::fs::write(&txt, format!("{}\n", scene.caption)).map_err(|e| io_err(&txt, e))?;
+        report.files.extend([png, txt]);
+    }
+    let mut prompts = String::from(
+        "# Held-out sample prompts (backgrounds the dataset never shows), written by `pretrain_tiny`.\n\
+         # kohya flags: --w --h --s (steps) --d (seed) --g (guidance)\n",
+    );
+    for (j, bg) in HELD_OUT_BACKGROUNDS.iter().enumerate() {
+        prompts.push_str(&format!("a photo of a sks disc on a {bg} background --w {0} --h {0} --s 20 --d {1} --g 3.5\n", o.size, j + 1));
+    }
+    let path = o.out.join("prompts.txt");
+    std::fs::write(&path, prompts).map_err(|e| io_err(&path, e))?;
+    report.files.push(path);
+    Ok(())
+}
+
+/// Samples a few base-domain captions with the finished base into `base/preview.png`.
+fn write_preview<B: Backend>(
+    o: &PretrainOptions,
+    flux: &Flux<B>,
+    ae: &Autoencoder<B>,
+    text: &FluxTextEncoder<B>,
+    report: &mut PretrainReport,
+    device: &B::Device,
+) -> Result<(), TrainError> {
+    let captions = [
+        "a photo of a red disc on a blue background",
+        "a photo of a white square on a green background",
+        "a photo of a black triangle on a orange background",
+        "a photo of a teal ring on a purple background",
+        "a photo of a sks disc on a navy background",
+    ];
+    let mut grid = SampleGrid::new("tiny-world base", o.flux_steps as u64);
+    for (i, caption) in captions.iter().enumerate() {
+        let line = format!("{caption} --w {0} --h {0} --s 20 --d {1} --g 3.5", o.size, i + 1);
+        let prompt = parse_prompt_line(&line, &SampleDefaults::default())?;
+        let emb = text.encode(&prompt.prompt)?;
+        grid.push(generate(flux, ae, &emb, &prompt, true, device)?, prompt.prompt.clone(), prompt.seed);
+    }
+    let path = o.out.join("base").join("preview.png");
+    save_png(&path, &grid.render(), &[])?;
+    report.files.push(path);
+    Ok(())
+}
+
+/// Builds the tiny world into `o.out` (see the module docs). `progress` gets a line now and then.
+pub fn build_tiny_world<B: AutodiffBackend>(
+    o: &PretrainOptions,
+    progress: &mut dyn FnMut(&str),
+    device: &B::Device,
+) -> Result<PretrainReport, TrainError> {
+    if o.transformer.in_channels != 4 * o.autoencoder.z_channels {
+        return Err(TrainError::Invalid {
+            key: "transformer.in_channels".into(),
+            message: format!(
+                "{} but the autoencoder has {} latent channels (need 4 × that)",
+                o.transformer.in_channels, o.autoencoder.z_channels
+            ),
+        });
+    }
+    B::seed(device, o.seed);
+    let world = World::new(o.size);
+    let mut report = PretrainReport::default();
+    let base = o.out.join("base");
+    for sub in ["text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"] {
+        report.files.extend(copy_dir(&o.text_encoders.join(sub), &base.join(sub))?);
+    }
+
+    let ae = pretrain_autoencoder::<B>(o, &world, &mut report, progress, device)?;
+    let vae = base.join("vae");
+    std::fs::create_dir_all(&vae).map_err(|e| io_err(&vae, e))?;
+    write_tensors(&vae.join("ae.safetensors"), &autoencoder_tensors(&ae)?)?;
+    let c = ae.config();
+    write_json(
+        &vae.join("config.json"),
+        &serde_json::json!({
+            "_comment": "fluxlora tiny world: BFL-keyed ae.safetensors; what the weights do not record",
+            "norm_num_groups": c.norm_groups, "scaling_factor": c.scale_factor, "shift_factor": c.shift_factor,
+            "latent_channels": c.z_channels, "block_out_channels": c.ch_mult.iter().map(|m| m * c.ch).collect::<Vec<_>>(),
+        }),
+    )?;
+    report.files.extend([vae.join("ae.safetensors"), vae.join("config.json")]);
+
+    let parts = BaseModel {
+        transformer: base.clone(),
+        ae: vae.clone(),
+        clip: base.join("text_encoder"),
+        t5: base.join("text_encoder_2"),
+        clip_tokenizer: base.join("tokenizer").join("tokenizer.json"),
+        t5_tokenizer: base.join("tokenizer_2").join("tokenizer.json"),
+    };
+    let text = FluxTextEncoder::<B::InnerBackend>::load(&parts, o.t5_max_length, false, device)?;
+    let data = encode_flux_data(o, &world, &ae, &text, progress, device)?;
+    let flux = pretrain_transformer::<B>(o, &data, &mut report, progress, device)?;
+    let tdir = base.join("transformer");
+    std::fs::create_dir_all(&tdir).map_err(|e| io_err(&tdir, e))?;
+    write_tensors(&tdir.join("flux1-tiny.safetensors"), &transformer_tensors(&flux)?)?;
+    let t = &o.transformer;
+    write_json(
+        &tdir.join("config.json"),
+        &serde_json::json!({
+            "_comment": "fluxlora tiny world: BFL-keyed flux1-tiny.safetensors; RoPE axes are not in the weights",
+            "axes_dims_rope": t.axes_dim, "guidance_embeds": t.guidance_embed, "num_layers": t.depth,
+            "num_single_layers": t.depth_single_blocks, "hidden_size": t.hidden_size,
+        }),
+    )?;
+    report.files.extend([tdir.join("flux1-tiny.safetensors"), tdir.join("config.json")]);
+    write_dataset(o, &world, &mut report)?;
+    write_preview(o, &flux, &ae, &text, &mut report, device)?;
+    Ok(report)
+}

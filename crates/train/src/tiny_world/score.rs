@@ -1,0 +1,103 @@
+//! The concept score of a trained LoRA: the share of samples from held-out prompts in which the
+//! [`crate::tiny_world::detector`] finds the concept, for the base alone and for base + LoRA.
+//!
+//! Each prompt of the prompts file is drawn with `seeds` seeds (the prompt's `--d` seed, then
+//! `+1000`, `+2000`, …), first on the untouched base, then with the LoRA merged in at weight 1;
+//! both sets share every seed, so the two scores differ only by the LoRA. The images go to one
+//! grid (base row over LoRA row per prompt) so the numbers can be checked by eye.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use fluxlora_data::TextEncoder;
+use fluxlora_io::read_lora;
+use image::RgbImage;
+
+use crate::base::BaseModel;
+use crate::config::TrainConfig;
+use crate::encoders::FluxTextEncoder;
+use crate::error::TrainError;
+use crate::grid::{save_png, SampleGrid};
+use crate::inference::apply_named_loras;
+use crate::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
+use crate::sample::generate;
+use crate::tiny_world::detector::concept_score;
+
+/// Base vs LoRA concept scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConceptScores {
+    /// Share of base samples showing the concept.
+    pub base: f32,
+    /// Share of base + LoRA samples showing the concept.
+    pub lora: f32,
+    /// Samples per model.
+    pub samples: usize,
+    /// The grid of every sample (base, then LoRA, per prompt and seed).
+    pub grid: PathBuf,
+}
+
+/// Scores `lora` on `base` with the prompts of `prompts_file` × `seeds` seeds; writes the grid as
+/// `grid_path`. `shift`: the dev schedule (true) or schnell's (false).
+#[allow(clippy::too_many_arguments)]
+pub fn concept_scores<B: Backend>(
+    base: &BaseModel,
+    lora: &Path,
+    prompts_file: &Path,
+    seeds: usize,
+    t5_max_length: usize,
+    shift: bool,
+    grid_path: &Path,
+    device: &B::Device,
+) -> Result<ConceptScores, TrainError> {
+    let prompts: Vec<SamplePrompt> = parse_prompt_file(prompts_file, &SampleDefaults::default())?
+        .into_iter()
+        .flat_map(|p| (0..seeds as u64).map(move |k| SamplePrompt { seed: p.seed + 1000 * k, ..p.clone() }))
+        .collect();
+    if prompts.is_empty() {
+        return Err(TrainError::Invalid {
+            key: "sample_prompts".into(),
+            message: format!("{}: no prompts to score the concept with", prompts_file.display()),
+        });
+    }
+    let texts = {
+        let encoder = FluxTextEncoder::<B>::load(base, t5_max_length, false, device)?;
+        prompts.iter().map(|p| encoder.encode(&p.prompt)).collect::<Result<Vec<_>, _>>()?
+    };
+    let ae = base.load_autoencoder::<B>(None, device)?;
+    let mut flux = base.load_transformer::<B>(None, device)?;
+    let draw = |flux: &fluxlora_flux::Flux<B>| -> Result<Vec<RgbImage>, TrainError> {
+        prompts.iter().zip(&texts).map(|(p, t)| generate(flux, &ae, t, p, shift, device)).collect()
+    };
+    let base_images = draw(&flux)?;
+    let weights = read_lora(lora)?.0;
+    apply_named_loras(&mut flux, &[(lora, &weights, 1.0)])?;
+    let lora_images = draw(&flux)?;
+
+    let mut grid = SampleGrid::new("concept check: base (upper) vs base + LoRA (lower)", 0);
+    for (i, p) in prompts.iter().enumerate() {
+        grid.push(base_images[i].clone(), format!("base · {}", p.prompt), p.seed);
+    }
+    for (i, p) in prompts.iter().enumerate() {
+        grid.push(lora_images[i].clone(), format!("LoRA · {}", p.prompt), p.seed);
+    }
+    save_png(grid_path, &grid.render(), &[])?;
+    Ok(ConceptScores {
+        base: concept_score(&base_images),
+        lora: concept_score(&lora_images),
+        samples: prompts.len(),
+        grid: grid_path.to_path_buf(),
+    })
+}
+
+/// [`concept_scores`] for a finished run of `config`: its base model, its `sample_prompts`, its
+/// T5 length and schedule; the grid goes to `{output_dir}/{output_name}-concept.png`.
+pub fn concept_check<B: Backend>(config: &TrainConfig, lora: &Path, seeds: usize, device: &B::Device) -> Result<ConceptScores, TrainError> {
+    let base = BaseModel::resolve(config)?;
+    let prompts = config.sample_prompts.as_deref().ok_or_else(|| TrainError::Invalid {
+        key: "sample_prompts".into(),
+        message: "not set; the concept score samples the prompts file's held-out prompts".into(),
+    })?;
+    let grid = config.output_dir.join(format!("{}-concept.png", config.output_name));
+    let shift = base.is_dev(config)?;
+    concept_scores::<B>(&base, lora, prompts, seeds, base.t5_max_length(config)?, shift, &grid, device)
+}
