@@ -10,8 +10,8 @@
 //! Every config key can be given as `--key value`; `--backend cuda|wgpu|ndarray|auto` picks the
 //! device. The tiny-world run (no config) then scores the concept: the share of samples from
 //! held-out prompts that show it, base alone vs base + LoRA (`--concept-score` asks for it on
-//! any run whose prompts file holds tiny-world prompts). Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a resumable checkpoint
-//! and exits; `--resume DIR` continues it exactly. All logic lives in `fluxlora-train`
+//! any run whose prompts file holds tiny-world prompts). Ctrl-C (SIGINT) or SIGTERM finishes
+//! the current step, saves a resumable checkpoint and exits; `--resume DIR` continues it exactly. All logic lives in `fluxlora-train`
 //! (`train_session`); this file only parses arguments and prints.
 
 use std::path::{Path, PathBuf};

@@ -146,9 +146,14 @@ impl World {
     /// channel near 0 or 255 (the corners of the RGB cube, where an autoencoder learns last).
     pub fn autoencoder_scene(&self, rng: &mut SplitMix64, saturated: bool) -> Scene {
         let rgb = |rng: &mut SplitMix64| -> [u8; 3] {
-            [0, 1, 2].map(|_| match (saturated, rng.chance(0.5)) {
-                (false, _) => rng.below(256) as u8,
-                (true, low) => if low { rng.below(40) as u8 } else { 215 + rng.below(41) as u8 },
+            [0, 1, 2].map(|_| {
+                if !saturated {
+                    rng.below(256) as u8
+                } else if rng.chance(0.5) {
+                    rng.below(40) as u8
+                } else {
+                    215 + rng.below(41) as u8
+                }
             })
         };
         let background = rgb(rng);
