@@ -4,7 +4,7 @@
 //! likewise for (255, 230, 0). The concept is found when both make up at least
 //! [`MIN_FRACTION`] of the image. No colour of the base domain (nor its darker two-tone shade)
 //! lies within 115 of either (a unit test of [`crate::tiny_world::domain`] checks), and a blend
-//! of the two stripes (255, 115, 128) lies 147 from magenta and 171 from yellow, so a blurred
+//! of the two stripes (255, 115, 128) lies about 172 from either, so a blurred
 //! disc does not count: the stripes must be there. Deterministic and model-free: the same image
 //! always gets the same answer.
 
