@@ -46,7 +46,7 @@ use crate::grid::{save_png, SampleGrid};
 use crate::noise::draw_noise;
 use crate::prompts::{parse_prompt_line, SampleDefaults};
 use crate::sample::generate;
-use crate::step::{bfl_shift, training_step, LossSettings, StepSettings, TrainBatch};
+use crate::step::{bfl_shift, scalar, training_step, LossSettings, StepSettings, TrainBatch};
 use crate::tiny_world::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
 use crate::{LossType, ModelPredictionType};
 
@@ -161,9 +161,6 @@ pub struct PretrainReport {
     pub files: Vec<PathBuf>,
 }
 
-fn io_err(path: &Path, e: std::io::Error) -> TrainError {
-    TrainError::io(path, e)
-}
 
 fn images_tensor<B: Backend>(images: &[RgbImage], device: &B::Device) -> Tensor<B, 4> {
     let (w, h) = images[0].dimensions();
@@ -175,8 +172,12 @@ fn mean(v: &[f32]) -> f32 {
     v.iter().sum::<f32>() / v.len().max(1) as f32
 }
 
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
-    t.into_data().convert::<f32>().to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN)
+/// A tensor's values on the host, in row-major order.
+fn host_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, TrainError> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| TrainError::Shape { what: "tensor read-back".into(), message: format!("{e:?}") })
 }
 
 fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), TrainError> {
@@ -191,13 +192,13 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> 
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<Vec<PathBuf>, TrainError> {
-    std::fs::create_dir_all(to).map_err(|e| io_err(to, e))?;
+    std::fs::create_dir_all(to).map_err(|e| TrainError::io(to, e))?;
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(from).map_err(|e| io_err(from, e))? {
-        let entry = entry.map_err(|e| io_err(from, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| TrainError::io(from, e))? {
+        let entry = entry.map_err(|e| TrainError::io(from, e))?;
         if entry.path().is_file() {
             let dest = to.join(entry.file_name());
-            std::fs::copy(entry.path(), &dest).map_err(|e| io_err(&dest, e))?;
+            std::fs::copy(entry.path(), &dest).map_err(|e| TrainError::io(&dest, e))?;
             out.push(dest);
         }
     }
@@ -259,7 +260,7 @@ fn pretrain_autoencoder<B: AutodiffBackend>(
             let z = ae.encode(x.clone())?;
             let recon = ae.decode(z.clone())?;
             let loss = (recon - x).powi_scalar(2).mean() + z.powi_scalar(2).mean() * 1e-4;
-            let value = scalar(loss.clone());
+            let value = scalar(loss.clone())?;
             if !value.is_finite() {
                 return Err(TrainError::NonFiniteLoss { step: step as u64, value, lr: lr0 });
             }
@@ -279,7 +280,7 @@ fn pretrain_autoencoder<B: AutodiffBackend>(
     let mut rng = SplitMix64::derive(o.seed, &[AE_SCENES, u64::MAX]);
     let images: Vec<RgbImage> = (0..64).map(|_| world.render(&world.base_scene(&mut rng))).collect();
     let z = ae.encode(images_tensor::<B::InnerBackend>(&images, device))?;
-    let v: Vec<f32> = z.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+    let v = host_vec(z)?;
     let m = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64;
     let var = v.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / v.len().max(1) as f64;
     ae.config.shift_factor = m;
@@ -321,16 +322,13 @@ fn encode_flux_data<B: Backend>(
         let packed = latents::pack(z)?;
         let [_, l, c] = packed.dims();
         (data.tokens, data.channels, data.grid) = (l, c, (h / 2, w / 2));
-        data.latents.extend(packed.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default());
+        data.latents.extend(host_vec(packed)?);
         for s in &scenes {
             let next = index.len();
             let id = *index.entry(s.caption.clone()).or_insert(next);
             if id == data.texts.len() {
                 let (t5, pooled) = text.encode_tensors(&s.caption)?;
-                data.texts.push((
-                    t5.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default(),
-                    pooled.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default(),
-                ));
+                data.texts.push((host_vec(t5)?, host_vec(pooled)?));
             }
             data.captions.push(id);
         }
@@ -406,9 +404,9 @@ fn pretrain_transformer<B: AutodiffBackend>(
 fn write_dataset(o: &PretrainOptions, world: &World, report: &mut PretrainReport) -> Result<(), TrainError> {
     let dir = o.out.join("dataset");
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
     }
-    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
     let mut rng = SplitMix64::derive(o.seed, &[CONCEPT]);
     for i in 0..o.concept_images {
         let bg = CONCEPT_BACKGROUNDS[i % CONCEPT_BACKGROUNDS.len()];
@@ -416,7 +414,7 @@ fn write_dataset(o: &PretrainOptions, world: &World, report: &mut PretrainReport
         let png = dir.join(format!("sks_{i:02}.png"));
         save_png(&png, &world.render(&scene), &[])?;
         let txt = dir.join(format!("sks_{i:02}.txt"));
-        std::fs::write(&txt, format!("{}\n", scene.caption)).map_err(|e| io_err(&txt, e))?;
+        std::fs::write(&txt, format!("{}\n", scene.caption)).map_err(|e| TrainError::io(&txt, e))?;
         report.files.extend([png, txt]);
     }
     let mut prompts = String::from(
@@ -427,7 +425,7 @@ fn write_dataset(o: &PretrainOptions, world: &World, report: &mut PretrainReport
         prompts.push_str(&format!("a photo of a sks disc on a {bg} background --w {0} --h {0} --s 20 --d {1} --g 3.5\n", o.size, j + 1));
     }
     let path = o.out.join("prompts.txt");
-    std::fs::write(&path, prompts).map_err(|e| io_err(&path, e))?;
+    std::fs::write(&path, prompts).map_err(|e| TrainError::io(&path, e))?;
     report.files.push(path);
     Ok(())
 }
@@ -486,7 +484,7 @@ pub fn build_tiny_world<B: AutodiffBackend>(
 
     let ae = pretrain_autoencoder::<B>(o, &world, &mut report, progress, device)?;
     let vae = base.join("vae");
-    std::fs::create_dir_all(&vae).map_err(|e| io_err(&vae, e))?;
+    std::fs::create_dir_all(&vae).map_err(|e| TrainError::io(&vae, e))?;
     write_tensors(&vae.join("ae.safetensors"), &autoencoder_tensors(&ae)?)?;
     let c = ae.config();
     write_json(
@@ -511,7 +509,7 @@ pub fn build_tiny_world<B: AutodiffBackend>(
     let data = encode_flux_data(o, &world, &ae, &text, progress, device)?;
     let flux = pretrain_transformer::<B>(o, &data, &mut report, progress, device)?;
     let tdir = base.join("transformer");
-    std::fs::create_dir_all(&tdir).map_err(|e| io_err(&tdir, e))?;
+    std::fs::create_dir_all(&tdir).map_err(|e| TrainError::io(&tdir, e))?;
     write_tensors(&tdir.join("flux1-tiny.safetensors"), &transformer_tensors(&flux)?)?;
     let t = &o.transformer;
     write_json(
