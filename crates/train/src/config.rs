@@ -246,7 +246,8 @@ pub struct TrainConfig {
     pub output_name: String,
     /// Save every N steps (`None`: only at the end).
     pub save_every_n_steps: Option<usize>,
-    /// Keep only the last K intermediate saves (`None`: keep all).
+    /// Keep only the last K intermediate saves (`None`: keep all); the save with the lowest
+    /// validation loss is kept as well.
     pub save_last_n_saves: Option<usize>,
     /// File layout.
     pub save_format: SaveFormat,

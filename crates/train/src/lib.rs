@@ -58,7 +58,7 @@ pub mod tiny_world;
 pub use base::BaseModel;
 pub use ema::LoraEma;
 pub use encoders::{FluxLatentEncoder, FluxTextEncoder};
-pub use prepare::{dataset_config, prepare_data, CachePlan, PreparedData};
+pub use prepare::{dataset_config, images_per_epoch, prepare_data, with_resolved_steps, CachePlan, PreparedData};
 pub use config::{
     LossType, LrScheduler, ModelPredictionType, ModelType, OptimizerType, SaveFormat, TimestepSampling, TrainConfig,
     WeightingScheme,

@@ -62,6 +62,34 @@ pub fn dataset_config(c: &TrainConfig) -> Result<DatasetConfig, TrainError> {
     Ok(d)
 }
 
+/// Training images per epoch: every non-regularisation item times its subset's `num_repeats`.
+pub fn images_per_epoch(dataset: &Dataset) -> usize {
+    dataset
+        .items
+        .iter()
+        .map(|item| dataset.subset_of(item))
+        .filter(|sub| !sub.is_reg)
+        .map(|sub| sub.num_repeats as usize)
+        .sum()
+}
+
+/// `c` with `max_train_steps` filled in: the config's own, else the preset's steps for the
+/// dataset's size ([`crate::TrainingPreset::steps_for`], repeats counted); an error names the fix
+/// when neither is set.
+pub fn with_resolved_steps(c: &TrainConfig, dataset: &Dataset) -> Result<TrainConfig, TrainError> {
+    let mut c = c.clone();
+    if c.max_train_steps.is_none() {
+        let preset = c.preset.ok_or_else(|| TrainError::Invalid {
+            key: "max_train_steps".into(),
+            message: "is not set: give it (e.g. --max_train_steps 1500) or choose a --preset \
+                      (character, style or concept), which derives it from the dataset's size"
+                .into(),
+        })?;
+        c.max_train_steps = Some(preset.steps_for(images_per_epoch(dataset)));
+    }
+    Ok(c)
+}
+
 /// Epochs the run reads: enough batches for `max_train_steps` optimizer steps.
 pub fn epochs_needed(c: &TrainConfig, batches_per_epoch: usize) -> u64 {
     let micro = c.max_train_steps.unwrap_or(0) * c.gradient_accumulation_steps.max(1);
@@ -95,6 +123,9 @@ pub struct PreparedData {
     pub validation: Option<Arc<Dataset>>,
     /// Epochs covered by the caches.
     pub epochs: u64,
+    /// The optimizer steps the caches were built for: the config's `max_train_steps`, or the
+    /// preset's for this dataset when the config leaves it unset.
+    pub max_train_steps: usize,
     /// Latent cache build.
     pub latents: BuildStats,
     /// Text cache build.
@@ -126,16 +157,20 @@ pub struct CachePlan {
     validation: Option<Arc<Dataset>>,
     loader: Loader,
     epochs: u64,
+    steps: usize,
     opts: BuildOptions,
 }
 
 impl CachePlan {
-    /// The plan for `dataset` under the config's seed, steps and cache folder.
-    pub fn new(c: &TrainConfig, dataset: Arc<Dataset>, progress: bool) -> Self {
+    /// The plan for `dataset` under the config's seed, steps (see [`with_resolved_steps`]) and
+    /// cache folder.
+    pub fn new(c: &TrainConfig, dataset: Arc<Dataset>, progress: bool) -> Result<Self, TrainError> {
+        let c = with_resolved_steps(c, &dataset)?;
         let loader = Loader::new(dataset.clone(), c.seed);
-        let epochs = epochs_needed(c, loader.batches_per_epoch());
+        let epochs = epochs_needed(&c, loader.batches_per_epoch());
+        let steps = c.max_train_steps.unwrap_or(0);
         let opts = BuildOptions { progress: Progress { enabled: progress }, ..Default::default() };
-        Self { dir: cache_dir(c), dataset, validation: None, loader, epochs, opts }
+        Ok(Self { dir: cache_dir(&c), dataset, validation: None, loader, epochs, steps, opts })
     }
 
     /// Also caches the held-out items' validation samples (see [`split_dataset`]).
@@ -192,6 +227,7 @@ impl CachePlan {
             dataset: self.dataset,
             validation: self.validation,
             epochs: self.epochs,
+            max_train_steps: self.steps,
             latents: latents.1,
             texts: texts.1,
         }
@@ -250,7 +286,7 @@ pub fn prepare_data<B: Backend>(
     progress: bool,
 ) -> Result<PreparedData, TrainError> {
     let (dataset, validation) = split_dataset(c, Dataset::open(&dataset_config(c)?, &Progress { enabled: progress })?)?;
-    let plan = CachePlan::new(c, dataset, progress).with_validation(validation);
+    let plan = CachePlan::new(c, dataset, progress)?.with_validation(validation);
     let latents = {
         let make = || FluxLatentEncoder::<B>::load(base, device);
         plan.latents(&Lazy::new(FluxLatentEncoder::<B>::identity_of(&base.ae, DType::F32, None), &make))?

@@ -424,7 +424,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let dir = self.save_checkpoint(source)?;
                 self.val_history.pair(self.step, dir.clone());
                 if let Some(keep) = c.save_last_n_saves {
-                    prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1))?;
+                    let best: Vec<PathBuf> = self.val_history.best().map(|b| b.path).into_iter().collect();
+                    prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1), &best)?;
                 }
                 progress.println(&format!("saved step {} to {}", self.step, dir.display()));
                 for line in observer.on_checkpoint(self.step, &dir, self.model_ref())? {
@@ -436,7 +437,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let last_dir = self.save_checkpoint(source)?;
         self.val_history.pair(self.step, last_dir.clone());
         if let Some(keep) = c.save_last_n_saves {
-            prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1))?;
+            let best: Vec<PathBuf> = self.val_history.best().map(|b| b.path).into_iter().collect();
+                    prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1), &best)?;
         }
         for line in observer.on_checkpoint(self.step, &last_dir, self.model_ref())? {
             progress.println(&line);

@@ -177,13 +177,17 @@ pub fn remove_checkpoint_dir(dir: &Path) -> Result<(), TrainError> {
     std::fs::remove_dir_all(&aside).map_err(|e| TrainError::io(&aside, e))
 }
 
-/// Deletes all but the newest `keep` checkpoint folders of the run, and any of its folders left
-/// moved aside by an interrupted deletion; returns the deleted checkpoints.
-pub fn prune_checkpoints(output_dir: &Path, output_name: &str, keep: usize) -> Result<Vec<PathBuf>, TrainError> {
+/// Deletes all but the newest `keep` checkpoint folders of the run — sparing those in `protect`
+/// (the save with the lowest validation loss) — and any of its folders left moved aside by an
+/// interrupted deletion; returns the deleted checkpoints.
+pub fn prune_checkpoints(output_dir: &Path, output_name: &str, keep: usize, protect: &[PathBuf]) -> Result<Vec<PathBuf>, TrainError> {
     let all = list_checkpoints(output_dir, output_name)?;
     let excess = all.len().saturating_sub(keep);
     let mut removed = Vec::new();
     for (_, dir) in all.into_iter().take(excess) {
+        if protect.contains(&dir) {
+            continue;
+        }
         remove_checkpoint_dir(&dir)?;
         removed.push(dir);
     }
@@ -219,11 +223,24 @@ mod tests {
             std::fs::create_dir(dir.path().join(checkpoint_dir_name("run", s))).unwrap();
         }
         std::fs::create_dir(dir.path().join("other-step00000001")).unwrap();
-        let removed = prune_checkpoints(dir.path(), "run", 2).unwrap();
+        let removed = prune_checkpoints(dir.path(), "run", 2, &[]).unwrap();
         assert_eq!(removed.len(), 2);
         let left: Vec<u64> = list_checkpoints(dir.path(), "run").unwrap().into_iter().map(|p| p.0).collect();
         assert_eq!(left, vec![15, 20]);
         assert!(dir.path().join("other-step00000001").exists());
+    }
+
+    #[test]
+    fn retention_spares_a_protected_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        for s in [5u64, 10, 15, 20] {
+            std::fs::create_dir(dir.path().join(checkpoint_dir_name("run", s))).unwrap();
+        }
+        let best = dir.path().join(checkpoint_dir_name("run", 5));
+        let removed = prune_checkpoints(dir.path(), "run", 2, std::slice::from_ref(&best)).unwrap();
+        assert_eq!(removed, vec![dir.path().join(checkpoint_dir_name("run", 10))]);
+        let left: Vec<u64> = list_checkpoints(dir.path(), "run").unwrap().into_iter().map(|p| p.0).collect();
+        assert_eq!(left, vec![5, 15, 20]);
     }
 
     #[test]
@@ -244,7 +261,7 @@ mod tests {
         for keep in [".other-step00000001.deleting", ".run-step00000007.partial"] {
             std::fs::create_dir(dir.path().join(keep)).unwrap();
         }
-        assert!(prune_checkpoints(dir.path(), "run", 5).unwrap().is_empty());
+        assert!(prune_checkpoints(dir.path(), "run", 5, &[]).unwrap().is_empty());
         assert!(!aside.exists());
         assert!(dir.path().join(".other-step00000001.deleting").exists());
         assert!(dir.path().join(".run-step00000007.partial").exists());

@@ -1,5 +1,6 @@
 //! A whole training run from a config, as the `train` example runs it: resolve the base model →
-//! open the dataset, hold out the validation split, and build the caches (each encoder loaded
+//! open the dataset, hold out the validation split, fix the step count (the preset's for the
+//! dataset's size when `max_train_steps` is unset), and build the caches (each encoder loaded
 //! for its cache, then dropped) → read the held-out items and fix their σ / ε →
 //! encode the sample prompts and keep only the autoencoder → load the transformer (bf16 where
 //! the backend supports it and `base_bf16` is on) → train with the [`Monitor`] (loss curve with
@@ -82,13 +83,14 @@ impl SessionReport {
 
 /// Runs a whole training session on backend `B` (see the module docs).
 pub fn train_session<B: AutodiffBackend>(
-    config: TrainConfig,
+    mut config: TrainConfig,
     device: &B::Device,
     options: SessionOptions,
 ) -> Result<SessionReport, TrainError> {
     config.validate()?;
     let base = BaseModel::resolve(&config)?;
     let mut data = prepare_data::<B::InnerBackend>(&config, &base, device, options.progress)?;
+    config.max_train_steps = Some(data.max_train_steps);
     let sampler = Sampler::<B::InnerBackend>::new(&config, &base, device)?;
     let dtype = if config.base_bf16 { bf16_if_supported::<B>(device) } else { None };
     let flux = base.load_transformer::<B>(dtype, device)?;

@@ -90,3 +90,36 @@ fn effective_config_round_trips_through_toml() {
     let f = file(&c.to_toml());
     assert_eq!(TrainConfig::load(Some(f.path()), &[]).unwrap(), c);
 }
+
+#[test]
+fn a_preset_without_max_train_steps_takes_its_steps_from_the_dataset_size() {
+    use fluxlora_train::{dataset_config, with_resolved_steps};
+
+    let tmp = tempfile::tempdir().unwrap();
+    // kohya's folder naming: `2_sks` repeats each of its 6 images twice, 12 per epoch.
+    let dir = tmp.path().join("images").join("2_sks");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..6u32 {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([((x * 7 + i * 40) % 256) as u8, ((y * 3 + i * 11) % 256) as u8, 90]));
+        img.save(dir.join(format!("img{i}.png"))).unwrap();
+        std::fs::write(dir.join(format!("img{i}.txt")), format!("sks number {i}")).unwrap();
+    }
+    let c = TrainConfig::load(None, &args("--preset character --resolution 64")).unwrap();
+    let c = TrainConfig { train_data_dir: Some(tmp.path().join("images")), ..c };
+    assert_eq!(c.max_train_steps, None);
+    let dataset = fluxlora_data::Dataset::open(&dataset_config(&c).unwrap(), &Default::default()).unwrap();
+    // Character: 100 steps per image seen in an epoch, within 1000–3000.
+    let advice = TrainingPreset::Character.advice();
+    assert_eq!((advice.steps_per_image, advice.min_steps, advice.max_steps), (100, 1000, 3000));
+    assert_eq!(with_resolved_steps(&c, &dataset).unwrap().max_train_steps, Some(1200));
+    // The config's own value wins; with neither, the error names the key and both fixes.
+    let own = TrainConfig { max_train_steps: Some(7), ..c.clone() };
+    assert_eq!(with_resolved_steps(&own, &dataset).unwrap().max_train_steps, Some(7));
+    match with_resolved_steps(&TrainConfig { preset: None, ..c }, &dataset) {
+        Err(TrainError::Invalid { key, message }) => {
+            assert_eq!(key, "max_train_steps");
+            assert!(message.contains("--max_train_steps") && message.contains("--preset"), "{message}");
+        }
+        other => panic!("expected an invalid key, got {other:?}"),
+    }
+}

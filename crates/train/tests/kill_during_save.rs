@@ -59,7 +59,7 @@ fn child() {
         println!("{TAG} saving {}", t.step());
         t.save_checkpoint(&src).unwrap();
         println!("{TAG} saved {}", t.step());
-        prune_checkpoints(&out, "tiny", KEEP).unwrap();
+        prune_checkpoints(&out, "tiny", KEEP, &[]).unwrap();
         println!("{TAG} pruned {}", t.step());
     }
 }

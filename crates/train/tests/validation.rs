@@ -13,7 +13,7 @@ use common::*;
 use fluxlora_flux::{latents, FluxInputs};
 use fluxlora_train::monitor::Monitor;
 use fluxlora_train::plot::VAL_COLOR;
-use fluxlora_train::save::checkpoint_dir_name;
+use fluxlora_train::save::{checkpoint_dir_name, list_checkpoints};
 use fluxlora_train::validation::ValidationSet;
 use fluxlora_train::{BatchSource, StepSettings, TrainBatch, TrainConfig, TrainError, Trainer};
 
@@ -172,11 +172,16 @@ fn validate_every_n_steps_and_retention_decide_what_is_logged_and_named() {
     let s = t.run(&mut RandomBatches::new(7)).unwrap();
     let vals = csv_validation(&s.csv);
     assert_eq!(vals.iter().map(|v| v.0).collect::<Vec<_>>(), vec![2, 4, 5], "every 2 steps and the end");
-    // Retention kept the folders of steps 4 and 5 only: step 2 can no longer be named.
-    let &(step, loss) = vals.iter().filter(|v| v.0 >= 4).min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    // Retention keeps the last two saves and the one with the lowest validation loss of all.
+    let &(step, loss) = vals.iter().min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0))).unwrap();
     let best = s.best_checkpoint.unwrap();
     assert_eq!((best.step, best.val_loss), (step, loss));
     assert!(best.path.exists(), "{}", best.path.display());
+    let mut expected = vec![step, 4, 5];
+    expected.sort();
+    expected.dedup();
+    let left: Vec<u64> = list_checkpoints(d.path(), "tiny").unwrap().into_iter().map(|c| c.0).collect();
+    assert_eq!(left, expected);
 }
 
 #[test]
