@@ -9,7 +9,7 @@
 //! With `ema_decay` set, a [`LoraEma`] is updated after every optimizer step; every LoRA file the
 //! trainer writes (checkpoints and the final one) then holds the averages, while the live
 //! weights keep training and go into the checkpoint's `live.safetensors` (see [`crate::resume`]).
-//! Observers see the live model.
+//! Observers (samples, the monitor) see the weights the saves hold: the averages with EMA on.
 //!
 //! Validation ([`Trainer::with_validation`], required when `validation_split > 0`): after every
 //! `validate_every_n_steps`-th step — or, with that unset, after every step that saves — and
@@ -403,7 +403,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let mut progress = Progress::new(self.total_steps, self.step, self.show_progress);
         let mut last_loss = None;
-        observer.on_start(self.step, self.model_ref())?;
+        observer.on_start(self.step, self.shown_model()?.as_ref())?;
         while self.step < self.total_steps && !self.stop.load(Ordering::Relaxed) {
             let mut rec = self.step_once(source)?;
             let saves = c.save_every_n_steps.filter(|&n| n > 0).is_some_and(|n| self.step % n as u64 == 0)
@@ -417,7 +417,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             csv.write(&rec)?;
             progress.update(&rec);
             last_loss = Some(rec.loss);
-            for line in observer.on_step(&rec, self.model_ref())? {
+            for line in observer.on_step(&rec, self.shown_model()?.as_ref())? {
                 progress.println(&line);
             }
             if saves {
@@ -428,7 +428,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1), &best)?;
                 }
                 progress.println(&format!("saved step {} to {}", self.step, dir.display()));
-                for line in observer.on_checkpoint(self.step, &dir, self.model_ref())? {
+                for line in observer.on_checkpoint(self.step, &dir, self.shown_model()?.as_ref())? {
                     progress.println(&line);
                 }
             }
@@ -440,7 +440,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let best: Vec<PathBuf> = self.val_history.best().map(|b| b.path).into_iter().collect();
                     prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1), &best)?;
         }
-        for line in observer.on_checkpoint(self.step, &last_dir, self.model_ref())? {
+        for line in observer.on_checkpoint(self.step, &last_dir, self.shown_model()?.as_ref())? {
             progress.println(&line);
         }
         let checkpoint = Some(last_dir);
@@ -469,11 +469,20 @@ impl<B: AutodiffBackend> Trainer<B> {
             last_val_loss: self.val_history.last(),
             best_checkpoint: self.val_history.best(),
         };
-        observer.on_end(&summary, self.model_ref())?;
+        observer.on_end(&summary, self.shown_model()?.as_ref())?;
         Ok(summary)
     }
 
     fn model_ref(&self) -> &Flux<B> {
         self.model.as_ref().expect("model present between steps")
+    }
+
+    /// The weights observers see: those the saves hold (the EMA averages when `ema_decay` is
+    /// set, a clone sharing the base; the live model otherwise).
+    fn shown_model(&self) -> Result<std::borrow::Cow<'_, Flux<B>>, TrainError> {
+        Ok(match &self.ema {
+            Some(ema) => std::borrow::Cow::Owned(ema.averaged(self.model_ref())?),
+            None => std::borrow::Cow::Borrowed(self.model_ref()),
+        })
     }
 }

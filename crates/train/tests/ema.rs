@@ -6,7 +6,8 @@ use crate::common;
 
 use common::*;
 use fluxlora_io::{read_lora, LoraWeights};
-use fluxlora_train::{export_lora, LrScheduler, TrainConfig, TrainError, Trainer};
+use fluxlora_flux::Flux;
+use fluxlora_train::{export_lora, LrScheduler, RunObserver, RunSummary, StepRecord, TrainConfig, TrainError, Trainer};
 
 fn ema_config(out: &std::path::Path, steps: usize, decay: f32) -> TrainConfig {
     TrainConfig {
@@ -96,6 +97,39 @@ fn same_modules(a: &LoraWeights, b: &LoraWeights) -> bool {
         && a.modules.iter().zip(&b.modules).all(|((ka, ma), (kb, mb))| {
             ka == kb && bits(&ma.down.data) == bits(&mb.down.data) && bits(&ma.up.data) == bits(&mb.up.data)
         })
+}
+
+/// Records the adapter values an observer is shown after each step and at the end.
+#[derive(Default)]
+struct Shown(Vec<Vec<(String, Vec<f32>, Vec<f32>)>>);
+
+impl RunObserver<AB> for Shown {
+    fn on_step(&mut self, _r: &StepRecord, model: &Flux<AB>) -> Result<Vec<String>, TrainError> {
+        self.0.push(adapter_values(&mut model.clone()));
+        Ok(Vec::new())
+    }
+    fn on_end(&mut self, _s: &RunSummary, model: &Flux<AB>) -> Result<(), TrainError> {
+        self.0.push(adapter_values(&mut model.clone()));
+        Ok(())
+    }
+}
+
+#[test]
+fn observers_and_so_samples_see_the_ema_weights() {
+    let _guard = backend_rng_lock();
+    let d = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(ema_config(d.path(), 3, 0.5), tiny_flux(8), Default::default()).unwrap().with_progress(false);
+    let mut shown = Shown::default();
+    t.run_observed(&mut RandomBatches::new(8), &mut shown).unwrap();
+    assert_eq!(shown.0.len(), 4);
+    let last = shown.0.last().unwrap();
+    let shadow = shadow_values(&t);
+    assert_eq!(last.len(), shadow.len());
+    for ((p, a, b), (q, sa, sb)) in last.iter().zip(&shadow) {
+        assert_eq!(p, q);
+        assert_eq!((bits(a), bits(b)), (bits(sa), bits(sb)), "{p}: the observer must see the averages");
+    }
+    assert_ne!(last, &adapter_values(t.model_mut()), "the averages must differ from the live weights");
 }
 
 #[test]
