@@ -36,6 +36,18 @@ struct Args {
     /// Skip the first autoencoder stage: start the second from this `ae.safetensors`.
     #[arg(long)]
     ae_from: Option<PathBuf>,
+    /// Skip autoencoder training: use this finished `vae/` folder (ae.safetensors + config.json).
+    #[arg(long)]
+    ae_trained: Option<PathBuf>,
+    /// Transformer width (heads of 32; MLP 4× wide).
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// Transformer batch size.
+    #[arg(long)]
+    flux_batch: Option<usize>,
+    /// Transformer peak learning rate.
+    #[arg(long)]
+    flux_lr: Option<f64>,
     /// Transformer training steps.
     #[arg(long)]
     flux_steps: Option<usize>,
@@ -58,6 +70,14 @@ fn main() -> ExitCode {
     o.ae_steps = args.ae_steps.unwrap_or(o.ae_steps);
     o.ae_refine_steps = args.ae_refine_steps.unwrap_or(o.ae_refine_steps);
     o.ae_from = args.ae_from;
+    o.ae_trained = args.ae_trained;
+    if let Some(h) = args.hidden {
+        o.transformer.hidden_size = h;
+        o.transformer.mlp_hidden_dim = 4 * h;
+        o.transformer.num_heads = (h / 32).max(1);
+    }
+    o.flux_batch = args.flux_batch.unwrap_or(o.flux_batch);
+    o.flux_lr = args.flux_lr.unwrap_or(o.flux_lr);
     o.flux_steps = args.flux_steps.unwrap_or(o.flux_steps);
     o.flux_images = args.flux_images.unwrap_or(o.flux_images);
     let kind = match fluxlora::backend::select(args.backend.as_deref()) {

@@ -55,6 +55,7 @@ const AE_SCENES: u64 = 0xae;
 const FLUX_SCENES: u64 = 0xf1;
 const FLUX_BATCHES: u64 = 0xba;
 const CONCEPT: u64 = 0xc0;
+const FLUX_INIT: u64 = 0x1f;
 
 /// How to build the tiny world.
 #[derive(Debug, Clone)]
@@ -75,6 +76,9 @@ pub struct PretrainOptions {
     /// Start the second stage from this first-stage autoencoder (an `ae.safetensors` written by
     /// an earlier build with the same options) instead of training the first stage again.
     pub ae_from: Option<PathBuf>,
+    /// Skip autoencoder training altogether: use this finished `vae/` folder (an `ae.safetensors`
+    /// and the `config.json` with its scale and shift, as a build writes them).
+    pub ae_trained: Option<PathBuf>,
     pub ae_batch: usize,
     pub ae_lr: f64,
     /// Transformer architecture (`in_channels` must be 4 × the latent channels).
@@ -116,6 +120,7 @@ impl PretrainOptions {
             ae_steps: 700,
             ae_refine_steps: 600,
             ae_from: None,
+            ae_trained: None,
             ae_batch: 8,
             ae_lr: 2e-3,
             transformer: FluxConfig {
@@ -363,6 +368,9 @@ fn pretrain_transformer<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Flux<B::InnerBackend>, TrainError> {
     let start = Instant::now();
+    // Its own seed: the initial weights do not depend on whether the autoencoder was trained in
+    // this process (which draws from the backend's generator) or reused.
+    B::seed(device, SplitMix64::derive(o.seed, &[FLUX_INIT]).next_u64());
     let mut model = Flux::<B>::init(&o.transformer, device)?;
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Flux<B>>();
     let loss = LossSettings {
@@ -482,7 +490,22 @@ pub fn build_tiny_world<B: AutodiffBackend>(
         report.files.extend(copy_dir(&o.text_encoders.join(sub), &base.join(sub))?);
     }
 
-    let ae = pretrain_autoencoder::<B>(o, &world, &mut report, progress, device)?;
+    let ae = match &o.ae_trained {
+        Some(dir) => {
+            let parts = BaseModel {
+                transformer: dir.clone(),
+                ae: dir.clone(),
+                clip: dir.clone(),
+                t5: dir.clone(),
+                clip_tokenizer: dir.clone(),
+                t5_tokenizer: dir.clone(),
+            };
+            let ae = parts.load_autoencoder::<B::InnerBackend>(None, device)?;
+            report.scale_shift = (ae.config().scale_factor, ae.config().shift_factor);
+            ae
+        }
+        None => pretrain_autoencoder::<B>(o, &world, &mut report, progress, device)?,
+    };
     let vae = base.join("vae");
     std::fs::create_dir_all(&vae).map_err(|e| TrainError::io(&vae, e))?;
     write_tensors(&vae.join("ae.safetensors"), &autoencoder_tensors(&ae)?)?;
