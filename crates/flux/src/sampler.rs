@@ -1,5 +1,6 @@
 //! Euler sampling (BFL `denoise`): `img ← img + (t_prev − t_curr)·v(img, t_curr)` over a
-//! schedule from 1 to 0, with a constant guidance value for guidance-distilled models.
+//! schedule from 1 to 0, with a constant guidance value for guidance-distilled models, and
+//! optionally true classifier-free guidance against a negative prompt ([`denoise_cfg`]).
 
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -31,28 +32,60 @@ pub fn denoise<B: Backend>(
     cond: &Conditioning<B>,
     timesteps: &[f64],
 ) -> Result<Tensor<B, 3>> {
+    euler(noise, timesteps, |img, t| velocity(model, img, cond, t))
+}
+
+/// [`denoise`] with true classifier-free guidance: each step's velocity is
+/// `v_neg + scale·(v_pos − v_neg)`, `v_pos` under `cond` and `v_neg` under `negative` (the
+/// negative prompt's, or the empty prompt's, text). Two forward passes per step; `scale` 1 is
+/// [`denoise`] under `cond`.
+pub fn denoise_cfg<B: Backend>(
+    model: &Flux<B>,
+    noise: Tensor<B, 3>,
+    cond: &Conditioning<B>,
+    negative: &Conditioning<B>,
+    scale: f32,
+    timesteps: &[f64],
+) -> Result<Tensor<B, 3>> {
+    euler(noise, timesteps, |img, t| {
+        let pos = velocity(model, img.clone(), cond, t)?;
+        let neg = velocity(model, img, negative, t)?;
+        Ok(neg.clone() + (pos - neg).mul_scalar(scale))
+    })
+}
+
+/// The model's velocity at `img`, time `t`.
+fn velocity<B: Backend>(model: &Flux<B>, img: Tensor<B, 3>, cond: &Conditioning<B>, t: f64) -> Result<Tensor<B, 3>> {
+    let device = img.device();
+    let batch = img.dims()[0];
+    let inputs = FluxInputs {
+        img,
+        img_ids: cond.img_ids.clone(),
+        txt: cond.txt.clone(),
+        txt_ids: cond.txt_ids.clone(),
+        timesteps: Tensor::full([batch], t as f32, &device),
+        y: cond.y.clone(),
+        guidance: cond.guidance.map(|g| Tensor::<B, 1>::full([batch], g, &device)),
+    };
+    model.forward(&inputs)
+}
+
+/// The Euler steps over `timesteps` with velocity `v(img, t_curr)`.
+fn euler<B: Backend>(
+    noise: Tensor<B, 3>,
+    timesteps: &[f64],
+    mut v: impl FnMut(Tensor<B, 3>, f64) -> Result<Tensor<B, 3>>,
+) -> Result<Tensor<B, 3>> {
     if timesteps.len() < 2 {
         return Err(FluxError::Input {
             name: "timesteps".into(),
             message: format!("{} value(s); need at least 2 (start and end)", timesteps.len()),
         });
     }
-    let device = noise.device();
-    let batch = noise.dims()[0];
-    let guidance = cond.guidance.map(|g| Tensor::<B, 1>::full([batch], g, &device));
     let mut img = noise;
     for w in timesteps.windows(2) {
         let (t_curr, t_prev) = (w[0], w[1]);
-        let inputs = FluxInputs {
-            img: img.clone(),
-            img_ids: cond.img_ids.clone(),
-            txt: cond.txt.clone(),
-            txt_ids: cond.txt_ids.clone(),
-            timesteps: Tensor::full([batch], t_curr as f32, &device),
-            y: cond.y.clone(),
-            guidance: guidance.clone(),
-        };
-        let pred = model.forward(&inputs)?;
+        let pred = v(img.clone(), t_curr)?;
         img = img + pred.mul_scalar((t_prev - t_curr) as f32);
     }
     Ok(img)

@@ -8,4 +8,5 @@ mod load_errors;
 mod lora;
 mod parity;
 mod parity_encoders;
+mod sampler_cfg;
 mod text_encoders;

@@ -22,7 +22,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
-use fluxlora_data::{TextEmbedding, TextEncoder};
 use fluxlora_flux::Flux;
 use fluxlora_io::lora::keys_te::{split_component, Component};
 use fluxlora_io::{read_lora, HostTensor, LoraModule, LoraWeights};
@@ -32,7 +31,7 @@ use crate::encoders::FluxTextEncoder;
 use crate::error::TrainError;
 use crate::grid::{save_png, SampleGrid};
 use crate::prompts::SamplePrompt;
-use crate::sample::generate;
+use crate::sample::{generate, PromptText};
 use crate::BaseModel;
 
 /// How many skipped names a report prints.
@@ -399,9 +398,9 @@ impl SampleRun {
     }
 
     /// Every prompt's text embedding; the encoders are dropped on return.
-    fn encode_texts<B: Backend>(&self, base: &BaseModel, device: &B::Device) -> Result<Vec<TextEmbedding>, TrainError> {
+    fn encode_texts<B: Backend>(&self, base: &BaseModel, device: &B::Device) -> Result<Vec<PromptText>, TrainError> {
         let encoder = FluxTextEncoder::<B>::load(base, self.t5_max_length, false, device)?;
-        self.prompts.iter().map(|p| Ok(encoder.encode(&p.prompt)?)).collect()
+        self.prompts.iter().map(|p| PromptText::encode(&encoder, p)).collect()
     }
 }
 

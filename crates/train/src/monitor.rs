@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use fluxlora_data::{TextEmbedding, TextEncoder};
 use fluxlora_flux::{Autoencoder, Flux};
 
 use crate::base::BaseModel;
@@ -24,12 +23,12 @@ use crate::log::StepRecord;
 use crate::plot::LossPlot;
 use crate::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
 use crate::run::{RunObserver, RunSummary};
-use crate::sample::generate;
+use crate::sample::{generate, PromptText};
 
 /// Prompts with their text embeddings, and the autoencoder that decodes samples.
 pub struct Sampler<B: Backend> {
     ae: Autoencoder<B>,
-    prompts: Vec<(SamplePrompt, TextEmbedding)>,
+    prompts: Vec<(SamplePrompt, PromptText)>,
     shift: bool,
     device: B::Device,
 }
@@ -52,7 +51,7 @@ impl<B: Backend> Sampler<B> {
             let text = FluxTextEncoder::<B>::load(base, t5_len, c.apply_t5_attn_mask, device)?;
             prompts
                 .into_iter()
-                .map(|p| Ok::<_, TrainError>((text.encode(&p.prompt)?, p)))
+                .map(|p| Ok::<_, TrainError>((PromptText::encode(&text, &p)?, p)))
                 .collect::<Result<Vec<_>, _>>()?
         };
         let ae = base.load_autoencoder(None, device)?;

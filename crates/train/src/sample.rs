@@ -9,14 +9,16 @@
 //! The noise comes from a host SplitMix64 stream of the prompt's seed (Box–Muller normals), so
 //! a seed gives the same starting noise on every backend and device. The text side arrives as a
 //! cached [`TextEmbedding`] (T5 tokens + pooled CLIP), so sampling needs no text encoder in
-//! memory. Only the embedded (distilled) guidance is used: `cfg_scale` and the negative prompt
-//! of a [`SamplePrompt`] are not applied. Run it on the inference module (`model.valid()`),
+//! memory. The prompt's embedded guidance (`--g`) goes to guidance-distilled models; with a CFG
+//! scale (`--l`) other than 1, true classifier-free guidance runs against the negative prompt
+//! (`--n`, empty when not given) as kohya's and diffusers' `true_cfg_scale` do, two forward
+//! passes per step ([`fluxlora_flux::sampler::denoise_cfg`]). Run it on the inference module (`model.valid()`),
 //! never on the autodiff one: forward passes on an autodiff model without `backward()` leak the
 //! graph.
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use fluxlora_data::{SplitMix64, TextEmbedding};
-use fluxlora_flux::sampler::{denoise, Conditioning};
+use fluxlora_data::{SplitMix64, TextEmbedding, TextEncoder};
+use fluxlora_flux::sampler::{denoise, denoise_cfg, Conditioning};
 use fluxlora_flux::schedule::{get_schedule, BASE_SHIFT, MAX_SHIFT};
 use fluxlora_flux::{latents, Autoencoder, Flux};
 use fluxlora_io::HostTensor;
@@ -38,6 +40,31 @@ pub fn seeded_normals(seed: u64, n: usize) -> Vec<f32> {
             ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
         })
         .collect()
+}
+
+/// The text a sample prompt needs: its own embedding and, for true CFG (`--l` ≠ 1), the
+/// negative prompt's (the empty prompt's when it has no `--n`).
+#[derive(Debug, Clone)]
+pub struct PromptText {
+    /// The prompt's embedding.
+    pub positive: TextEmbedding,
+    /// The negative prompt's, present when the prompt asks for true CFG.
+    pub negative: Option<TextEmbedding>,
+}
+
+impl PromptText {
+    /// Encodes what `prompt` needs with `encoder`.
+    pub fn encode(encoder: &dyn TextEncoder, prompt: &SamplePrompt) -> Result<Self, TrainError> {
+        let negative = if prompt.cfg_scale != 1.0 { Some(encoder.encode(&prompt.negative)?) } else { None };
+        Ok(Self { positive: encoder.encode(&prompt.prompt)?, negative })
+    }
+}
+
+impl From<TextEmbedding> for PromptText {
+    /// A prompt without true CFG.
+    fn from(positive: TextEmbedding) -> Self {
+        Self { positive, negative: None }
+    }
 }
 
 fn shape_err(what: &str, message: String) -> TrainError {
@@ -62,9 +89,35 @@ pub fn to_u8(x: f32) -> u8 {
     (127.5 * (x.clamp(-1.0, 1.0) + 1.0)).round() as u8
 }
 
-/// Draws the sample `prompt` describes (size, steps, seed, guidance) from `flux` and `ae` with
-/// the text conditioning `text` (T5 `[L, context_in_dim]`, pooled CLIP `[vec_in_dim]`; a
-/// leading batch dimension of 1 is accepted). `shift`: the resolution-dependent schedule shift
+/// Checks an embedding's widths against the model; returns its T5 token count.
+fn check_embedding(text: &TextEmbedding, cfg: &fluxlora_flux::FluxConfig) -> Result<usize, TrainError> {
+    let t5_shape = squeeze_batch(&text.t5, 2)
+        .filter(|s| s[1] == cfg.context_in_dim && s[0] > 0)
+        .ok_or_else(|| {
+            shape_err(
+                "text embedding t5",
+                format!(
+                    "shape {:?}, the model needs [tokens, {}]; re-encode the sample prompts with this model's T5",
+                    text.t5.shape, cfg.context_in_dim
+                ),
+            )
+        })?;
+    squeeze_batch(&text.clip_pooled, 1).filter(|s| s[0] == cfg.vec_in_dim).ok_or_else(|| {
+        shape_err(
+            "text embedding clip_pooled",
+            format!(
+                "shape {:?}, the model needs [{}]; re-encode the sample prompts with this model's CLIP",
+                text.clip_pooled.shape, cfg.vec_in_dim
+            ),
+        )
+    })?;
+    Ok(t5_shape[0])
+}
+
+/// Draws the sample `prompt` describes (size, steps, seed, guidance, CFG scale) from `flux` and
+/// `ae` with the text conditioning `text` (each embedding T5 `[L, context_in_dim]`, pooled CLIP
+/// `[vec_in_dim]`; a leading batch dimension of 1 is accepted). A CFG scale other than 1 needs
+/// `text.negative` ([`PromptText::encode`] provides it). `shift`: the resolution-dependent schedule shift
 /// (true for dev, false for schnell). Returns an image of `prompt.width × prompt.height`.
 ///
 /// Errors when the size is not a positive multiple of twice the autoencoder's downscale (16
@@ -73,7 +126,7 @@ pub fn to_u8(x: f32) -> u8 {
 pub fn generate<B: Backend>(
     flux: &Flux<B>,
     ae: &Autoencoder<B>,
-    text: &TextEmbedding,
+    text: &PromptText,
     prompt: &SamplePrompt,
     shift: bool,
     device: &B::Device,
@@ -103,41 +156,34 @@ pub fn generate<B: Backend>(
             ),
         ));
     }
-    let t5_shape = squeeze_batch(&text.t5, 2)
-        .filter(|s| s[1] == cfg.context_in_dim && s[0] > 0)
-        .ok_or_else(|| {
-            shape_err(
-                "text embedding t5",
-                format!(
-                    "shape {:?}, the model needs [tokens, {}]; re-encode the sample prompts with this model's T5",
-                    text.t5.shape, cfg.context_in_dim
-                ),
-            )
-        })?;
-    squeeze_batch(&text.clip_pooled, 1).filter(|s| s[0] == cfg.vec_in_dim).ok_or_else(|| {
-        shape_err(
-            "text embedding clip_pooled",
-            format!(
-                "shape {:?}, the model needs [{}]; re-encode the sample prompts with this model's CLIP",
-                text.clip_pooled.shape, cfg.vec_in_dim
-            ),
-        )
-    })?;
     let (lh, lw) = (height / down, width / down);
     let (gh, gw) = (lh / 2, lw / 2);
     let noise = seeded_normals(prompt.seed, z * lh * lw);
     let noise: Tensor<B, 4> = Tensor::from_data(TensorData::new(noise, [1, z, lh, lw]), device);
     let noise = latents::pack(noise)?;
-    let txt_len = t5_shape[0];
-    let cond = Conditioning {
-        txt: Tensor::from_data(TensorData::new(text.t5.data.clone(), [1, txt_len, cfg.context_in_dim]), device),
-        txt_ids: latents::txt_ids(1, txt_len, device),
-        img_ids: latents::img_ids(1, gh, gw, device),
-        y: Tensor::from_data(TensorData::new(text.clip_pooled.data.clone(), [1, cfg.vec_in_dim]), device),
-        guidance: cfg.guidance_embed.then_some(prompt.guidance),
+    let condition = |text: &TextEmbedding| -> Result<Conditioning<B>, TrainError> {
+        let txt_len = check_embedding(text, cfg)?;
+        Ok(Conditioning {
+            txt: Tensor::from_data(TensorData::new(text.t5.data.clone(), [1, txt_len, cfg.context_in_dim]), device),
+            txt_ids: latents::txt_ids(1, txt_len, device),
+            img_ids: latents::img_ids(1, gh, gw, device),
+            y: Tensor::from_data(TensorData::new(text.clip_pooled.data.clone(), [1, cfg.vec_in_dim]), device),
+            guidance: cfg.guidance_embed.then_some(prompt.guidance),
+        })
     };
+    let cond = condition(&text.positive)?;
     let timesteps = get_schedule(prompt.steps.max(1) as usize, gh * gw, BASE_SHIFT, MAX_SHIFT, shift);
-    let tokens = denoise(flux, noise, &cond, &timesteps)?;
+    let tokens = if prompt.cfg_scale != 1.0 {
+        let negative = text.negative.as_ref().ok_or_else(|| {
+            shape_err(
+                "sample prompt",
+                format!("`{}` asks for CFG scale {} but no negative prompt was encoded", prompt.prompt, prompt.cfg_scale),
+            )
+        })?;
+        denoise_cfg(flux, noise, &cond, &condition(negative)?, prompt.cfg_scale, &timesteps)?
+    } else {
+        denoise(flux, noise, &cond, &timesteps)?
+    };
     let decoded = ae.decode(latents::unpack(tokens, gh, gw)?)?;
     let [_, c, ih, iw] = decoded.dims();
     if c != 3 || ih != height || iw != width {
@@ -197,7 +243,11 @@ pub(crate) mod tests {
         Autoencoder::load(path, &AutoencoderLoadOptions { norm_groups: 4, ..Default::default() }, dev).unwrap()
     }
 
-    fn text() -> TextEmbedding {
+    fn text() -> PromptText {
+        embedding().into()
+    }
+
+    fn embedding() -> TextEmbedding {
         let t5: Vec<f32> = (0..5 * 8).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
         let clip: Vec<f32> = (0..8).map(|i| (i as f32 - 3.5) / 4.0).collect();
         TextEmbedding { t5: HostTensor::new(vec![5, 8], t5).unwrap(), clip_pooled: HostTensor::new(vec![8], clip).unwrap() }
@@ -244,13 +294,30 @@ pub(crate) mod tests {
         // Downscale 2 → sizes must be multiples of 4.
         let e = generate(&flux, &ae, &text(), &prompt(30, 32, 1), true, &dev).unwrap_err().to_string();
         assert!(e.contains("30×32") && e.contains("multiple of 4"), "{e}");
-        let mut t = text();
+        let mut t = embedding();
         t.t5 = HostTensor::new(vec![5, 4], vec![0.0; 20]).unwrap();
-        let e = generate(&flux, &ae, &t, &prompt(32, 32, 1), true, &dev).unwrap_err().to_string();
+        let e = generate(&flux, &ae, &t.into(), &prompt(32, 32, 1), true, &dev).unwrap_err().to_string();
         assert!(e.contains("t5") && e.contains("[5, 4]"), "{e}");
-        let mut t = text();
+        let mut t = embedding();
         t.clip_pooled = HostTensor::new(vec![1, 8], vec![0.5; 8]).unwrap();
-        assert!(generate(&flux, &ae, &t, &prompt(32, 32, 1), true, &dev).is_ok(), "a batch dim of 1 is accepted");
+        assert!(generate(&flux, &ae, &t.into(), &prompt(32, 32, 1), true, &dev).is_ok(), "a batch dim of 1 is accepted");
+    }
+
+    #[test]
+    fn true_cfg_uses_the_negative_prompt_and_needs_one() {
+        let dev = Default::default();
+        let (flux, ae) = (tiny_flux(&dev), tiny_ae(&dev));
+        let plain = generate(&flux, &ae, &text(), &prompt(32, 32, 3), true, &dev).unwrap();
+        let guided = SamplePrompt { cfg_scale: 3.0, ..prompt(32, 32, 3) };
+        let e = generate(&flux, &ae, &text(), &guided, true, &dev).unwrap_err().to_string();
+        assert!(e.contains("CFG scale 3") && e.contains("negative"), "{e}");
+        // The prompt as its own negative: v_neg + 3·(v_pos − v_neg) is v_pos exactly.
+        let same = PromptText { positive: embedding(), negative: Some(embedding()) };
+        assert_eq!(generate(&flux, &ae, &same, &guided, true, &dev).unwrap(), plain);
+        let mut other = embedding();
+        other.t5.data.iter_mut().for_each(|v| *v = -*v);
+        let with_negative = PromptText { positive: embedding(), negative: Some(other) };
+        assert_ne!(generate(&flux, &ae, &with_negative, &guided, true, &dev).unwrap(), plain);
     }
 
     #[test]

@@ -143,6 +143,6 @@ fn session_trains_samples_saves_and_the_reloaded_lora_samples_the_same() {
         let p = parse_prompt_line("sks on a blue background --w 64 --h 64 --s 3 --d 5", &SampleDefaults { seed: c.seed, ..Default::default() }).unwrap();
         let text = FluxTextEncoder::<NdArray>::load(base, 16, false, &dev).unwrap().encode(&p.prompt).unwrap();
         let ae = base.load_autoencoder::<NdArray>(None, &dev).unwrap();
-        generate(flux, &ae, &text, &p, true, &dev).unwrap()
+        generate(flux, &ae, &text.into(), &p, true, &dev).unwrap()
     }
 }

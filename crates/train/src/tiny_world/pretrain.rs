@@ -31,7 +31,7 @@ use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use fluxlora_data::{SplitMix64, TextEncoder};
+use fluxlora_data::SplitMix64;
 use fluxlora_flux::autoencoder::AutoencoderConfig;
 use fluxlora_flux::export::{autoencoder_tensors, transformer_tensors};
 use fluxlora_flux::schedule::SigmaSampler;
@@ -45,7 +45,7 @@ use crate::error::TrainError;
 use crate::grid::{save_png, SampleGrid};
 use crate::noise::draw_noise;
 use crate::prompts::{parse_prompt_line, SampleDefaults};
-use crate::sample::generate;
+use crate::sample::{generate, PromptText};
 use crate::step::{bfl_shift, scalar, training_step, LossSettings, StepSettings, TrainBatch};
 use crate::tiny_world::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
 use crate::{LossType, ModelPredictionType};
@@ -458,7 +458,7 @@ fn write_preview<B: Backend>(
     for (i, caption) in captions.iter().enumerate() {
         let line = format!("{caption} --w {0} --h {0} --s 20 --d {1} --g 3.5", o.size, i + 1);
         let prompt = parse_prompt_line(&line, &SampleDefaults::default())?;
-        let emb = text.encode(&prompt.prompt)?;
+        let emb = PromptText::encode(text, &prompt)?;
         grid.push(generate(flux, ae, &emb, &prompt, true, device)?, prompt.prompt.clone(), prompt.seed);
     }
     let path = o.out.join("base").join("preview.png");

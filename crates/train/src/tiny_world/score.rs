@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use fluxlora_data::TextEncoder;
 use fluxlora_io::read_lora;
 use image::RgbImage;
 
@@ -20,7 +19,7 @@ use crate::error::TrainError;
 use crate::grid::{save_png, SampleGrid};
 use crate::inference::apply_named_loras;
 use crate::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
-use crate::sample::generate;
+use crate::sample::{generate, PromptText};
 use crate::tiny_world::detector::concept_score;
 
 /// Base vs LoRA concept scores.
@@ -61,7 +60,7 @@ pub fn concept_scores<B: Backend>(
     }
     let texts = {
         let encoder = FluxTextEncoder::<B>::load(base, t5_max_length, false, device)?;
-        prompts.iter().map(|p| encoder.encode(&p.prompt)).collect::<Result<Vec<_>, _>>()?
+        prompts.iter().map(|p| PromptText::encode(&encoder, p)).collect::<Result<Vec<_>, _>>()?
     };
     let ae = base.load_autoencoder::<B>(None, device)?;
     let mut flux = base.load_transformer::<B>(None, device)?;
