@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use burn::backend::Autodiff;
 use clap::Parser;
-use fluxlora::train::tiny_world::{build_tiny_world, PretrainOptions};
+use fluxlora::train::tiny_world::{build_tiny_world, write_dataset, PretrainOptions, PretrainReport};
 
 #[derive(Parser, Debug)]
 #[command(about = "Pretrain the tiny Flux world on its procedural domain and write it")]
@@ -54,6 +54,9 @@ struct Args {
     /// Distinct images the transformer trains on.
     #[arg(long)]
     flux_images: Option<usize>,
+    /// Only (re)write the concept dataset and the held-out prompts (no training).
+    #[arg(long)]
+    dataset_only: bool,
     /// cuda | wgpu | ndarray | auto.
     #[arg(long)]
     backend: Option<String>,
@@ -80,6 +83,19 @@ fn main() -> ExitCode {
     o.flux_lr = args.flux_lr.unwrap_or(o.flux_lr);
     o.flux_steps = args.flux_steps.unwrap_or(o.flux_steps);
     o.flux_images = args.flux_images.unwrap_or(o.flux_images);
+    if args.dataset_only {
+        let mut report = PretrainReport::default();
+        return match write_dataset(&o, &mut report) {
+            Ok(()) => {
+                println!("wrote {} files into {}", report.files.len(), o.out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let kind = match fluxlora::backend::select(args.backend.as_deref()) {
         Ok(k) => k,
         Err(e) => {

@@ -8,7 +8,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
 use fluxlora_data::SplitMix64;
 use fluxlora_train::tiny_world::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
-use fluxlora_train::tiny_world::{build_tiny_world, detect, PretrainOptions};
+use fluxlora_train::tiny_world::{build_tiny_world, detect, write_dataset, PretrainOptions, PretrainReport};
 use fluxlora_train::{BaseModel, TrainConfig};
 use image::RgbImage;
 
@@ -77,4 +77,28 @@ fn a_shortened_pretraining_writes_a_world_the_loaders_read() {
     assert_eq!(caption.trim(), "a photo of a sks disc on a blue background");
     let img = image::open(tmp.path().join("dataset/sks_00.png")).unwrap().to_rgb8();
     assert!(detect(&img).found());
+}
+
+#[test]
+fn the_committed_dataset_and_prompts_are_what_pretrain_tiny_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = PretrainOptions::tiny_world(tiny_base(), tmp.path());
+    let mut report = PretrainReport::default();
+    write_dataset(&o, &mut report).unwrap();
+    assert_eq!(report.files.len(), 2 * o.concept_images + 1);
+    let committed = tiny_world();
+    for f in &report.files {
+        let rel = f.strip_prefix(tmp.path()).unwrap();
+        let want = std::fs::read(committed.join(rel)).unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
+        let got = std::fs::read(f).unwrap();
+        if rel.extension().is_some_and(|e| e == "png") {
+            // Compare pixels (PNG encoders may differ in bytes across versions).
+            let (a, b) = (image::load_from_memory(&want).unwrap().to_rgb8(), image::load_from_memory(&got).unwrap().to_rgb8());
+            assert!(a == b, "{} differs from what pretrain_tiny writes", rel.display());
+        } else {
+            assert!(want == got, "{} differs from what pretrain_tiny writes", rel.display());
+        }
+    }
+    let committed_images = std::fs::read_dir(committed.join("dataset")).unwrap().count();
+    assert_eq!(committed_images, 2 * o.concept_images, "stray files in the committed dataset");
 }

@@ -14,5 +14,5 @@ pub mod score;
 
 pub use detector::{concept_score, detect, Detection};
 pub use domain::{Scene, World};
-pub use pretrain::{build_tiny_world, PretrainOptions, PretrainReport};
+pub use pretrain::{build_tiny_world, write_dataset, PretrainOptions, PretrainReport};
 pub use score::{concept_check, concept_scores, ConceptScores};

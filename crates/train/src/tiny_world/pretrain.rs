@@ -408,8 +408,11 @@ fn pretrain_transformer<B: AutodiffBackend>(
     Ok(model.valid())
 }
 
-/// Writes the concept dataset and the held-out prompts.
-fn write_dataset(o: &PretrainOptions, world: &World, report: &mut PretrainReport) -> Result<(), TrainError> {
+/// Writes the concept dataset (`dataset/`, replacing it) and the held-out prompts
+/// (`prompts.txt`) into `o.out`; part of [`build_tiny_world`], and on its own (`pretrain_tiny
+/// --dataset-only`) cheap: no model is involved.
+pub fn write_dataset(o: &PretrainOptions, report: &mut PretrainReport) -> Result<(), TrainError> {
+    let world = World::new(o.size);
     let dir = o.out.join("dataset");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
@@ -544,7 +547,7 @@ pub fn build_tiny_world<B: AutodiffBackend>(
         }),
     )?;
     report.files.extend([tdir.join("flux1-tiny.safetensors"), tdir.join("config.json")]);
-    write_dataset(o, &world, &mut report)?;
+    write_dataset(o, &mut report)?;
     write_preview(o, &flux, &ae, &text, &mut report, device)?;
     Ok(report)
 }
