@@ -138,7 +138,7 @@ impl PretrainOptions {
                 qkv_bias: true,
                 guidance_embed: true,
             },
-            flux_steps: 1200,
+            flux_steps: 4000,
             flux_batch: 16,
             flux_lr: 1e-3,
             flux_images: 2000,
