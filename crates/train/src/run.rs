@@ -423,10 +423,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             if saves {
                 let dir = self.save_checkpoint(source)?;
                 self.val_history.pair(self.step, dir.clone());
-                if let Some(keep) = c.save_last_n_saves {
-                    let best: Vec<PathBuf> = self.val_history.best().map(|b| b.path).into_iter().collect();
-                    prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1), &best)?;
-                }
+                self.prune()?;
                 progress.println(&format!("saved step {} to {}", self.step, dir.display()));
                 for line in observer.on_checkpoint(self.step, &dir, self.shown_model()?.as_ref())? {
                     progress.println(&line);
@@ -436,10 +433,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let stopped = self.step < self.total_steps;
         let last_dir = self.save_checkpoint(source)?;
         self.val_history.pair(self.step, last_dir.clone());
-        if let Some(keep) = c.save_last_n_saves {
-            let best: Vec<PathBuf> = self.val_history.best().map(|b| b.path).into_iter().collect();
-                    prune_checkpoints(&c.output_dir, &c.output_name, keep.max(1), &best)?;
-        }
+        self.prune()?;
         for line in observer.on_checkpoint(self.step, &last_dir, self.shown_model()?.as_ref())? {
             progress.println(&line);
         }
@@ -471,6 +465,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         observer.on_end(&summary, self.shown_model()?.as_ref())?;
         Ok(summary)
+    }
+
+    /// Retention: keeps the newest `save_last_n_saves` checkpoints and the one with the lowest
+    /// validation loss so far.
+    fn prune(&self) -> Result<(), TrainError> {
+        if let Some(keep) = self.config.save_last_n_saves {
+            let best: Vec<PathBuf> = self.val_history.best().map(|b| b.path).into_iter().collect();
+            prune_checkpoints(&self.config.output_dir, &self.config.output_name, keep.max(1), &best)?;
+        }
+        Ok(())
     }
 
     fn model_ref(&self) -> &Flux<B> {

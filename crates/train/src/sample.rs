@@ -12,8 +12,8 @@
 //! memory. The prompt's embedded guidance (`--g`) goes to guidance-distilled models; with a CFG
 //! scale (`--l`) other than 1, true classifier-free guidance runs against the negative prompt
 //! (`--n`, empty when not given) as kohya's and diffusers' `true_cfg_scale` do, two forward
-//! passes per step ([`fluxlora_flux::sampler::denoise_cfg`]). Run it on the inference module (`model.valid()`),
-//! never on the autodiff one: forward passes on an autodiff model without `backward()` leak the
+//! passes per step ([`fluxlora_flux::sampler::denoise_cfg`]). Run it on the inference module
+//! (`model.valid()`), never on the autodiff one: forward passes on an autodiff model without `backward()` leak the
 //! graph.
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -117,8 +117,8 @@ fn check_embedding(text: &TextEmbedding, cfg: &fluxlora_flux::FluxConfig) -> Res
 /// Draws the sample `prompt` describes (size, steps, seed, guidance, CFG scale) from `flux` and
 /// `ae` with the text conditioning `text` (each embedding T5 `[L, context_in_dim]`, pooled CLIP
 /// `[vec_in_dim]`; a leading batch dimension of 1 is accepted). A CFG scale other than 1 needs
-/// `text.negative` ([`PromptText::encode`] provides it). `shift`: the resolution-dependent schedule shift
-/// (true for dev, false for schnell). Returns an image of `prompt.width × prompt.height`.
+/// `text.negative` ([`PromptText::encode`] provides it). `shift`: the resolution-dependent
+/// schedule shift (true for dev, false for schnell). Returns an image of `prompt.width × prompt.height`.
 ///
 /// Errors when the size is not a positive multiple of twice the autoencoder's downscale (16
 /// for Flux), when the latent width of `ae` does not fit `flux` (`in_channels = 4·z_channels`),
