@@ -149,19 +149,7 @@ impl BaseModel {
         dtype: Option<burn::tensor::DType>,
         device: &B::Device,
     ) -> Result<Autoencoder<B>, TrainError> {
-        let mut o = AutoencoderLoadOptions { dtype, ..Default::default() };
-        if let Some(cfg) = read_config(&self.ae, "vae")? {
-            if let Some(g) = cfg.get("norm_num_groups").and_then(Value::as_u64) {
-                o.norm_groups = g as usize;
-            }
-            if let Some(s) = cfg.get("scaling_factor").and_then(Value::as_f64) {
-                o.scale_factor = s;
-            }
-            if let Some(s) = cfg.get("shift_factor").and_then(Value::as_f64) {
-                o.shift_factor = s;
-            }
-        }
-        Ok(Autoencoder::load(&self.ae, &o, device)?)
+        load_autoencoder(&self.ae, dtype, device)
     }
 
     /// Loads CLIP-L, with heads / activation / epsilon / pooling from `config.json` if present.
@@ -217,6 +205,28 @@ impl BaseModel {
 
 /// The `config.json` of a part: `path/config.json` or `path/sub/config.json` for a folder; for
 /// a file, the one beside it only inside a diffusers part folder named `sub`. `None` otherwise.
+/// Loads an autoencoder file or `vae/` folder (`ae`), with group count and scale/shift from its
+/// `config.json` if present: [`BaseModel::load_autoencoder`], for an autoencoder on its own.
+pub fn load_autoencoder<B: Backend>(
+    ae: &Path,
+    dtype: Option<burn::tensor::DType>,
+    device: &B::Device,
+) -> Result<Autoencoder<B>, TrainError> {
+    let mut o = AutoencoderLoadOptions { dtype, ..Default::default() };
+    if let Some(cfg) = read_config(ae, "vae")? {
+        if let Some(g) = cfg.get("norm_num_groups").and_then(Value::as_u64) {
+            o.norm_groups = g as usize;
+        }
+        if let Some(s) = cfg.get("scaling_factor").and_then(Value::as_f64) {
+            o.scale_factor = s;
+        }
+        if let Some(s) = cfg.get("shift_factor").and_then(Value::as_f64) {
+            o.shift_factor = s;
+        }
+    }
+    Ok(Autoencoder::load(ae, &o, device)?)
+}
+
 fn read_config(path: &Path, sub_name: &str) -> Result<Option<Value>, TrainError> {
     let candidates: Vec<PathBuf> = if path.is_dir() {
         vec![path.join("config.json"), path.join(sub_name).join("config.json")]

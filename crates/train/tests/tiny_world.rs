@@ -77,6 +77,16 @@ fn a_shortened_pretraining_writes_a_world_the_loaders_read() {
     assert_eq!(caption.trim(), "a photo of a sks disc on a blue background");
     let img = image::open(tmp.path().join("dataset/sks_00.png")).unwrap().to_rgb8();
     assert!(detect(&img).found());
+
+    // A second build that reuses the finished autoencoder writes it back unchanged, with the
+    // same scale and shift.
+    let again = tempfile::tempdir().unwrap();
+    let reuse = PretrainOptions { ae_trained: Some(tmp.path().join("base/vae")), out: again.path().to_path_buf(), ..o };
+    let r2 = build_tiny_world::<Autodiff<B>>(&reuse, &mut |_: &str| {}, &dev).unwrap();
+    assert_eq!(r2.scale_shift, (ae.config().scale_factor, ae.config().shift_factor));
+    for f in ["base/vae/ae.safetensors", "base/vae/config.json"] {
+        assert!(std::fs::read(tmp.path().join(f)).unwrap() == std::fs::read(again.path().join(f)).unwrap(), "{f} changed");
+    }
 }
 
 #[test]

@@ -39,7 +39,7 @@ use fluxlora_flux::{latents, Autoencoder, AutoencoderLoadOptions, Flux, FluxConf
 use fluxlora_io::{write_safetensors, HostTensor, TensorRef};
 use image::RgbImage;
 
-use crate::base::BaseModel;
+use crate::base::{load_autoencoder, BaseModel};
 use crate::encoders::FluxTextEncoder;
 use crate::error::TrainError;
 use crate::grid::{save_png, SampleGrid};
@@ -495,15 +495,7 @@ pub fn build_tiny_world<B: AutodiffBackend>(
 
     let ae = match &o.ae_trained {
         Some(dir) => {
-            let parts = BaseModel {
-                transformer: dir.clone(),
-                ae: dir.clone(),
-                clip: dir.clone(),
-                t5: dir.clone(),
-                clip_tokenizer: dir.clone(),
-                t5_tokenizer: dir.clone(),
-            };
-            let ae = parts.load_autoencoder::<B::InnerBackend>(None, device)?;
+            let ae = load_autoencoder::<B::InnerBackend>(dir, None, device)?;
             report.scale_shift = (ae.config().scale_factor, ae.config().shift_factor);
             ae
         }
