@@ -71,7 +71,7 @@ pub use optimizer::{lr_schedule, TrainOptimizer};
 pub use preset::{PresetAdvice, TrainingPreset};
 pub use resume::{load_checkpoint, save_checkpoint, TrainState};
 pub use monitor::{Monitor, Sampler};
-pub use run::{target_selector, NoObserver, RunObserver, RunSummary, Trainer};
+pub use run::{target_selector, NoObserver, RunObserver, RunSummary, ShownModel, Trainer};
 pub use session::{train_session, SessionOptions, SessionReport};
 pub use save::{lora_format, save_lora, self_check, SelfCheck};
 pub use source::{BatchSource, CachedBatches};

@@ -22,7 +22,7 @@ use crate::grid::SampleGrid;
 use crate::log::StepRecord;
 use crate::plot::LossPlot;
 use crate::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
-use crate::run::{RunObserver, RunSummary};
+use crate::run::{RunObserver, RunSummary, ShownModel};
 use crate::sample::{generate, PromptText};
 
 /// Prompts with their text embeddings, and the autoencoder that decodes samples.
@@ -177,38 +177,38 @@ pub fn read_validation_history(csv: &Path) -> Vec<(u64, f64)> {
 }
 
 impl<B: AutodiffBackend> RunObserver<B> for Monitor<B> {
-    fn on_start(&mut self, step: u64, model: &Flux<B>) -> Result<(), TrainError> {
+    fn on_start(&mut self, step: u64, model: &ShownModel<'_, B>) -> Result<(), TrainError> {
         for w in self.sampler.as_ref().map(Sampler::warnings).unwrap_or_default() {
             eprintln!("sample prompts: {w}");
         }
         if step == 0 && self.sample_at_first {
-            for line in self.sample(step, model)? {
+            for line in self.sample(step, model.get()?)? {
                 eprintln!("{line}");
             }
         }
         Ok(())
     }
 
-    fn on_step(&mut self, r: &StepRecord, model: &Flux<B>) -> Result<Vec<String>, TrainError> {
+    fn on_step(&mut self, r: &StepRecord, model: &ShownModel<'_, B>) -> Result<Vec<String>, TrainError> {
         self.losses.push((r.step, f64::from(r.loss)));
         if let Some(v) = r.val_loss {
             self.validation.push((r.step, f64::from(v)));
         }
         match self.sample_every {
-            Some(n) if r.step % n == 0 => self.sample(r.step, model),
+            Some(n) if r.step % n == 0 => self.sample(r.step, model.get()?),
             _ => Ok(Vec::new()),
         }
     }
 
-    fn on_checkpoint(&mut self, _step: u64, _dir: &Path, _model: &Flux<B>) -> Result<Vec<String>, TrainError> {
+    fn on_checkpoint(&mut self, _step: u64, _dir: &Path, _model: &ShownModel<'_, B>) -> Result<Vec<String>, TrainError> {
         self.draw_curve()?;
         Ok(Vec::new())
     }
 
-    fn on_end(&mut self, summary: &RunSummary, model: &Flux<B>) -> Result<(), TrainError> {
+    fn on_end(&mut self, summary: &RunSummary, model: &ShownModel<'_, B>) -> Result<(), TrainError> {
         self.draw_curve()?;
         if !summary.stopped {
-            self.sample(summary.steps, model)?;
+            self.sample(summary.steps, model.get()?)?;
         }
         Ok(())
     }

@@ -87,24 +87,55 @@ pub struct RunSummary {
     pub best_checkpoint: Option<BestCheckpoint>,
 }
 
+/// The weights an observer is shown: those the saves hold. With `ema_decay` set these are the
+/// EMA averages, a model clone sharing the base that is built on the first [`ShownModel::get`]
+/// only, so steps on which no observer looks cost nothing; otherwise the live model.
+pub struct ShownModel<'a, B: AutodiffBackend> {
+    live: &'a Flux<B>,
+    ema: Option<&'a LoraEma>,
+    averaged: std::cell::OnceCell<Flux<B>>,
+}
+
+impl<'a, B: AutodiffBackend> ShownModel<'a, B> {
+    /// The live weights as they are (no EMA).
+    pub fn live(model: &'a Flux<B>) -> Self {
+        Self { live: model, ema: None, averaged: std::cell::OnceCell::new() }
+    }
+
+    /// The model to look at (sample, score, export).
+    pub fn get(&self) -> Result<&Flux<B>, TrainError> {
+        let Some(ema) = self.ema else { return Ok(self.live) };
+        if let Some(m) = self.averaged.get() {
+            return Ok(m);
+        }
+        let m = ema.averaged(self.live)?;
+        Ok(self.averaged.get_or_init(|| m))
+    }
+}
+
 /// Watches a run: called by [`Trainer::run_observed`] before the first step, after every
 /// optimizer step, after every intermediate checkpoint, and at the end. Sampling, the loss curve
 /// and validation hook in here ([`crate::monitor::Monitor`]); every method defaults to nothing.
 pub trait RunObserver<B: AutodiffBackend> {
     /// Before the first step of this `run` (step 0, or the resumed step).
-    fn on_start(&mut self, _step: u64, _model: &Flux<B>) -> Result<(), TrainError> {
+    fn on_start(&mut self, _step: u64, _model: &ShownModel<'_, B>) -> Result<(), TrainError> {
         Ok(())
     }
     /// After each optimizer step. Returns lines to print above the progress bar.
-    fn on_step(&mut self, _record: &StepRecord, _model: &Flux<B>) -> Result<Vec<String>, TrainError> {
+    fn on_step(&mut self, _record: &StepRecord, _model: &ShownModel<'_, B>) -> Result<Vec<String>, TrainError> {
         Ok(Vec::new())
     }
     /// After each checkpoint folder is written (`dir`), including the last one.
-    fn on_checkpoint(&mut self, _step: u64, _dir: &std::path::Path, _model: &Flux<B>) -> Result<Vec<String>, TrainError> {
+    fn on_checkpoint(
+        &mut self,
+        _step: u64,
+        _dir: &std::path::Path,
+        _model: &ShownModel<'_, B>,
+    ) -> Result<Vec<String>, TrainError> {
         Ok(Vec::new())
     }
     /// At the end of the run, with its summary.
-    fn on_end(&mut self, _summary: &RunSummary, _model: &Flux<B>) -> Result<(), TrainError> {
+    fn on_end(&mut self, _summary: &RunSummary, _model: &ShownModel<'_, B>) -> Result<(), TrainError> {
         Ok(())
     }
 }
@@ -403,7 +434,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let mut progress = Progress::new(self.total_steps, self.step, self.show_progress);
         let mut last_loss = None;
-        observer.on_start(self.step, self.shown_model()?.as_ref())?;
+        observer.on_start(self.step, &self.shown())?;
         while self.step < self.total_steps && !self.stop.load(Ordering::Relaxed) {
             let mut rec = self.step_once(source)?;
             let saves = c.save_every_n_steps.filter(|&n| n > 0).is_some_and(|n| self.step % n as u64 == 0)
@@ -417,7 +448,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             csv.write(&rec)?;
             progress.update(&rec);
             last_loss = Some(rec.loss);
-            for line in observer.on_step(&rec, self.shown_model()?.as_ref())? {
+            for line in observer.on_step(&rec, &self.shown())? {
                 progress.println(&line);
             }
             if saves {
@@ -425,7 +456,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 self.val_history.pair(self.step, dir.clone());
                 self.prune()?;
                 progress.println(&format!("saved step {} to {}", self.step, dir.display()));
-                for line in observer.on_checkpoint(self.step, &dir, self.shown_model()?.as_ref())? {
+                for line in observer.on_checkpoint(self.step, &dir, &self.shown())? {
                     progress.println(&line);
                 }
             }
@@ -434,7 +465,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let last_dir = self.save_checkpoint(source)?;
         self.val_history.pair(self.step, last_dir.clone());
         self.prune()?;
-        for line in observer.on_checkpoint(self.step, &last_dir, self.shown_model()?.as_ref())? {
+        for line in observer.on_checkpoint(self.step, &last_dir, &self.shown())? {
             progress.println(&line);
         }
         let checkpoint = Some(last_dir);
@@ -463,7 +494,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             last_val_loss: self.val_history.last(),
             best_checkpoint: self.val_history.best(),
         };
-        observer.on_end(&summary, self.shown_model()?.as_ref())?;
+        observer.on_end(&summary, &self.shown())?;
         Ok(summary)
     }
 
@@ -481,12 +512,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.model.as_ref().expect("model present between steps")
     }
 
-    /// The weights observers see: those the saves hold (the EMA averages when `ema_decay` is
-    /// set, a clone sharing the base; the live model otherwise).
-    fn shown_model(&self) -> Result<std::borrow::Cow<'_, Flux<B>>, TrainError> {
-        Ok(match &self.ema {
-            Some(ema) => std::borrow::Cow::Owned(ema.averaged(self.model_ref())?),
-            None => std::borrow::Cow::Borrowed(self.model_ref()),
-        })
+    /// The weights observers see (see [`ShownModel`]).
+    fn shown(&self) -> ShownModel<'_, B> {
+        ShownModel { live: self.model_ref(), ema: self.ema.as_ref(), averaged: std::cell::OnceCell::new() }
     }
 }

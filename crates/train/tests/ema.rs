@@ -6,8 +6,9 @@ use crate::common;
 
 use common::*;
 use fluxlora_io::{read_lora, LoraWeights};
-use fluxlora_flux::Flux;
-use fluxlora_train::{export_lora, LrScheduler, RunObserver, RunSummary, StepRecord, TrainConfig, TrainError, Trainer};
+use fluxlora_train::{
+    export_lora, LrScheduler, RunObserver, RunSummary, ShownModel, StepRecord, TrainConfig, TrainError, Trainer,
+};
 
 fn ema_config(out: &std::path::Path, steps: usize, decay: f32) -> TrainConfig {
     TrainConfig {
@@ -104,12 +105,12 @@ fn same_modules(a: &LoraWeights, b: &LoraWeights) -> bool {
 struct Shown(Vec<Vec<(String, Vec<f32>, Vec<f32>)>>);
 
 impl RunObserver<AB> for Shown {
-    fn on_step(&mut self, _r: &StepRecord, model: &Flux<AB>) -> Result<Vec<String>, TrainError> {
-        self.0.push(adapter_values(&mut model.clone()));
+    fn on_step(&mut self, _r: &StepRecord, model: &ShownModel<'_, AB>) -> Result<Vec<String>, TrainError> {
+        self.0.push(adapter_values(&mut model.get()?.clone()));
         Ok(Vec::new())
     }
-    fn on_end(&mut self, _s: &RunSummary, model: &Flux<AB>) -> Result<(), TrainError> {
-        self.0.push(adapter_values(&mut model.clone()));
+    fn on_end(&mut self, _s: &RunSummary, model: &ShownModel<'_, AB>) -> Result<(), TrainError> {
+        self.0.push(adapter_values(&mut model.get()?.clone()));
         Ok(())
     }
 }
