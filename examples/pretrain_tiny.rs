@@ -48,9 +48,15 @@ struct Args {
     /// Transformer peak learning rate.
     #[arg(long)]
     flux_lr: Option<f64>,
-    /// Transformer training steps.
+    /// Transformer training steps per stage.
     #[arg(long)]
     flux_steps: Option<usize>,
+    /// Transformer stages (each after the first a warm restart at half the peak learning rate).
+    #[arg(long)]
+    flux_stages: Option<usize>,
+    /// Skip the first transformer stage: start the second from this `flux1-tiny.safetensors`.
+    #[arg(long)]
+    flux_from: Option<PathBuf>,
     /// Distinct images the transformer trains on.
     #[arg(long)]
     flux_images: Option<usize>,
@@ -75,13 +81,19 @@ fn main() -> ExitCode {
     o.ae_from = args.ae_from;
     o.ae_trained = args.ae_trained;
     if let Some(h) = args.hidden {
-        o.transformer.hidden_size = h;
-        o.transformer.mlp_hidden_dim = 4 * h;
-        o.transformer.num_heads = (h / 32).max(1);
+        o = match o.with_hidden(h) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     }
     o.flux_batch = args.flux_batch.unwrap_or(o.flux_batch);
     o.flux_lr = args.flux_lr.unwrap_or(o.flux_lr);
     o.flux_steps = args.flux_steps.unwrap_or(o.flux_steps);
+    o.flux_stages = args.flux_stages.unwrap_or(o.flux_stages);
+    o.flux_from = args.flux_from;
     o.flux_images = args.flux_images.unwrap_or(o.flux_images);
     if args.dataset_only {
         let mut report = PretrainReport::default();

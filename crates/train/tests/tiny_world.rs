@@ -2,7 +2,7 @@
 //! read, and the committed world's autoencoder keeps the concept through a round trip (so the
 //! concept score measures the transformer, not the autoencoder).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
@@ -84,9 +84,22 @@ fn a_shortened_pretraining_writes_a_world_the_loaders_read() {
     let reuse = PretrainOptions { ae_trained: Some(tmp.path().join("base/vae")), out: again.path().to_path_buf(), ..o };
     let r2 = build_tiny_world::<Autodiff<B>>(&reuse, &mut |_: &str| {}, &dev).unwrap();
     assert_eq!(r2.scale_shift, (ae.config().scale_factor, ae.config().shift_factor));
-    for f in ["base/vae/ae.safetensors", "base/vae/config.json"] {
+    for f in ["base/vae/ae.safetensors", "base/vae/config.json", "base/transformer/flux1-tiny.safetensors"] {
         assert!(std::fs::read(tmp.path().join(f)).unwrap() == std::fs::read(again.path().join(f)).unwrap(), "{f} changed");
     }
+
+    // The transformer's second stage started from a first-stage file (`--flux-from`) ends where
+    // the two stages in one build end.
+    let first = tempfile::tempdir().unwrap();
+    let one = PretrainOptions { flux_stages: 1, out: first.path().to_path_buf(), ..reuse.clone() };
+    build_tiny_world::<Autodiff<B>>(&one, &mut |_: &str| {}, &dev).unwrap();
+    let stage1 = first.path().join("base/transformer/flux1-tiny.safetensors");
+    let flux_file = |dir: &Path| std::fs::read(dir.join("base/transformer/flux1-tiny.safetensors")).unwrap();
+    assert!(flux_file(first.path()) != flux_file(tmp.path()), "the second stage trains");
+    let resumed = tempfile::tempdir().unwrap();
+    let cont = PretrainOptions { flux_from: Some(stage1), out: resumed.path().to_path_buf(), ..reuse };
+    build_tiny_world::<Autodiff<B>>(&cont, &mut |_: &str| {}, &dev).unwrap();
+    assert!(flux_file(resumed.path()) == flux_file(tmp.path()), "stage 2 from the stage-1 file differs from one build");
 }
 
 #[test]

@@ -14,7 +14,9 @@
 //!    stay frozen; the transformer learns to read their features.
 //! 3. **Transformer** ([`Flux::init`], all parameters trainable): the same flow-matching step as
 //!    LoRA training ([`training_step`]) on latents of base-domain scenes and their captions,
-//!    guidance values drawn in [1, 5] so that any `--g` works, AdamW.
+//!    guidance values drawn in [1, 5] so that any `--g` works, AdamW, in `flux_stages` stages
+//!    (warm restarts at half the previous peak learning rate). `flux_from` starts the second
+//!    stage from a first-stage file, as `ae_from` does for the autoencoder.
 //! 4. **Files** (BFL keys, the layout of `flux1-dev.safetensors` / `ae.safetensors`):
 //!    `base/transformer/flux1-tiny.safetensors`, `base/vae/ae.safetensors` (each with a
 //!    `config.json` holding what the weights do not record), `base/text_encoder*/`,
@@ -35,7 +37,7 @@ use fluxlora_data::SplitMix64;
 use fluxlora_flux::autoencoder::AutoencoderConfig;
 use fluxlora_flux::export::{autoencoder_tensors, transformer_tensors};
 use fluxlora_flux::schedule::SigmaSampler;
-use fluxlora_flux::{latents, Autoencoder, AutoencoderLoadOptions, Flux, FluxConfig};
+use fluxlora_flux::{latents, Autoencoder, AutoencoderLoadOptions, Flux, FluxCheckpoint, FluxConfig, LoadOptions};
 use fluxlora_io::{write_safetensors, HostTensor, TensorRef};
 use image::RgbImage;
 
@@ -83,10 +85,17 @@ pub struct PretrainOptions {
     pub ae_lr: f64,
     /// Transformer architecture (`in_channels` must be 4 × the latent channels).
     pub transformer: FluxConfig,
-    /// Transformer steps, batch and learning rate.
+    /// Transformer steps per stage, batch and peak learning rate.
     pub flux_steps: usize,
     pub flux_batch: usize,
     pub flux_lr: f64,
+    /// Transformer stages of `flux_steps` each. Every stage after the first is a warm restart: a
+    /// fresh AdamW and the schedule again (warm-up, linear decay to 10 %) at half the previous
+    /// peak; its batches and noise continue the step count, so no draw repeats.
+    pub flux_stages: usize,
+    /// Start from this transformer (the `flux1-tiny.safetensors` a build with the same options
+    /// and `flux_stages = 1` writes) and train only the later stages.
+    pub flux_from: Option<PathBuf>,
     /// Distinct base-domain images the transformer trains on.
     pub flux_images: usize,
     /// T5 tokens per caption.
@@ -141,12 +150,36 @@ impl PretrainOptions {
             flux_steps: 4000,
             flux_batch: 16,
             flux_lr: 1e-3,
+            flux_stages: 2,
+            flux_from: None,
             flux_images: 2000,
             t5_max_length: 32,
             concept_images: 20,
             text_encoders: text_encoders.into(),
             out: out.into(),
         }
+    }
+
+    /// Sets the transformer's width: heads of 32 (what the RoPE axes 8 + 12 + 12 cover), an MLP
+    /// 4× as wide. A width that is not a positive multiple of 32 is refused.
+    pub fn with_hidden(mut self, hidden: usize) -> Result<Self, TrainError> {
+        let head: usize = self.transformer.axes_dim.iter().sum();
+        if hidden == 0 || !hidden.is_multiple_of(head) {
+            let (lo, hi) = (hidden / head * head, (hidden / head + 1) * head);
+            let fix = if lo == 0 { format!("{hi}") } else { format!("{lo} or {hi}") };
+            return Err(TrainError::Invalid {
+                key: "hidden".into(),
+                message: format!(
+                    "{hidden} is not a positive multiple of {head}: each attention head is {head} wide (the RoPE \
+                     axes {:?}); give e.g. {fix}",
+                    self.transformer.axes_dim
+                ),
+            });
+        }
+        self.transformer.hidden_size = hidden;
+        self.transformer.mlp_hidden_dim = 4 * hidden;
+        self.transformer.num_heads = hidden / head;
+        Ok(self)
     }
 }
 
@@ -371,8 +404,13 @@ fn pretrain_transformer<B: AutodiffBackend>(
     // Its own seed: the initial weights do not depend on whether the autoencoder was trained in
     // this process (which draws from the backend's generator) or reused.
     B::seed(device, SplitMix64::derive(o.seed, &[FLUX_INIT]).next_u64());
-    let mut model = Flux::<B>::init(&o.transformer, device)?;
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Flux<B>>();
+    let (mut model, first_stage) = match &o.flux_from {
+        Some(path) => {
+            let options = LoadOptions { axes_dim: Some(o.transformer.axes_dim.clone()), base_dtype: None, trainable_base: true };
+            (Flux::<B>::from_checkpoint(&FluxCheckpoint::open(path)?, &o.transformer, &options, device)?, 1)
+        }
+        None => (Flux::<B>::init(&o.transformer, device)?, 0),
+    };
     let loss = LossSettings {
         loss_type: LossType::L2,
         huber_c: 0.1,
@@ -383,24 +421,30 @@ fn pretrain_transformer<B: AutodiffBackend>(
     let sampler = SigmaSampler::Shift { shift: bfl_shift(o.size), sigmoid_scale: 1.0 };
     let mut settings = StepSettings { sampler: sampler.clone(), loss, guidance: 1.0, checkpointing: Default::default() };
     let n = data.captions.len();
-    let mut losses = Vec::with_capacity(o.flux_steps);
-    for step in 0..o.flux_steps {
-        let mut rng = SplitMix64::derive(o.seed, &[FLUX_BATCHES, step as u64]);
-        let picks: Vec<usize> = (0..o.flux_batch).map(|_| rng.below(n as u64) as usize).collect();
-        settings.guidance = (1.0 + 4.0 * rng.next_f64()) as f32;
-        let batch = flux_batch::<B>(data, &picks, o, device);
-        let draw = draw_noise(o.seed, step as u64, 0, &sampler, picks.len(), data.tokens, data.channels);
-        let out = training_step(&model, &batch, &draw, &settings)?;
-        if !out.loss.is_finite() {
-            return Err(TrainError::NonFiniteLoss { step: step as u64, value: out.loss, lr: o.flux_lr });
-        }
-        losses.push(out.loss);
-        let warm = ((step + 1) as f64 / 100.0).min(1.0);
-        let lr = o.flux_lr * warm * (1.0 - 0.9 * step as f64 / o.flux_steps.max(1) as f64);
-        model = optim.step(lr, model, out.grads);
-        if step % 100 == 0 || step + 1 == o.flux_steps {
-            let recent = mean(&losses[losses.len().saturating_sub(100)..]);
-            progress(&format!("transformer step {step}/{}: loss {recent:.4} (mean of the last 100)", o.flux_steps));
+    let total = o.flux_steps * o.flux_stages;
+    let mut losses = Vec::with_capacity(total);
+    for stage in first_stage..o.flux_stages {
+        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Flux<B>>();
+        let peak = o.flux_lr / f64::from(1u32 << stage.min(31));
+        for i in 0..o.flux_steps {
+            let step = stage * o.flux_steps + i;
+            let mut rng = SplitMix64::derive(o.seed, &[FLUX_BATCHES, step as u64]);
+            let picks: Vec<usize> = (0..o.flux_batch).map(|_| rng.below(n as u64) as usize).collect();
+            settings.guidance = (1.0 + 4.0 * rng.next_f64()) as f32;
+            let batch = flux_batch::<B>(data, &picks, o, device);
+            let draw = draw_noise(o.seed, step as u64, 0, &sampler, picks.len(), data.tokens, data.channels);
+            let out = training_step(&model, &batch, &draw, &settings)?;
+            if !out.loss.is_finite() {
+                return Err(TrainError::NonFiniteLoss { step: step as u64, value: out.loss, lr: peak });
+            }
+            losses.push(out.loss);
+            let warm = ((i + 1) as f64 / 100.0).min(1.0);
+            let lr = peak * warm * (1.0 - 0.9 * i as f64 / o.flux_steps.max(1) as f64);
+            model = optim.step(lr, model, out.grads);
+            if i % 100 == 0 || i + 1 == o.flux_steps {
+                let recent = mean(&losses[losses.len().saturating_sub(100)..]);
+                progress(&format!("transformer step {step}/{total}: loss {recent:.4} (mean of the last 100)"));
+            }
         }
     }
     report.flux_loss = (mean(&losses[..losses.len().min(100)]), mean(&losses[losses.len().saturating_sub(100)..]));
@@ -457,7 +501,7 @@ fn write_preview<B: Backend>(
         "a photo of a teal ring on a purple background",
         "a photo of a sks disc on a navy background",
     ];
-    let mut grid = SampleGrid::new("tiny-world base", o.flux_steps as u64);
+    let mut grid = SampleGrid::new("tiny-world base", (o.flux_steps * o.flux_stages) as u64);
     for (i, caption) in captions.iter().enumerate() {
         let line = format!("{caption} --w {0} --h {0} --s 20 --d {1} --g 3.5", o.size, i + 1);
         let prompt = parse_prompt_line(&line, &SampleDefaults::default())?;
@@ -482,6 +526,27 @@ pub fn build_tiny_world<B: AutodiffBackend>(
             message: format!(
                 "{} but the autoencoder has {} latent channels (need 4 × that)",
                 o.transformer.in_channels, o.autoencoder.z_channels
+            ),
+        });
+    }
+    if let (Some(from), Some(trained)) = (&o.ae_from, &o.ae_trained) {
+        return Err(TrainError::Invalid {
+            key: "ae_from".into(),
+            message: format!(
+                "{} was given together with ae_trained {}: ae_trained skips autoencoder training, so ae_from \
+                 would be ignored; give only one of them",
+                from.display(),
+                trained.display()
+            ),
+        });
+    }
+    if o.flux_from.is_some() && o.flux_stages < 2 {
+        return Err(TrainError::Invalid {
+            key: "flux_stages".into(),
+            message: format!(
+                "{} with flux_from: the file holds the first stage's weights, so nothing would be trained; \
+                 set flux_stages to 2 or more, or leave flux_from out",
+                o.flux_stages
             ),
         });
     }
@@ -542,4 +607,33 @@ pub fn build_tiny_world<B: AutodiffBackend>(
     write_dataset(o, &mut report)?;
     write_preview(o, &flux, &ae, &text, &mut report, device)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+
+    #[test]
+    fn with_hidden_takes_multiples_of_the_head_width_and_names_the_fix_otherwise() {
+        let o = PretrainOptions::tiny_world("te", "out").with_hidden(96).unwrap();
+        assert_eq!((o.transformer.hidden_size, o.transformer.num_heads, o.transformer.mlp_hidden_dim), (96, 3, 384));
+        for (bad, fix) in [(80, "64 or 96"), (16, "e.g. 32"), (0, "e.g. 32")] {
+            let e = PretrainOptions::tiny_world("te", "out").with_hidden(bad).unwrap_err().to_string();
+            assert!(e.contains("`hidden`") && e.contains(fix), "{e}");
+        }
+    }
+
+    #[test]
+    fn contradictory_starting_points_are_refused_before_any_work() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut o = PretrainOptions::tiny_world(tmp.path().join("te"), tmp.path().join("out"));
+        (o.ae_from, o.ae_trained) = (Some("stage1.safetensors".into()), Some("vae".into()));
+        let e = build_tiny_world::<Autodiff<NdArray>>(&o, &mut |_: &str| {}, &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("`ae_from`") && e.to_string().contains("only one"), "{e}");
+        (o.ae_from, o.flux_from, o.flux_stages) = (None, Some("flux1-tiny.safetensors".into()), 1);
+        let e = build_tiny_world::<Autodiff<NdArray>>(&o, &mut |_: &str| {}, &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("`flux_stages`") && e.to_string().contains("2 or more"), "{e}");
+        assert!(!tmp.path().join("out").exists(), "nothing is written");
+    }
 }
