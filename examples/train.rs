@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
-use fluxlora::train::tiny_world::concept_check;
+use fluxlora::train::tiny_world::{concept_check, CONCEPT_SEEDS};
 use fluxlora::train::{train_session, SessionOptions, SessionReport, TrainConfig};
 
 const HELP: &str = "usage: train [CONFIG.toml] [--resume CHECKPOINT_DIR] [--no-progress] [--concept-score] [--KEY VALUE ...]
@@ -49,9 +49,6 @@ struct Args {
     progress: bool,
     concept_score: bool,
 }
-
-/// Seeds per held-out prompt for the concept score (4 prompts × 4 seeds = 16 samples per model).
-const CONCEPT_SEEDS: usize = 4;
 
 fn parse_args() -> Result<Args, String> {
     let mut raw = std::env::args().skip(1).peekable();

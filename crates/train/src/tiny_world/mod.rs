@@ -15,4 +15,4 @@ pub mod score;
 pub use detector::{concept_score, detect, Detection};
 pub use domain::{Scene, World};
 pub use pretrain::{build_tiny_world, write_dataset, PretrainOptions, PretrainReport};
-pub use score::{concept_check, concept_scores, ConceptScores};
+pub use score::{concept_check, concept_scores, ConceptScores, CONCEPT_SEEDS};

@@ -22,6 +22,11 @@ use crate::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
 use crate::sample::{generate, PromptText};
 use crate::tiny_world::detector::concept_score;
 
+/// Seeds per held-out prompt the README's run scores with: its 4 prompts × 8 seeds = 32 samples
+/// per model (16 would leave a binomial standard error of about ±11 points at a 30 % score; 32
+/// leave ±8).
+pub const CONCEPT_SEEDS: usize = 8;
+
 /// Base vs LoRA concept scores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConceptScores {
