@@ -514,6 +514,9 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The weights observers see (see [`ShownModel`]).
     fn shown(&self) -> ShownModel<'_, B> {
-        ShownModel { live: self.model_ref(), ema: self.ema.as_ref(), averaged: std::cell::OnceCell::new() }
+        match self.ema.as_ref() {
+            None => ShownModel::live(self.model_ref()),
+            Some(ema) => ShownModel { live: self.model_ref(), ema: Some(ema), averaged: std::cell::OnceCell::new() },
+        }
     }
 }

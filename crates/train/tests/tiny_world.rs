@@ -57,6 +57,7 @@ fn a_shortened_pretraining_writes_a_world_the_loaders_read() {
     let tmp = tempfile::tempdir().unwrap();
     let mut o = PretrainOptions::tiny_world(tiny_base(), tmp.path());
     (o.ae_steps, o.ae_refine_steps, o.flux_steps, o.flux_images, o.flux_batch, o.concept_images) = (2, 1, 2, 8, 2, 3);
+    o.flux_stages = 2;
     let mut lines = Vec::new();
     let report = build_tiny_world::<Autodiff<B>>(&o, &mut |l: &str| lines.push(l.to_string()), &Default::default()).unwrap();
     assert!(report.ae_loss.0.is_finite() && report.flux_loss.0.is_finite());
