@@ -99,7 +99,12 @@ pub struct ShownModel<'a, B: AutodiffBackend> {
 impl<'a, B: AutodiffBackend> ShownModel<'a, B> {
     /// The live weights as they are (no EMA).
     pub fn live(model: &'a Flux<B>) -> Self {
-        Self { live: model, ema: None, averaged: std::cell::OnceCell::new() }
+        Self::new(model, None)
+    }
+
+    /// `live`, shown through `ema`'s averages when there is one.
+    fn new(live: &'a Flux<B>, ema: Option<&'a LoraEma>) -> Self {
+        Self { live, ema, averaged: std::cell::OnceCell::new() }
     }
 
     /// The model to look at (sample, score, export).
@@ -514,9 +519,6 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The weights observers see (see [`ShownModel`]).
     fn shown(&self) -> ShownModel<'_, B> {
-        match self.ema.as_ref() {
-            None => ShownModel::live(self.model_ref()),
-            Some(ema) => ShownModel { live: self.model_ref(), ema: Some(ema), averaged: std::cell::OnceCell::new() },
-        }
+        ShownModel::new(self.model_ref(), self.ema.as_ref())
     }
 }
