@@ -166,6 +166,12 @@ impl Loader {
         self.plan.len()
     }
 
+    /// Whole epochs handed out so far: the current epoch counts once its last batch has gone
+    /// (the loader moves to the next epoch only when asked for another batch).
+    pub fn epochs_completed(&self) -> u64 {
+        self.state.epoch + u64::from(self.state.batch >= self.plan.len())
+    }
+
     /// The next batch, moving on to the next epoch when one ends.
     pub fn next_batch(&mut self) -> Batch {
         while self.state.batch >= self.plan.len() {

@@ -200,8 +200,13 @@ pub struct TrainConfig {
     pub lr_scheduler_num_cycles: usize,
     /// Power for `polynomial`.
     pub lr_scheduler_power: f64,
-    /// Total optimizer steps (`None`: from the preset and dataset size).
+    /// Total optimizer steps (`None`: from `max_train_epochs`, else from the preset and dataset
+    /// size).
     pub max_train_steps: Option<usize>,
+    /// Train for this many epochs (kohya's name): `max_train_steps` becomes epochs × optimizer
+    /// steps per epoch (micro-batches per epoch over `gradient_accumulation_steps`, rounded up).
+    /// Refused together with `max_train_steps`.
+    pub max_train_epochs: Option<usize>,
     /// Micro-batches averaged per optimizer step.
     pub gradient_accumulation_steps: usize,
     /// Global gradient-norm clip (0 disables).
@@ -246,11 +251,17 @@ pub struct TrainConfig {
     pub output_name: String,
     /// Save every N steps (`None`: only at the end).
     pub save_every_n_steps: Option<usize>,
+    /// Also save at the end of every N-th epoch (kohya's name; `None`: not by epochs). Such a
+    /// save is a checkpoint folder named by its step like any other, its `ss_epoch` the epoch.
+    pub save_every_n_epochs: Option<usize>,
     /// Keep only the last K intermediate saves (`None`: keep all); the save with the lowest
     /// validation loss is kept as well.
     pub save_last_n_saves: Option<usize>,
     /// File layout.
     pub save_format: SaveFormat,
+    /// TensorBoard logs (kohya's name): each step's loss, lr, σ mean and validation loss also go
+    /// to event files in `<logging_dir>/<output_name>/` (`None`: CSV log only).
+    pub logging_dir: Option<PathBuf>,
     /// Latent and text-embedding caches (`None`: `<output_dir>/cache`); valid entries are reused
     /// across runs.
     pub cache_dir: Option<PathBuf>,
@@ -307,6 +318,7 @@ impl Default for TrainConfig {
             lr_scheduler_num_cycles: 1,
             lr_scheduler_power: 1.0,
             max_train_steps: None,
+            max_train_epochs: None,
             gradient_accumulation_steps: 1,
             max_grad_norm: 1.0,
             seed: 42,
@@ -328,8 +340,10 @@ impl Default for TrainConfig {
             output_dir: PathBuf::from("output"),
             output_name: "lora".into(),
             save_every_n_steps: None,
+            save_every_n_epochs: None,
             save_last_n_saves: None,
             save_format: SaveFormat::Kohya,
+            logging_dir: None,
             cache_dir: None,
             sample_prompts: None,
             sample_every_n_steps: None,
@@ -417,6 +431,21 @@ impl TrainConfig {
         }
         if self.max_train_steps == Some(0) {
             return bad("max_train_steps", "must be at least 1".into());
+        }
+        match (self.max_train_epochs, self.max_train_steps) {
+            (Some(0), _) => return bad("max_train_epochs", "must be at least 1".into()),
+            (Some(e), Some(s)) => {
+                return bad(
+                    "max_train_epochs",
+                    format!("{e} epochs and max_train_steps = {s} both set the run's length; keep one of them"),
+                )
+            }
+            _ => {}
+        }
+        for (key, n) in [("save_every_n_steps", self.save_every_n_steps), ("save_every_n_epochs", self.save_every_n_epochs)] {
+            if n == Some(0) {
+                return bad(key, "must be at least 1, or unset".into());
+            }
         }
         if self.max_grad_norm < 0.0 {
             return bad("max_grad_norm", "must be ≥ 0 (0 disables clipping)".into());

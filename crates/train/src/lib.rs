@@ -22,6 +22,7 @@
 //! - [`save`]: LoRA files with metadata, self-check, retention.
 //! - [`resume`]: checkpoint folders and `--resume`.
 //! - [`log`]: CSV log, progress bar, NaN/inf guard.
+//! - [`tensorboard`]: the same per-step scalars as TensorBoard event files (`logging_dir`).
 //! - [`source`]: the batch source trait and the cached-data source.
 //! - [`run`]: the [`Trainer`] loop.
 //! - [`tiny_world`]: the embedded tiny world (procedural domain, pretraining, concept detector
@@ -48,6 +49,7 @@ pub mod session;
 pub mod source;
 pub mod step;
 pub mod validation;
+pub mod tensorboard;
 pub mod prompts;
 pub mod font;
 pub mod grid;
@@ -58,7 +60,7 @@ pub mod tiny_world;
 pub use base::BaseModel;
 pub use ema::LoraEma;
 pub use encoders::{FluxLatentEncoder, FluxTextEncoder};
-pub use prepare::{dataset_config, images_per_epoch, prepare_data, with_resolved_steps, CachePlan, PreparedData};
+pub use prepare::{dataset_config, images_per_epoch, prepare_data, steps_per_epoch, with_resolved_steps, CachePlan, PreparedData};
 pub use config::{
     LossType, LrScheduler, ModelPredictionType, ModelType, OptimizerType, SaveFormat, TimestepSampling, TrainConfig,
     WeightingScheme,
@@ -66,6 +68,7 @@ pub use config::{
 pub use error::TrainError;
 pub use inference::{apply_loras, apply_named_loras, resolve_lora_name, sample_prompts, ApplyReport, SampleRun};
 pub use log::{CsvLog, StepRecord};
+pub use tensorboard::EventWriter;
 pub use lora_export::{export_lora, import_lora};
 pub use optimizer::{lr_schedule, TrainOptimizer};
 pub use preset::{PresetAdvice, TrainingPreset};

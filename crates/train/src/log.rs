@@ -163,9 +163,14 @@ impl Progress {
         m
     }
 
-    /// Prints a line above the bar.
+    /// Prints a line above the bar; on stderr by itself when the bar is hidden (`--no-progress`,
+    /// or output that is not a terminal), where indicatif would drop it.
     pub fn println(&self, line: &str) {
-        self.bar.println(line);
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
     }
 
     /// Leaves the bar with a final message.

@@ -73,16 +73,28 @@ pub fn images_per_epoch(dataset: &Dataset) -> usize {
         .sum()
 }
 
-/// `c` with `max_train_steps` filled in: the config's own, else the preset's steps for the
-/// dataset's size ([`crate::TrainingPreset::steps_for`], repeats counted); an error names the fix
-/// when neither is set.
-pub fn with_resolved_steps(c: &TrainConfig, dataset: &Dataset) -> Result<TrainConfig, TrainError> {
+/// Optimizer steps in one epoch of `dataset` under `c`: the loader's micro-batches per epoch
+/// (same-bucket batches of the dataset's batch size) over `gradient_accumulation_steps`, rounded
+/// up.
+pub fn steps_per_epoch(c: &TrainConfig, dataset: &Arc<Dataset>) -> usize {
+    let batches = Loader::new(dataset.clone(), c.seed).batches_per_epoch();
+    batches.div_ceil(c.gradient_accumulation_steps.max(1)).max(1)
+}
+
+/// `c` with `max_train_steps` filled in (and `max_train_epochs` cleared): the config's own, else
+/// `max_train_epochs` × [`steps_per_epoch`], else the preset's steps for the dataset's size
+/// ([`crate::TrainingPreset::steps_for`], repeats counted); an error names the fix when none is
+/// set.
+pub fn with_resolved_steps(c: &TrainConfig, dataset: &Arc<Dataset>) -> Result<TrainConfig, TrainError> {
     let mut c = c.clone();
+    if let (None, Some(epochs)) = (c.max_train_steps, c.max_train_epochs.take()) {
+        c.max_train_steps = Some(epochs * steps_per_epoch(&c, dataset));
+    }
     if c.max_train_steps.is_none() {
         let preset = c.preset.ok_or_else(|| TrainError::Invalid {
             key: "max_train_steps".into(),
-            message: "is not set: give it (e.g. --max_train_steps 1500) or choose a --preset \
-                      (character, style or concept), which derives it from the dataset's size"
+            message: "is not set: give it (e.g. --max_train_steps 1500), give max_train_epochs, or choose \
+                      a --preset (character, style or concept), which derives it from the dataset's size"
                 .into(),
         })?;
         c.max_train_steps = Some(preset.steps_for(images_per_epoch(dataset)));

@@ -42,8 +42,9 @@ pub const LIVE_FILE: &str = "live.safetensors";
 
 /// Config keys that do not change the training math (may differ on resume).
 const BOOKKEEPING_KEYS: &[&str] = &[
-    "output_dir", "output_name", "save_every_n_steps", "save_last_n_saves", "save_format", "sample_prompts",
-    "sample_every_n_steps", "sample_at_first", "validate_every_n_steps", "max_train_steps", "backend",
+    "output_dir", "output_name", "save_every_n_steps", "save_every_n_epochs", "save_last_n_saves", "save_format",
+    "sample_prompts", "sample_every_n_steps", "sample_at_first", "validate_every_n_steps", "max_train_steps",
+    "max_train_epochs", "logging_dir", "backend",
 ];
 
 /// Everything besides tensors that a resumed run needs.
@@ -53,7 +54,7 @@ pub struct TrainState {
     pub format: String,
     /// Optimizer steps completed.
     pub step: u64,
-    /// Data epoch at the checkpoint.
+    /// Whole data epochs read at the checkpoint (`ss_epoch`).
     pub epoch: u64,
     /// The batch source's position (e.g. a `fluxlora_data::LoaderState`).
     pub source: serde_json::Value,

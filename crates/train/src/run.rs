@@ -1,10 +1,12 @@
 //! [`Trainer`]: the loop. Per optimizer step: `gradient_accumulation_steps` micro-batches from a
 //! [`BatchSource`], each with seeded σ/ε draws and a reseeded backend RNG (dropout), forward +
 //! backward ([`training_step`]), NaN/inf guard, averaged gradients, optimizer step at the
-//! scheduled LR, CSV row and progress bar. Saves a resumable checkpoint every
-//! `save_every_n_steps` (keeping the last `save_last_n_saves`) and at the end, where the final
-//! LoRA also goes to `<output_dir>/<output_name>.safetensors`. The effective config is written to
-//! `<output_dir>/<output_name>-config.toml` at start.
+//! scheduled LR, CSV row (and TensorBoard events with `logging_dir`) and progress bar. Saves a
+//! resumable checkpoint every `save_every_n_steps`, at the end of every
+//! `save_every_n_epochs`-th epoch (the step during which the source hands out that epoch's last
+//! micro-batch; [`BatchSource::epochs_completed`]), keeping the last `save_last_n_saves`, and
+//! at the end, where the final LoRA also goes to `<output_dir>/<output_name>.safetensors`. The
+//! effective config is written to `<output_dir>/<output_name>-config.toml` at start.
 //!
 //! With `ema_decay` set, a [`LoraEma`] is updated after every optimizer step; every LoRA file the
 //! trainer writes (checkpoints and the final one) then holds the averages, while the live
@@ -47,6 +49,7 @@ use crate::save::{checkpoint_dir_name, lora_format, prune_checkpoints, save_lora
 use crate::source::BatchSource;
 use crate::monitor::read_validation_history;
 use crate::step::{training_step, StepSettings};
+use crate::tensorboard::{unix_seconds, EventWriter};
 use crate::validation::{BestCheckpoint, ValidationHistory, ValidationSet};
 
 /// The LoRA targets a config asks for (`lora_targets`, block lists, rank, alpha, dropouts).
@@ -77,6 +80,8 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
     /// The CSV log.
     pub csv: PathBuf,
+    /// This run's TensorBoard event file (`logging_dir` set).
+    pub events: Option<PathBuf>,
     /// The self-check of the last save.
     pub self_check: Option<SelfCheck>,
     /// Wall time of `run`.
@@ -196,7 +201,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let settings = StepSettings::from_config(&config)?;
         let optimizer = TrainOptimizer::from_config(&config)?;
         let schedule = lr_schedule(&config, total)?;
-        let started_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let started_at = unix_seconds();
         Ok(Self {
             config,
             model: Some(model),
@@ -368,7 +373,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         TrainState {
             format: STATE_FORMAT.into(),
             step: self.step,
-            epoch: source.epoch(),
+            epoch: source.epochs_completed(),
             source: source.position(),
             seed: self.config.seed,
             rng_counter: self.step,
@@ -437,13 +442,27 @@ impl<B: AutodiffBackend> Trainer<B> {
         } else {
             CsvLog::resume_for(&csv_path, self.step, with_val)?
         };
+        let mut events = match &c.logging_dir {
+            Some(dir) => {
+                let mut w = EventWriter::create(&dir.join(&c.output_name))?;
+                if self.step > 0 {
+                    // Resumed: TensorBoard drops what earlier files logged from here on.
+                    w.session_start(self.step + 1, unix_seconds())?;
+                }
+                Some(w)
+            }
+            None => None,
+        };
         let mut progress = Progress::new(self.total_steps, self.step, self.show_progress);
         let mut last_loss = None;
         observer.on_start(self.step, &self.shown())?;
         while self.step < self.total_steps && !self.stop.load(Ordering::Relaxed) {
+            let epochs_before = source.epochs_completed();
             let mut rec = self.step_once(source)?;
-            let saves = c.save_every_n_steps.filter(|&n| n > 0).is_some_and(|n| self.step % n as u64 == 0)
-                && self.step < self.total_steps;
+            let epochs = source.epochs_completed();
+            let by_steps = c.save_every_n_steps.is_some_and(|n| self.step % n as u64 == 0);
+            let by_epochs = c.save_every_n_epochs.is_some_and(|n| epochs / n as u64 > epochs_before / n as u64);
+            let saves = (by_steps || by_epochs) && self.step < self.total_steps;
             let last = self.step >= self.total_steps || self.stop.load(Ordering::Relaxed);
             if self.validates_at(self.step, saves, last) {
                 let v = self.validation_loss()?;
@@ -451,6 +470,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 rec.val_loss = Some(v);
             }
             csv.write(&rec)?;
+            if let Some(w) = events.as_mut() {
+                w.step_record(&rec)?;
+            }
             progress.update(&rec);
             last_loss = Some(rec.loss);
             for line in observer.on_step(&rec, &self.shown())? {
@@ -460,7 +482,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let dir = self.save_checkpoint(source)?;
                 self.val_history.pair(self.step, dir.clone());
                 self.prune()?;
-                progress.println(&format!("saved step {} to {}", self.step, dir.display()));
+                let at = if by_epochs { format!("step {} (end of epoch {epochs})", self.step) } else { format!("step {}", self.step) };
+                progress.println(&format!("saved {at} to {}", dir.display()));
                 for line in observer.on_checkpoint(self.step, &dir, &self.shown())? {
                     progress.println(&line);
                 }
@@ -477,7 +500,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut lora = None;
         if !stopped {
             let path = c.output_dir.join(format!("{}.safetensors", c.output_name));
-            let meta = self.metadata(source.epoch());
+            let meta = self.metadata(source.epochs_completed());
             let model = self.model.as_mut().expect("model present between steps");
             self.last_check = Some(match &self.ema {
                 Some(ema) => save_lora(&mut ema.averaged(model)?, &path, lora_format(c.save_format), &meta)?,
@@ -494,6 +517,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             lora,
             checkpoint,
             csv: csv_path,
+            events: events.map(|w| w.path().to_path_buf()),
             self_check: self.last_check.clone(),
             seconds: t0.elapsed().as_secs_f64(),
             last_val_loss: self.val_history.last(),

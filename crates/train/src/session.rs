@@ -74,6 +74,7 @@ impl SessionReport {
         let mut v: Vec<PathBuf> = self.run.lora.iter().cloned().collect();
         v.extend(self.run.checkpoint.iter().cloned());
         v.push(self.run.csv.clone());
+        v.extend(self.run.events.iter().cloned());
         v.extend(self.loss_curve.iter().cloned());
         v.extend(self.sample_grids.iter().cloned());
         v.push(self.config_file.clone());
@@ -90,7 +91,9 @@ pub fn train_session<B: AutodiffBackend>(
     config.validate()?;
     let base = BaseModel::resolve(&config)?;
     let mut data = prepare_data::<B::InnerBackend>(&config, &base, device, options.progress)?;
+    // The run's length in steps (from max_train_epochs or the preset when not given as steps).
     config.max_train_steps = Some(data.max_train_steps);
+    config.max_train_epochs = None;
     let sampler = Sampler::<B::InnerBackend>::new(&config, &base, device)?;
     let dtype = if config.base_bf16 { bf16_if_supported::<B>(device) } else { None };
     let flux = base.load_transformer::<B>(dtype, device)?;

@@ -19,8 +19,9 @@ pub trait BatchSource<B: Backend> {
     fn position(&self) -> serde_json::Value;
     /// Continues from a saved position.
     fn restore(&mut self, position: &serde_json::Value) -> Result<(), TrainError>;
-    /// The current data epoch.
-    fn epoch(&self) -> u64;
+    /// Whole epochs read so far (an epoch counts once its last micro-batch has been handed
+    /// out): drives `save_every_n_epochs` and is kohya's `ss_epoch` in the saved metadata.
+    fn epochs_completed(&self) -> u64;
 }
 
 /// Batches of cached latents and text embeddings in the loader's order.
@@ -138,7 +139,7 @@ impl<B: Backend> BatchSource<B> for CachedBatches {
         Ok(())
     }
 
-    fn epoch(&self) -> u64 {
-        self.loader.state().epoch
+    fn epochs_completed(&self) -> u64 {
+        self.loader.epochs_completed()
     }
 }

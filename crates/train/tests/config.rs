@@ -107,7 +107,7 @@ fn a_preset_without_max_train_steps_takes_its_steps_from_the_dataset_size() {
     let c = TrainConfig::load(None, &args("--preset character --resolution 64")).unwrap();
     let c = TrainConfig { train_data_dir: Some(tmp.path().join("images")), ..c };
     assert_eq!(c.max_train_steps, None);
-    let dataset = fluxlora_data::Dataset::open(&dataset_config(&c).unwrap(), &Default::default()).unwrap();
+    let dataset = std::sync::Arc::new(fluxlora_data::Dataset::open(&dataset_config(&c).unwrap(), &Default::default()).unwrap());
     // Character: 100 steps per image seen in an epoch, within 1000–3000.
     let advice = TrainingPreset::Character.advice();
     assert_eq!((advice.steps_per_image, advice.min_steps, advice.max_steps), (100, 1000, 3000));
@@ -115,6 +115,14 @@ fn a_preset_without_max_train_steps_takes_its_steps_from_the_dataset_size() {
     // The config's own value wins; with neither, the error names the key and both fixes.
     let own = TrainConfig { max_train_steps: Some(7), ..c.clone() };
     assert_eq!(with_resolved_steps(&own, &dataset).unwrap().max_train_steps, Some(7));
+    // Epochs (kohya's max_train_epochs) win over the preset: 12 images per epoch in batches of 4
+    // are 3 micro-batches, 2 optimizer steps with 2 accumulated per step; 3 epochs are 6 steps.
+    let by_epochs = TrainConfig { max_train_epochs: Some(3), train_batch_size: 4, gradient_accumulation_steps: 2, ..c.clone() };
+    let batched = std::sync::Arc::new(fluxlora_data::Dataset::open(&dataset_config(&by_epochs).unwrap(), &Default::default()).unwrap());
+    assert_eq!(fluxlora_train::steps_per_epoch(&by_epochs, &batched), 2);
+    assert_eq!(with_resolved_steps(&by_epochs, &batched).unwrap().max_train_steps, Some(6));
+    let single = TrainConfig { max_train_epochs: Some(3), ..c.clone() };
+    assert_eq!(with_resolved_steps(&single, &dataset).unwrap().max_train_steps, Some(36));
     match with_resolved_steps(&TrainConfig { preset: None, ..c }, &dataset) {
         Err(TrainError::Invalid { key, message }) => {
             assert_eq!(key, "max_train_steps");
@@ -122,4 +130,17 @@ fn a_preset_without_max_train_steps_takes_its_steps_from_the_dataset_size() {
         }
         other => panic!("expected an invalid key, got {other:?}"),
     }
+}
+
+#[test]
+fn run_length_and_save_intervals_are_checked() {
+    let err = TrainConfig::load(None, &args("--max_train_steps 100 --max_train_epochs 4")).unwrap_err();
+    assert!(matches!(&err, TrainError::Invalid { key, message } if key == "max_train_epochs" && message.contains("keep one")), "{err}");
+    for flags in ["--max_train_epochs 0", "--save_every_n_epochs 0", "--save_every_n_steps 0"] {
+        let err = TrainConfig::load(None, &args(flags)).unwrap_err();
+        let key = flags.split_whitespace().next().unwrap().trim_start_matches("--");
+        assert!(matches!(&err, TrainError::Invalid { key: k, .. } if k == key), "{flags}: {err}");
+    }
+    let ok = TrainConfig::load(None, &args("--max_train_epochs 4 --save_every_n_epochs 2")).unwrap();
+    assert_eq!((ok.max_train_epochs, ok.save_every_n_epochs), (Some(4), Some(2)));
 }

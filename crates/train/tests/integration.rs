@@ -7,6 +7,7 @@ mod ema;
 mod kill_during_save;
 mod pipeline;
 mod resume;
+mod tensorboard;
 mod trainer;
 mod tiny_world;
 mod validation;

@@ -104,16 +104,19 @@ fn session_trains_samples_saves_and_the_reloaded_lora_samples_the_same() {
     write_images(&tmp.path().join("images"));
     let prompts = tmp.path().join("prompts.txt");
     std::fs::write(&prompts, "# one held-out prompt\nsks on a blue background --w 64 --h 64 --s 3 --d 5\n").unwrap();
+    // One epoch (kohya's max_train_epochs): 4 images in two buckets at batch 1 are 4 steps.
     let c = TrainConfig {
         sample_prompts: Some(prompts),
         sample_at_first: true,
         save_every_n_steps: Some(2),
         learning_rate: 5e-2,
+        max_train_steps: None,
+        max_train_epochs: Some(1),
         ..config(tmp.path(), 3)
     };
     let dev = Default::default();
     let report = train_session::<AB>(c.clone(), &dev, SessionOptions::default()).unwrap();
-    assert_eq!(report.run.steps, 3);
+    assert_eq!(report.run.steps, 4);
     assert_eq!(report.images, 4);
     assert_eq!(report.sample_grids.len(), 2, "step 0 and the end: {:?}", report.sample_grids);
     for f in report.files() {

@@ -55,6 +55,28 @@ fn a_run_writes_config_log_lora_and_keeps_the_last_checkpoints() {
 }
 
 #[test]
+fn epoch_saves_come_at_the_step_that_ends_the_epoch() {
+    let _g = backend_rng_lock();
+    // 3 micro-batches per step and 4 per epoch: epochs 1, 2 and 3 end during steps 2, 3 and 4.
+    let run = |every: usize| {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig { save_every_n_epochs: Some(every), gradient_accumulation_steps: 3, ..tiny_train_config(d.path(), 5) };
+        let mut t = Trainer::new(cfg, tiny_flux(4), Default::default()).unwrap().with_progress(false);
+        t.run(&mut RandomBatches::new(4)).unwrap();
+        let saves = list_checkpoints(d.path(), "tiny").unwrap();
+        let epoch_of = |dir: &std::path::Path| {
+            let (w, _) = read_lora(&dir.join("tiny.safetensors")).unwrap();
+            w.metadata["ss_epoch"].parse::<u64>().unwrap()
+        };
+        saves.iter().map(|(step, dir)| (*step, epoch_of(dir))).collect::<Vec<_>>()
+    };
+    assert_eq!(BATCHES_PER_EPOCH, 4);
+    // (step, whole epochs read); the last save is the end of the run (15 micro-batches).
+    assert_eq!(run(1), vec![(2, 1), (3, 2), (4, 3), (5, 3)]);
+    assert_eq!(run(2), vec![(3, 2), (5, 3)]);
+}
+
+#[test]
 fn every_save_format_reloads_to_the_trained_delta() {
     let _g = backend_rng_lock();
     for (format, want) in [(SaveFormat::Peft, LoraFormat::Peft), (SaveFormat::Comfyui, LoraFormat::ComfyUi)] {

@@ -59,8 +59,12 @@ pub fn tiny_train_config(out: &std::path::Path, steps: usize) -> TrainConfig {
     }
 }
 
+/// Micro-batches per epoch of [`RandomBatches`].
+pub const BATCHES_PER_EPOCH: u64 = 4;
+
 /// Batches of `batch` random samples on a `grid` token grid, batch `k` derived from
-/// `(seed, k)`; sample 1 of every batch is a regularisation image.
+/// `(seed, k)`; sample 1 of every batch is a regularisation image. An epoch is
+/// [`BATCHES_PER_EPOCH`] batches.
 #[derive(Debug, Clone)]
 pub struct RandomBatches {
     pub seed: u64,
@@ -114,8 +118,8 @@ impl<B: Backend> BatchSource<B> for RandomBatches {
         Ok(())
     }
 
-    fn epoch(&self) -> u64 {
-        self.next / 4
+    fn epochs_completed(&self) -> u64 {
+        self.next / BATCHES_PER_EPOCH
     }
 }
 
