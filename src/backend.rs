@@ -4,7 +4,9 @@
 //! time [`select`] takes an explicit choice (a `--backend` flag, else the `FLUXLORA_BACKEND`
 //! environment variable) or picks automatically: CUDA when compiled and an NVIDIA driver is
 //! present, else wgpu when a real (non-software) GPU adapter exists, else ndarray on the CPU.
-//! [`with_backend!`](crate::with_backend) then runs generic code on the chosen type.
+//! Inside this crate, `with_backend!` then runs generic code on the chosen type: the jobs
+//! ([`crate::jobs`]) are its only users, so each backend's instantiation of the generic stack
+//! is compiled once, in this crate, and never in an example or a caller.
 
 use std::fmt;
 use std::str::FromStr;
@@ -137,10 +139,9 @@ pub fn hardware_gpu_adapter() -> bool {
 /// is left to the body) and `$dev` to its default device.
 ///
 /// ```ignore
-/// let kind = fluxlora::backend::select(args.backend.as_deref())?;
-/// fluxlora::with_backend!(kind, |B, dev| train::<B>(&config, &dev))?;
+/// let kind = backend::select(args.backend.as_deref())?;
+/// backend::with_backend!(kind, |B, dev| train::<B>(&config, &dev))?;
 /// ```
-#[macro_export]
 macro_rules! with_backend {
     ($kind:expr, |$B:ident, $dev:ident| $body:expr) => {{
         match $kind {
@@ -167,37 +168,4 @@ macro_rules! with_backend {
         }
     }};
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_names_and_rejects_unknown() {
-        assert_eq!("CUDA".parse::<BackendKind>().unwrap(), BackendKind::Cuda);
-        assert_eq!("cpu".parse::<BackendKind>().unwrap(), BackendKind::NdArray);
-        assert!(matches!("tpu".parse::<BackendKind>(), Err(BackendError::Unknown(_))));
-    }
-
-    #[test]
-    fn explicit_request_respects_compiled_features() {
-        for kind in BackendKind::ALL {
-            let got = select(Some(kind.name()));
-            if kind.compiled() {
-                assert_eq!(got.unwrap(), kind);
-            } else {
-                assert_eq!(got.unwrap_err(), BackendError::NotCompiled(kind));
-            }
-        }
-        assert!(select(Some("bogus")).is_err());
-    }
-
-    #[test]
-    fn auto_picks_a_compiled_backend() {
-        let kind = select(Some("auto")).unwrap();
-        assert!(kind.compiled());
-        if !nvidia_driver_present() && !hardware_gpu_adapter() && BackendKind::NdArray.compiled() {
-            assert_eq!(kind, BackendKind::NdArray);
-        }
-    }
-}
+pub(crate) use with_backend;

@@ -1,7 +1,7 @@
 //! Tagger parity: every `fixtures/parity/*/case.json` with `"component": "tagger"` (and those
 //! under `$FLUXLORA_PARITY_DIR`) against timm's logits, on NdArray; the WD-layout case end to end
 //! (image file → probabilities → caption) against the WD v3 timm reference preprocessing. The
-//! wgpu case is in the root package's `tests/wgpu_backend.rs`.
+//! wgpu case is in the root package's `tests/integration/wgpu_backend.rs`.
 
 use std::path::Path;
 

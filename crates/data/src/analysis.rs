@@ -1,6 +1,7 @@
 //! Decoding every image once, in parallel: size after EXIF orientation, content hash, alpha,
 //! perceptual hash and sharpness. Both the quality report and the trainer's dataset are built
-//! from this; a file that fails to decode is kept with its reason.
+//! from this; a file that fails to decode (or is over the config's image limits) is kept with
+//! its reason.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{decode_file, DecodeFailure, DecodedImage};
+use crate::decode::{decode_file_with, DecodeFailure, DecodedImage};
 use crate::progress::Progress;
 use crate::quality::{blur, phash};
 use crate::spec::DatasetSpec;
@@ -29,6 +30,9 @@ pub struct ImageInfo {
     pub dhash: Option<u64>,
     /// Variance of the Laplacian at the working size; `None` when too small to measure.
     pub sharpness: Option<f64>,
+    /// Decoder warnings, e.g. an animated file of which only the first frame is used.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl ImageInfo {
@@ -45,6 +49,7 @@ impl ImageInfo {
             thumbnail: thumb.clone(),
             dhash: thumb.as_deref().map(phash::dhash),
             sharpness: blur::sharpness(&d.image),
+            warnings: d.warnings.clone(),
         }
     }
 }
@@ -56,8 +61,10 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// Decodes every image of `spec` (each path once) on the rayon pool.
+    /// Decodes every image of `spec` (each path once) on the rayon pool, refusing images over
+    /// the config's [`crate::decode::ImageLimits`] before decoding them.
     pub fn run(spec: &DatasetSpec, progress: &Progress) -> Analysis {
+        let limits = spec.config.image_limits;
         let mut paths: Vec<PathBuf> = spec.images.iter().map(|r| r.path.clone()).collect();
         paths.sort();
         paths.dedup();
@@ -65,7 +72,7 @@ impl Analysis {
         let images = paths
             .into_par_iter()
             .map(|p| {
-                let r = decode_file(&p)
+                let r = decode_file_with(&p, &limits)
                     .map(|d| ImageInfo::measure(&d))
                     .map_err(|DecodeFailure { reason }| reason);
                 bar.inc(1);

@@ -10,7 +10,7 @@ use crate::analysis::{Analysis, ImageInfo};
 use crate::bucket::{assign_bucket, crop_rect, Bucket, BucketAssignment, CropRect};
 use crate::caption::{CaptionSettings, CaptionSource};
 use crate::config::{DatasetConfig, SubsetSettings};
-use crate::decode::decode_file;
+use crate::decode::{decode_file_with, TOO_LARGE};
 use crate::error::{DataError, Result};
 use crate::pixels::{training_pixels, TrainingPixels};
 use crate::problem::{Problem, ProblemKind, Severity};
@@ -68,13 +68,29 @@ pub fn classify(spec: &DatasetSpec, analysis: &Analysis) -> (Vec<Item>, Vec<Prob
     let mut problems = spec.problems.clone();
     let mut items = Vec::new();
     let mut reported = std::collections::BTreeSet::new();
+    let mut warned = std::collections::BTreeSet::new();
     for rec in &spec.images {
         let info = match analysis.images.get(&rec.path) {
-            Some(Ok(info)) => info.clone(),
+            Some(Ok(info)) => {
+                if warned.insert(rec.path.clone()) {
+                    for w in &info.warnings {
+                        // Animation is the only decoder warning.
+                        problems.push(Problem::new(
+                            ProblemKind::AnimatedImage,
+                            Severity::Warning,
+                            Some(rec.path.clone()),
+                            w.clone(),
+                        ));
+                    }
+                }
+                info.clone()
+            }
             Some(Err(reason)) => {
                 if reported.insert(rec.path.clone()) {
                     let kind = if reason.starts_with("unreadable") {
                         ProblemKind::UnreadableImage
+                    } else if reason.starts_with(TOO_LARGE) {
+                        ProblemKind::ImageTooLarge
                     } else {
                         ProblemKind::CorruptImage
                     };
@@ -208,7 +224,8 @@ impl Dataset {
     /// dataset was opened.
     pub fn load_pixels(&self, sample: &Sample) -> Result<TrainingPixels> {
         let it = &self.items[sample.item];
-        let decoded = decode_file(&it.path).map_err(|f| DataError::Image {
+        let limits = &self.config.image_limits;
+        let decoded = decode_file_with(&it.path, limits).map_err(|f| DataError::Image {
             path: it.path.clone(),
             reason: f.reason,
         })?;
@@ -332,6 +349,7 @@ mod tests {
             thumbnail: None,
             dhash: None,
             sharpness: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -349,6 +367,7 @@ mod tests {
         let config = DatasetConfig {
             source: "test".into(),
             skip_bad_images: false,
+            image_limits: Default::default(),
             datasets: vec![DatasetSettings {
                 batch_size: 1,
                 buckets: Default::default(),

@@ -48,6 +48,7 @@ pub use cache::{BuildOptions, BuildStats};
 pub use caption::{CaptionSettings, CaptionSource};
 pub use config::{BucketSettings, DatasetConfig, DatasetSettings, SubsetSettings};
 pub use dataset::{Dataset, Item, Sample};
+pub use decode::{DecodeFailure, DecodedImage, ImageLimits};
 pub use error::{DataError, Result};
 pub use loader::{epoch_plan, Batch, Loader, LoaderState, Prefetched, Prefetcher};
 pub use pixels::{training_pixels, TrainingPixels};

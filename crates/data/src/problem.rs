@@ -22,12 +22,17 @@ pub enum ProblemKind {
     NoImages,
     UnreadableImage,
     CorruptImage,
+    /// The header declares an image over the [`crate::decode::ImageLimits`] (pixels, side or
+    /// decoded bytes); refused before decoding. Blocking unless `skip_bad_images`.
+    ImageTooLarge,
     CaptionNotUtf8,
     CaptionUnreadable,
     CannotBucket,
     OrphanCaption,
     MissingCaption,
     Upscaled,
+    /// An animated PNG or WebP: only its first frame is used (a warning).
+    AnimatedImage,
     NearDuplicate,
     Blurry,
     MissingTrigger,

@@ -37,6 +37,7 @@ fn valid(s: &BucketSettings) -> bool {
     let cfg = DatasetConfig {
         source: "props".into(),
         skip_bad_images: false,
+        image_limits: Default::default(),
         datasets: vec![DatasetSettings {
             batch_size: 1,
             buckets: *s,

@@ -9,8 +9,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum FluxError {
     /// The checkpoint could not be opened or read by the I/O layer.
-    #[error("cannot read checkpoint {path}: {message}")]
-    Io { path: PathBuf, message: String },
+    #[error("cannot read checkpoint {path}: {source}")]
+    Io {
+        /// The checkpoint (file or folder).
+        path: PathBuf,
+        /// The I/O layer's error, kept whole.
+        source: fluxlora_io::IoError,
+    },
 
     /// The checkpoint's key names match none of the known Flux layouts.
     #[error(
@@ -50,6 +55,10 @@ pub enum FluxError {
     /// A `tokenizer.json` cannot be loaded or applied.
     #[error("tokenizer {path}: {message}")]
     Tokenizer { path: PathBuf, message: String },
+
+    /// A tensor's values could not be read back to the host.
+    #[error("reading a tensor back to the host failed: {0}")]
+    ReadBack(String),
 
     /// A LoRA adapter could not be built.
     #[error(transparent)]

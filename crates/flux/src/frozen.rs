@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::{ConvOptions, PaddedConvOptions};
-use burn::tensor::{backend::Backend, DType, Distribution, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Distribution, Tensor};
+use fluxlora_io::text_encoder_keys::TextEncoderKeys;
 use fluxlora_io::{Checkpoint, HostTensor};
 
 use crate::error::{FluxError, Result};
@@ -53,15 +54,19 @@ pub(crate) fn model_subfolder(path: &Path, sub: &str) -> PathBuf {
     path.to_path_buf()
 }
 
-/// The key prefix of a checkpoint (e.g. `text_model.` or a ComfyUI wrapper prefix): what stands
-/// before `probe` in the first key that ends with it; `None` when no key does.
-pub(crate) fn key_prefix(ckpt: &Checkpoint, probe: &str) -> Option<String> {
-    ckpt.names().find(|n| n.ends_with(probe)).map(|n| n[..n.len() - probe.len()].to_string())
+/// The key prefix of a text encoder's checkpoint at `path` (e.g. `text_model.` or a ComfyUI
+/// wrapper prefix), found by the I/O crate's probe for the model.
+pub(crate) fn text_encoder_prefix(ckpt: &Checkpoint, path: &Path, keys: &TextEncoderKeys) -> Result<String> {
+    keys.detect_prefix(ckpt.names()).ok_or_else(|| FluxError::UnknownModelFormat {
+        path: path.into(),
+        model: keys.model,
+        expected: keys.expected,
+    })
 }
 
 /// Opens a checkpoint, mapping the I/O error into [`FluxError::Io`].
 pub(crate) fn open_checkpoint(path: &Path) -> Result<Checkpoint> {
-    Checkpoint::open(path).map_err(|e| FluxError::Io { path: path.into(), message: e.to_string() })
+    Checkpoint::open(path).map_err(|e| FluxError::Io { path: path.into(), source: e })
 }
 
 /// Reads tensors by model-internal name from a checkpoint, translating each name to the file's
@@ -123,20 +128,20 @@ impl<'a, B: Backend> WeightReader<'a, B> {
         if found != expected && !alternatives.iter().any(|a| *a == found.as_slice()) {
             return Err(FluxError::ShapeMismatch { path: self.path.clone(), key, expected: expected.to_vec(), found });
         }
-        let mut t = self.ckpt.read_f32(&key).map_err(|e| FluxError::Io { path: self.path.clone(), message: e.to_string() })?;
+        let mut t = self.ckpt.read_f32(&key).map_err(|e| FluxError::Io { path: self.path.clone(), source: e })?;
         t.shape = expected.to_vec();
         self.used.insert(key);
         Ok(t)
     }
 
-    fn upload<const D: usize>(&self, t: HostTensor) -> Tensor<B, D> {
-        Tensor::from_data(TensorData::new(t.data, t.shape), (&self.device, self.dtype))
+    fn upload<const D: usize>(&self, t: HostTensor) -> Result<Tensor<B, D>> {
+        crate::host::upload_as(t, &self.device, self.dtype)
     }
 
     /// Reads `name` with shape `shape` onto the device.
     pub(crate) fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
         let t = self.host(name, &shape, &[])?;
-        Ok(self.upload(t))
+        self.upload(t)
     }
 
     /// Reads `name` with shape `shape` onto the device as a frozen parameter.
@@ -151,7 +156,7 @@ impl<'a, B: Backend> WeightReader<'a, B> {
         let alts: &[&[usize]] = if allow_1x1 { &[alt] } else { &[] };
         let w = self.host(&format!("{name}.weight"), &[d_out, d_in], alts)?;
         let w = w.transpose().map_err(|e| FluxError::Config(e.to_string()))?;
-        let weight = frozen(self.upload(w));
+        let weight = frozen(self.upload(w)?);
         let bias = if bias { Some(self.param(&format!("{name}.bias"), [d_out])?) } else { None };
         Ok(Linear { weight, bias })
     }

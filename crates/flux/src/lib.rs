@@ -26,6 +26,7 @@ pub mod clip;
 pub mod error;
 pub mod export;
 pub mod frozen;
+pub mod host;
 pub mod latents;
 pub mod sampler;
 pub mod schedule;

@@ -1,26 +1,23 @@
-//! Parity of the autoencoder, CLIP, T5 and tokenizer cases in `fixtures/parity/` (components
-//! listed in `common/encoders.rs`) on NdArray (the wgpu case is in the
-//! root package's `tests/wgpu_backend.rs`).
+//! Parity of the autoencoder, CLIP, T5 and tokenizer cases in `fixtures/parity/` (and in
+//! `$FLUXLORA_PARITY_DIR` when set; components listed in `common/encoders.rs`) on NdArray (the
+//! wgpu case is in the root package's `tests/integration/wgpu_backend.rs`).
 
 #[path = "common/encoders.rs"]
 mod encoders;
 
-use std::path::{Path, PathBuf};
-
 use burn::backend::NdArray;
 
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity")
-}
+use crate::common::{case_dirs, fixtures_dir};
 
 #[test]
 fn every_encoder_case_matches_its_reference() {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("case.json").is_file())
-        .collect();
-    dirs.sort();
+    let mut dirs = case_dirs(&fixtures_dir());
+    let committed = dirs.len();
+    if let Ok(extra) = std::env::var("FLUXLORA_PARITY_DIR") {
+        let more = case_dirs(std::path::Path::new(&extra));
+        assert!(!more.is_empty(), "FLUXLORA_PARITY_DIR={extra} holds no case folders");
+        dirs.extend(more);
+    }
     let dev = Default::default();
     let (mut ran, mut failures) = (0, Vec::new());
     for dir in &dirs {
@@ -37,6 +34,6 @@ fn every_encoder_case_matches_its_reference() {
             Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
-    assert!(ran >= 12, "expected the 12 committed encoder cases, ran {ran}");
+    assert!(ran >= 12, "expected the 12 committed encoder cases (of {committed} case folders), ran {ran}");
     assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
 }

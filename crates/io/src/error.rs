@@ -161,6 +161,17 @@ pub enum IoError {
         wanted: &'static str,
     },
 
+    /// A float tensor holds NaN or ±inf (a poisoned or diverged checkpoint).
+    #[error("{path}: tensor `{key}` holds {value} at element {index} of {count}; the file is damaged or \
+             was saved from a diverged run: resume from an earlier checkpoint, or retrain")]
+    NonFinite {
+        path: PathBuf,
+        key: String,
+        value: f32,
+        index: usize,
+        count: usize,
+    },
+
     /// A sharded-checkpoint index or folder is malformed.
     #[error("{path}: {problem}")]
     ShardIndex { path: PathBuf, problem: String },

@@ -11,10 +11,13 @@
 //! concatenation (diffusers splits BFL's fused `qkv` into `to_q/to_k/to_v`, and single-block
 //! `linear1` into `to_q/to_k/to_v/proj_mlp`), or a swap of the two row halves (diffusers'
 //! `norm_out.linear` is (scale, shift), BFL's `final_layer.adaLN_modulation.1` is (shift, scale)).
-//! These are the inverses of diffusers' `convert_flux_transformer_checkpoint_to_diffusers`.
+//! These are the inverses of diffusers' `convert_flux_transformer_checkpoint_to_diffusers`; the
+//! linears' names come from the one table in [`flux_linears`](crate::flux_linears).
 //!
 //! Nothing here reads tensors: callers look shapes up with [`Recipe::shape`] and assemble data
 //! themselves, one tensor at a time.
+
+use crate::flux_linears::{outer, DOUBLE_BLOCK_LINEARS, OUTER_LINEARS, SINGLE_BLOCK_LINEARS};
 
 /// Which naming a checkpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,79 +161,39 @@ fn split_param(key: &str) -> Option<(&str, &str)> {
 fn diffusers_recipe(bfl_key: &str) -> Option<Recipe> {
     let same = |s: String| Some(Recipe::Same(s));
     let (module, param) = split_param(bfl_key)?;
-    // Top-level modules.
-    let top = match module {
-        "img_in" => Some("x_embedder"),
-        "txt_in" => Some("context_embedder"),
-        "time_in.in_layer" => Some("time_text_embed.timestep_embedder.linear_1"),
-        "time_in.out_layer" => Some("time_text_embed.timestep_embedder.linear_2"),
-        "vector_in.in_layer" => Some("time_text_embed.text_embedder.linear_1"),
-        "vector_in.out_layer" => Some("time_text_embed.text_embedder.linear_2"),
-        "guidance_in.in_layer" => Some("time_text_embed.guidance_embedder.linear_1"),
-        "guidance_in.out_layer" => Some("time_text_embed.guidance_embedder.linear_2"),
-        "final_layer.linear" => Some("proj_out"),
-        _ => None,
-    };
-    if let Some(d) = top {
-        return same(format!("{d}.{param}"));
-    }
-    if module == "final_layer.adaLN_modulation.1" {
-        return Some(Recipe::SwapHalves(format!("norm_out.linear.{param}")));
+    // Linears outside the blocks.
+    if let Some(linear) = OUTER_LINEARS.iter().find(|l| l.bfl == module) {
+        let d = linear.diffusers[0];
+        return if *linear == outer::FINAL_MODULATION {
+            Some(Recipe::SwapHalves(format!("{d}.{param}")))
+        } else {
+            same(format!("{d}.{param}"))
+        };
     }
     let mut parts = module.splitn(3, '.');
     let (kind, idx, leaf) = (parts.next()?, parts.next()?, parts.next()?);
     let _: usize = idx.parse().ok()?;
-    match kind {
-        "double_blocks" => {
-            let b = format!("transformer_blocks.{idx}");
-            let qkv = |names: [&str; 3]| {
-                Some(Recipe::ConcatRows(
-                    names
-                        .iter()
-                        .map(|n| format!("{b}.attn.{n}.{param}"))
-                        .collect(),
-                ))
-            };
-            let d = match (leaf, param) {
-                ("img_mod.lin", _) => format!("norm1.linear.{param}"),
-                ("txt_mod.lin", _) => format!("norm1_context.linear.{param}"),
-                ("img_attn.qkv", _) => return qkv(["to_q", "to_k", "to_v"]),
-                ("txt_attn.qkv", _) => return qkv(["add_q_proj", "add_k_proj", "add_v_proj"]),
-                ("img_attn.norm.query_norm", "scale") => "attn.norm_q.weight".into(),
-                ("img_attn.norm.key_norm", "scale") => "attn.norm_k.weight".into(),
-                ("txt_attn.norm.query_norm", "scale") => "attn.norm_added_q.weight".into(),
-                ("txt_attn.norm.key_norm", "scale") => "attn.norm_added_k.weight".into(),
-                ("img_attn.proj", _) => format!("attn.to_out.0.{param}"),
-                ("txt_attn.proj", _) => format!("attn.to_add_out.{param}"),
-                ("img_mlp.0", _) => format!("ff.net.0.proj.{param}"),
-                ("img_mlp.2", _) => format!("ff.net.2.{param}"),
-                ("txt_mlp.0", _) => format!("ff_context.net.0.proj.{param}"),
-                ("txt_mlp.2", _) => format!("ff_context.net.2.{param}"),
-                _ => return None,
-            };
-            same(format!("{b}.{d}"))
-        }
-        "single_blocks" => {
-            let b = format!("single_transformer_blocks.{idx}");
-            let d = match (leaf, param) {
-                ("linear1", _) => {
-                    return Some(Recipe::ConcatRows(vec![
-                        format!("{b}.attn.to_q.{param}"),
-                        format!("{b}.attn.to_k.{param}"),
-                        format!("{b}.attn.to_v.{param}"),
-                        format!("{b}.proj_mlp.{param}"),
-                    ]))
-                }
-                ("linear2", _) => format!("proj_out.{param}"),
-                ("modulation.lin", _) => format!("norm.linear.{param}"),
-                ("norm.query_norm", "scale") => "attn.norm_q.weight".into(),
-                ("norm.key_norm", "scale") => "attn.norm_k.weight".into(),
-                _ => return None,
-            };
-            same(format!("{b}.{d}"))
-        }
-        _ => None,
+    let (block, linears) = match kind {
+        "double_blocks" => (format!("transformer_blocks.{idx}"), &DOUBLE_BLOCK_LINEARS[..]),
+        "single_blocks" => (format!("single_transformer_blocks.{idx}"), &SINGLE_BLOCK_LINEARS[..]),
+        _ => return None,
+    };
+    // Block linears: one diffusers module, or the rows of several.
+    if let Some(linear) = linears.iter().find(|l| l.bfl == leaf) {
+        let mut names = linear.diffusers.iter().map(|d| format!("{block}.{d}.{param}"));
+        return if linear.is_fused() { Some(Recipe::ConcatRows(names.collect())) } else { names.next().map(Recipe::Same) };
     }
+    // QK-norm scales.
+    let d = match (kind, leaf, param) {
+        ("double_blocks", "img_attn.norm.query_norm", "scale") => "attn.norm_q.weight",
+        ("double_blocks", "img_attn.norm.key_norm", "scale") => "attn.norm_k.weight",
+        ("double_blocks", "txt_attn.norm.query_norm", "scale") => "attn.norm_added_q.weight",
+        ("double_blocks", "txt_attn.norm.key_norm", "scale") => "attn.norm_added_k.weight",
+        ("single_blocks", "norm.query_norm", "scale") => "attn.norm_q.weight",
+        ("single_blocks", "norm.key_norm", "scale") => "attn.norm_k.weight",
+        _ => return None,
+    };
+    same(format!("{block}.{d}"))
 }
 
 #[cfg(test)]

@@ -18,8 +18,11 @@
 //! - [`tensor`] — [`HostTensor`].
 //! - [`safetensors`] — header validation, the mmap reader, dtypes, the writer.
 //! - [`sharded`] — [`Checkpoint`] over single or sharded files.
+//! - [`flux_linears`] — the one table of the transformer's linears (BFL and diffusers names).
 //! - [`flux_keys`] — BFL ↔ diffusers key layouts of full transformer checkpoints (for the model
 //!   loader).
+//! - [`ae_keys`] — BFL ↔ diffusers key layouts of autoencoder checkpoints.
+//! - [`text_encoder_keys`] — how CLIP-L and T5 checkpoints are recognised (probe key, prefix).
 //! - [`atomic`] — [`atomic_write`].
 //! - [`lora`] — canonical LoRA, key maps per format, exact fuse/split, detection.
 //! - [`lora::ops`] — LoRA tools: inspect, convert, resize by SVD, extract from two
@@ -27,14 +30,18 @@
 //! - [`metadata`] — kohya training metadata.
 //! - [`error`] — [`IoError`], the crate's one error type.
 
+pub mod ae_keys;
 pub mod atomic;
 pub mod error;
 pub mod flux_keys;
+pub mod flux_linears;
 pub mod lora;
 pub mod metadata;
 pub mod safetensors;
 pub mod sharded;
 pub mod tensor;
+pub mod text_encoder_keys;
+mod zz_tmp_equiv;
 
 pub use atomic::{atomic_write, sync_dir};
 pub use error::{IoError, Result};

@@ -10,11 +10,11 @@
 //! With `relative_step` the `lr` given to `step` is ignored (as transformers requires `lr=None`);
 //! group `lr_scale`s still multiply the computed step size.
 
-use burn::optim::SimpleOptimizer;
 use burn::record::Record;
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 
-use crate::rule::{float_bytes, host_f32, host_step, HostEntries, OptimizerRule, ParamSlot, ParamState};
+use crate::per_tensor::{per_tensor_rule, TensorUpdate};
+use crate::rule::{float_bytes, host_step, named_f32, HostEntries, ParamState};
 use crate::OptimError;
 
 /// Adafactor hyper-parameters (transformers defaults).
@@ -123,16 +123,8 @@ impl Adafactor {
 
     /// One update of a flattened parameter of `shape`; `lr` is used only without `relative_step`,
     /// `lr_scale` always multiplies the step size.
-    pub fn update_tensor<B: Backend>(
-        &self,
-        lr: f64,
-        lr_scale: f64,
-        weight_decay: f64,
-        shape: &[usize],
-        param: Tensor<B, 1>,
-        grad: Tensor<B, 1>,
-        state: Option<AdafactorState<B>>,
-    ) -> (Tensor<B, 1>, AdafactorState<B>) {
+    pub fn update_tensor<B: Backend>(&self, update: TensorUpdate<'_, B, AdafactorState<B>>) -> (Tensor<B, 1>, AdafactorState<B>) {
+        let TensorUpdate { lr, lr_scale, weight_decay, shape, param, grad, state } = update;
         let c = &self.config;
         let device = param.device();
         let factored = factor_dims(shape);
@@ -201,20 +193,13 @@ impl Adafactor {
 
 impl<B: Backend> ParamState<B> for AdafactorState<B> {
     fn to_host(&self) -> Vec<(&'static str, TensorData)> {
-        let mut out = vec![("step", host_step(self.step))];
-        if let Some(t) = &self.exp_avg {
-            out.push(("exp_avg", host_f32(t)));
-        }
-        if let Some(t) = &self.exp_avg_sq_row {
-            out.push(("exp_avg_sq_row", host_f32(t)));
-        }
-        if let Some(t) = &self.exp_avg_sq_col {
-            out.push(("exp_avg_sq_col", host_f32(t)));
-        }
-        if let Some(t) = &self.exp_avg_sq {
-            out.push(("exp_avg_sq", host_f32(t)));
-        }
-        out
+        let moments = [
+            named_f32("exp_avg", &self.exp_avg),
+            named_f32("exp_avg_sq_row", &self.exp_avg_sq_row),
+            named_f32("exp_avg_sq_col", &self.exp_avg_sq_col),
+            named_f32("exp_avg_sq", &self.exp_avg_sq),
+        ];
+        std::iter::once(("step", host_step(self.step))).chain(moments.into_iter().flatten()).collect()
     }
 
     fn from_host(e: &mut HostEntries, shape: &[usize], device: &B::Device) -> Result<Self, String> {
@@ -256,61 +241,20 @@ impl<B: Backend> ParamState<B> for AdafactorState<B> {
     }
 }
 
-impl<B: Backend> OptimizerRule<B> for Adafactor {
-    type State = AdafactorState<B>;
-
-    fn name(&self) -> &'static str {
-        "adafactor"
-    }
-
-    fn describe(&self) -> String {
-        format!("{:?}", self.config)
-    }
-
-    fn validate_state(&self, _shape: &[usize], state: &Self::State) -> Result<(), String> {
+impl Adafactor {
+    /// Checks that a loaded state has a first moment exactly when `beta1` is set.
+    fn check_state<B: Backend>(&self, state: &AdafactorState<B>) -> Result<(), String> {
         if state.exp_avg.is_some() != self.config.beta1.is_some() {
             return Err("`exp_avg` presence does not match beta1 (saved with a different beta1 setting)".into());
         }
         Ok(())
     }
-
-    fn step(&mut self, lr: f64, slots: &mut [ParamSlot<B, Self::State>]) {
-        for slot in slots.iter_mut() {
-            let wd = slot.weight_decay.unwrap_or(self.config.weight_decay);
-            let (p, s) = self.update_tensor(
-                lr,
-                slot.lr_scale,
-                wd,
-                &slot.shape,
-                slot.param.clone(),
-                slot.grad.clone(),
-                slot.state.take(),
-            );
-            slot.param = p;
-            slot.state = Some(s);
-        }
-    }
 }
 
-/// Plugs Adafactor into Burn's `OptimizerAdaptor`.
-impl<B: Backend> SimpleOptimizer<B> for Adafactor {
-    type State<const D: usize> = AdafactorState<B>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: f64,
-        tensor: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        let shape = tensor.shape();
-        let dims: Vec<usize> = shape.iter().copied().collect();
-        let n = shape.num_elements();
-        let (p, s) = self.update_tensor(lr, 1.0, self.config.weight_decay, &dims, tensor.reshape([n]), grad.reshape([n]), state);
-        (p.reshape(shape), Some(s))
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
-        ParamState::to_device(state, device)
-    }
+per_tensor_rule! {
+    rule: Adafactor,
+    state: AdafactorState,
+    name: "adafactor",
+    describe: |rule| format!("{:?}", rule.config),
+    validate: |rule, _shape, state| rule.check_state(state),
 }

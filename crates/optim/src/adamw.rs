@@ -2,11 +2,11 @@
 //! (single-tensor path): `p ← p·(1 − lr·wd)`, `m ← lerp(m, g, 1 − β1)`, `v ← β2·v + (1 − β2)·g²`,
 //! `p ← p − (lr / bc1) · m / (√v / √bc2 + ε)`.
 
-use burn::optim::SimpleOptimizer;
 use burn::record::Record;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
-use crate::rule::{float_bytes, host_f32, host_step, HostEntries, OptimizerRule, ParamSlot, ParamState};
+use crate::per_tensor::{per_tensor_rule, TensorUpdate};
+use crate::rule::{float_bytes, host_f32, host_step, HostEntries, ParamState};
 use crate::OptimError;
 
 /// AdamW hyper-parameters (PyTorch defaults).
@@ -85,15 +85,10 @@ impl AdamW {
         &self.config
     }
 
-    /// One AdamW update of a flattened parameter.
-    pub fn update_tensor<B: Backend>(
-        &self,
-        lr: f64,
-        weight_decay: f64,
-        param: Tensor<B, 1>,
-        grad: Tensor<B, 1>,
-        state: Option<AdamWState<B>>,
-    ) -> (Tensor<B, 1>, AdamWState<B>) {
+    /// One AdamW update of a flattened parameter, at learning rate `lr · lr_scale`.
+    pub fn update_tensor<B: Backend>(&self, update: TensorUpdate<'_, B, AdamWState<B>>) -> (Tensor<B, 1>, AdamWState<B>) {
+        let TensorUpdate { lr, lr_scale, weight_decay, param, grad, state, .. } = update;
+        let lr = lr * lr_scale;
         let c = &self.config;
         let (step, m, v) = match state {
             Some(s) => (s.step + 1, s.exp_avg, s.exp_avg_sq),
@@ -153,51 +148,9 @@ impl<B: Backend> ParamState<B> for AdamWState<B> {
     }
 }
 
-impl<B: Backend> OptimizerRule<B> for AdamW {
-    type State = AdamWState<B>;
-
-    fn name(&self) -> &'static str {
-        "adamw"
-    }
-
-    fn describe(&self) -> String {
-        format!("{:?}", self.config)
-    }
-
-    fn step(&mut self, lr: f64, slots: &mut [ParamSlot<B, Self::State>]) {
-        for slot in slots.iter_mut() {
-            let wd = slot.weight_decay.unwrap_or(self.config.weight_decay);
-            let (p, s) = self.update_tensor(
-                lr * slot.lr_scale,
-                wd,
-                slot.param.clone(),
-                slot.grad.clone(),
-                slot.state.take(),
-            );
-            slot.param = p;
-            slot.state = Some(s);
-        }
-    }
-}
-
-/// Plugs AdamW into Burn's `OptimizerAdaptor` (per-tensor; no groups or global clipping there).
-impl<B: Backend> SimpleOptimizer<B> for AdamW {
-    type State<const D: usize> = AdamWState<B>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: f64,
-        tensor: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        let shape = tensor.shape();
-        let n = shape.num_elements();
-        let (p, s) = self.update_tensor(lr, self.config.weight_decay, tensor.reshape([n]), grad.reshape([n]), state);
-        (p.reshape(shape), Some(s))
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
-        ParamState::to_device(state, device)
-    }
+per_tensor_rule! {
+    rule: AdamW,
+    state: AdamWState,
+    name: "adamw",
+    describe: |rule| format!("{:?}", rule.config),
 }

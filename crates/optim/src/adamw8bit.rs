@@ -10,13 +10,14 @@
 //!
 //! State memory: 2 bytes per parameter for the codes plus 2 × 4 bytes per 256-element block.
 
-use burn::optim::SimpleOptimizer;
 use burn::record::Record;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::adamw::check_betas_eps_wd;
+use crate::AdamWConfig;
 use crate::quant8::{code_storage_dtype, dequantize_blockwise, dynamic_map, quantize_blockwise, Quantized, BLOCK_SIZE};
-use crate::rule::{float_bytes, host_f32, host_step, host_u8, int_bytes, HostEntries, OptimizerRule, ParamSlot, ParamState};
+use crate::per_tensor::{per_tensor_rule, TensorUpdate};
+use crate::rule::{float_bytes, host_step, int_bytes, named_f32, named_u8, HostEntries, ParamState};
 use crate::OptimError;
 
 /// AdamW8bit hyper-parameters (bitsandbytes defaults).
@@ -34,15 +35,11 @@ pub struct AdamW8bitConfig {
     pub min_8bit_size: usize,
 }
 
+/// AdamW's defaults (PyTorch's, as bitsandbytes uses them) and `min_8bit_size` 4096.
 impl Default for AdamW8bitConfig {
     fn default() -> Self {
-        Self {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            min_8bit_size: 4096,
-        }
+        let AdamWConfig { beta1, beta2, eps, weight_decay } = AdamWConfig::default();
+        Self { beta1, beta2, eps, weight_decay, min_8bit_size: 4096 }
     }
 }
 
@@ -91,16 +88,11 @@ impl AdamW8bit {
         &self.config
     }
 
-    /// One update of a flattened parameter.
-    pub fn update_tensor<B: Backend>(
-        &self,
-        lr: f64,
-        weight_decay: f64,
-        param: Tensor<B, 1>,
-        grad: Tensor<B, 1>,
-        state: Option<AdamW8bitState<B>>,
-    ) -> (Tensor<B, 1>, AdamW8bitState<B>) {
+    /// One update of a flattened parameter, at learning rate `lr · lr_scale`.
+    pub fn update_tensor<B: Backend>(&self, update: TensorUpdate<'_, B, AdamW8bitState<B>>) -> (Tensor<B, 1>, AdamW8bitState<B>) {
         let c = &self.config;
+        let TensorUpdate { lr, lr_scale, weight_decay, param, grad, state, .. } = update;
+        let lr = lr * lr_scale;
         let n = param.dims()[0];
         let quantized = n >= c.min_8bit_size;
         let step = state.as_ref().map_or(0, |s| s.step) + 1;
@@ -159,26 +151,15 @@ impl AdamW8bit {
 
 impl<B: Backend> ParamState<B> for AdamW8bitState<B> {
     fn to_host(&self) -> Vec<(&'static str, TensorData)> {
-        let mut out = vec![("step", host_step(self.step))];
-        if let Some(t) = &self.exp_avg_codes {
-            out.push(("exp_avg_codes", host_u8(t)));
-        }
-        if let Some(t) = &self.exp_avg_absmax {
-            out.push(("exp_avg_absmax", host_f32(t)));
-        }
-        if let Some(t) = &self.exp_avg_sq_codes {
-            out.push(("exp_avg_sq_codes", host_u8(t)));
-        }
-        if let Some(t) = &self.exp_avg_sq_absmax {
-            out.push(("exp_avg_sq_absmax", host_f32(t)));
-        }
-        if let Some(t) = &self.exp_avg {
-            out.push(("exp_avg", host_f32(t)));
-        }
-        if let Some(t) = &self.exp_avg_sq {
-            out.push(("exp_avg_sq", host_f32(t)));
-        }
-        out
+        let moments = [
+            named_u8("exp_avg_codes", &self.exp_avg_codes),
+            named_f32("exp_avg_absmax", &self.exp_avg_absmax),
+            named_u8("exp_avg_sq_codes", &self.exp_avg_sq_codes),
+            named_f32("exp_avg_sq_absmax", &self.exp_avg_sq_absmax),
+            named_f32("exp_avg", &self.exp_avg),
+            named_f32("exp_avg_sq", &self.exp_avg_sq),
+        ];
+        std::iter::once(("step", host_step(self.step))).chain(moments.into_iter().flatten()).collect()
     }
 
     fn from_host(e: &mut HostEntries, shape: &[usize], device: &B::Device) -> Result<Self, String> {
@@ -233,18 +214,9 @@ impl<B: Backend> ParamState<B> for AdamW8bitState<B> {
     }
 }
 
-impl<B: Backend> OptimizerRule<B> for AdamW8bit {
-    type State = AdamW8bitState<B>;
-
-    fn name(&self) -> &'static str {
-        "adamw8bit"
-    }
-
-    fn describe(&self) -> String {
-        format!("{:?}, block_size: {BLOCK_SIZE}", self.config)
-    }
-
-    fn validate_state(&self, shape: &[usize], state: &Self::State) -> Result<(), String> {
+impl AdamW8bit {
+    /// Checks that loaded moments are 8-bit exactly where `min_8bit_size` makes them so.
+    fn check_state<B: Backend>(&self, shape: &[usize], state: &AdamW8bitState<B>) -> Result<(), String> {
         let n: usize = shape.iter().product();
         let want_q = n >= self.config.min_8bit_size;
         if state.exp_avg_codes.is_some() != want_q {
@@ -257,35 +229,12 @@ impl<B: Backend> OptimizerRule<B> for AdamW8bit {
         }
         Ok(())
     }
-
-    fn step(&mut self, lr: f64, slots: &mut [ParamSlot<B, Self::State>]) {
-        for slot in slots.iter_mut() {
-            let wd = slot.weight_decay.unwrap_or(self.config.weight_decay);
-            let (p, s) = self.update_tensor(lr * slot.lr_scale, wd, slot.param.clone(), slot.grad.clone(), slot.state.take());
-            slot.param = p;
-            slot.state = Some(s);
-        }
-    }
 }
 
-/// Plugs AdamW8bit into Burn's `OptimizerAdaptor`.
-impl<B: Backend> SimpleOptimizer<B> for AdamW8bit {
-    type State<const D: usize> = AdamW8bitState<B>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: f64,
-        tensor: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        let shape = tensor.shape();
-        let n = shape.num_elements();
-        let (p, s) = self.update_tensor(lr, self.config.weight_decay, tensor.reshape([n]), grad.reshape([n]), state);
-        (p.reshape(shape), Some(s))
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
-        ParamState::to_device(state, device)
-    }
+per_tensor_rule! {
+    rule: AdamW8bit,
+    state: AdamW8bitState,
+    name: "adamw8bit",
+    describe: |rule| format!("{:?}, block_size: {BLOCK_SIZE}", rule.config),
+    validate: |rule, shape, state| rule.check_state(shape, state),
 }

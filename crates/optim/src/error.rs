@@ -36,6 +36,10 @@ pub enum OptimError {
         source: std::io::Error,
     },
 
+    /// Writing the state file failed (the atomic writer names the file and the step).
+    #[error(transparent)]
+    Write(#[from] fluxlora_io::IoError),
+
     /// The state file is not a valid safetensors file or lacks our format marker.
     #[error("optimizer state `{path}`: {problem}; {fix}")]
     BadStateFile {

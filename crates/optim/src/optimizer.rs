@@ -268,14 +268,12 @@ where
         encode(&self.image())
     }
 
-    /// Writes the state to `path` atomically (temporary file + rename).
+    /// Writes the state to `path` atomically (`fluxlora_io::atomic_write`: temporary file,
+    /// fsync, rename, directory fsync).
     pub fn save_state_file(&self, path: impl AsRef<Path>) -> Result<(), OptimError> {
-        let path = path.as_ref();
         let bytes = self.state_to_bytes()?;
-        let io = |source| OptimError::Io { path: path.display().to_string(), source };
-        let tmp = path.with_extension("safetensors.tmp");
-        std::fs::write(&tmp, &bytes).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        fluxlora_io::atomic_write(path, |w| w.write_all(&bytes))?;
+        Ok(())
     }
 
     /// Loads state written by [`save_state_file`](Self::save_state_file), validating every entry

@@ -168,6 +168,16 @@ pub fn host_f32<B: Backend, const D: usize>(t: &Tensor<B, D>) -> TensorData {
     }
 }
 
+/// The named host copy (as [`host_f32`]) of an optional state tensor: `None` when absent.
+pub fn named_f32<B: Backend, const D: usize>(name: &'static str, t: &Option<Tensor<B, D>>) -> Option<(&'static str, TensorData)> {
+    t.as_ref().map(|t| (name, host_f32(t)))
+}
+
+/// The named host copy (as [`host_u8`]) of optional 8-bit codes: `None` when absent.
+pub fn named_u8<B: Backend>(name: &'static str, t: &Option<Tensor<B, 1, Int>>) -> Option<(&'static str, TensorData)> {
+    t.as_ref().map(|t| (name, host_u8(t)))
+}
+
 /// Host copy of 8-bit codes, as u8.
 pub fn host_u8<B: Backend>(t: &Tensor<B, 1, Int>) -> TensorData {
     let data = t.to_data();

@@ -40,6 +40,32 @@ pub struct BaseModel {
     pub t5_tokenizer: PathBuf,
 }
 
+/// Where a base model's parts were named: the config's `pretrained_model_name_or_path`, `ae`,
+/// `clip_l` and `t5xxl`, or the same flags of the `sample` job. [`BaseModel::from_paths`]
+/// finds every part from it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelPaths {
+    /// The model folder (diffusers layout) or transformer file.
+    pub model: Option<PathBuf>,
+    /// The autoencoder, when not the folder's `vae/`.
+    pub ae: Option<PathBuf>,
+    /// CLIP-L, when not the folder's `text_encoder/`.
+    pub clip_l: Option<PathBuf>,
+    /// T5-XXL, when not the folder's `text_encoder_2/`.
+    pub t5xxl: Option<PathBuf>,
+}
+
+impl From<&TrainConfig> for ModelPaths {
+    fn from(c: &TrainConfig) -> Self {
+        Self {
+            model: c.pretrained_model_name_or_path.clone(),
+            ae: c.ae.clone(),
+            clip_l: c.clip_l.clone(),
+            t5xxl: c.t5xxl.clone(),
+        }
+    }
+}
+
 fn missing(key: &str, message: String) -> TrainError {
     TrainError::Invalid { key: key.into(), message }
 }
@@ -71,7 +97,12 @@ fn tokenizer(folder: Option<&Path>, sub_name: &str, weights: &Path, which: &str)
 impl BaseModel {
     /// Finds every part from the config (see the module docs for the rules).
     pub fn resolve(c: &TrainConfig) -> Result<Self, TrainError> {
-        let root = c.pretrained_model_name_or_path.as_deref().ok_or_else(|| {
+        Self::from_paths(&ModelPaths::from(c))
+    }
+
+    /// Finds every part from the named paths (see the module docs for the rules).
+    pub fn from_paths(c: &ModelPaths) -> Result<Self, TrainError> {
+        let root = c.model.as_deref().ok_or_else(|| {
             missing(
                 "pretrained_model_name_or_path",
                 "not set; give a Flux model folder (diffusers layout) or a transformer .safetensors".into(),
@@ -115,7 +146,12 @@ impl BaseModel {
     /// Whether the transformer is Flux.1-dev (has a guidance embedder), per `model_type` or the
     /// weights.
     pub fn is_dev(&self, c: &TrainConfig) -> Result<bool, TrainError> {
-        Ok(match c.model_type {
+        self.is_dev_as(c.model_type)
+    }
+
+    /// Whether the transformer is Flux.1-dev: `model_type`, or for `Auto` the weights.
+    pub fn is_dev_as(&self, model_type: ModelType) -> Result<bool, TrainError> {
+        Ok(match model_type {
             ModelType::Dev => true,
             ModelType::Schnell => false,
             ModelType::Auto => FluxCheckpoint::open(&self.transformer)?.shape("guidance_in.in_layer.weight").is_some(),
@@ -124,9 +160,14 @@ impl BaseModel {
 
     /// T5 tokens: the config's, else 512 for dev and 256 for schnell.
     pub fn t5_max_length(&self, c: &TrainConfig) -> Result<usize, TrainError> {
-        match c.t5xxl_max_token_length {
+        self.t5_tokens(c.t5xxl_max_token_length, c.model_type)
+    }
+
+    /// T5 tokens: `explicit`, else 512 for dev and 256 for schnell.
+    pub fn t5_tokens(&self, explicit: Option<usize>, model_type: ModelType) -> Result<usize, TrainError> {
+        match explicit {
             Some(n) => Ok(n),
-            None => Ok(if self.is_dev(c)? { T5_MAX_LENGTH_DEV } else { T5_MAX_LENGTH_SCHNELL }),
+            None => Ok(if self.is_dev_as(model_type)? { T5_MAX_LENGTH_DEV } else { T5_MAX_LENGTH_SCHNELL }),
         }
     }
 

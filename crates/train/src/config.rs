@@ -405,6 +405,9 @@ impl TrainConfig {
     /// Checks ranges and combinations; each error names the key and the fix.
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |key: &str, message: String| Err(TrainError::Invalid { key: key.to_string(), message });
+        if let Err(why) = check_file_stem(&self.output_name) {
+            return bad("output_name", format!("{:?} {why}; use a plain name such as `my_lora`", self.output_name));
+        }
         if self.network_dim == 0 {
             return bad("network_dim", "must be at least 1 (typical: 8–64)".into());
         }
@@ -557,6 +560,28 @@ fn cli_table(args: &[String]) -> Result<toml::Table, TrainError> {
 
 fn cli_err(message: &str) -> TrainError {
     TrainError::Config { origin: "command line".into(), message: message.to_string() }
+}
+
+/// Why `name` cannot be the stem of the run's files: every file is `<output_dir>/<name>…`, so a
+/// separator, `..`, a drive or root would put them outside `output_dir`.
+fn check_file_stem(name: &str) -> Result<(), &'static str> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() {
+        return Err("is empty");
+    }
+    if trimmed != name {
+        return Err("starts or ends with whitespace");
+    }
+    if name.contains(['/', '\\']) {
+        return Err("contains a path separator (the files go to output_dir; set output_dir for the folder)");
+    }
+    if name == "." || name == ".." || name.contains("..") {
+        return Err("contains `..`");
+    }
+    if name.contains(':') || name.chars().any(char::is_control) {
+        return Err("contains `:` or a control character");
+    }
+    Ok(())
 }
 
 fn check_keys(table: &toml::Table, origin: &str) -> Result<(), TrainError> {

@@ -25,12 +25,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Param;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::backend::Backend;
 use fluxlora_flux::Flux;
 use fluxlora_io::{write_safetensors, HostTensor, SafeTensorsFile, TensorRef};
 
 use crate::error::TrainError;
-use crate::lora_export::to_host;
+use fluxlora_flux::host::{download, upload};
 
 /// Metadata key of saved LoRA files that hold EMA weights; the value is the decay.
 pub const EMA_METADATA_KEY: &str = "fluxlora_ema_decay";
@@ -47,16 +47,13 @@ pub fn read_adapters<B: Backend>(model: &mut Flux<B>) -> Result<AdapterTensors, 
     let mut out = Vec::new();
     for (path, lin) in model.linears_mut() {
         for (i, a) in lin.adapters.iter().enumerate() {
-            out.push((format!("{path}.{i}.lora_a"), to_host(&a.lora_a.val())?));
-            out.push((format!("{path}.{i}.lora_b"), to_host(&a.lora_b.val())?));
+            out.push((format!("{path}.{i}.lora_a"), download(a.lora_a.val())?));
+            out.push((format!("{path}.{i}.lora_b"), download(a.lora_b.val())?));
         }
     }
     Ok(out)
 }
 
-fn to_device<B: Backend>(h: &HostTensor, device: &B::Device) -> Tensor<B, 2> {
-    Tensor::from_data(TensorData::new(h.data.clone(), [h.shape[0], h.shape[1]]), device)
-}
 
 /// Sets the adapter factors of `model` to `tensors` (keys and shapes as [`read_adapters`]
 /// gives them; all must be present and no others), keeping parameter ids so optimizer state
@@ -81,7 +78,7 @@ pub fn restore_adapters<B: Backend>(model: &mut Flux<B>, tensors: &AdapterTensor
                     return Err(mismatch(&key, format!("shape {:?} in the file, {want:?} in the model", t.shape)));
                 }
                 let id = param.id;
-                *param = Param::initialized(id, to_device::<B>(t, &device).require_grad());
+                *param = Param::initialized(id, upload::<B, 2>(t, &device)?.require_grad());
                 used += 1;
             }
         }

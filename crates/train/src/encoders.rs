@@ -9,8 +9,9 @@
 
 use std::path::Path;
 
-use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use burn::tensor::{backend::Backend, DType, Tensor};
 use fluxlora_data::{DataError, LatentEncoder, TextEmbedding, TextEncoder};
+use fluxlora_flux::host::{download, upload};
 use fluxlora_flux::tokenizer::{ids_tensor, mask_tensor};
 use fluxlora_flux::{Autoencoder, ClipTextModel, T5Encoder, TextTokenizer, TileOptions};
 use fluxlora_io::HostTensor;
@@ -88,15 +89,14 @@ impl<B: Backend> LatentEncoder for FluxLatentEncoder<B> {
         }
         let mut shape = vec![1];
         shape.extend_from_slice(&image.shape);
-        let x = Tensor::<B, 4>::from_data(TensorData::new(image.data.clone(), shape), &self.device);
+        let x = upload::<B, 4>(&HostTensor { shape, data: image.data.clone() }, &self.device).map_err(encoder_error)?;
         let z = match &self.tiles {
             Some(t) => self.ae.encode_tiled(x, t),
             None => self.ae.encode(x),
         }
         .map_err(encoder_error)?;
         let [_, c, h, w] = z.dims();
-        let data = z.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| encoder_error(format!("{e:?}")))?;
-        Ok(HostTensor { shape: vec![c, h, w], data })
+        download(z.reshape([c, h, w])).map_err(encoder_error)
     }
 }
 
@@ -147,10 +147,6 @@ impl<B: Backend> FluxTextEncoder<B> {
     }
 }
 
-fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>, shape: Vec<usize>) -> Result<HostTensor, DataError> {
-    let data = t.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| encoder_error(format!("{e:?}")))?;
-    Ok(HostTensor { shape, data })
-}
 
 impl<B: Backend> TextEncoder for FluxTextEncoder<B> {
     fn identity(&self) -> String {
@@ -161,6 +157,7 @@ impl<B: Backend> TextEncoder for FluxTextEncoder<B> {
         let (hidden, pooled) = self.encode_tensors(caption).map_err(encoder_error)?;
         let [_, l, d] = hidden.dims();
         let [_, p] = pooled.dims();
-        Ok(TextEmbedding { t5: to_host(hidden, vec![l, d])?, clip_pooled: to_host(pooled, vec![p])? })
+        let t5 = download(hidden.reshape([l, d])).map_err(encoder_error)?;
+        Ok(TextEmbedding { t5, clip_pooled: download(pooled.reshape([p])).map_err(encoder_error)? })
     }
 }

@@ -26,6 +26,10 @@ pub enum TrainError {
              (try half of {lr:e}), bf16 overflow in the base (set base_bf16 = false), or bad data (a latent or \
              text embedding with NaN/inf; rebuild the caches)")]
     NonFiniteLoss { step: u64, value: f32, lr: f64 },
+    /// The adapter weights hold NaN or ±inf, so nothing was written.
+    #[error("not writing {path}: LoRA module `{key}` holds {value}; training diverged (the loss may still \
+             look finite). Lower the learning rate or set max_grad_norm, and resume from the last good checkpoint")]
+    NonFiniteWeights { path: PathBuf, key: String, value: f32 },
     /// A batch, tensor or model does not fit what the step needs.
     #[error("{what}: {message}")]
     Shape { what: String, message: String },

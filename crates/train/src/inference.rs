@@ -22,9 +22,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
+use fluxlora_flux::host::upload;
 use fluxlora_flux::Flux;
 use fluxlora_io::lora::keys_te::{split_component, Component};
-use fluxlora_io::{read_lora, HostTensor, LoraModule, LoraWeights};
+use fluxlora_io::{read_lora, LoraModule, LoraWeights};
 
 use crate::config::{ModelType, TrainConfig};
 use crate::encoders::FluxTextEncoder;
@@ -129,8 +130,8 @@ pub fn apply_named_loras<B: Backend>(
         let mut delta_bias: Option<Tensor<B, 1>> = None;
         for &(m, weight) in parts {
             let factor = weight * m.scale();
-            let down_t = upload2::<B>(&m.down.transpose()?, &device);
-            let up_t = upload2::<B>(&m.up.transpose()?.scaled(factor), &device);
+            let down_t = upload::<B, 2>(&m.down.transpose()?, &device)?;
+            let up_t = upload::<B, 2>(&m.up.transpose()?.scaled(factor), &device)?;
             let d = down_t.matmul(up_t);
             delta = Some(match delta {
                 Some(acc) => acc + d,
@@ -218,9 +219,6 @@ fn check_lora(
     Ok(out)
 }
 
-fn upload2<B: Backend>(h: &HostTensor, device: &B::Device) -> Tensor<B, 2> {
-    Tensor::from_data(TensorData::new(h.data.clone(), [h.shape[0], h.shape[1]]), device)
-}
 
 /// `w + delta` in f32, back in `w`'s dtype, keeping its gradient requirement.
 fn add_delta<B: Backend, const D: usize>(w: Tensor<B, D>, delta: Tensor<B, D>) -> Tensor<B, D> {
@@ -328,6 +326,8 @@ impl SampleRun {
         let mut files: BTreeMap<PathBuf, LoraWeights> = BTreeMap::new();
         for (path, _) in sets.iter().flatten() {
             if !files.contains_key(path) {
+                // A NaN in a LoRA would only show as black samples: name the tensor instead.
+                fluxlora_io::SafeTensorsFile::open(path)?.check_finite()?;
                 files.insert(path.clone(), read_lora(path)?.0);
             }
         }

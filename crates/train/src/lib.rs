@@ -34,6 +34,7 @@ pub mod ema;
 pub mod encoders;
 pub mod error;
 pub mod inference;
+pub mod layout;
 pub mod log;
 pub mod lora_export;
 pub mod monitor;
@@ -57,7 +58,7 @@ pub mod plot;
 pub mod sample;
 pub mod tiny_world;
 
-pub use base::BaseModel;
+pub use base::{BaseModel, ModelPaths};
 pub use ema::LoraEma;
 pub use encoders::{FluxLatentEncoder, FluxTextEncoder};
 pub use prepare::{dataset_config, images_per_epoch, prepare_data, steps_per_epoch, with_resolved_steps, CachePlan, PreparedData};
@@ -66,6 +67,7 @@ pub use config::{
     WeightingScheme,
 };
 pub use error::TrainError;
+pub use layout::RunLayout;
 pub use inference::{apply_loras, apply_named_loras, resolve_lora_name, sample_prompts, ApplyReport, SampleRun};
 pub use log::{CsvLog, StepRecord};
 pub use tensorboard::EventWriter;

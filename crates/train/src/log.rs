@@ -4,7 +4,7 @@
 //! ETA, smoothed loss, LR, last validation loss), and the NaN/inf guard.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -63,18 +63,14 @@ impl CsvLog {
 
     /// [`resume`](Self::resume), with the `val_loss` column when `validation` is true.
     pub fn resume_for(path: &Path, step: u64, validation: bool) -> Result<Self, TrainError> {
-        let kept: Vec<String> = match File::open(path) {
-            Ok(f) => BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .skip(1)
-                .filter(|l| l.split(',').next().and_then(|s| s.parse::<u64>().ok()).is_some_and(|s| s <= step))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(TrainError::io(path, e)),
-        };
+        Self::resume_with(path, &CsvHistory::read(path, step)?, validation)
+    }
+
+    /// Rewrites the log at `path` with the rows of `history` (read once, on resume), then
+    /// appends from there.
+    pub fn resume_with(path: &Path, history: &CsvHistory, validation: bool) -> Result<Self, TrainError> {
         let mut log = Self::create_for(path, validation)?;
-        for l in kept {
+        for l in &history.rows {
             writeln!(log.file, "{l}").map_err(|e| TrainError::io(path, e))?;
         }
         Ok(log)
@@ -94,6 +90,48 @@ impl CsvLog {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// A CSV log as read back once on resume: its rows up to the checkpoint's step, and the loss
+/// and validation-loss series they hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CsvHistory {
+    rows: Vec<String>,
+    /// `(step, loss)` of every kept row.
+    pub losses: Vec<(u64, f64)>,
+    /// `(step, val_loss)` of the kept rows whose `val_loss` cell is set (none in logs without
+    /// the column).
+    pub validation: Vec<(u64, f64)>,
+}
+
+impl CsvHistory {
+    /// Reads the log at `path`, keeping the rows of steps up to `upto`; no file is no history.
+    pub fn read(path: &Path, upto: u64) -> Result<Self, TrainError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Self::parse(&text, upto)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(TrainError::io(path, e)),
+        }
+    }
+
+    /// The history in a log's text (header first), rows of steps up to `upto`.
+    pub fn parse(text: &str, upto: u64) -> Self {
+        let mut lines = text.lines();
+        let val_col = lines.next().and_then(|h| h.split(',').position(|c| c.trim() == VAL_COLUMN));
+        let mut h = Self::default();
+        for line in lines {
+            let f: Vec<&str> = line.split(',').collect();
+            let Some(step) = f.first().and_then(|s| s.parse::<u64>().ok()).filter(|&s| s <= upto) else { continue };
+            h.rows.push(line.to_string());
+            if let Some(loss) = f.get(1).and_then(|s| s.parse().ok()) {
+                h.losses.push((step, loss));
+            }
+            if let Some(v) = val_col.and_then(|c| f.get(c)).and_then(|s| s.trim().parse().ok()) {
+                h.validation.push((step, v));
+            }
+        }
+        h
     }
 }
 

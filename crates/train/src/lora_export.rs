@@ -7,33 +7,20 @@
 //! them, and split back along the same row ranges and ranks on import.
 
 use burn::module::Param;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::backend::Backend;
+use fluxlora_flux::host::{download, upload};
 use fluxlora_flux::Flux;
 use fluxlora_io::lora::fuse::fuse_rows;
-use fluxlora_io::{HostTensor, LoraModule, LoraWeights};
+use fluxlora_io::{LoraModule, LoraWeights};
 use fluxlora_lora::{AdapterSpec, LoraAdapter};
 use std::path::Path;
 
 use crate::error::TrainError;
 
-/// A Burn 2-D tensor on the host, f32.
-pub(crate) fn to_host<B: Backend>(t: &Tensor<B, 2>) -> Result<HostTensor, TrainError> {
-    let shape = t.dims().to_vec();
-    let data = t.to_data().convert::<f32>().to_vec::<f32>().map_err(|e| TrainError::Shape {
-        what: "adapter tensor".into(),
-        message: format!("cannot read it back to the host: {e:?}"),
-    })?;
-    Ok(HostTensor::new(shape, data)?)
-}
-
-fn to_device<B: Backend>(h: &HostTensor, device: &B::Device) -> Tensor<B, 2> {
-    let shape = [h.shape[0], h.shape[1]];
-    Tensor::from_data(TensorData::new(h.data.clone(), shape), device)
-}
 
 fn adapter_module<B: Backend>(a: &LoraAdapter<B>) -> Result<LoraModule, TrainError> {
-    let down = to_host(&a.lora_a.val())?.transpose()?;
-    let up = to_host(&a.lora_b.val())?.transpose()?;
+    let down = download(a.lora_a.val())?.transpose()?;
+    let up = download(a.lora_b.val())?.transpose()?;
     let m = LoraModule::new(down, up, a.alpha * a.multiplier).map_err(|p| TrainError::Shape { what: "adapter".into(), message: p })?;
     Ok(m)
 }
@@ -94,7 +81,7 @@ pub fn import_lora<B: Backend>(model: &mut Flux<B>, lora: &LoraWeights, origin: 
         if lin.adapters.is_empty() {
             let Some(m) = module else { continue };
             let spec = AdapterSpec::new(m.rank(), m.alpha);
-            let a = LoraAdapter::from_factors(&path, to_device(&m.down.transpose()?, &device), to_device(&m.up.transpose()?, &device), &spec);
+            let a = LoraAdapter::from_factors(&path, upload(&m.down.transpose()?, &device)?, upload(&m.up.transpose()?, &device)?, &spec);
             lin.push_adapter(&path, a).map_err(|e| mismatch(&path, e.to_string(), "the LoRA is for a different model"))?;
             used += 1;
             continue;
@@ -125,8 +112,8 @@ pub fn import_lora<B: Backend>(model: &mut Flux<B>, lora: &LoraWeights, origin: 
             }
             let id_a = a.lora_a.id;
             let id_b = a.lora_b.id;
-            a.lora_a = Param::initialized(id_a, to_device(&down.transpose()?, &device).require_grad());
-            a.lora_b = Param::initialized(id_b, to_device(&up.transpose()?, &device).require_grad());
+            a.lora_a = Param::initialized(id_a, upload(&down.transpose()?, &device)?.require_grad());
+            a.lora_b = Param::initialized(id_b, upload(&up.transpose()?, &device)?.require_grad());
             c0 += r;
         }
         used += 1;

@@ -19,7 +19,8 @@ use crate::config::TrainConfig;
 use crate::encoders::FluxTextEncoder;
 use crate::error::TrainError;
 use crate::grid::SampleGrid;
-use crate::log::StepRecord;
+use crate::layout::RunLayout;
+use crate::log::{CsvHistory, StepRecord};
 use crate::plot::LossPlot;
 use crate::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
 use crate::run::{RunObserver, RunSummary, ShownModel};
@@ -76,8 +77,7 @@ impl<B: Backend> Sampler<B> {
 
 /// Loss history, loss curve and sample grids of a run.
 pub struct Monitor<B: AutodiffBackend> {
-    run_name: String,
-    output_dir: PathBuf,
+    layout: RunLayout,
     sampler: Option<Sampler<B::InnerBackend>>,
     sample_every: Option<u64>,
     sample_at_first: bool,
@@ -95,8 +95,7 @@ impl<B: AutodiffBackend> Monitor<B> {
     /// A monitor for the config's run; `history` is the loss log so far (on resume).
     pub fn new(c: &TrainConfig, sampler: Option<Sampler<B::InnerBackend>>, history: Vec<(u64, f64)>) -> Self {
         Self {
-            run_name: c.output_name.clone(),
-            output_dir: c.output_dir.clone(),
+            layout: RunLayout::new(c),
             sampler,
             sample_every: c.sample_every_n_steps.filter(|&n| n > 0).map(|n| n as u64),
             sample_at_first: c.sample_at_first,
@@ -122,7 +121,7 @@ impl<B: AutodiffBackend> Monitor<B> {
 
     /// `<output_dir>/<name>-loss.png`.
     pub fn loss_curve_path(&self) -> PathBuf {
-        self.output_dir.join(format!("{}-loss.png", self.run_name))
+        self.layout.loss_curve()
     }
 
     fn sample(&mut self, step: u64, model: &Flux<B>) -> Result<Vec<String>, TrainError> {
@@ -130,8 +129,8 @@ impl<B: AutodiffBackend> Monitor<B> {
         if self.last_sampled == Some(step) {
             return Ok(Vec::new());
         }
-        let grid = sampler.grid(&model.valid(), &self.run_name, step)?;
-        let path = self.output_dir.join("samples").join(format!("{}-step{step:08}.png", self.run_name));
+        let grid = sampler.grid(&model.valid(), &self.layout.name, step)?;
+        let path = self.layout.sample_grid(step);
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|e| TrainError::io(&path, e))?;
         grid.save(&path)?;
         self.last_sampled = Some(step);
@@ -150,30 +149,13 @@ impl<B: AutodiffBackend> Monitor<B> {
 /// The `(step, loss)` rows of a CSV log written by [`crate::CsvLog`] (any version: the first two
 /// columns); missing file → empty.
 pub fn read_loss_history(csv: &Path) -> Vec<(u64, f64)> {
-    let Ok(text) = std::fs::read_to_string(csv) else { return Vec::new() };
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split(',');
-            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-        })
-        .collect()
+    CsvHistory::read(csv, u64::MAX).unwrap_or_default().losses
 }
 
 /// The `(step, validation loss)` rows of a CSV log: the `val_loss` column where its cell is not
 /// empty. Logs written before that column existed, and a missing file, give none.
 pub fn read_validation_history(csv: &Path) -> Vec<(u64, f64)> {
-    let Ok(text) = std::fs::read_to_string(csv) else { return Vec::new() };
-    let mut lines = text.lines();
-    let Some(col) = lines.next().and_then(|h| h.split(',').position(|c| c.trim() == "val_loss")) else {
-        return Vec::new();
-    };
-    lines
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            Some((f.first()?.parse().ok()?, f.get(col)?.trim().parse().ok()?))
-        })
-        .collect()
+    CsvHistory::read(csv, u64::MAX).unwrap_or_default().validation
 }
 
 impl<B: AutodiffBackend> RunObserver<B> for Monitor<B> {

@@ -94,7 +94,7 @@ pub fn config_hash(c: &TrainConfig) -> String {
 
 /// The LoRA file name used inside checkpoint folders.
 pub fn lora_file_name(c: &TrainConfig) -> String {
-    format!("{}.safetensors", c.output_name)
+    crate::layout::RunLayout::new(c).lora_file_name()
 }
 
 /// Writes a checkpoint folder at `dir` (replacing one of the same name) and returns its path.
@@ -116,6 +116,34 @@ pub fn save_checkpoint<B: AutodiffBackend>(
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    let written = write_checkpoint_files(&tmp, model, optimizer, state, config, metadata, ema);
+    if let Err(e) = written {
+        // Nothing half-written stays behind (the NaN guard refuses diverged weights here).
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // Replacing a folder of the same step: move the old one aside (one atomic rename) rather
+    // than deleting it in place, where a kill would leave it half-deleted under its name.
+    let old = if dir.exists() { Some(move_aside(dir)?) } else { None };
+    fluxlora_io::sync_dir(&tmp)?;
+    std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
+    fluxlora_io::sync_dir(if parent.as_os_str().is_empty() { Path::new(".") } else { &parent })?;
+    if let Some(old) = old {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Writes every file of a checkpoint into the temporary folder `tmp`, each fsynced.
+fn write_checkpoint_files<B: AutodiffBackend>(
+    tmp: &Path,
+    model: &mut Flux<B>,
+    optimizer: &TrainOptimizer<B>,
+    state: &TrainState,
+    config: &TrainConfig,
+    metadata: &TrainingMetadata,
+    ema: Option<&LoraEma>,
+) -> Result<(), TrainError> {
     let lora_path = tmp.join(&state.lora_file);
     match ema {
         Some(ema) => {
@@ -129,7 +157,7 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     }
     optimizer.save_state(&tmp.join(OPTIMIZER_FILE))?;
     let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Checkpoint {
-        path: dir.to_path_buf(),
+        path: tmp.to_path_buf(),
         problem: format!("cannot encode state.json: {e}"),
         fix: "report this as a bug".into(),
     })?;
@@ -139,28 +167,13 @@ pub fn save_checkpoint<B: AutodiffBackend>(
         Ok(fluxlora_io::atomic_write(&p, |w| w.write_all(text.as_bytes()))?)
     };
     write(tmp.join(STATE_FILE), &json)?;
-    write(tmp.join(CONFIG_FILE), &config.to_toml())?;
-    // Replacing a folder of the same step: move the old one aside (one atomic rename) rather
-    // than deleting it in place, where a kill would leave it half-deleted under its name.
-    let old = if dir.exists() { Some(move_aside(dir)?) } else { None };
-    fluxlora_io::sync_dir(&tmp)?;
-    std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
-    fluxlora_io::sync_dir(if parent.as_os_str().is_empty() { Path::new(".") } else { &parent })?;
-    if let Some(old) = old {
-        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
-    }
-    Ok(dir.to_path_buf())
+    write(tmp.join(CONFIG_FILE), &config.to_toml())
 }
 
 /// Reads `state.json` of a checkpoint folder and checks it belongs to `config`.
 pub fn read_state(dir: &Path, config: &TrainConfig) -> Result<TrainState, TrainError> {
     let bad = |problem: String, fix: &str| TrainError::Checkpoint { path: dir.to_path_buf(), problem, fix: fix.into() };
-    let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}"), "point --resume at a <name>-step<N> folder written by this trainer"))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| bad(format!("{STATE_FILE} is malformed: {e}"), "the folder is damaged; resume from an earlier checkpoint"))?;
-    if state.format != STATE_FORMAT {
-        return Err(bad(format!("state format `{}`, expected `{STATE_FORMAT}`", state.format), "resume with the trainer version that wrote it"));
-    }
+    let state = read_state_file(dir)?;
     let hash = config_hash(config);
     if state.config_hash != hash {
         let changed = changed_keys(dir, config);
@@ -170,6 +183,77 @@ pub fn read_state(dir: &Path, config: &TrainConfig) -> Result<TrainState, TrainE
         ));
     }
     Ok(state)
+}
+
+/// Checks the folder ([`check_checkpoint_folder`]) and reads its `state.json`.
+fn read_state_file(dir: &Path) -> Result<TrainState, TrainError> {
+    let bad = |problem: String, fix: &str| TrainError::Checkpoint { path: dir.to_path_buf(), problem, fix: fix.into() };
+    check_checkpoint_folder(dir)?;
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}"), "point --resume at a <name>-step<N> folder written by this trainer"))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| bad(format!("{STATE_FILE} is malformed: {e}"), "the folder is damaged; resume from an earlier checkpoint"))?;
+    if state.format != STATE_FORMAT {
+        return Err(bad(format!("state format `{}`, expected `{STATE_FORMAT}`", state.format), "resume with the trainer version that wrote it"));
+    }
+    if !is_plain_file_name(&state.lora_file) || !state.lora_file.ends_with(".safetensors") {
+        return Err(bad(
+            format!("{STATE_FILE} names the LoRA file {:?}, which is not a file name inside the folder", state.lora_file),
+            "the folder is damaged or was not written by fluxlora; resume from another checkpoint",
+        ));
+    }
+    Ok(state)
+}
+
+/// Largest `state.json` read (a real one is under 2 KB).
+const MAX_STATE_BYTES: u64 = 1 << 20;
+
+/// Checks that `dir` looks like a checkpoint folder written by fluxlora before anything in it is
+/// read: a folder holding a regular, small
+/// [`STATE_FILE`] and an [`OPTIMIZER_FILE`].
+pub fn check_checkpoint_folder(dir: &Path) -> Result<(), TrainError> {
+    let fix = "point --resume at a <output_name>-step<N> folder written by fluxlora (they hold state.json, \
+               optimizer.safetensors and the LoRA)";
+    let bad = |problem: String| TrainError::Checkpoint { path: dir.to_path_buf(), problem, fix: fix.into() };
+    match std::fs::metadata(dir) {
+        Err(e) => return Err(bad(format!("cannot be read: {e}"))),
+        Ok(m) if !m.is_dir() => return Err(bad("is a file, not a checkpoint folder".into())),
+        Ok(_) => {}
+    }
+    for (file, max) in [(STATE_FILE, Some(MAX_STATE_BYTES)), (OPTIMIZER_FILE, None)] {
+        let m = std::fs::metadata(dir.join(file)).map_err(|_| bad(format!("has no {file}")))?;
+        if !m.is_file() {
+            return Err(bad(format!("{file} is not a regular file")));
+        }
+        if max.is_some_and(|max| m.len() > max) {
+            return Err(bad(format!("{file} is {} bytes, far more than a fluxlora state file", m.len())));
+        }
+    }
+    Ok(())
+}
+
+/// A name with no separators, `..` or drive: it stays inside the folder it is joined to.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '\\', ':']) && !name.contains("..") && !name.starts_with('.')
+}
+
+/// Checks a checkpoint folder without a model or config: its layout, its `state.json` and that
+/// every tensor it holds is finite (what `prep --resume` reports). Returns the state.
+pub fn verify_checkpoint(dir: &Path) -> Result<TrainState, TrainError> {
+    let state = read_state_file(dir)?;
+    check_checkpoint_finite(dir, &state)?;
+    Ok(state)
+}
+
+/// Checks that every float tensor of the checkpoint's safetensors files is finite, before any of
+/// them is loaded: a poisoned checkpoint is named here, not at the NaN loss it would cause.
+fn check_checkpoint_finite(dir: &Path, state: &TrainState) -> Result<(), TrainError> {
+    for file in [state.lora_file.as_str(), OPTIMIZER_FILE, EMA_FILE, LIVE_FILE] {
+        let path = dir.join(file);
+        if path.exists() {
+            fluxlora_io::SafeTensorsFile::open(&path)?.check_finite()?;
+        }
+    }
+    Ok(())
 }
 
 fn changed_keys(dir: &Path, config: &TrainConfig) -> String {
@@ -193,6 +277,7 @@ pub fn load_checkpoint<B: AutodiffBackend>(
     ema: Option<&mut LoraEma>,
 ) -> Result<TrainState, TrainError> {
     let state = read_state(dir, config)?;
+    check_checkpoint_finite(dir, &state)?;
     if state.optimizer != optimizer.name() {
         return Err(TrainError::Checkpoint {
             path: dir.to_path_buf(),

@@ -41,13 +41,13 @@ use fluxlora_optim::{GradientMean, LrSchedule};
 use crate::config::TrainConfig;
 use crate::ema::LoraEma;
 use crate::error::TrainError;
-use crate::log::{check_finite, CsvLog, Progress, StepRecord};
+use crate::log::{check_finite, CsvHistory, CsvLog, Progress, StepRecord};
 use crate::noise::draw_noise;
 use crate::optimizer::{lr_schedule, TrainOptimizer};
 use crate::resume::{config_hash, load_checkpoint, lora_file_name, save_checkpoint, TrainState, STATE_FORMAT};
-use crate::save::{checkpoint_dir_name, lora_format, prune_checkpoints, save_lora, training_metadata, SelfCheck};
+use crate::layout::RunLayout;
+use crate::save::{lora_format, prune_checkpoints, save_lora, training_metadata, SelfCheck};
 use crate::source::BatchSource;
-use crate::monitor::read_validation_history;
 use crate::step::{training_step, StepSettings};
 use crate::tensorboard::{unix_seconds, EventWriter};
 use crate::validation::{BestCheckpoint, ValidationHistory, ValidationSet};
@@ -172,6 +172,8 @@ pub struct Trainer<B: AutodiffBackend> {
     ema: Option<LoraEma>,
     validation: Option<ValidationSet>,
     val_history: ValidationHistory,
+    /// The CSV log read back by [`Trainer::resume`], with the step it was read for.
+    history: Option<(u64, CsvHistory)>,
 }
 
 fn mix(seed: u64, step: u64, micro: u64) -> u64 {
@@ -218,6 +220,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             ema,
             validation: None,
             val_history: ValidationHistory::default(),
+            history: None,
         })
     }
 
@@ -313,7 +316,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let state = load_checkpoint(dir, model, &mut self.optimizer, &self.config, self.ema.as_mut())?;
         source.restore(&state.source)?;
         self.step = state.step;
+        self.history = Some((state.step, CsvHistory::read(&RunLayout::new(&self.config).csv(), state.step)?));
         Ok(state)
+    }
+
+    /// The CSV log up to the resumed step, read once by [`resume`](Self::resume) (the monitor's
+    /// loss curve starts from it); `None` before a resume.
+    pub fn history(&self) -> Option<&CsvHistory> {
+        self.history.as_ref().map(|(_, h)| h)
     }
 
     /// One optimizer step (all micro-batches); returns its record.
@@ -387,7 +397,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Writes a resumable checkpoint `<output_dir>/<name>-step<N>/` for the current step.
     pub fn save_checkpoint(&mut self, source: &dyn BatchSource<B>) -> Result<PathBuf, TrainError> {
         let state = self.state(source);
-        let dir = self.config.output_dir.join(checkpoint_dir_name(&self.config.output_name, self.step));
+        let dir = RunLayout::new(&self.config).checkpoint(self.step);
         let meta = self.metadata(state.epoch);
         let model = self.model.as_mut().expect("model present between steps");
         let path = save_checkpoint(&dir, model, &self.optimizer, &state, &self.config, &meta, self.ema.as_ref())?;
@@ -415,9 +425,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         let t0 = Instant::now();
         let c = self.config.clone();
         std::fs::create_dir_all(&c.output_dir).map_err(|e| TrainError::io(&c.output_dir, e))?;
-        let cfg_path = c.output_dir.join(format!("{}-config.toml", c.output_name));
-        std::fs::write(&cfg_path, c.to_toml()).map_err(|e| TrainError::io(&cfg_path, e))?;
-        let csv_path = c.output_dir.join(format!("{}-log.csv", c.output_name));
+        let layout = RunLayout::new(&c);
+        let cfg_path = layout.config_copy();
+        let toml = c.to_toml();
+        fluxlora_io::atomic_write(&cfg_path, |w| w.write_all(toml.as_bytes()))?;
+        let csv_path = layout.csv();
         if c.validation_split > 0.0 && self.validation.is_none() {
             return Err(TrainError::Invalid {
                 key: "validation_split".into(),
@@ -429,22 +441,27 @@ impl<B: AutodiffBackend> Trainer<B> {
             });
         }
         self.val_history = ValidationHistory::default();
+        let history = match self.history.take() {
+            Some((step, h)) if step == self.step => h,
+            _ if self.step > 0 => CsvHistory::read(&csv_path, self.step)?,
+            _ => CsvHistory::default(),
+        };
         if self.step > 0 && self.validation.is_some() {
             // Validations logged before the checkpoint, paired with the saves still on disk.
-            for (step, loss) in read_validation_history(&csv_path).into_iter().filter(|(s, _)| *s <= self.step) {
+            for &(step, loss) in &history.validation {
                 self.val_history.push(step, loss as f32);
-                self.val_history.pair(step, c.output_dir.join(checkpoint_dir_name(&c.output_name, step)));
+                self.val_history.pair(step, layout.checkpoint(step));
             }
         }
         let with_val = self.validation.is_some();
         let mut csv = if self.step == 0 {
             CsvLog::create_for(&csv_path, with_val)?
         } else {
-            CsvLog::resume_for(&csv_path, self.step, with_val)?
+            CsvLog::resume_with(&csv_path, &history, with_val)?
         };
         let mut events = match &c.logging_dir {
             Some(dir) => {
-                let mut w = EventWriter::create(&dir.join(&c.output_name))?;
+                let mut w = EventWriter::create(&layout.events(dir))?;
                 if self.step > 0 {
                     // Resumed: TensorBoard drops what earlier files logged from here on.
                     w.session_start(self.step + 1, unix_seconds())?;
@@ -499,7 +516,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let checkpoint = Some(last_dir);
         let mut lora = None;
         if !stopped {
-            let path = c.output_dir.join(format!("{}.safetensors", c.output_name));
+            let path = layout.lora();
             let meta = self.metadata(source.epochs_completed());
             let model = self.model.as_mut().expect("model present between steps");
             self.last_check = Some(match &self.ema {

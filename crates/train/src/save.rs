@@ -13,7 +13,7 @@ use fluxlora_io::{iso8601_utc, read_lora, write_lora, FluxVariant, LoraFormat, T
 
 use crate::config::{SaveFormat, TrainConfig};
 use crate::error::TrainError;
-use crate::lora_export::{export_lora, to_host};
+use crate::lora_export::export_lora;
 
 /// The io crate's format for a `save_format`.
 pub fn lora_format(f: SaveFormat) -> LoraFormat {
@@ -73,6 +73,15 @@ pub fn save_lora<B: Backend>(
     metadata: &TrainingMetadata,
 ) -> Result<SelfCheck, TrainError> {
     let weights = export_lora(model)?;
+    // The NaN guard runs before the save: a diverged run never leaves a poisoned LoRA behind.
+    for (key, m) in &weights.modules {
+        let tensors = [("down", Some(&m.down)), ("up", Some(&m.up)), ("bias", m.up_bias.as_ref())];
+        for (role, t) in tensors.into_iter().filter_map(|(r, t)| t.map(|t| (r, t))) {
+            if let Some(value) = t.data.iter().find(|v| !v.is_finite()) {
+                return Err(TrainError::NonFiniteWeights { path: path.to_path_buf(), key: format!("{key}.{role}"), value: *value });
+            }
+        }
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     }
@@ -104,7 +113,7 @@ pub fn self_check<B: Backend>(model: &mut Flux<B>, path: &Path) -> Result<SelfCh
                 m.down.shape, m.up.shape, lin.d_in(), lin.d_out()
             )));
         }
-        let want = to_host(&lin.delta_weight())?.transpose()?; // [out, in]
+        let want = fluxlora_flux::host::download(lin.delta_weight())?.transpose()?; // [out, in]
         let got = m.delta()?;
         let diff = got.max_abs_diff(&want)?;
         let tol = 1e-5 * want.max_abs().max(1e-3);
@@ -119,19 +128,8 @@ pub fn self_check<B: Backend>(model: &mut Flux<B>, path: &Path) -> Result<SelfCh
     Ok(SelfCheck { modules: count, max_abs_diff: max_diff })
 }
 
-/// Name of the checkpoint folder for `step`.
-pub fn checkpoint_dir_name(output_name: &str, step: u64) -> String {
-    format!("{output_name}-step{step:08}")
-}
-
-/// The step of a checkpoint folder name of this run, if it is one.
-fn checkpoint_step(output_name: &str, name: &str) -> Option<u64> {
-    let rest = name.strip_prefix(output_name)?.strip_prefix("-step")?;
-    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    rest.parse().ok()
-}
+pub use crate::layout::checkpoint_dir_name;
+use crate::layout::checkpoint_step;
 
 /// The checkpoint folders of run `output_name` in `output_dir`, oldest step first.
 pub fn list_checkpoints(output_dir: &Path, output_name: &str) -> Result<Vec<(u64, PathBuf)>, TrainError> {

@@ -18,7 +18,8 @@ use fluxlora_flux::bf16_if_supported;
 use crate::base::BaseModel;
 use crate::config::TrainConfig;
 use crate::error::TrainError;
-use crate::monitor::{read_loss_history, read_validation_history, Monitor, Sampler};
+use crate::layout::RunLayout;
+use crate::monitor::{Monitor, Sampler};
 use crate::prepare::prepare_data;
 use crate::run::{RunSummary, Trainer};
 use crate::validation::BestCheckpoint;
@@ -104,12 +105,11 @@ pub fn train_session<B: AutodiffBackend>(
     if let Some(stop) = options.stop {
         trainer = trainer.with_stop_handle(stop);
     }
-    let csv = config.output_dir.join(format!("{}-log.csv", config.output_name));
     let (history, val_history) = match &options.resume {
         Some(dir) => {
-            let state = trainer.resume(dir, &mut data.source)?;
-            let upto = |v: Vec<(u64, f64)>| v.into_iter().filter(|(s, _)| *s <= state.step).collect::<Vec<_>>();
-            (upto(read_loss_history(&csv)), upto(read_validation_history(&csv)))
+            trainer.resume(dir, &mut data.source)?;
+            let h = trainer.history().cloned().unwrap_or_default();
+            (h.losses, h.validation)
         }
         None => (Vec::new(), Vec::new()),
     };
@@ -122,7 +122,7 @@ pub fn train_session<B: AutodiffBackend>(
         texts: data.texts,
         sample_grids: monitor.grids.clone(),
         loss_curve: monitor.loss_curve.clone(),
-        config_file: config.output_dir.join(format!("{}-config.toml", config.output_name)),
+        config_file: RunLayout::new(&config).config_copy(),
         run,
     })
 }

@@ -20,9 +20,9 @@
 //! `timesteps / 1000` (σ·1000/1000 in f32, at most an ulp from σ); this step feeds σ itself.
 
 use burn::optim::GradientsParams;
-use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
 use fluxlora_flux::schedule::{LossWeighting, SigmaSampler, BASE_SHIFT, MAX_SHIFT};
-use fluxlora_flux::{forward_backward, latents, Checkpointing, Flux, FluxInputs};
+use fluxlora_flux::{forward_backward, host, latents, Checkpointing, Flux, FluxInputs};
 
 use crate::config::{LossType, ModelPredictionType, TimestepSampling, TrainConfig, WeightingScheme};
 use crate::error::TrainError;
@@ -202,9 +202,6 @@ pub struct StepOutput {
     pub grads: GradientsParams,
 }
 
-fn host_tensor<B: Backend, const D: usize>(data: Vec<f32>, shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
 
 /// The model inputs and loss terms of one micro-batch under its draws.
 struct Prepared<B: Backend> {
@@ -227,15 +224,15 @@ fn prepare<B: Backend>(guidance_embed: bool, batch: &TrainBatch<B>, draw: &Noise
         });
     }
     let device = batch.latents.device();
-    let sigmas: Tensor<B, 1> = host_tensor(draw.sigmas.clone(), [b], &device);
-    let noise: Tensor<B, 3> = host_tensor(draw.noise.clone(), [b, l, c], &device);
+    let sigmas: Tensor<B, 1> = host::tensor(draw.sigmas.clone(), [b], &device);
+    let noise: Tensor<B, 3> = host::tensor(draw.noise.clone(), [b, l, c], &device);
     let x0 = batch.latents.clone().detach();
     let sig3 = sigmas.clone().reshape([b, 1, 1]);
     let x_t = x0.clone() * (sig3.clone().neg() + 1.0) + noise.clone() * sig3;
     let target = noise - x0;
     let weights: Vec<f32> =
         batch.is_reg.iter().map(|&r| if r { s.loss.prior_loss_weight } else { 1.0 }).collect();
-    let weights: Tensor<B, 1> = host_tensor(weights, [b], &device);
+    let weights: Tensor<B, 1> = host::tensor(weights, [b], &device);
     let txt_len = batch.txt.dims()[1];
     let inputs = FluxInputs {
         img: x_t.clone(),
@@ -348,18 +345,18 @@ mod tests {
         let mask = [1.0f32, 0.5, 0.0, 0.25, 1.0, 0.75];
         let w = [1.0f32, 0.4];
         let dev = Default::default();
-        let t3 = |v: &Vec<f32>| host_tensor::<B, 3>(v.clone(), dims, &dev);
+        let t3 = |v: &Vec<f32>| host::tensor::<B, 3>(v.clone(), dims, &dev);
         let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
         for loss_type in [LossType::L2, LossType::L1, LossType::Huber] {
             for prediction in [ModelPredictionType::Raw, ModelPredictionType::Additive, ModelPredictionType::SigmaScaled] {
                 for weighting in [LossWeighting::None, LossWeighting::SigmaSqrt, LossWeighting::CosMap] {
                     for masked in [false, true] {
                         let s = LossSettings { loss_type, huber_c: 0.3, prediction, weighting, prior_loss_weight: 0.4 };
-                        let m = masked.then(|| host_tensor::<B, 3>(mask.to_vec(), [2, 3, 1], &dev));
+                        let m = masked.then(|| host::tensor::<B, 3>(mask.to_vec(), [2, 3, 1], &dev));
                         let got = flow_matching_loss(
                             t3(&pred), t3(&target), t3(&xt),
-                            host_tensor::<B, 1>(sig.to_vec(), [2], &dev), m,
-                            host_tensor::<B, 1>(w.to_vec(), [2], &dev), &s,
+                            host::tensor::<B, 1>(sig.to_vec(), [2], &dev), m,
+                            host::tensor::<B, 1>(w.to_vec(), [2], &dev), &s,
                         )
                         .into_scalar();
                         let want = host_loss(

@@ -85,6 +85,20 @@ fn bad_values_are_rejected_with_the_key_named() {
 }
 
 #[test]
+fn an_output_name_that_would_leave_output_dir_is_refused() {
+    for name in ["../../escape", "sub/dir", "a\\b", "/etc/passwd", "..", "  ", "", "C:evil", " pad"] {
+        let f = file(&format!("output_name = {name:?}\n"));
+        let err = TrainConfig::load(Some(f.path()), &[]).unwrap_err();
+        assert!(matches!(&err, TrainError::Invalid { key, .. } if key == "output_name"), "{name:?}: {err}");
+        assert!(err.to_string().contains("plain name"), "{err}");
+    }
+    for name in ["my_lora", "sks-v2.1", "ümlaut lora"] {
+        let f = file(&format!("output_name = {name:?}\n"));
+        assert_eq!(TrainConfig::load(Some(f.path()), &[]).unwrap().output_name, name);
+    }
+}
+
+#[test]
 fn effective_config_round_trips_through_toml() {
     let c = TrainConfig::load(None, &args("--network_dim 4 --trigger_word sks --discrete_flow_shift 3.1582")).unwrap();
     let f = file(&c.to_toml());

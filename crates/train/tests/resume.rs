@@ -130,3 +130,119 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_usable() {
     let next = t2.save_checkpoint(&src2).unwrap();
     assert!(next.join("state.json").exists() && !partial.exists());
 }
+
+/// Rewrites the safetensors file `path` with the first element of its first float tensor (by
+/// name) set to NaN, as a bad download or a diverged run would leave it; returns that tensor.
+fn poison(path: &std::path::Path) -> String {
+    use fluxlora_io::{Dtype, SafeTensorsFile, TensorRef};
+    let f = SafeTensorsFile::open(path).unwrap();
+    let names: Vec<String> = f.names().map(String::from).collect();
+    let mut parts: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut poisoned = None;
+    for n in &names {
+        let (dtype, shape) = f.info(n).unwrap();
+        let mut bytes = f.raw(n).unwrap().to_vec();
+        if poisoned.is_none() && !bytes.is_empty() {
+            let nan: &[u8] = match dtype {
+                Dtype::F32 => &[0x00, 0x00, 0xc0, 0x7f],
+                Dtype::BF16 => &[0xc0, 0x7f],
+                Dtype::F16 => &[0x00, 0x7e],
+                _ => &[],
+            };
+            if !nan.is_empty() {
+                bytes[..nan.len()].copy_from_slice(nan);
+                poisoned = Some(n.clone());
+            }
+        }
+        parts.push((n.clone(), dtype, shape.to_vec(), bytes));
+    }
+    let meta = f.metadata().clone();
+    drop(f);
+    let refs: Vec<(&str, TensorRef)> =
+        parts.iter().map(|(n, d, s, b)| (n.as_str(), TensorRef::raw(*d, s, b))).collect();
+    fluxlora_io::write_safetensors(path, &refs, &meta).unwrap();
+    poisoned.expect("a float tensor to poison")
+}
+
+#[test]
+fn a_poisoned_checkpoint_is_named_before_any_step() {
+    let _guard = backend_rng_lock();
+    let dev = Default::default();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = tiny_train_config(d.path(), 4);
+    let mut t = Trainer::new(cfg.clone(), tiny_flux(4), dev).unwrap().with_progress(false);
+    let mut src = RandomBatches::new(4);
+    t.step_once(&mut src).unwrap();
+    let lora_ckpt = t.save_checkpoint(&src).unwrap();
+    t.step_once(&mut src).unwrap();
+    let optim_ckpt = t.save_checkpoint(&src).unwrap();
+
+    for (dir, file) in [(&lora_ckpt, "tiny.safetensors"), (&optim_ckpt, "optimizer.safetensors")] {
+        let tensor = poison(&dir.join(file));
+        let mut fresh = Trainer::new(cfg.clone(), tiny_flux(4), dev).unwrap().with_progress(false);
+        let err = fresh.resume(dir, &mut RandomBatches::new(4)).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, TrainError::LoraFile(fluxlora_io::IoError::NonFinite { .. })), "{text}");
+        assert!(text.contains(file) && text.contains(&tensor) && text.contains("NaN"), "{text}");
+        assert_eq!(fresh.step(), 0, "nothing was restored");
+        let verified = fluxlora_train::resume::verify_checkpoint(dir).unwrap_err().to_string();
+        assert_eq!(verified, text);
+    }
+}
+
+#[test]
+fn resume_checks_the_folder_before_reading_it() {
+    let _guard = backend_rng_lock();
+    let dev = Default::default();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = tiny_train_config(d.path(), 2);
+    let resume = |dir: &std::path::Path| {
+        let mut t = Trainer::new(cfg.clone(), tiny_flux(1), dev).unwrap();
+        t.resume(dir, &mut RandomBatches::new(1)).unwrap_err().to_string()
+    };
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(resume(&empty).contains("has no state.json"), "{}", resume(&empty));
+    let file = d.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(resume(&file).contains("is a file"), "{}", resume(&file));
+    assert!(resume(&d.path().join("missing")).contains("cannot be read"));
+
+    // A state.json that names a LoRA outside the folder is refused before that file is opened.
+    let mut t = Trainer::new(cfg.clone(), tiny_flux(1), dev).unwrap().with_progress(false);
+    let mut src = RandomBatches::new(1);
+    t.step_once(&mut src).unwrap();
+    let ckpt = t.save_checkpoint(&src).unwrap();
+    let state_path = ckpt.join("state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["lora_file"] = "../../escape.safetensors".into();
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let err = resume(&ckpt);
+    assert!(err.contains("not a file name inside the folder") && err.contains("escape"), "{err}");
+}
+
+#[test]
+fn the_nan_guard_runs_before_a_save() {
+    let _guard = backend_rng_lock();
+    let dev = Default::default();
+    let d = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(tiny_train_config(d.path(), 2), tiny_flux(5), dev).unwrap().with_progress(false);
+    let mut src = RandomBatches::new(5);
+    t.step_once(&mut src).unwrap();
+    // Weights that diverged while the loss still looked finite.
+    let mut weights = fluxlora_train::export_lora(t.model_mut()).unwrap();
+    let (key, module) = weights.modules.iter_mut().next().unwrap();
+    let key = key.clone();
+    module.up.data[0] = f32::INFINITY;
+    fluxlora_train::import_lora(t.model_mut(), &weights, std::path::Path::new("test")).unwrap();
+    let err = t.save_checkpoint(&src).unwrap_err();
+    assert!(matches!(&err, TrainError::NonFiniteWeights { key: k, .. } if k.starts_with(&key)), "{err}");
+    assert!(err.to_string().contains("inf"), "{err}");
+    // No checkpoint folder, complete or partial, was left behind.
+    let left: Vec<String> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("-step"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -9,8 +9,9 @@
 //! defaults to true; `resolution` defaults to 1024 and `max_bucket_reso` to 2048; relative
 //! `image_dir`s are resolved against the config file's folder; `bucket_reso_steps` must be a
 //! multiple of 16 (Flux packs 2×2 latent patches of an 8× VAE). Extensions: `trigger_word`,
-//! `resolutions = [512, 1024]` (multi-resolution: the dataset is repeated once per resolution)
-//! and `skip_bad_images`.
+//! `resolutions = [512, 1024]` (multi-resolution: the dataset is repeated once per resolution),
+//! `skip_bad_images`, and the image limits `max_image_pixels`, `max_image_side` and
+//! `max_image_bytes` (`[general]` only; see [`ImageLimits`]).
 
 mod toml_file;
 
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::caption::CaptionSettings;
+use crate::decode::ImageLimits;
 use crate::error::{DataError, Result};
 
 /// A whole dataset configuration: one or more datasets, each with its own resolution and
@@ -29,6 +31,10 @@ pub struct DatasetConfig {
     pub source: PathBuf,
     /// Train on the remaining images when some are unreadable (default false: stop).
     pub skip_bad_images: bool,
+    /// Images over these limits are refused before decoding (`[general]` keys
+    /// `max_image_pixels`, `max_image_side`, `max_image_bytes`).
+    #[serde(default)]
+    pub image_limits: ImageLimits,
     pub datasets: Vec<DatasetSettings>,
 }
 
@@ -161,6 +167,7 @@ impl DatasetConfig {
         Ok(DatasetConfig {
             source: root.to_path_buf(),
             skip_bad_images: false,
+            image_limits: ImageLimits::default(),
             datasets: vec![DatasetSettings {
                 batch_size: 1,
                 buckets: BucketSettings::default(),
@@ -172,6 +179,8 @@ impl DatasetConfig {
     /// Checks the invariants that parsing enforces, after fields were changed by hand.
     pub fn validate(&self) -> Result<()> {
         let ctx = Ctx { file: &self.source };
+        validate_image_limits(&self.image_limits)
+            .map_err(|(key, msg)| ctx.bad("general", key, msg))?;
         for (di, d) in self.datasets.iter().enumerate() {
             let dname = format!("datasets.{di}");
             validate_buckets(&d.buckets).map_err(|(key, msg)| ctx.bad(&dname, key, msg))?;
@@ -199,6 +208,23 @@ pub fn is_image_path(path: &Path) -> bool {
         .and_then(|e| e.to_str())
         .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
         .unwrap_or(false)
+}
+
+/// Image-limit invariants (every limit at least 1); returns the offending key and a message.
+pub(crate) fn validate_image_limits(
+    l: &ImageLimits,
+) -> std::result::Result<(), (&'static str, String)> {
+    let zero = |key| Err((key, "must be at least 1; 0 would refuse every image".to_string()));
+    if l.max_pixels == 0 {
+        return zero("max_image_pixels");
+    }
+    if l.max_side == 0 {
+        return zero("max_image_side");
+    }
+    if l.max_decoded_bytes == 0 {
+        return zero("max_image_bytes");
+    }
+    Ok(())
 }
 
 /// Bucket invariants; returns the offending key and a message with the fix.

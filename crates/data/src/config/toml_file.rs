@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 use super::{
-    validate_buckets, validate_subset, BucketSettings, Ctx, DatasetConfig, DatasetSettings,
-    SubsetSettings,
+    validate_buckets, validate_image_limits, validate_subset, BucketSettings, Ctx, DatasetConfig,
+    DatasetSettings, SubsetSettings,
 };
 use crate::caption::CaptionSettings;
+use crate::decode::ImageLimits;
 use crate::error::{DataError, Result};
 
 /// Where a key may be written.
@@ -53,6 +54,9 @@ const KEYS: &[(&str, Level)] = &[
     ("bucket_reso_steps", Level::Dataset),
     ("bucket_no_upscale", Level::Dataset),
     ("skip_bad_images", Level::General),
+    ("max_image_pixels", Level::General),
+    ("max_image_side", Level::General),
+    ("max_image_bytes", Level::General),
 ];
 
 /// kohya keys that exist there but that fluxlora does not implement.
@@ -334,9 +338,25 @@ impl DatasetConfig {
         Ok(DatasetConfig {
             source: file.to_path_buf(),
             skip_bad_images: gscope.bool(&ctx, "skip_bad_images", false)?,
+            image_limits: image_limits(&ctx, &gscope)?,
             datasets,
         })
     }
+}
+
+/// `max_image_pixels`, `max_image_side`, `max_image_bytes` of `[general]`, defaults otherwise.
+fn image_limits(ctx: &Ctx, g: &Scope) -> Result<ImageLimits> {
+    let d = ImageLimits::default();
+    let side = g.uint(ctx, "max_image_side", d.max_side.into())?;
+    let limits = ImageLimits {
+        max_pixels: g.uint(ctx, "max_image_pixels", d.max_pixels)?,
+        max_side: u32::try_from(side).map_err(|_| {
+            ctx.bad("general", "max_image_side", format!("{side} is over {}", u32::MAX))
+        })?,
+        max_decoded_bytes: g.uint(ctx, "max_image_bytes", d.max_decoded_bytes)?,
+    };
+    validate_image_limits(&limits).map_err(|(key, msg)| ctx.bad("general", key, msg))?;
+    Ok(limits)
 }
 
 fn resolutions(ctx: &Ctx, scope: &Scope) -> Result<Vec<(u32, u32)>> {

@@ -1,6 +1,7 @@
 //! Builds the quality report from a listed and analysed dataset, and renders it as text (for
-//! the terminal) or JSON (for disk). Blocking problems (unreadable or corrupt files, captions
-//! that are not UTF-8, images that cannot be bucketed, missing folders, no images) make
+//! the terminal) or JSON (for disk). Blocking problems (unreadable or corrupt files, images over
+//! the config's image limits, captions that are not UTF-8, images that cannot be bucketed,
+//! missing folders, no images) make
 //! [`QualityReport::has_blocking_problems`] true unless `skip_bad_images` is on; everything else
 //! is a warning.
 

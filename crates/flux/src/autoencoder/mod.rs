@@ -7,7 +7,8 @@
 //! `enable_tiling()` does, so a large image never needs the whole activation map at once.
 //!
 //! - [`config`]: architecture, Flux preset, inference from weights.
-//! - [`keys`]: BFL ↔ diffusers key names.
+//! - [`keys`]: BFL ↔ diffusers key names (they live in the I/O crate, `fluxlora_io::ae_keys`,
+//!   next to the transformer's; re-exported here).
 //! - [`resnet`]: GroupNorm, ResNet block, mid attention, down/upsamplers.
 //! - [`encoder`], [`decoder`]: the two halves.
 //! - [`load`]: loading from a checkpoint.
@@ -16,7 +17,6 @@
 pub mod config;
 pub mod decoder;
 pub mod encoder;
-pub mod keys;
 pub mod load;
 pub mod resnet;
 pub mod tiled;
@@ -27,6 +27,7 @@ use burn::tensor::{backend::Backend, DType, Tensor};
 pub use config::{AutoencoderConfig, FLUX_SCALE_FACTOR, FLUX_SHIFT_FACTOR};
 pub use decoder::Decoder;
 pub use encoder::Encoder;
+pub use fluxlora_io::ae_keys as keys;
 pub use keys::{AeKeyFormat, AeKeyLayout};
 pub use load::{resolve_autoencoder_path, AutoencoderLoadOptions};
 pub use tiled::TileOptions;

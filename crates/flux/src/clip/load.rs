@@ -6,13 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType, Tensor};
+use fluxlora_io::text_encoder_keys::CLIP_KEYS;
 use fluxlora_io::Checkpoint;
 
 use crate::clip::{ClipActivation, ClipConfig, ClipLayer, ClipPooling, ClipTextModel};
 use crate::error::{FluxError, Result};
-use crate::frozen::{key_prefix, model_subfolder, open_checkpoint, storage_dtype, WeightReader};
-
-const PROBE: &str = "embeddings.token_embedding.weight";
+use crate::frozen::{model_subfolder, open_checkpoint, storage_dtype, text_encoder_prefix, WeightReader};
 
 /// How to load a CLIP text model. The defaults are CLIP-L's (what Flux uses).
 #[derive(Debug, Clone)]
@@ -58,11 +57,7 @@ impl<B: Backend> ClipTextModel<B> {
 
     /// Loads from an opened checkpoint (`path` is used in messages).
     pub fn from_checkpoint(ckpt: &Checkpoint, path: &Path, options: &ClipLoadOptions, device: &B::Device) -> Result<Self> {
-        let prefix = key_prefix(ckpt, PROBE).ok_or_else(|| FluxError::UnknownModelFormat {
-                path: path.into(),
-                model: "CLIP text model",
-                expected: "`[text_model.]embeddings.token_embedding.weight` (transformers CLIPTextModel keys)",
-            })?;
+        let prefix = text_encoder_prefix(ckpt, path, &CLIP_KEYS)?;
         let dtype = storage_dtype::<B>(device, options.dtype)?;
         let pre = prefix.clone();
         let mut w = WeightReader::<B>::new(ckpt, path, move |n| format!("{pre}{n}"), device, dtype);

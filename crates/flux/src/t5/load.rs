@@ -5,13 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, DType};
+use fluxlora_io::text_encoder_keys::T5_KEYS;
 use fluxlora_io::Checkpoint;
 
 use crate::error::{FluxError, Result};
-use crate::frozen::{key_prefix, model_subfolder, open_checkpoint, storage_dtype, WeightReader};
+use crate::frozen::{model_subfolder, open_checkpoint, storage_dtype, text_encoder_prefix, WeightReader};
 use crate::t5::{T5Block, T5Config, T5Encoder};
-
-const PROBE: &str = "encoder.block.0.layer.0.SelfAttention.q.weight";
 
 /// How to load a T5 encoder. The defaults are T5 v1.1's (what Flux uses).
 #[derive(Debug, Clone)]
@@ -46,11 +45,7 @@ impl<B: Backend> T5Encoder<B> {
 
     /// Loads from an opened checkpoint (`path` is used in messages).
     pub fn from_checkpoint(ckpt: &Checkpoint, path: &Path, options: &T5LoadOptions, device: &B::Device) -> Result<Self> {
-        let prefix = key_prefix(ckpt, PROBE).ok_or_else(|| FluxError::UnknownModelFormat {
-                path: path.into(),
-                model: "T5 encoder",
-                expected: "`encoder.block.0.layer.0.SelfAttention.q.weight` (transformers T5EncoderModel keys)",
-            })?;
+        let prefix = text_encoder_prefix(ckpt, path, &T5_KEYS)?;
         let dtype = storage_dtype::<B>(device, options.dtype)?;
         let pre = prefix.clone();
         let mut w = WeightReader::<B>::new(ckpt, path, move |n| format!("{pre}{n}"), device, dtype);

@@ -84,7 +84,7 @@ impl FluxCheckpoint {
         let sub = path.join("transformer");
         let target = if path.is_dir() && sub.is_dir() { sub.as_path() } else { path };
         let store = Checkpoint::open(target)
-            .map_err(|e| FluxError::Io { path: target.into(), message: e.to_string() })?;
+            .map_err(|e| FluxError::Io { path: target.into(), source: e })?;
         let layout = flux_keys::detect_layout(store.names())
             .ok_or_else(|| FluxError::UnknownFormat { path: target.into() })?;
         Ok(Self { path: target.into(), store, layout })
@@ -137,7 +137,7 @@ impl FluxCheckpoint {
                 found,
             });
         }
-        let io = |e: fluxlora_io::IoError| FluxError::Io { path: self.path.clone(), message: e.to_string() };
+        let io = |e: fluxlora_io::IoError| FluxError::Io { path: self.path.clone(), source: e };
         match &recipe {
             Recipe::Same(s) => self.store.read_f32(s).map_err(io),
             Recipe::ConcatRows(v) => {

@@ -1,39 +1,47 @@
-//! LoRA on the transformer: every linear listed under its BFL module path, adapters added where
-//! a [`TargetSelector`] says so, base freezing, merge and unmerge.
+//! LoRA on the transformer: every linear listed under its BFL module path (names from the I/O
+//! crate's table, `fluxlora_io::flux_linears`), adapters added where a [`TargetSelector`] says
+//! so, base freezing, merge and unmerge.
 
 use burn::module::Param;
 use burn::tensor::{backend::Backend, Tensor};
 use fluxlora_lora::{LoraLinear, TargetSelector};
 
 use crate::error::Result;
-use crate::transformer::double_block::{DoubleStreamBlock, Mlp, SelfAttention};
+use fluxlora_io::flux_linears::{double, double_block_path, outer, single, single_block_path, FluxLinear};
+
+use crate::transformer::double_block::DoubleStreamBlock;
 use crate::transformer::embed::MlpEmbedder;
 use crate::transformer::layers::QkNorm;
 use crate::transformer::model::Flux;
+use crate::transformer::single_block::SingleStreamBlock;
 
-fn push_mlp<'a, B: Backend>(v: &mut Vec<(String, &'a mut LoraLinear<B>)>, p: &str, m: &'a mut MlpEmbedder<B>) {
-    v.push((format!("{p}.in_layer"), &mut m.in_layer));
-    v.push((format!("{p}.out_layer"), &mut m.out_layer));
+/// `(BFL path, linear)` pairs, in the model's order.
+type Linears<'a, B> = Vec<(String, &'a mut LoraLinear<B>)>;
+
+fn double_linears<'a, B: Backend>(v: &mut Linears<'a, B>, i: usize, b: &'a mut DoubleStreamBlock<B>) {
+    let path = |l: &FluxLinear| double_block_path(i, l);
+    v.push((path(&double::IMG_MOD), &mut b.img_mod.lin));
+    v.push((path(&double::IMG_QKV), &mut b.img_attn.qkv));
+    v.push((path(&double::IMG_PROJ), &mut b.img_attn.proj));
+    v.push((path(&double::IMG_MLP_0), &mut b.img_mlp.layer0));
+    v.push((path(&double::IMG_MLP_2), &mut b.img_mlp.layer2));
+    v.push((path(&double::TXT_MOD), &mut b.txt_mod.lin));
+    v.push((path(&double::TXT_QKV), &mut b.txt_attn.qkv));
+    v.push((path(&double::TXT_PROJ), &mut b.txt_attn.proj));
+    v.push((path(&double::TXT_MLP_0), &mut b.txt_mlp.layer0));
+    v.push((path(&double::TXT_MLP_2), &mut b.txt_mlp.layer2));
 }
 
-fn push_attn<'a, B: Backend>(v: &mut Vec<(String, &'a mut LoraLinear<B>)>, p: &str, a: &'a mut SelfAttention<B>) {
-    v.push((format!("{p}.qkv"), &mut a.qkv));
-    v.push((format!("{p}.proj"), &mut a.proj));
+fn single_linears<'a, B: Backend>(v: &mut Linears<'a, B>, i: usize, b: &'a mut SingleStreamBlock<B>) {
+    let path = |l: &FluxLinear| single_block_path(i, l);
+    v.push((path(&single::LINEAR1), &mut b.linear1));
+    v.push((path(&single::LINEAR2), &mut b.linear2));
+    v.push((path(&single::MODULATION), &mut b.modulation.lin));
 }
 
-fn push_ff<'a, B: Backend>(v: &mut Vec<(String, &'a mut LoraLinear<B>)>, p: &str, m: &'a mut Mlp<B>) {
-    v.push((format!("{p}.0"), &mut m.layer0));
-    v.push((format!("{p}.2"), &mut m.layer2));
-}
-
-fn double_linears<'a, B: Backend>(v: &mut Vec<(String, &'a mut LoraLinear<B>)>, i: usize, b: &'a mut DoubleStreamBlock<B>) {
-    let p = format!("double_blocks.{i}");
-    v.push((format!("{p}.img_mod.lin"), &mut b.img_mod.lin));
-    push_attn(v, &format!("{p}.img_attn"), &mut b.img_attn);
-    push_ff(v, &format!("{p}.img_mlp"), &mut b.img_mlp);
-    v.push((format!("{p}.txt_mod.lin"), &mut b.txt_mod.lin));
-    push_attn(v, &format!("{p}.txt_attn"), &mut b.txt_attn);
-    push_ff(v, &format!("{p}.txt_mlp"), &mut b.txt_mlp);
+fn embedder_linears<'a, B: Backend>(v: &mut Linears<'a, B>, [first, second]: [FluxLinear; 2], m: &'a mut MlpEmbedder<B>) {
+    v.push((first.bfl.to_string(), &mut m.in_layer));
+    v.push((second.bfl.to_string(), &mut m.out_layer));
 }
 
 fn qk_scales<'a, B: Backend>(v: &mut Vec<&'a mut Param<Tensor<B, 1>>>, n: &'a mut QkNorm<B>) {
@@ -46,24 +54,21 @@ impl<B: Backend> Flux<B> {
     /// `single_blocks.3.linear1`, `final_layer.adaLN_modulation.1`, …), in checkpoint order.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut LoraLinear<B>)> {
         let mut v = Vec::new();
-        v.push(("img_in".to_string(), &mut self.img_in));
-        push_mlp(&mut v, "time_in", &mut self.time_in);
-        push_mlp(&mut v, "vector_in", &mut self.vector_in);
+        v.push((outer::IMG_IN.bfl.to_string(), &mut self.img_in));
+        embedder_linears(&mut v, [outer::TIME_IN, outer::TIME_OUT], &mut self.time_in);
+        embedder_linears(&mut v, [outer::VECTOR_IN, outer::VECTOR_OUT], &mut self.vector_in);
         if let Some(g) = self.guidance_in.as_mut() {
-            push_mlp(&mut v, "guidance_in", g);
+            embedder_linears(&mut v, [outer::GUIDANCE_IN, outer::GUIDANCE_OUT], g);
         }
-        v.push(("txt_in".to_string(), &mut self.txt_in));
+        v.push((outer::TXT_IN.bfl.to_string(), &mut self.txt_in));
         for (i, b) in self.double_blocks.iter_mut().enumerate() {
             double_linears(&mut v, i, b);
         }
         for (i, b) in self.single_blocks.iter_mut().enumerate() {
-            let p = format!("single_blocks.{i}");
-            v.push((format!("{p}.linear1"), &mut b.linear1));
-            v.push((format!("{p}.linear2"), &mut b.linear2));
-            v.push((format!("{p}.modulation.lin"), &mut b.modulation.lin));
+            single_linears(&mut v, i, b);
         }
-        v.push(("final_layer.linear".to_string(), &mut self.final_layer.linear));
-        v.push(("final_layer.adaLN_modulation.1".to_string(), &mut self.final_layer.ada_ln_modulation));
+        v.push((outer::FINAL_LINEAR.bfl.to_string(), &mut self.final_layer.linear));
+        v.push((outer::FINAL_MODULATION.bfl.to_string(), &mut self.final_layer.ada_ln_modulation));
         v
     }
 

@@ -5,7 +5,7 @@
 
 use super::keys_flux::{is_bfl_module, Target};
 use super::keys_te::{split_component, Component, TE_CLIP, TE_T5};
-use super::write::{module_tensors, OutTensor, Roles};
+use super::out_tensor::{module_tensors, OutTensor, Roles};
 use super::LoraWeights;
 
 const CLIP: &str = "text_encoders.clip_l.transformer.";

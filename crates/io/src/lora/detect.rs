@@ -10,7 +10,7 @@
 //! 5. bare names: a BFL module path ⇒ BFL, a diffusers module name ⇒ PEFT.
 
 use super::keys_flux::{bfl_from_diffusers, is_bfl_module};
-use super::read::split_role;
+use super::role::split_role;
 use super::LoraFormat;
 use crate::error::{IoError, Result};
 use crate::safetensors::SafeTensorsFile;

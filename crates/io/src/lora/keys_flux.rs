@@ -1,5 +1,7 @@
-//! Flux transformer module names: the BFL module table, and the map between BFL paths
-//! (`double_blocks.3.img_attn.qkv`) and diffusers names (`transformer_blocks.3.attn.to_q` …).
+//! Flux transformer module names for LoRA files: module lists and shapes, and the map between
+//! BFL paths (`double_blocks.3.img_attn.qkv`) and diffusers names
+//! (`transformer_blocks.3.attn.to_q` …), all derived from the table in
+//! [`flux_linears`](crate::flux_linears).
 //!
 //! BFL fuses what diffusers splits: a double block's `img_attn.qkv` is diffusers'
 //! `attn.to_q/to_k/to_v` (rows `[0,h) [h,2h) [2h,3h)`), `txt_attn.qkv` is
@@ -10,32 +12,10 @@
 
 use std::ops::Range;
 
-/// Per-double-block linears: (BFL suffix, diffusers suffixes — one per fused segment).
-const DOUBLE: &[(&str, &[&str])] = &[
-    ("img_attn.qkv", &["attn.to_q", "attn.to_k", "attn.to_v"]),
-    ("img_attn.proj", &["attn.to_out.0"]),
-    ("img_mlp.0", &["ff.net.0.proj"]),
-    ("img_mlp.2", &["ff.net.2"]),
-    ("img_mod.lin", &["norm1.linear"]),
-    (
-        "txt_attn.qkv",
-        &["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
-    ),
-    ("txt_attn.proj", &["attn.to_add_out"]),
-    ("txt_mlp.0", &["ff_context.net.0.proj"]),
-    ("txt_mlp.2", &["ff_context.net.2"]),
-    ("txt_mod.lin", &["norm1_context.linear"]),
-];
-
-/// Per-single-block linears.
-const SINGLE: &[(&str, &[&str])] = &[
-    (
-        "linear1",
-        &["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"],
-    ),
-    ("linear2", &["proj_out"]),
-    ("modulation.lin", &["norm.linear"]),
-];
+use crate::flux_linears::{
+    double, double_block_path, outer, single, single_block_path, FluxLinear, DOUBLE_BLOCK_LINEARS, OUTER_LINEARS,
+    SINGLE_BLOCK_LINEARS,
+};
 
 /// Diffusers names that cover several segments of a fused BFL module (read-only aliases:
 /// SimpleTuner's fused `to_qkv` / `add_qkv_proj`).
@@ -45,56 +25,18 @@ const DOUBLE_FUSED_ALIASES: &[(&str, &str)] = &[
 ];
 const SINGLE_FUSED_ALIASES: &[(&str, &str)] = &[("attn.to_qkv", "linear1")];
 
-/// Linears outside the blocks: (BFL path, diffusers name, needs guidance).
-const NON_BLOCK: &[(&str, &str, bool)] = &[
-    ("img_in", "x_embedder", false),
-    ("txt_in", "context_embedder", false),
-    (
-        "time_in.in_layer",
-        "time_text_embed.timestep_embedder.linear_1",
-        false,
-    ),
-    (
-        "time_in.out_layer",
-        "time_text_embed.timestep_embedder.linear_2",
-        false,
-    ),
-    (
-        "vector_in.in_layer",
-        "time_text_embed.text_embedder.linear_1",
-        false,
-    ),
-    (
-        "vector_in.out_layer",
-        "time_text_embed.text_embedder.linear_2",
-        false,
-    ),
-    (
-        "guidance_in.in_layer",
-        "time_text_embed.guidance_embedder.linear_1",
-        true,
-    ),
-    (
-        "guidance_in.out_layer",
-        "time_text_embed.guidance_embedder.linear_2",
-        true,
-    ),
-    ("final_layer.linear", "proj_out", false),
-    ("final_layer.adaLN_modulation.1", "norm_out.linear", false),
-];
-
 /// The BFL module whose output halves are swapped relative to diffusers.
-pub const SWAPPED_MODULE: &str = "final_layer.adaLN_modulation.1";
+pub const SWAPPED_MODULE: &str = outer::FINAL_MODULATION.bfl;
 
 /// Every linear inside the double and single blocks (kohya's default target set:
 /// `10·depth + 3·depth_single`, 304 for Flux.1 dev/schnell).
 pub fn flux_block_module_paths(depth: usize, depth_single: usize) -> Vec<String> {
     let mut out = Vec::with_capacity(10 * depth + 3 * depth_single);
     for i in 0..depth {
-        out.extend(DOUBLE.iter().map(|(s, _)| format!("double_blocks.{i}.{s}")));
+        out.extend(DOUBLE_BLOCK_LINEARS.iter().map(|l| double_block_path(i, l)));
     }
     for i in 0..depth_single {
-        out.extend(SINGLE.iter().map(|(s, _)| format!("single_blocks.{i}.{s}")));
+        out.extend(SINGLE_BLOCK_LINEARS.iter().map(|l| single_block_path(i, l)));
     }
     out
 }
@@ -105,10 +47,10 @@ pub fn flux_block_module_paths(depth: usize, depth_single: usize) -> Vec<String>
 pub fn flux_module_paths(depth: usize, depth_single: usize, guidance: bool) -> Vec<String> {
     let mut out = flux_block_module_paths(depth, depth_single);
     out.extend(
-        NON_BLOCK
+        OUTER_LINEARS
             .iter()
-            .filter(|(_, _, g)| guidance || !g)
-            .map(|(p, _, _)| p.to_string()),
+            .filter(|l| guidance || !l.needs_guidance)
+            .map(|l| l.bfl.to_string()),
     );
     out
 }
@@ -146,35 +88,31 @@ impl FluxDims {
     /// `(in_features, out_features)` of the linear at BFL `path`, `None` if there is none.
     pub fn module_shape(&self, path: &str) -> Option<(usize, usize)> {
         let (h, m) = (self.hidden, self.mlp);
-        let (kind, rest) = parse_bfl(path)?;
-        let in_range = |i: usize, n: usize| i < n;
-        Some(match kind {
-            BflKind::Double(i) if in_range(i, self.depth) => match rest {
-                "img_attn.qkv" | "txt_attn.qkv" => (h, 3 * h),
-                "img_attn.proj" | "txt_attn.proj" => (h, h),
-                "img_mlp.0" | "txt_mlp.0" => (h, m),
-                "img_mlp.2" | "txt_mlp.2" => (m, h),
-                "img_mod.lin" | "txt_mod.lin" => (h, 6 * h),
-                _ => return None,
-            },
-            BflKind::Single(i) if in_range(i, self.depth_single) => match rest {
-                "linear1" => (h, 3 * h + m),
-                "linear2" => (h + m, h),
-                "modulation.lin" => (h, 3 * h),
-                _ => return None,
-            },
-            BflKind::NonBlock => match rest {
-                "img_in" => (self.in_channels, h),
-                "txt_in" => (self.context_in, h),
-                "time_in.in_layer" => (256, h),
-                "vector_in.in_layer" => (self.vec_in, h),
-                "guidance_in.in_layer" if self.guidance => (256, h),
-                "time_in.out_layer" | "vector_in.out_layer" => (h, h),
-                "guidance_in.out_layer" if self.guidance => (h, h),
-                "final_layer.linear" => (h, self.out_channels),
-                "final_layer.adaLN_modulation.1" => (h, 2 * h),
-                _ => return None,
-            },
+        let (kind, linear) = bfl_linear(path)?;
+        let in_range = match kind {
+            BflKind::Double(i) => i < self.depth,
+            BflKind::Single(i) => i < self.depth_single,
+            BflKind::NonBlock => self.guidance || !linear.needs_guidance,
+        };
+        if !in_range {
+            return None;
+        }
+        Some(match (kind, linear) {
+            (BflKind::Double(_), double::IMG_QKV | double::TXT_QKV) => (h, 3 * h),
+            (BflKind::Double(_), double::IMG_PROJ | double::TXT_PROJ) => (h, h),
+            (BflKind::Double(_), double::IMG_MLP_0 | double::TXT_MLP_0) => (h, m),
+            (BflKind::Double(_), double::IMG_MLP_2 | double::TXT_MLP_2) => (m, h),
+            (BflKind::Double(_), double::IMG_MOD | double::TXT_MOD) => (h, 6 * h),
+            (BflKind::Single(_), single::LINEAR1) => (h, 3 * h + m),
+            (BflKind::Single(_), single::LINEAR2) => (h + m, h),
+            (BflKind::Single(_), single::MODULATION) => (h, 3 * h),
+            (_, outer::IMG_IN) => (self.in_channels, h),
+            (_, outer::TXT_IN) => (self.context_in, h),
+            (_, outer::TIME_IN | outer::GUIDANCE_IN) => (256, h),
+            (_, outer::VECTOR_IN) => (self.vec_in, h),
+            (_, outer::TIME_OUT | outer::VECTOR_OUT | outer::GUIDANCE_OUT) => (h, h),
+            (_, outer::FINAL_LINEAR) => (h, self.out_channels),
+            (_, outer::FINAL_MODULATION) => (h, 2 * h),
             _ => return None,
         })
     }
@@ -195,10 +133,21 @@ fn parse_bfl(path: &str) -> Option<(BflKind, &str)> {
     if let Some((i, rest)) = indexed(path, "single_blocks.", '.') {
         return Some((BflKind::Single(i), rest));
     }
-    NON_BLOCK
+    OUTER_LINEARS
         .iter()
-        .any(|(p, _, _)| *p == path)
+        .any(|l| l.bfl == path)
         .then_some((BflKind::NonBlock, path))
+}
+
+/// The table entry of BFL linear `path`, with the block it sits in.
+fn bfl_linear(path: &str) -> Option<(BflKind, FluxLinear)> {
+    let (kind, rest) = parse_bfl(path)?;
+    let table: &[FluxLinear] = match kind {
+        BflKind::Double(_) => &DOUBLE_BLOCK_LINEARS,
+        BflKind::Single(_) => &SINGLE_BLOCK_LINEARS,
+        BflKind::NonBlock => &OUTER_LINEARS,
+    };
+    table.iter().find(|l| l.bfl == rest).map(|l| (kind, *l))
 }
 
 /// `prefix` + decimal index + `sep` + rest.
@@ -215,18 +164,12 @@ pub(crate) fn indexed<'a>(s: &'a str, prefix: &str, sep: char) -> Option<(usize,
 
 /// Whether `path` is a BFL linear module path this crate knows.
 pub fn is_bfl_module(path: &str) -> bool {
-    match parse_bfl(path) {
-        Some((BflKind::Double(_), rest)) => DOUBLE.iter().any(|(s, _)| *s == rest),
-        Some((BflKind::Single(_), rest)) => SINGLE.iter().any(|(s, _)| *s == rest),
-        Some((BflKind::NonBlock, _)) => true,
-        None => false,
-    }
+    bfl_linear(path).is_some()
 }
 
 /// Whether the BFL module is stored fused (several diffusers modules).
 pub fn is_fused(path: &str) -> bool {
-    path.ends_with("_attn.qkv")
-        || (path.starts_with("single_blocks.") && path.ends_with(".linear1"))
+    bfl_linear(path).is_some_and(|(_, l)| l.is_fused())
 }
 
 /// Where a diffusers-named (or otherwise partial) LoRA module lands in the canonical map.
@@ -254,32 +197,32 @@ impl Target {
 /// Maps a diffusers transformer module name (no `transformer.` prefix) to its BFL target.
 pub fn bfl_from_diffusers(name: &str) -> Option<Target> {
     if let Some((i, rest)) = indexed(name, "transformer_blocks.", '.') {
-        return block_target(DOUBLE, DOUBLE_FUSED_ALIASES, "double_blocks", i, rest);
+        return block_target(&DOUBLE_BLOCK_LINEARS, DOUBLE_FUSED_ALIASES, "double_blocks", i, rest);
     }
     if let Some((i, rest)) = indexed(name, "single_transformer_blocks.", '.') {
-        return block_target(SINGLE, SINGLE_FUSED_ALIASES, "single_blocks", i, rest);
+        return block_target(&SINGLE_BLOCK_LINEARS, SINGLE_FUSED_ALIASES, "single_blocks", i, rest);
     }
-    NON_BLOCK
+    OUTER_LINEARS
         .iter()
-        .find(|(_, d, _)| *d == name)
-        .map(|(p, _, _)| Target {
-            key: p.to_string(),
+        .find(|l| l.diffusers == [name])
+        .map(|l| Target {
+            key: l.bfl.to_string(),
             segments: None,
-            swap_halves: *p == SWAPPED_MODULE,
+            swap_halves: l.bfl == SWAPPED_MODULE,
         })
 }
 
 fn block_target(
-    table: &[(&str, &[&str])],
+    table: &[FluxLinear],
     aliases: &[(&str, &str)],
     block: &str,
     i: usize,
     rest: &str,
 ) -> Option<Target> {
-    for (bfl, parts) in table {
-        if let Some(seg) = parts.iter().position(|p| *p == rest) {
-            let key = format!("{block}.{i}.{bfl}");
-            let segments = (parts.len() > 1).then_some(seg..seg + 1);
+    for linear in table {
+        if let Some(seg) = linear.diffusers.iter().position(|p| *p == rest) {
+            let key = format!("{block}.{i}.{}", linear.bfl);
+            let segments = linear.is_fused().then_some(seg..seg + 1);
             return Some(Target {
                 key,
                 segments,
@@ -300,89 +243,79 @@ fn block_target(
 /// The diffusers names (no `transformer.` prefix) of a BFL module, one per fused segment, and
 /// whether the halves are swapped. `None` for paths this crate does not know.
 pub fn diffusers_names(bfl: &str) -> Option<(Vec<String>, bool)> {
-    let block = |table: &[(&str, &[&str])], prefix: &str, i: usize, rest: &str| {
-        table.iter().find(|(s, _)| *s == rest).map(|(_, parts)| {
-            (
-                parts.iter().map(|p| format!("{prefix}.{i}.{p}")).collect(),
-                false,
-            )
-        })
-    };
-    match parse_bfl(bfl)? {
-        (BflKind::Double(i), rest) => block(DOUBLE, "transformer_blocks", i, rest),
-        (BflKind::Single(i), rest) => block(SINGLE, "single_transformer_blocks", i, rest),
-        (BflKind::NonBlock, p) => NON_BLOCK
-            .iter()
-            .find(|(q, _, _)| *q == p)
-            .map(|(_, d, _)| (vec![d.to_string()], p == SWAPPED_MODULE)),
-    }
+    let (kind, linear) = bfl_linear(bfl)?;
+    let scoped = |prefix: &str, i: usize| linear.diffusers.iter().map(|p| format!("{prefix}.{i}.{p}")).collect();
+    Some(match kind {
+        BflKind::Double(i) => (scoped("transformer_blocks", i), false),
+        BflKind::Single(i) => (scoped("single_transformer_blocks", i), false),
+        BflKind::NonBlock => (linear.diffusers.iter().map(|d| d.to_string()).collect(), linear.bfl == SWAPPED_MODULE),
+    })
 }
 
 /// Inverse of `path.replace('.', '_')` for BFL paths (kohya's `lora_unet_` names).
 pub fn bfl_from_underscored(s: &str) -> Option<String> {
     if let Some((i, rest)) = indexed(s, "double_blocks_", '_') {
-        return DOUBLE
+        return DOUBLE_BLOCK_LINEARS
             .iter()
-            .find(|(b, _)| b.replace('.', "_") == rest)
-            .map(|(b, _)| format!("double_blocks.{i}.{b}"));
+            .find(|l| l.bfl.replace('.', "_") == rest)
+            .map(|l| double_block_path(i, l));
     }
     if let Some((i, rest)) = indexed(s, "single_blocks_", '_') {
-        return SINGLE
+        return SINGLE_BLOCK_LINEARS
             .iter()
-            .find(|(b, _)| b.replace('.', "_") == rest)
-            .map(|(b, _)| format!("single_blocks.{i}.{b}"));
+            .find(|l| l.bfl.replace('.', "_") == rest)
+            .map(|l| single_block_path(i, l));
     }
-    NON_BLOCK
+    OUTER_LINEARS
         .iter()
-        .find(|(p, _, _)| p.replace('.', "_") == s)
-        .map(|(p, _, _)| p.to_string())
+        .find(|l| l.bfl.replace('.', "_") == s)
+        .map(|l| l.bfl.to_string())
 }
 
 /// Inverse of `name.replace('.', '_')` for diffusers transformer names (OneTrainer's
 /// `lora_transformer_` names).
 pub fn diffusers_from_underscored(s: &str) -> Option<String> {
-    let block = |table: &[(&str, &[&str])],
+    let block = |table: &[FluxLinear],
                  aliases: &[(&str, &str)],
                  prefix: &str,
                  i: usize,
                  rest: &str| {
         table
             .iter()
-            .flat_map(|(_, parts)| parts.iter().copied())
+            .flat_map(|l| l.diffusers.iter().copied())
             .chain(aliases.iter().map(|(a, _)| *a))
             .find(|p| p.replace('.', "_") == rest)
             .map(|p| format!("{prefix}.{i}.{p}"))
     };
     if let Some((i, rest)) = indexed(s, "transformer_blocks_", '_') {
-        return block(DOUBLE, DOUBLE_FUSED_ALIASES, "transformer_blocks", i, rest);
+        return block(&DOUBLE_BLOCK_LINEARS, DOUBLE_FUSED_ALIASES, "transformer_blocks", i, rest);
     }
     if let Some((i, rest)) = indexed(s, "single_transformer_blocks_", '_') {
         return block(
-            SINGLE,
+            &SINGLE_BLOCK_LINEARS,
             SINGLE_FUSED_ALIASES,
             "single_transformer_blocks",
             i,
             rest,
         );
     }
-    NON_BLOCK
+    OUTER_LINEARS
         .iter()
-        .find(|(_, d, _)| d.replace('.', "_") == s)
-        .map(|(_, d, _)| d.to_string())
+        .flat_map(|l| l.diffusers.iter())
+        .find(|d| d.replace('.', "_") == s)
+        .map(|d| d.to_string())
 }
 
 /// Row sizes of the segments of fused BFL module `path` with `in_features`/`out_features`
 /// (`[h, h, h]` for qkv with h = out/3; `[h, h, h, out−3h]` for linear1 with h = in).
 /// `None` when the module is not fused or the sizes do not fit.
 pub fn fused_segments(path: &str, in_features: usize, out_features: usize) -> Option<Vec<usize>> {
-    if !is_fused(path) {
-        return None;
-    }
-    if path.ends_with("_attn.qkv") {
-        (out_features.is_multiple_of(3) && out_features > 0).then(|| vec![out_features / 3; 3])
-    } else {
+    let (_, linear) = bfl_linear(path).filter(|(_, l)| l.is_fused())?;
+    if linear == single::LINEAR1 {
         let h = in_features;
         (out_features > 3 * h && h > 0).then(|| vec![h, h, h, out_features - 3 * h])
+    } else {
+        (out_features.is_multiple_of(3) && out_features > 0).then(|| vec![out_features / 3; 3])
     }
 }
 

@@ -9,7 +9,7 @@ use super::keys_te::{
     clip_from_underscored, is_clip_module, is_t5_module, split_component, t5_from_underscored,
     Component, TE_CLIP, TE_T5,
 };
-use super::write::{module_tensors, OutTensor, Roles};
+use super::out_tensor::{module_tensors, OutTensor, Roles};
 use super::LoraWeights;
 
 /// Maps a kohya module stem to its canonical target.

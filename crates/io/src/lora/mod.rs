@@ -31,8 +31,10 @@ pub mod keys_te;
 pub mod kohya;
 pub mod onetrainer;
 pub mod ops;
+mod out_tensor;
 pub mod peft;
 pub mod read;
+mod role;
 pub mod write;
 pub mod xlabs;
 

@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::fuse::{split_rows, swap_halves};
 use super::keys_flux::{bfl_from_diffusers, diffusers_names, fused_segments, Target};
 use super::keys_te::{split_component, Component, TE_CLIP, TE_T5};
-use super::write::OutTensor;
+use super::out_tensor::OutTensor;
 use super::{LoraModule, LoraWeights};
 
 /// Header key diffusers stores the adapter configs under.

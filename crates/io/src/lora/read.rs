@@ -13,55 +13,14 @@ use std::path::Path;
 use super::detect::detect;
 use super::fuse::Assembler;
 use super::keys_flux::Target;
+use super::role::split_role;
 use super::{bfl, comfy, kohya, onetrainer, peft, xlabs, LoraFormat, LoraModule, LoraWeights};
 use crate::error::{IoError, Result};
 use crate::safetensors::SafeTensorsFile;
 
-/// What a key holds for its module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    Down,
-    Up,
-    Alpha,
-    Bias,
-    DiffB,
-}
-
-const SUFFIXES: &[(&str, Role)] = &[
-    (".lora_down.weight", Role::Down),
-    (".lora_A.weight", Role::Down),
-    (".lora_up.weight", Role::Up),
-    (".lora_B.weight", Role::Up),
-    (".lora_B.bias", Role::Bias),
-    (".lora_up.bias", Role::Bias),
-    (".down.weight", Role::Down),
-    (".up.weight", Role::Up),
-    (".alpha", Role::Alpha),
-    (".diff_b", Role::DiffB),
-];
-
-/// Splits a tensor key into `(module stem, role)`.
-pub(crate) fn split_role(key: &str) -> Option<(&str, Role)> {
-    SUFFIXES.iter().find_map(|(s, r)| {
-        key.strip_suffix(s)
-            .filter(|stem| !stem.is_empty())
-            .map(|stem| (stem, *r))
-    })
-}
-
 #[derive(Default)]
 struct Group {
     keys: BTreeMap<&'static str, String>,
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Down => "down",
-        Role::Up => "up",
-        Role::Alpha => "alpha",
-        Role::Bias => "bias",
-        Role::DiffB => "diff_b",
-    }
 }
 
 /// Opens `path`, detects its format and reads it.
@@ -112,12 +71,12 @@ pub fn read_lora_from(file: &SafeTensorsFile, format: LoraFormat) -> Result<Lora
     for key in file.names() {
         let (stem, role) = split_role(key).ok_or_else(|| key_err(key, unsupported_hint(key)))?;
         let g = groups.entry(stem.to_string()).or_default();
-        if let Some(prev) = g.keys.insert(role_name(role), key.to_string()) {
+        if let Some(prev) = g.keys.insert(role.name(), key.to_string()) {
             return Err(key_err(
                 key,
                 format!(
                     "gives the {} of the same module as `{prev}`",
-                    role_name(role)
+                    role.name()
                 ),
             ));
         }
@@ -211,25 +170,5 @@ fn unsupported_hint(key: &str) -> String {
     } else {
         "unknown key suffix; expected .lora_down/.lora_up/.lora_A/.lora_B(.weight), .alpha, .lora_B.bias or .diff_b"
             .into()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roles_split() {
-        assert_eq!(
-            split_role("lora_unet_x.lora_down.weight"),
-            Some(("lora_unet_x", Role::Down))
-        );
-        assert_eq!(
-            split_role("a.b.processor.qkv_lora1.up.weight"),
-            Some(("a.b.processor.qkv_lora1", Role::Up))
-        );
-        assert_eq!(split_role("x.lora_B.bias"), Some(("x", Role::Bias)));
-        assert_eq!(split_role("x.dora_scale"), None);
-        assert_eq!(split_role(".alpha"), None);
     }
 }

@@ -1,59 +1,14 @@
 //! Writing [`LoraWeights`] as kohya, PEFT/diffusers or ComfyUI safetensors (atomically).
+//!
+//! Each format module turns the weights into `OutTensor`s; this
+//! module checks them, merges the metadata and writes the file.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{comfy, kohya, peft, LoraFormat, LoraModule, LoraWeights};
+use super::{comfy, kohya, peft, LoraFormat, LoraWeights};
 use crate::error::{IoError, Result};
 use crate::safetensors::{write_safetensors, Dtype, TensorRef};
-use crate::tensor::HostTensor;
-
-/// One tensor to be written.
-pub(crate) struct OutTensor {
-    pub name: String,
-    pub tensor: HostTensor,
-    /// Scalars such as `.alpha` are always written as F32 (a BF16 alpha of 0.3 would change
-    /// the scale).
-    pub keep_f32: bool,
-}
-
-impl OutTensor {
-    pub fn weight(name: String, tensor: HostTensor) -> Self {
-        OutTensor {
-            name,
-            tensor,
-            keep_f32: false,
-        }
-    }
-}
-
-/// Key suffixes of a format that stores alpha (kohya, ComfyUI).
-pub(crate) struct Roles {
-    pub down: &'static str,
-    pub up: &'static str,
-    pub alpha: Option<&'static str>,
-    /// Bias delta, written as `scale·up_bias`.
-    pub bias: &'static str,
-}
-
-/// The tensors of one module for a format that stores alpha.
-pub(crate) fn module_tensors(stem: &str, m: &LoraModule, roles: &Roles) -> Vec<OutTensor> {
-    let mut out = vec![
-        OutTensor::weight(format!("{stem}{}", roles.down), m.down.clone()),
-        OutTensor::weight(format!("{stem}{}", roles.up), m.up.clone()),
-    ];
-    if let Some(a) = roles.alpha {
-        out.push(OutTensor {
-            name: format!("{stem}{a}"),
-            tensor: HostTensor::scalar(m.alpha),
-            keep_f32: true,
-        });
-    }
-    if let Some(b) = m.delta_bias() {
-        out.push(OutTensor::weight(format!("{stem}{}", roles.bias), b));
-    }
-    out
-}
 
 /// Writes `lora` to `path` in `format` with F32 weights. See [`write_lora_as`].
 pub fn write_lora(

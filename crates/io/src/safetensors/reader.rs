@@ -132,6 +132,30 @@ impl SafeTensorsFile {
         Ok(t.data[0])
     }
 
+    /// Checks that every float tensor is finite; the first NaN or ±inf is an
+    /// [`IoError::NonFinite`] naming the file and the tensor. Integer tensors (quantized states)
+    /// are skipped: every value they hold is finite.
+    pub fn check_finite(&self) -> Result<()> {
+        let mut data = Vec::new();
+        for (name, e) in &self.header.tensors {
+            if !e.dtype.is_float() {
+                continue;
+            }
+            data.clear();
+            decode_to_f32(e.dtype, self.raw(name)?, &mut data);
+            if let Some((index, &value)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(IoError::NonFinite {
+                    path: self.path.clone(),
+                    key: name.clone(),
+                    value,
+                    index,
+                    count: data.len(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The `__metadata__` map (empty when the file has none).
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.header.metadata

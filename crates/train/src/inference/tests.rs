@@ -4,6 +4,7 @@ use crate::prompts::{parse_prompt_line, SampleDefaults};
 use burn::backend::NdArray;
 use crate::sample::tests::tiny_flux;
 use fluxlora_flux::{latents, FluxInputs};
+use fluxlora_io::HostTensor;
 
 type B = NdArray;
 

@@ -37,7 +37,7 @@ use fluxlora_data::SplitMix64;
 use fluxlora_flux::autoencoder::AutoencoderConfig;
 use fluxlora_flux::export::{autoencoder_tensors, transformer_tensors};
 use fluxlora_flux::schedule::SigmaSampler;
-use fluxlora_flux::{latents, Autoencoder, AutoencoderLoadOptions, Flux, FluxCheckpoint, FluxConfig, LoadOptions};
+use fluxlora_flux::{host, latents, Autoencoder, AutoencoderLoadOptions, Flux, FluxCheckpoint, FluxConfig, LoadOptions};
 use fluxlora_io::{write_safetensors, HostTensor, TensorRef};
 use image::RgbImage;
 
@@ -211,13 +211,6 @@ fn mean(v: &[f32]) -> f32 {
     v.iter().sum::<f32>() / v.len().max(1) as f32
 }
 
-/// A tensor's values on the host, in row-major order.
-fn host_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>, TrainError> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| TrainError::Shape { what: "tensor read-back".into(), message: format!("{e:?}") })
-}
 
 fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), TrainError> {
     let refs: Vec<(&str, TensorRef<'_>)> = tensors.iter().map(|(k, t)| (k.as_str(), TensorRef::f32(t))).collect();
@@ -319,7 +312,7 @@ fn pretrain_autoencoder<B: AutodiffBackend>(
     let mut rng = SplitMix64::derive(o.seed, &[AE_SCENES, u64::MAX]);
     let images: Vec<RgbImage> = (0..64).map(|_| world.render(&world.base_scene(&mut rng))).collect();
     let z = ae.encode(images_tensor::<B::InnerBackend>(&images, device))?;
-    let v = host_vec(z)?;
+    let v = host::values(z)?;
     let m = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64;
     let var = v.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / v.len().max(1) as f64;
     ae.config.shift_factor = m;
@@ -361,13 +354,13 @@ fn encode_flux_data<B: Backend>(
         let packed = latents::pack(z)?;
         let [_, l, c] = packed.dims();
         (data.tokens, data.channels, data.grid) = (l, c, (h / 2, w / 2));
-        data.latents.extend(host_vec(packed)?);
+        data.latents.extend(host::values(packed)?);
         for s in &scenes {
             let next = index.len();
             let id = *index.entry(s.caption.clone()).or_insert(next);
             if id == data.texts.len() {
                 let (t5, pooled) = text.encode_tensors(&s.caption)?;
-                data.texts.push((host_vec(t5)?, host_vec(pooled)?));
+                data.texts.push((host::values(t5)?, host::values(pooled)?));
             }
             data.captions.push(id);
         }
@@ -470,7 +463,8 @@ pub fn write_dataset(o: &PretrainOptions, report: &mut PretrainReport) -> Result
         let png = dir.join(format!("sks_{i:02}.png"));
         save_png(&png, &world.render(&scene), &[])?;
         let txt = dir.join(format!("sks_{i:02}.txt"));
-        std::fs::write(&txt, format!("{}\n", scene.caption)).map_err(|e| TrainError::io(&txt, e))?;
+        let caption = format!("{}\n", scene.caption);
+        fluxlora_io::atomic_write(&txt, |w| w.write_all(caption.as_bytes()))?;
         report.files.extend([png, txt]);
     }
     let mut prompts = String::from(
@@ -481,7 +475,7 @@ pub fn write_dataset(o: &PretrainOptions, report: &mut PretrainReport) -> Result
         prompts.push_str(&format!("a photo of a sks disc on a {bg} background --w {0} --h {0} --s 20 --d {1} --g 3.5\n", o.size, j + 1));
     }
     let path = o.out.join("prompts.txt");
-    std::fs::write(&path, prompts).map_err(|e| TrainError::io(&path, e))?;
+    fluxlora_io::atomic_write(&path, |w| w.write_all(prompts.as_bytes()))?;
     report.files.push(path);
     Ok(())
 }

@@ -101,7 +101,7 @@ pub fn concept_check<B: Backend>(config: &TrainConfig, lora: &Path, seeds: usize
         key: "sample_prompts".into(),
         message: "not set; the concept score samples the prompts file's held-out prompts".into(),
     })?;
-    let grid = config.output_dir.join(format!("{}-concept.png", config.output_name));
+    let grid = crate::layout::RunLayout::new(config).concept_grid();
     let shift = base.is_dev(config)?;
     concept_scores::<B>(&base, lora, prompts, seeds, base.t5_max_length(config)?, shift, &grid, device)
 }

@@ -4,19 +4,19 @@
 //! NdArray or with the reference fixture; the crates' own test helpers are shared by path.
 #![cfg(feature = "wgpu")]
 
-#[path = "../crates/lora/tests/common/mod.rs"]
+#[path = "../../crates/lora/tests/common/mod.rs"]
 mod lora_common;
 
-#[path = "../crates/optim/tests/common/mod.rs"]
+#[path = "../../crates/optim/tests/common/mod.rs"]
 mod optim_common;
 
-#[path = "../crates/flux/tests/common/mod.rs"]
+#[path = "../../crates/flux/tests/common/mod.rs"]
 mod flux_common;
 
-#[path = "../crates/flux/tests/common/encoders.rs"]
+#[path = "../../crates/flux/tests/common/encoders.rs"]
 mod flux_encoders;
 
-#[path = "../crates/caption/tests/common/tagger.rs"]
+#[path = "../../crates/caption/tests/common/tagger.rs"]
 mod caption_tagger;
 
 use std::collections::HashMap;

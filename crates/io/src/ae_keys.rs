@@ -3,8 +3,8 @@
 //! (`encoder.down_blocks.N.resnets.M.conv1.weight`), each possibly under a prefix (e.g.
 //! `first_stage_model.` or `vae.` in single-file bundles).
 //!
-//! The model is built from BFL names; [`file_key`] translates a BFL name into the key of the
-//! opened file. Host-side only: names in, names out.
+//! The model (`fluxlora-flux`'s autoencoder) is built from BFL names; [`file_key`] translates a
+//! BFL name into the key of the opened file. Host-side only: names in, names out.
 
 /// Which naming scheme a checkpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +34,7 @@ const DIFFUSERS_PROBE: &str = "encoder.down_blocks.0.resnets.0.conv1.weight";
 pub fn detect_layout<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<AeKeyLayout> {
     let names: Vec<&str> = names.into_iter().collect();
     for (format, probe) in [(AeKeyFormat::Bfl, BFL_PROBE), (AeKeyFormat::Diffusers, DIFFUSERS_PROBE)] {
-        let Some(hit) = names.iter().find(|n| n.ends_with(probe)) else { continue };
-        let prefix = hit[..hit.len() - probe.len()].to_string();
+        let Some(prefix) = crate::text_encoder_keys::key_prefix(names.iter().copied(), probe) else { continue };
         let level_key = |i: usize| match format {
             AeKeyFormat::Bfl => format!("{prefix}encoder.down.{i}.block.0.conv1.weight"),
             AeKeyFormat::Diffusers => format!("{prefix}encoder.down_blocks.{i}.resnets.0.conv1.weight"),
