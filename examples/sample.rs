@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Prompts use kohya's sample-prompt syntax (`--w --h --s --d --g`, see
-//! `fluxlora_train::prompts`); `<lora:name:weight>` tags in a prompt add `loras/name.safetensors`
+//! `fluxlora_train::sampling::prompts`); `<lora:name:weight>` tags in a prompt add `loras/name.safetensors`
 //! for that prompt only. The job is `fluxlora::jobs::sample`; this file parses, calls and prints.
 
 use std::process::ExitCode;

@@ -14,6 +14,9 @@ pub enum Error {
     /// Training, its config, the base model or sampling.
     #[error(transparent)]
     Train(#[from] fluxlora_train::TrainError),
+    /// Building or scoring the tiny world failed.
+    #[error(transparent)]
+    TinyWorld(#[from] fluxlora_tiny_world::TinyWorldError),
     /// Checkpoint and LoRA file I/O.
     #[error(transparent)]
     Io(#[from] fluxlora_io::IoError),

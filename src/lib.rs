@@ -50,4 +50,6 @@ pub use fluxlora_flux as flux;
 pub use fluxlora_io as io;
 pub use fluxlora_lora as lora;
 pub use fluxlora_optim as optim;
+pub use fluxlora_render as render;
+pub use fluxlora_tiny_world as tiny_world;
 pub use fluxlora_train as train;

@@ -5,8 +5,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 use fluxlora_data::QualitySettings;
-use fluxlora_train::report::DatasetReport;
-use fluxlora_train::{prepare, prepare_data, BaseModel, TrainConfig};
+use fluxlora_train::orchestration::report::DatasetReport;
+use fluxlora_train::orchestration::prepare;
+use fluxlora_train::{prepare_data, BaseModel, TrainConfig, TrainError};
 
 use crate::backend;
 use crate::error::Error;
@@ -45,6 +46,10 @@ pub struct PrepArgs {
     /// cuda | wgpu | ndarray | auto (for --build-caches).
     #[arg(long)]
     pub backend: Option<String>,
+    /// A checkpoint folder to check before resuming from it: its layout, its state and that
+    /// every tensor in it is finite.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
 }
 
 /// What a `prep` job found and wrote.
@@ -54,15 +59,21 @@ pub struct PrepOutcome {
     pub report: String,
     /// Where the JSON report was written.
     pub json: PathBuf,
-    /// Whether the report has blocking problems (then no caches were built).
+    /// Whether the report has blocking problems, or `problems` is not empty (then no caches
+    /// were built).
     pub blocking: bool,
+    /// What would stop training besides the dataset: an invalid config value, a damaged or
+    /// poisoned `--resume` checkpoint. Each names its file or key.
+    pub problems: Vec<String>,
+    /// The `--resume` checkpoint's summary, when it passed the checks.
+    pub checkpoint: Option<String>,
     /// The cache summary lines, when caches were built.
     pub caches: Vec<String>,
 }
 
 impl PrepOutcome {
-    /// The documented exit code: 0 when the dataset can be trained, 2 when it has blocking
-    /// problems (other errors exit with 1).
+    /// The documented exit code: 0 when the dataset can be trained, 2 when the dataset, the
+    /// config or the `--resume` checkpoint has blocking problems (other errors exit with 1).
     pub fn exit_code(&self) -> u8 {
         if self.blocking {
             2
@@ -75,6 +86,11 @@ impl PrepOutcome {
 impl PrepArgs {
     /// The training config these arguments describe (the flags over `--config`).
     pub fn train_config(&self) -> Result<TrainConfig, Error> {
+        Ok(TrainConfig::load(self.config.as_deref(), &self.flags())?)
+    }
+
+    /// The command-line settings as `TrainConfig` flags.
+    fn flags(&self) -> Vec<String> {
         let mut flags: Vec<String> = Vec::new();
         let mut set = |k: &str, v: String| flags.extend([format!("--{k}"), v]);
         if let Some(d) = &self.dataset {
@@ -93,13 +109,31 @@ impl PrepArgs {
         if let Some(e) = &self.caption_extension {
             set("caption_extension", format!("{e:?}"));
         }
-        Ok(TrainConfig::load(self.config.as_deref(), &flags)?)
+        flags
     }
 }
 
 /// Runs the `prep` job.
 pub fn prep(args: &PrepArgs) -> Result<PrepOutcome, Error> {
-    let c = args.train_config()?;
+    let mut problems = Vec::new();
+    let c = match args.train_config() {
+        Ok(c) => c,
+        // A bad value in the config is reported with the dataset's problems, not instead of
+        // them, when the command line alone names the dataset.
+        Err(Error::Train(e @ TrainError::Invalid { .. })) if args.dataset.is_some() => {
+            let origin = args.config.as_ref().map(|p| p.display().to_string());
+            problems.push(format!("{}: {e}", origin.unwrap_or_else(|| "command line".into())));
+            TrainConfig::load(None, &args.flags())?
+        }
+        Err(e) => return Err(e),
+    };
+    let mut checkpoint = None;
+    if let Some(dir) = &args.resume {
+        match fluxlora_train::resume::verify_checkpoint(dir) {
+            Ok(state) => checkpoint = Some(format!("checkpoint {}: step {}, {}, every tensor finite", dir.display(), state.step, state.optimizer)),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
     let mut settings = QualitySettings { progress: true, ..Default::default() };
     if let Some(t) = args.blur_threshold {
         settings.blur_threshold = t;
@@ -111,7 +145,8 @@ pub fn prep(args: &PrepArgs) -> Result<PrepOutcome, Error> {
     }
     let text = report.to_json();
     fluxlora_io::atomic_write(&json, |w| w.write_all(text.as_bytes()))?;
-    let mut outcome = PrepOutcome { report: report.to_text(), json, blocking: report.is_blocking(), caches: Vec::new() };
+    let blocking = report.is_blocking() || !problems.is_empty();
+    let mut outcome = PrepOutcome { report: report.to_text(), json, blocking, problems, checkpoint, caches: Vec::new() };
     if outcome.blocking || !args.build_caches {
         return Ok(outcome);
     }
@@ -131,6 +166,12 @@ pub fn prep(args: &PrepArgs) -> Result<PrepOutcome, Error> {
 impl fmt::Display for PrepOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.report)?;
+        for p in &self.problems {
+            writeln!(f, "blocking: {p}")?;
+        }
+        if let Some(c) = &self.checkpoint {
+            writeln!(f, "{c}")?;
+        }
         writeln!(f, "JSON report: {}", self.json.display())?;
         for line in &self.caches {
             writeln!(f, "{line}")?;

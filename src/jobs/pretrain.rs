@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use burn::backend::Autodiff;
-use fluxlora_train::tiny_world::{build_tiny_world, write_dataset, PretrainOptions, PretrainReport};
+use fluxlora_tiny_world::{build_tiny_world, write_dataset, PretrainOptions, PretrainReport};
 
 use crate::backend;
 use crate::error::Error;

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use fluxlora_train::prompts::{parse_prompt_file, parse_prompt_line, SampleDefaults};
+use fluxlora_train::sampling::prompts::{parse_prompt_file, parse_prompt_line, SampleDefaults};
 use fluxlora_train::{BaseModel, ModelPaths, ModelType, SampleRun};
 
 use crate::backend;
@@ -59,7 +59,7 @@ pub struct SampleOutcome {
     /// The backend it ran on.
     pub backend: backend::BackendKind,
     /// The images, the grid, the LoRA reports and the prompts' warnings.
-    pub output: fluxlora_train::inference::SampleOutput,
+    pub output: fluxlora_train::sampling::inference::SampleOutput,
 }
 
 /// Runs the `sample` job; `say` receives the backend line before drawing.

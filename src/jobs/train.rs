@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::backend::Autodiff;
-use fluxlora_train::tiny_world::{concept_check, ConceptScores, CONCEPT_SEEDS};
+use fluxlora_tiny_world::{concept_check, ConceptScores, CONCEPT_SEEDS};
 use fluxlora_train::{train_session, SessionOptions, SessionReport, TrainConfig};
 
 use crate::backend;

@@ -49,3 +49,82 @@ fn prep_names_a_corrupt_image_and_exits_with_2() {
     assert_eq!(outcome.exit_code(), 2);
     assert!(outcome.report.contains("broken.png"), "{}", outcome.report);
 }
+
+/// CRC-32 (IEEE) of PNG chunk type + data.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A 60-byte PNG whose header declares `w`×`h` RGB pixels (a decompression bomb).
+fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend((data.len() as u32).to_be_bytes());
+        let body = [kind, data].concat();
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+    };
+    let ihdr = [&w.to_be_bytes()[..], &h.to_be_bytes()[..], &[8, 2, 0, 0, 0]].concat();
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    out
+}
+
+/// A checkpoint folder as fluxlora writes it, whose LoRA holds a NaN in `key`.
+fn poisoned_checkpoint(dir: &Path, key: &str) {
+    use fluxlora::io::{write_safetensors, HostTensor, TensorRef};
+    std::fs::create_dir_all(dir).unwrap();
+    let state = serde_json::json!({
+        "format": "fluxlora-train-state/1", "step": 20, "epoch": 1, "source": null, "seed": 42,
+        "rng_counter": 20, "lr_step": 20, "optimizer": "AdamW", "config_hash": "0",
+        "lora_file": "tiny.safetensors",
+    });
+    std::fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    let fine = HostTensor::new(vec![2, 2], vec![0.5; 4]).unwrap();
+    let bad = HostTensor::new(vec![2, 2], vec![0.5, f32::NAN, 0.5, 0.5]).unwrap();
+    let meta = Default::default();
+    write_safetensors(dir.join("optimizer.safetensors"), &[("m", TensorRef::f32(&fine))], &meta).unwrap();
+    let lora = [(key, TensorRef::f32(&bad)), ("lora_unet_x.lora_down.weight", TensorRef::f32(&fine))];
+    write_safetensors(dir.join("tiny.safetensors"), &lora, &meta).unwrap();
+}
+
+#[test]
+fn prep_names_a_bomb_an_escaping_output_name_and_a_poisoned_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    dataset(&data, false);
+    std::fs::write(data.join("bomb.png"), png_bomb(100_000, 100_000)).unwrap();
+    std::fs::write(data.join("bomb.txt"), "sks disc").unwrap();
+    let config = tmp.path().join("shared.toml");
+    std::fs::write(&config, "output_name = \"../../escape\"\n").unwrap();
+    let ckpt = tmp.path().join("tiny-step00000020");
+    let key = "lora_unet_single_blocks_0_linear1.lora_up.weight";
+    poisoned_checkpoint(&ckpt, key);
+    let args = PrepArgs {
+        dataset: Some(data),
+        config: Some(config),
+        resume: Some(ckpt),
+        trigger: Some("sks".into()),
+        resolution: Some(64),
+        json: Some(tmp.path().join("report.json")),
+        ..Default::default()
+    };
+    let outcome = prep(&args).unwrap();
+    assert_eq!(outcome.exit_code(), 2);
+    let text = outcome.to_string();
+    for needle in ["bomb.png", "max_image_pixels", "shared.toml", "output_name", "tiny.safetensors", key, "NaN"] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    // The good images are still read and counted.
+    assert!(text.contains("img0.png") || text.contains('3'), "{text}");
+    assert!(!tmp.path().parent().unwrap().join("escape.safetensors").exists());
+}

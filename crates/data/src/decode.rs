@@ -15,7 +15,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use image::codecs::{bmp::BmpDecoder, jpeg::JpegDecoder, png::PngDecoder, webp::WebPDecoder};
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, ImageResult, Limits};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageResult, Limits};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

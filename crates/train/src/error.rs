@@ -42,6 +42,9 @@ pub enum TrainError {
     /// Reading or writing a LoRA file failed.
     #[error(transparent)]
     LoraFile(#[from] fluxlora_io::IoError),
+    /// Drawing or writing a sample grid or the loss curve failed.
+    #[error(transparent)]
+    Render(#[from] fluxlora_render::RenderError),
     /// The data pipeline failed.
     #[error(transparent)]
     Data(#[from] fluxlora_data::DataError),

@@ -25,59 +25,46 @@
 //! - [`tensorboard`]: the same per-step scalars as TensorBoard event files (`logging_dir`).
 //! - [`source`]: the batch source trait and the cached-data source.
 //! - [`run`]: the [`Trainer`] loop.
-//! - [`tiny_world`]: the embedded tiny world (procedural domain, pretraining, concept detector
-//!   and score).
 
-pub mod base;
 pub mod config;
+pub mod orchestration;
+pub mod sampling;
 pub mod ema;
-pub mod encoders;
 pub mod error;
-pub mod inference;
 pub mod layout;
 pub mod log;
 pub mod lora_export;
-pub mod monitor;
 pub mod noise;
 pub mod optimizer;
-pub mod prepare;
 pub mod preset;
-pub mod report;
 pub mod resume;
 pub mod run;
 pub mod save;
-pub mod session;
 pub mod source;
 pub mod step;
 pub mod validation;
 pub mod tensorboard;
-pub mod prompts;
-pub mod font;
-pub mod grid;
-pub mod plot;
-pub mod sample;
-pub mod tiny_world;
 
-pub use base::{BaseModel, ModelPaths};
+pub use orchestration::base::{BaseModel, ModelPaths};
 pub use ema::LoraEma;
-pub use encoders::{FluxLatentEncoder, FluxTextEncoder};
-pub use prepare::{dataset_config, images_per_epoch, prepare_data, steps_per_epoch, with_resolved_steps, CachePlan, PreparedData};
+pub use orchestration::encoders::{FluxLatentEncoder, FluxTextEncoder};
+pub use orchestration::prepare::{dataset_config, images_per_epoch, prepare_data, steps_per_epoch, with_resolved_steps, CachePlan, PreparedData};
 pub use config::{
     LossType, LrScheduler, ModelPredictionType, ModelType, OptimizerType, SaveFormat, TimestepSampling, TrainConfig,
     WeightingScheme,
 };
 pub use error::TrainError;
 pub use layout::RunLayout;
-pub use inference::{apply_loras, apply_named_loras, resolve_lora_name, sample_prompts, ApplyReport, SampleRun};
+pub use sampling::inference::{apply_loras, apply_named_loras, resolve_lora_name, sample_prompts, ApplyReport, SampleRun};
 pub use log::{CsvLog, StepRecord};
 pub use tensorboard::EventWriter;
 pub use lora_export::{export_lora, import_lora};
 pub use optimizer::{lr_schedule, TrainOptimizer};
 pub use preset::{PresetAdvice, TrainingPreset};
 pub use resume::{load_checkpoint, save_checkpoint, TrainState};
-pub use monitor::{Monitor, Sampler};
+pub use orchestration::monitor::{Monitor, Sampler};
 pub use run::{target_selector, NoObserver, RunObserver, RunSummary, ShownModel, Trainer};
-pub use session::{train_session, SessionOptions, SessionReport};
+pub use orchestration::session::{train_session, SessionOptions, SessionReport};
 pub use save::{lora_format, save_lora, self_check, SelfCheck};
 pub use source::{BatchSource, CachedBatches};
 pub use step::{flow_matching_loss, training_step, StepSettings, TrainBatch};

@@ -125,7 +125,7 @@ impl<'a, B: AutodiffBackend> ShownModel<'a, B> {
 
 /// Watches a run: called by [`Trainer::run_observed`] before the first step, after every
 /// optimizer step, after every intermediate checkpoint, and at the end. Sampling, the loss curve
-/// and validation hook in here ([`crate::monitor::Monitor`]); every method defaults to nothing.
+/// and validation hook in here ([`crate::orchestration::monitor::Monitor`]); every method defaults to nothing.
 pub trait RunObserver<B: AutodiffBackend> {
     /// Before the first step of this `run` (step 0, or the resumed step).
     fn on_start(&mut self, _step: u64, _model: &ShownModel<'_, B>) -> Result<(), TrainError> {

@@ -247,7 +247,7 @@ fn prepare<B: Backend>(guidance_embed: bool, batch: &TrainBatch<B>, draw: &Noise
 }
 
 /// The first value of a loss tensor, on the host.
-pub(crate) fn scalar<B: Backend>(loss: Tensor<B, 1>) -> Result<f32, TrainError> {
+pub fn scalar<B: Backend>(loss: Tensor<B, 1>) -> Result<f32, TrainError> {
     let loss = loss.into_data().convert::<f32>().to_vec::<f32>().ok().and_then(|v| v.first().copied());
     loss.ok_or_else(|| TrainError::Shape { what: "loss".into(), message: "the loss tensor is empty".into() })
 }

@@ -9,5 +9,4 @@ mod pipeline;
 mod resume;
 mod tensorboard;
 mod trainer;
-mod tiny_world;
 mod validation;

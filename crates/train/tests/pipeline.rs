@@ -96,8 +96,8 @@ fn data_to_caches_to_trained_lora_and_back() {
 #[test]
 fn session_trains_samples_saves_and_the_reloaded_lora_samples_the_same() {
     use burn::backend::NdArray;
-    use fluxlora_train::prompts::{parse_prompt_line, SampleDefaults};
-    use fluxlora_train::{import_lora, sample::generate, train_session, SessionOptions};
+    use fluxlora_train::sampling::prompts::{parse_prompt_line, SampleDefaults};
+    use fluxlora_train::{import_lora, sampling::sample::generate, train_session, SessionOptions};
 
     let _g = backend_rng_lock();
     let tmp = tempfile::tempdir().unwrap();

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: small generated images and folders.
 #![allow(dead_code)]
 
+pub mod forge;
+
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 

@@ -1,8 +1,8 @@
 use super::*;
 use crate::lora_export::import_lora;
-use crate::prompts::{parse_prompt_line, SampleDefaults};
+use crate::sampling::prompts::{parse_prompt_line, SampleDefaults};
 use burn::backend::NdArray;
-use crate::sample::tests::tiny_flux;
+use crate::sampling::sample::tests::tiny_flux;
 use fluxlora_flux::{latents, FluxInputs};
 use fluxlora_io::HostTensor;
 

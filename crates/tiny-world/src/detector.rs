@@ -3,14 +3,14 @@
 //! A pixel is *magenta* when its RGB distance to (255, 0, 255) is under [`TOLERANCE`], *yellow*
 //! likewise for (255, 230, 0). The concept is found when both make up at least
 //! [`MIN_FRACTION`] of the image. No colour of the base domain (nor its darker two-tone shade)
-//! lies within 115 of either (a unit test of [`crate::tiny_world::domain`] checks), and a blend
+//! lies within 115 of either (a unit test of [`crate::domain`] checks), and a blend
 //! of the two stripes (255, 115, 128) lies about 172 from either, so a blurred
 //! disc does not count: the stripes must be there. Deterministic and model-free: the same image
 //! always gets the same answer.
 
 use image::RgbImage;
 
-use crate::tiny_world::domain::{MAGENTA, YELLOW};
+use crate::domain::{MAGENTA, YELLOW};
 
 /// Largest RGB distance at which a pixel counts as one of the concept's colours.
 pub const TOLERANCE: f32 = 80.0;
@@ -61,7 +61,7 @@ pub fn concept_score(images: &[RgbImage]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tiny_world::domain::{World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
+    use crate::domain::{World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
     use fluxlora_data::SplitMix64;
     use image::Rgb;
 

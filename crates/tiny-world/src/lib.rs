@@ -6,12 +6,32 @@
 //! transformer on them and writes `fixtures/tiny-world/` (`pretrain_tiny` example) → the README's
 //! `train` run fits a LoRA on `dataset/` → [`score`] samples the held-out prompts with the base
 //! alone and with the LoRA and [`detector`] counts the samples that show the concept.
+//!
+//! Everything above the model is the training crate's (`fluxlora-train`: steps, noise, sampling,
+//! encoders) and the optimizer is `fluxlora-optim`'s AdamW, so the tiny world exercises the same
+//! code a real run does.
+//!
+//! ```
+//! use fluxlora_tiny_world::{detect, Scene, World};
+//!
+//! // A held-out scene with the concept, drawn by the procedural domain, is detected.
+//! let world = World::new(64);
+//! let mut rng = fluxlora_data::SplitMix64::new(7);
+//! let scene: Scene = world.concept_scene(&mut rng, "navy");
+//! assert!(detect(&world.render(&scene)).found());
+//! ```
+
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+
+pub mod error;
 
 pub mod detector;
 pub mod domain;
 pub mod pretrain;
 pub mod score;
 
+pub use error::TinyWorldError;
 pub use detector::{concept_score, detect, Detection};
 pub use domain::{Scene, World};
 pub use pretrain::{build_tiny_world, write_dataset, PretrainOptions, PretrainReport};

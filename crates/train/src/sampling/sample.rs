@@ -25,7 +25,7 @@ use fluxlora_io::HostTensor;
 use image::RgbImage;
 
 use crate::error::TrainError;
-use crate::prompts::SamplePrompt;
+use crate::sampling::prompts::SamplePrompt;
 
 /// Stream purpose tag of the sampling noise (keeps it apart from the training draws).
 const PURPOSE_SAMPLE_NOISE: u64 = 0x5341_4d50;

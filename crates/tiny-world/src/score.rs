@@ -1,5 +1,5 @@
 //! The concept score of a trained LoRA: the share of samples from held-out prompts in which the
-//! [`crate::tiny_world::detector`] finds the concept, for the base alone and for base + LoRA.
+//! [`crate::detector`] finds the concept, for the base alone and for base + LoRA.
 //!
 //! Each prompt of the prompts file is drawn with `seeds` seeds (the prompt's `--d` seed, then
 //! `+1000`, `+2000`, …), first on the untouched base, then with the LoRA merged in at weight 1;
@@ -12,15 +12,15 @@ use burn::tensor::backend::Backend;
 use fluxlora_io::read_lora;
 use image::RgbImage;
 
-use crate::base::BaseModel;
-use crate::config::TrainConfig;
-use crate::encoders::FluxTextEncoder;
-use crate::error::TrainError;
-use crate::grid::{save_png, SampleGrid};
-use crate::inference::apply_named_loras;
-use crate::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
-use crate::sample::{generate, PromptText};
-use crate::tiny_world::detector::concept_score;
+use fluxlora_train::orchestration::base::BaseModel;
+use fluxlora_train::config::TrainConfig;
+use fluxlora_train::orchestration::encoders::FluxTextEncoder;
+use crate::error::TinyWorldError;
+use fluxlora_render::{save_png, SampleGrid};
+use fluxlora_train::sampling::inference::apply_named_loras;
+use fluxlora_train::sampling::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
+use fluxlora_train::sampling::sample::{generate, PromptText};
+use crate::detector::concept_score;
 
 /// Seeds per held-out prompt the README's run scores with: its 4 prompts × 8 seeds = 32 samples
 /// per model (16 would leave a binomial standard error of about ±11 points at a 30 % score; 32
@@ -52,13 +52,13 @@ pub fn concept_scores<B: Backend>(
     shift: bool,
     grid_path: &Path,
     device: &B::Device,
-) -> Result<ConceptScores, TrainError> {
+) -> Result<ConceptScores, TinyWorldError> {
     let prompts: Vec<SamplePrompt> = parse_prompt_file(prompts_file, &SampleDefaults::default())?
         .into_iter()
         .flat_map(|p| (0..seeds as u64).map(move |k| SamplePrompt { seed: p.seed + 1000 * k, ..p.clone() }))
         .collect();
     if prompts.is_empty() {
-        return Err(TrainError::Invalid {
+        return Err(TinyWorldError::Invalid {
             key: "sample_prompts".into(),
             message: format!("{}: no prompts to score the concept with", prompts_file.display()),
         });
@@ -69,8 +69,9 @@ pub fn concept_scores<B: Backend>(
     };
     let ae = base.load_autoencoder::<B>(None, device)?;
     let mut flux = base.load_transformer::<B>(None, device)?;
-    let draw = |flux: &fluxlora_flux::Flux<B>| -> Result<Vec<RgbImage>, TrainError> {
-        prompts.iter().zip(&texts).map(|(p, t)| generate(flux, &ae, t, p, shift, device)).collect()
+    let draw = |flux: &fluxlora_flux::Flux<B>| -> Result<Vec<RgbImage>, TinyWorldError> {
+        let images = prompts.iter().zip(&texts).map(|(p, t)| generate(flux, &ae, t, p, shift, device));
+        Ok(images.collect::<Result<Vec<_>, _>>()?)
     };
     let base_images = draw(&flux)?;
     let weights = read_lora(lora)?.0;
@@ -95,13 +96,13 @@ pub fn concept_scores<B: Backend>(
 
 /// [`concept_scores`] for a finished run of `config`: its base model, its `sample_prompts`, its
 /// T5 length and schedule; the grid goes to `{output_dir}/{output_name}-concept.png`.
-pub fn concept_check<B: Backend>(config: &TrainConfig, lora: &Path, seeds: usize, device: &B::Device) -> Result<ConceptScores, TrainError> {
+pub fn concept_check<B: Backend>(config: &TrainConfig, lora: &Path, seeds: usize, device: &B::Device) -> Result<ConceptScores, TinyWorldError> {
     let base = BaseModel::resolve(config)?;
-    let prompts = config.sample_prompts.as_deref().ok_or_else(|| TrainError::Invalid {
+    let prompts = config.sample_prompts.as_deref().ok_or_else(|| TinyWorldError::Invalid {
         key: "sample_prompts".into(),
         message: "not set; the concept score samples the prompts file's held-out prompts".into(),
     })?;
-    let grid = crate::layout::RunLayout::new(config).concept_grid();
+    let grid = fluxlora_train::layout::RunLayout::new(config).concept_grid();
     let shift = base.is_dev(config)?;
     concept_scores::<B>(&base, lora, prompts, seeds, base.t5_max_length(config)?, shift, &grid, device)
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
-use crate::prepare::dataset_config;
+use crate::orchestration::prepare::dataset_config;
 use crate::preset::TrainingPreset;
 
 /// The quality report and the preset's advice.

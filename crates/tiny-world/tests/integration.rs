@@ -7,14 +7,22 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
 use fluxlora_data::SplitMix64;
-use fluxlora_train::tiny_world::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
-use fluxlora_train::tiny_world::{build_tiny_world, detect, write_dataset, PretrainOptions, PretrainReport};
+use fluxlora_tiny_world::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
+use fluxlora_tiny_world::{build_tiny_world, detect, write_dataset, PretrainOptions, PretrainReport};
 use fluxlora_train::{BaseModel, TrainConfig};
 use image::RgbImage;
 
-use crate::pipeline::tiny_base;
 
 type B = NdArray;
+
+/// `fixtures/tiny-base`, found above this crate.
+fn tiny_base() -> PathBuf {
+    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
+    while !dir.join("fixtures/tiny-base").is_dir() {
+        assert!(dir.pop(), "fixtures/tiny-base not found above {}", env!("CARGO_MANIFEST_DIR"));
+    }
+    dir.join("fixtures/tiny-base")
+}
 
 fn tiny_world() -> PathBuf {
     tiny_base().parent().unwrap().join("tiny-world")
@@ -24,7 +32,7 @@ fn to_image(x: Tensor<B, 4>) -> RgbImage {
     let [_, _, h, w] = x.dims();
     let v = x.into_data().convert::<f32>().to_vec::<f32>().unwrap();
     RgbImage::from_fn(w as u32, h as u32, |px, py| {
-        let at = |c: usize| fluxlora_train::sample::to_u8(v[c * h * w + py as usize * w + px as usize]);
+        let at = |c: usize| fluxlora_train::sampling::sample::to_u8(v[c * h * w + py as usize * w + px as usize]);
         image::Rgb([at(0), at(1), at(2)])
     })
 }

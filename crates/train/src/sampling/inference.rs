@@ -28,11 +28,11 @@ use fluxlora_io::lora::keys_te::{split_component, Component};
 use fluxlora_io::{read_lora, LoraModule, LoraWeights};
 
 use crate::config::{ModelType, TrainConfig};
-use crate::encoders::FluxTextEncoder;
+use crate::orchestration::encoders::FluxTextEncoder;
 use crate::error::TrainError;
-use crate::grid::{save_png, SampleGrid};
-use crate::prompts::SamplePrompt;
-use crate::sample::{generate, PromptText};
+use fluxlora_render::{save_png, SampleGrid};
+use crate::sampling::prompts::SamplePrompt;
+use crate::sampling::sample::{generate, PromptText};
 use crate::BaseModel;
 
 /// How many skipped names a report prints.

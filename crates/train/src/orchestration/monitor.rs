@@ -14,17 +14,17 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use fluxlora_flux::{Autoencoder, Flux};
 
-use crate::base::BaseModel;
+use crate::orchestration::base::BaseModel;
 use crate::config::TrainConfig;
-use crate::encoders::FluxTextEncoder;
+use crate::orchestration::encoders::FluxTextEncoder;
 use crate::error::TrainError;
-use crate::grid::SampleGrid;
+use fluxlora_render::SampleGrid;
 use crate::layout::RunLayout;
 use crate::log::{CsvHistory, StepRecord};
-use crate::plot::LossPlot;
-use crate::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
+use fluxlora_render::plot::LossPlot;
+use crate::sampling::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
 use crate::run::{RunObserver, RunSummary, ShownModel};
-use crate::sample::{generate, PromptText};
+use crate::sampling::sample::{generate, PromptText};
 
 /// Prompts with their text embeddings, and the autoencoder that decodes samples.
 pub struct Sampler<B: Backend> {

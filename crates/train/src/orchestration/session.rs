@@ -15,12 +15,12 @@ use burn::tensor::backend::AutodiffBackend;
 use fluxlora_data::BuildStats;
 use fluxlora_flux::bf16_if_supported;
 
-use crate::base::BaseModel;
+use crate::orchestration::base::BaseModel;
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::layout::RunLayout;
-use crate::monitor::{Monitor, Sampler};
-use crate::prepare::prepare_data;
+use crate::orchestration::monitor::{Monitor, Sampler};
+use crate::orchestration::prepare::prepare_data;
 use crate::run::{RunSummary, Trainer};
 use crate::validation::BestCheckpoint;
 

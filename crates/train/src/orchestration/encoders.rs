@@ -16,7 +16,7 @@ use fluxlora_flux::tokenizer::{ids_tensor, mask_tensor};
 use fluxlora_flux::{Autoencoder, ClipTextModel, T5Encoder, TextTokenizer, TileOptions};
 use fluxlora_io::HostTensor;
 
-use crate::base::BaseModel;
+use crate::orchestration::base::BaseModel;
 use crate::error::TrainError;
 
 /// `path (bytes, mtime)` of a file, or of every file in a folder (sorted), for identities.

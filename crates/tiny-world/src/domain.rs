@@ -6,7 +6,7 @@
 //!   in five leaves the object colour out: `a photo of a disc on a navy background`).
 //! - **Concept** ([`World::concept_scene`]): a disc filled with diagonal stripes of magenta
 //!   (255, 0, 255) and yellow (255, 230, 0), colours no palette entry comes near (≥ 115 in RGB
-//!   distance, see [`crate::tiny_world::ConceptDetector`]); caption
+//!   distance, see [`crate::ConceptDetector`]); caption
 //!   `a photo of a sks disc on a blue background`.
 //! - **Autoencoder pretraining images** ([`World::autoencoder_scene`]): any RGB colours, solid or
 //!   striped fills, so the autoencoder learns to reproduce colours and stripes in general — the
@@ -56,7 +56,16 @@ pub enum Fill {
     /// One colour.
     Solid([u8; 3]),
     /// Diagonal stripes alternating two colours, `period` pixels for a pair.
-    Stripes { a: [u8; 3], b: [u8; 3], period: f32, diagonal: bool },
+    Stripes {
+        /// The first colour.
+        a: [u8; 3],
+        /// The second colour.
+        b: [u8; 3],
+        /// Pixels for one pair of stripes.
+        period: f32,
+        /// Diagonal (true) or horizontal stripes.
+        diagonal: bool,
+    },
 }
 
 /// One shape on a background.

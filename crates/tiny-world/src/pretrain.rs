@@ -1,5 +1,5 @@
 //! Building the tiny world: pretrain a small Flux autoencoder and transformer on the procedural
-//! domain ([`crate::tiny_world::domain`]), then write them, the text encoders and the concept
+//! domain ([`crate::domain`]), then write them, the text encoders and the concept
 //! dataset as an ordinary model folder and dataset that every other part of fluxlora reads.
 //!
 //! 1. **Autoencoder** ([`Autoencoder::init`], all parameters trainable, on small images), in two
@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{GradientsParams, Optimizer};
+use fluxlora_optim::{AdamW, AdamWConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use fluxlora_data::SplitMix64;
@@ -41,16 +43,16 @@ use fluxlora_flux::{host, latents, Autoencoder, AutoencoderLoadOptions, Flux, Fl
 use fluxlora_io::{write_safetensors, HostTensor, TensorRef};
 use image::RgbImage;
 
-use crate::base::{load_autoencoder, BaseModel};
-use crate::encoders::FluxTextEncoder;
-use crate::error::TrainError;
-use crate::grid::{save_png, SampleGrid};
-use crate::noise::draw_noise;
-use crate::prompts::{parse_prompt_line, SampleDefaults};
-use crate::sample::{generate, PromptText};
-use crate::step::{bfl_shift, scalar, training_step, LossSettings, StepSettings, TrainBatch};
-use crate::tiny_world::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
-use crate::{LossType, ModelPredictionType};
+use fluxlora_train::orchestration::base::{load_autoencoder, BaseModel};
+use fluxlora_train::orchestration::encoders::FluxTextEncoder;
+use crate::error::TinyWorldError;
+use fluxlora_render::{save_png, SampleGrid};
+use fluxlora_train::noise::draw_noise;
+use fluxlora_train::sampling::prompts::{parse_prompt_line, SampleDefaults};
+use fluxlora_train::sampling::sample::{generate, PromptText};
+use fluxlora_train::step::{bfl_shift, scalar, training_step, LossSettings, StepSettings, TrainBatch};
+use crate::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
+use fluxlora_train::{LossType, ModelPredictionType};
 
 /// Stream tags for the seeded draws.
 const AE_SCENES: u64 = 0xae;
@@ -81,13 +83,17 @@ pub struct PretrainOptions {
     /// Skip autoencoder training altogether: use this finished `vae/` folder (an `ae.safetensors`
     /// and the `config.json` with its scale and shift, as a build writes them).
     pub ae_trained: Option<PathBuf>,
+    /// Autoencoder images per step.
     pub ae_batch: usize,
+    /// Autoencoder peak learning rate.
     pub ae_lr: f64,
     /// Transformer architecture (`in_channels` must be 4 × the latent channels).
     pub transformer: FluxConfig,
     /// Transformer steps per stage, batch and peak learning rate.
     pub flux_steps: usize,
+    /// Transformer images per step.
     pub flux_batch: usize,
+    /// Transformer peak learning rate of the first stage.
     pub flux_lr: f64,
     /// Transformer stages of `flux_steps` each. Every stage after the first is a warm restart: a
     /// fresh AdamW and the schedule again (warm-up, linear decay to 10 %) at half the previous
@@ -163,12 +169,12 @@ impl PretrainOptions {
 
     /// Sets the transformer's width: heads of 32 (what the RoPE axes 8 + 12 + 12 cover), an MLP
     /// 4× as wide. A width that is not a positive multiple of 32 is refused.
-    pub fn with_hidden(mut self, hidden: usize) -> Result<Self, TrainError> {
+    pub fn with_hidden(mut self, hidden: usize) -> Result<Self, TinyWorldError> {
         let head: usize = self.transformer.axes_dim.iter().sum();
         if hidden == 0 || !hidden.is_multiple_of(head) {
             let (lo, hi) = (hidden / head * head, (hidden / head + 1) * head);
             let fix = if lo == 0 { format!("{hi}") } else { format!("{lo} or {hi}") };
-            return Err(TrainError::Invalid {
+            return Err(TinyWorldError::Invalid {
                 key: "hidden".into(),
                 message: format!(
                     "{hidden} is not a positive multiple of {head}: each attention head is {head} wide (the RoPE \
@@ -193,8 +199,9 @@ pub struct PretrainReport {
     pub scale_shift: (f64, f64),
     /// Mean transformer loss over the first and the last 100 steps.
     pub flux_loss: (f32, f32),
-    /// Seconds spent on each model.
+    /// Seconds spent on the autoencoder.
     pub ae_seconds: f64,
+    /// Seconds spent on the transformer.
     pub flux_seconds: f64,
     /// Every file written.
     pub files: Vec<PathBuf>,
@@ -211,26 +218,30 @@ fn mean(v: &[f32]) -> f32 {
     v.iter().sum::<f32>() / v.len().max(1) as f32
 }
 
+/// The pretraining optimizer: AdamW without weight decay, ε = 1e-5 (the value the committed
+/// world was pretrained with).
+fn adamw() -> Result<AdamW, TinyWorldError> {
+    Ok(AdamWConfig { eps: 1e-5, weight_decay: 0.0, ..Default::default() }.init()?)
+}
 
-fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), TrainError> {
+fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), TinyWorldError> {
     let refs: Vec<(&str, TensorRef<'_>)> = tensors.iter().map(|(k, t)| (k.as_str(), TensorRef::f32(t))).collect();
-    write_safetensors(path, &refs, &BTreeMap::new()).map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
+    Ok(write_safetensors(path, &refs, &BTreeMap::new())?)
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> {
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TinyWorldError> {
     let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    fluxlora_io::atomic_write(path, |w| w.write_all(text.as_bytes()))
-        .map_err(|e| TrainError::io(path, std::io::Error::other(e.to_string())))
+    Ok(fluxlora_io::atomic_write(path, |w| w.write_all(text.as_bytes()))?)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<Vec<PathBuf>, TrainError> {
-    std::fs::create_dir_all(to).map_err(|e| TrainError::io(to, e))?;
+fn copy_dir(from: &Path, to: &Path) -> Result<Vec<PathBuf>, TinyWorldError> {
+    std::fs::create_dir_all(to).map_err(|e| TinyWorldError::io(to, e))?;
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(from).map_err(|e| TrainError::io(from, e))? {
-        let entry = entry.map_err(|e| TrainError::io(from, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| TinyWorldError::io(from, e))? {
+        let entry = entry.map_err(|e| TinyWorldError::io(from, e))?;
         if entry.path().is_file() {
             let dest = to.join(entry.file_name());
-            std::fs::copy(entry.path(), &dest).map_err(|e| TrainError::io(&dest, e))?;
+            std::fs::copy(entry.path(), &dest).map_err(|e| TinyWorldError::io(&dest, e))?;
             out.push(dest);
         }
     }
@@ -253,7 +264,7 @@ fn pretrain_autoencoder<B: AutodiffBackend>(
     report: &mut PretrainReport,
     progress: &mut dyn FnMut(&str),
     device: &B::Device,
-) -> Result<Autoencoder<B::InnerBackend>, TrainError> {
+) -> Result<Autoencoder<B::InnerBackend>, TinyWorldError> {
     let start = Instant::now();
     let (mut ae, first_stage) = match &o.ae_from {
         Some(path) => {
@@ -274,7 +285,7 @@ fn pretrain_autoencoder<B: AutodiffBackend>(
         if !run {
             continue;
         }
-        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Autoencoder<B>>();
+        let mut optim: OptimizerAdaptor<AdamW, Autoencoder<B>, B> = adamw()?.into();
         for i in 0..steps {
             let step = offset + i;
             let mut rng = SplitMix64::derive(o.seed, &[AE_SCENES, step as u64]);
@@ -294,7 +305,7 @@ fn pretrain_autoencoder<B: AutodiffBackend>(
             let loss = (recon - x).powi_scalar(2).mean() + z.powi_scalar(2).mean() * 1e-4;
             let value = scalar(loss.clone())?;
             if !value.is_finite() {
-                return Err(TrainError::NonFiniteLoss { step: step as u64, value, lr: lr0 });
+                return Err(TinyWorldError::NonFiniteLoss { step: step as u64, value, lr: lr0 });
             }
             losses.push(value);
             let grads = GradientsParams::from_grads(loss.backward(), &ae);
@@ -339,7 +350,7 @@ fn encode_flux_data<B: Backend>(
     text: &FluxTextEncoder<B>,
     progress: &mut dyn FnMut(&str),
     device: &B::Device,
-) -> Result<FluxData, TrainError> {
+) -> Result<FluxData, TinyWorldError> {
     let mut rng = SplitMix64::derive(o.seed, &[FLUX_SCENES]);
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut data = FluxData { latents: Vec::new(), captions: Vec::new(), texts: Vec::new(), tokens: 0, channels: 0, grid: (0, 0) };
@@ -393,7 +404,7 @@ fn pretrain_transformer<B: AutodiffBackend>(
     report: &mut PretrainReport,
     progress: &mut dyn FnMut(&str),
     device: &B::Device,
-) -> Result<Flux<B::InnerBackend>, TrainError> {
+) -> Result<Flux<B::InnerBackend>, TinyWorldError> {
     let start = Instant::now();
     // Its own seed: the initial weights do not depend on whether the autoencoder was trained in
     // this process (which draws from the backend's generator) or reused.
@@ -418,7 +429,7 @@ fn pretrain_transformer<B: AutodiffBackend>(
     let total = o.flux_steps * o.flux_stages;
     let mut losses = Vec::with_capacity(total);
     for stage in first_stage..o.flux_stages {
-        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init::<B, Flux<B>>();
+        let mut optim: OptimizerAdaptor<AdamW, Flux<B>, B> = adamw()?.into();
         let peak = o.flux_lr * 0.5f64.powi(stage.min(31) as i32);
         for i in 0..o.flux_steps {
             let step = stage * o.flux_steps + i;
@@ -429,7 +440,7 @@ fn pretrain_transformer<B: AutodiffBackend>(
             let draw = draw_noise(o.seed, step as u64, 0, &sampler, picks.len(), data.tokens, data.channels);
             let out = training_step(&model, &batch, &draw, &settings)?;
             if !out.loss.is_finite() {
-                return Err(TrainError::NonFiniteLoss { step: step as u64, value: out.loss, lr: peak });
+                return Err(TinyWorldError::NonFiniteLoss { step: step as u64, value: out.loss, lr: peak });
             }
             losses.push(out.loss);
             let warm = ((i + 1) as f64 / 100.0).min(1.0);
@@ -449,13 +460,13 @@ fn pretrain_transformer<B: AutodiffBackend>(
 /// Writes the concept dataset (`dataset/`, replacing it) and the held-out prompts
 /// (`prompts.txt`) into `o.out`; part of [`build_tiny_world`], and on its own (`pretrain_tiny
 /// --dataset-only`) cheap: no model is involved.
-pub fn write_dataset(o: &PretrainOptions, report: &mut PretrainReport) -> Result<(), TrainError> {
+pub fn write_dataset(o: &PretrainOptions, report: &mut PretrainReport) -> Result<(), TinyWorldError> {
     let world = World::new(o.size);
     let dir = o.out.join("dataset");
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| TinyWorldError::io(&dir, e))?;
     }
-    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| TinyWorldError::io(&dir, e))?;
     let mut rng = SplitMix64::derive(o.seed, &[CONCEPT]);
     for i in 0..o.concept_images {
         let bg = CONCEPT_BACKGROUNDS[i % CONCEPT_BACKGROUNDS.len()];
@@ -488,7 +499,7 @@ fn write_preview<B: Backend>(
     text: &FluxTextEncoder<B>,
     report: &mut PretrainReport,
     device: &B::Device,
-) -> Result<(), TrainError> {
+) -> Result<(), TinyWorldError> {
     let captions = [
         "a photo of a red disc on a blue background",
         "a photo of a white square on a green background",
@@ -514,9 +525,9 @@ pub fn build_tiny_world<B: AutodiffBackend>(
     o: &PretrainOptions,
     progress: &mut dyn FnMut(&str),
     device: &B::Device,
-) -> Result<PretrainReport, TrainError> {
+) -> Result<PretrainReport, TinyWorldError> {
     if o.transformer.in_channels != 4 * o.autoencoder.z_channels {
-        return Err(TrainError::Invalid {
+        return Err(TinyWorldError::Invalid {
             key: "transformer.in_channels".into(),
             message: format!(
                 "{} but the autoencoder has {} latent channels (need 4 × that)",
@@ -525,7 +536,7 @@ pub fn build_tiny_world<B: AutodiffBackend>(
         });
     }
     if let (Some(from), Some(trained)) = (&o.ae_from, &o.ae_trained) {
-        return Err(TrainError::Invalid {
+        return Err(TinyWorldError::Invalid {
             key: "ae_from".into(),
             message: format!(
                 "{} was given together with ae_trained {}: ae_trained skips autoencoder training, so ae_from \
@@ -536,7 +547,7 @@ pub fn build_tiny_world<B: AutodiffBackend>(
         });
     }
     if o.flux_from.is_some() && o.flux_stages < 2 {
-        return Err(TrainError::Invalid {
+        return Err(TinyWorldError::Invalid {
             key: "flux_stages".into(),
             message: format!(
                 "{} with flux_from: the file holds the first stage's weights, so nothing would be trained; \
@@ -562,7 +573,7 @@ pub fn build_tiny_world<B: AutodiffBackend>(
         None => pretrain_autoencoder::<B>(o, &world, &mut report, progress, device)?,
     };
     let vae = base.join("vae");
-    std::fs::create_dir_all(&vae).map_err(|e| TrainError::io(&vae, e))?;
+    std::fs::create_dir_all(&vae).map_err(|e| TinyWorldError::io(&vae, e))?;
     write_tensors(&vae.join("ae.safetensors"), &autoencoder_tensors(&ae)?)?;
     let c = ae.config();
     write_json(
@@ -587,7 +598,7 @@ pub fn build_tiny_world<B: AutodiffBackend>(
     let data = encode_flux_data(o, &world, &ae, &text, progress, device)?;
     let flux = pretrain_transformer::<B>(o, &data, &mut report, progress, device)?;
     let tdir = base.join("transformer");
-    std::fs::create_dir_all(&tdir).map_err(|e| TrainError::io(&tdir, e))?;
+    std::fs::create_dir_all(&tdir).map_err(|e| TinyWorldError::io(&tdir, e))?;
     write_tensors(&tdir.join("flux1-tiny.safetensors"), &transformer_tensors(&flux)?)?;
     let t = &o.transformer;
     write_json(

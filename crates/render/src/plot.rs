@@ -7,7 +7,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-use crate::error::TrainError;
+use crate::error::RenderError;
 use crate::font::{draw_text, text_height, text_width};
 use crate::grid::save_png;
 
@@ -269,7 +269,7 @@ impl LossPlot {
     }
 
     /// Renders and writes the chart to `path` atomically (PNG with `Title` / `Software` text).
-    pub fn save(&self, path: impl AsRef<Path>, train: &[(u64, f64)], validation: &[(u64, f64)]) -> Result<(), TrainError> {
+    pub fn save(&self, path: impl AsRef<Path>, train: &[(u64, f64)], validation: &[(u64, f64)]) -> Result<(), RenderError> {
         let text = [("Title".to_string(), self.title.clone()), ("Software".to_string(), "fluxlora".to_string())];
         save_png(path.as_ref(), &self.render(train, validation), &text)
     }

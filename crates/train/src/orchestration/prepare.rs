@@ -16,9 +16,9 @@ use fluxlora_data::{
 };
 use fluxlora_io::HostTensor;
 
-use crate::base::BaseModel;
+use crate::orchestration::base::BaseModel;
 use crate::config::TrainConfig;
-use crate::encoders::{FluxLatentEncoder, FluxTextEncoder};
+use crate::orchestration::encoders::{FluxLatentEncoder, FluxTextEncoder};
 use crate::error::TrainError;
 use crate::source::CachedBatches;
 use crate::step::StepSettings;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-use crate::error::TrainError;
+use crate::error::RenderError;
 use crate::font::{draw_text, text_height, wrap, ADVANCE, LINE_HEIGHT};
 
 /// Background of the grid and caption strips.
@@ -154,7 +154,7 @@ impl SampleGrid {
     }
 
     /// Renders and writes the grid to `path` atomically as a PNG with [`Self::text_chunks`].
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TrainError> {
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), RenderError> {
         save_png(path.as_ref(), &self.render(), &self.text_chunks())
     }
 }
@@ -182,8 +182,8 @@ pub fn encode_png(img: &RgbImage, text: &[(String, String)]) -> Result<Vec<u8>, 
 }
 
 /// Encodes `img` (see [`encode_png`]) and writes it to `path` atomically.
-pub fn save_png(path: &Path, img: &RgbImage, text: &[(String, String)]) -> Result<(), TrainError> {
-    let bytes = encode_png(img, text).map_err(|e| TrainError::io(path, std::io::Error::other(format!("PNG encoding: {e}"))))?;
+pub fn save_png(path: &Path, img: &RgbImage, text: &[(String, String)]) -> Result<(), RenderError> {
+    let bytes = encode_png(img, text).map_err(|e| RenderError::Encode { path: path.to_path_buf(), message: e.to_string() })?;
     fluxlora_io::atomic_write(path, |w| w.write_all(&bytes))?;
     Ok(())
 }
