@@ -111,8 +111,11 @@ pub enum LoraCommand {
 /// A LoRA file format to write.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
+    /// kohya sd-scripts keys (`lora_unet_…`), read by every tool.
     Kohya,
+    /// PEFT / diffusers keys (`transformer.….lora_A.weight`).
     Peft,
+    /// ComfyUI keys (`diffusion_model.…`).
     Comfyui,
 }
 
@@ -129,8 +132,11 @@ impl From<Format> for LoraFormat {
 /// A weight dtype to write.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum SaveDtype {
+    /// 32-bit floats.
     F32,
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     Bf16,
 }
 

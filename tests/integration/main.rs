@@ -5,4 +5,5 @@
 mod backend;
 mod cli;
 mod jobs;
+mod layout;
 mod wgpu_backend;

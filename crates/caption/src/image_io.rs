@@ -1,49 +1,39 @@
 //! Reading an image for a captioner: decoded (JPEG, PNG, WebP, BMP), EXIF orientation applied,
 //! any colour type converted to 8-bit RGB with transparency composited on white (as the WD
 //! tagger reference code does). Failures come back as [`CaptionError::Image`] naming the file.
+//!
+//! Decoding is the data crate's ([`fluxlora_data::decode`]): the same formats, the same
+//! refusal of decompression bombs before any pixel is allocated (default
+//! [`fluxlora_data::ImageLimits`]), the same first-frame handling of animated files.
 
-use std::io::Cursor;
 use std::path::Path;
 
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use fluxlora_data::decode::{decode_bytes, read_file_bytes, DecodeFailure};
+use image::{DynamicImage, RgbImage};
 
 use crate::error::{CaptionError, Result};
 
-/// Largest decoder allocation accepted, so a decompression bomb fails cleanly.
-pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+/// Largest decoded image accepted (bytes at native depth), so a decompression bomb fails
+/// cleanly: the data crate's default limit.
+pub const MAX_DECODE_BYTES: u64 = fluxlora_data::decode::MAX_DECODED_BYTES;
 
-fn image_error(path: &Path, reason: impl Into<String>) -> CaptionError {
-    CaptionError::Image { path: path.to_path_buf(), reason: reason.into() }
+fn image_error(path: &Path, failure: DecodeFailure) -> CaptionError {
+    CaptionError::Image {
+        path: path.to_path_buf(),
+        reason: failure.reason,
+    }
 }
 
 /// Decodes an image file to 8-bit RGB (oriented, alpha composited on white).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| image_error(path, format!("unreadable: {e}")))?;
+    let bytes = read_file_bytes(path).map_err(|f| image_error(path, f))?;
     decode_rgb(path, &bytes)
 }
 
 /// Decodes image bytes (the path only names the image in errors).
 pub fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
-    if bytes.is_empty() {
-        return Err(image_error(path, "empty file (0 bytes)"));
-    }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| image_error(path, e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(image_error(path, "unknown format (not JPEG, PNG, WebP or BMP)"));
-    }
-    let mut limits = Limits::default();
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
-    let mut decoder = reader.into_decoder().map_err(|e| image_error(path, e.to_string()))?;
-    let orientation = decoder.orientation().map_err(|e| image_error(path, e.to_string()))?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(path, e.to_string()))?;
-    if image.width() == 0 || image.height() == 0 {
-        return Err(image_error(path, format!("{}×{} pixels", image.width(), image.height())));
-    }
-    image.apply_orientation(orientation);
-    Ok(flatten_on_white(&image))
+    let decoded = decode_bytes(bytes).map_err(|f| image_error(path, f))?;
+    Ok(flatten_on_white(&decoded.image))
 }
 
 /// RGB with any alpha channel composited on a white background.
@@ -63,6 +53,7 @@ pub fn flatten_on_white(image: &DynamicImage) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Cursor;
 
     #[test]
     fn alpha_is_composited_on_white() {
@@ -77,10 +68,45 @@ mod tests {
     #[test]
     fn corrupt_and_empty_files_name_the_image() {
         let p = Path::new("broken.jpg");
-        for bytes in [&b""[..], b"not an image at all", &[0xff, 0xd8, 0xff, 0xe0, 0, 0x10][..]] {
+        for bytes in [
+            &b""[..],
+            b"not an image at all",
+            &[0xff, 0xd8, 0xff, 0xe0, 0, 0x10][..],
+        ] {
             let err = decode_rgb(p, bytes).unwrap_err().to_string();
             assert!(err.contains("broken.jpg"), "{err}");
         }
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused_by_the_shared_decoder() {
+        // A real 1×1 PNG whose IHDR is edited to declare 100000×100000 (CRC fixed).
+        let mut bytes = Vec::new();
+        DynamicImage::ImageRgb8(RgbImage::new(1, 1))
+            .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+            .unwrap();
+        bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode_rgb(Path::new("bomb.png"), &bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bomb.png") && err.contains("max_image_pixels"),
+            "{err}"
+        );
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+            }
+        }
+        !crc
     }
 
     #[test]

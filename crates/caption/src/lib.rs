@@ -22,6 +22,27 @@
 //! - [`tagger`]: the wd-vit-tagger-v3 ViT (timm layout) with `selected_tags.csv` ([`WdTagger`]).
 //! - [`vlm`]: the chat-completions client ([`VlmCaptioner`]) with retries and image upload.
 //! - [`error`]: [`CaptionError`], the crate's one error type.
+//!
+//! ```
+//! use fluxlora_caption::{TagEdits, Trigger};
+//!
+//! // A tagger's output made into a LoRA caption: spaces for underscores, no repeats, the
+//! // trigger word first.
+//! let edits = TagEdits {
+//!     trigger: Some(Trigger::new("sks")?),
+//!     dedupe: true,
+//!     underscores_to_spaces: true,
+//!     ..Default::default()
+//! };
+//! assert_eq!(edits.apply_line("striped_disc, magenta, striped_disc"), "sks, striped disc, magenta");
+//! # Ok::<(), fluxlora_caption::CaptionError>(())
+//! ```
+
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+// As in the workspace's `[workspace.lints]` (see Cargo.toml): errors are large on purpose, and
+// `!(x > y)` is the NaN-safe comparison.
+#![allow(clippy::result_large_err, clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod error;
 pub mod folder;
@@ -33,7 +54,10 @@ pub mod tags;
 pub mod vlm;
 
 pub use error::{CaptionError, Result};
-pub use folder::{caption_path, read_caption, write_caption, FolderScan, ImageEntry, IMAGE_EXTENSIONS};
+pub use folder::{
+    caption_path, is_image_path, read_caption, write_caption, FolderScan, ImageEntry,
+    IMAGE_EXTENSIONS,
+};
 pub use run::{caption_folder, CaptionChange, CaptionJob, Captioner, RunSummary};
 pub use stats::{TagCount, TagStats};
 pub use tagger::config::{Activation, GlobalPool, VitConfig, VitOverrides};

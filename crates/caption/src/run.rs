@@ -38,6 +38,7 @@ pub trait Captioner: Sync {
 /// What to do with a folder.
 #[derive(Debug, Clone)]
 pub struct CaptionJob {
+    /// Which folder to visit and how captions are named.
     pub scan: FolderScan,
     /// Edits applied to every caption, new or existing.
     pub edits: TagEdits,
@@ -63,10 +64,13 @@ impl CaptionJob {
 /// One caption that changes (or would, in a dry run).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptionChange {
+    /// The image the caption belongs to.
     pub image: PathBuf,
+    /// The caption file that is (or would be) written.
     pub caption: PathBuf,
     /// The current caption (normalised), `None` when there is no caption file.
     pub old: Option<String>,
+    /// The caption after captioning and edits, as written (never empty).
     pub new: String,
 }
 
@@ -121,7 +125,9 @@ pub struct RunSummary {
     pub missing: Vec<PathBuf>,
     /// Per-image failures (each names the image or caption file).
     pub failed: Vec<CaptionError>,
+    /// The job was a dry run: the changes were computed but nothing was written.
     pub dry_run: bool,
+    /// Wall-clock time of the whole run.
     pub elapsed: Duration,
     /// The captioner's description, if one was used.
     pub captioner: Option<String>,

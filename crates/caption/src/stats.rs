@@ -11,6 +11,7 @@ use crate::tags::{caption_lines, split_tags};
 /// How often one tag is used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagCount {
+    /// The tag, trimmed, as written in the captions.
     pub tag: String,
     /// Caption files that use the tag at least once.
     pub files: usize,

@@ -19,14 +19,19 @@ use crate::spec::DatasetSpec;
 pub struct ImageInfo {
     /// Width and height after EXIF orientation.
     pub width: u32,
+    /// Height after EXIF orientation (see `width`).
     pub height: u32,
     /// Lower-case hex SHA-256 of the file bytes.
     pub content_hash: String,
+    /// The detected file format: `JPEG`, `PNG`, `WebP` or `BMP`.
     pub format: String,
+    /// Colour type as decoded, e.g. `Rgb8`, `L16`, `Rgba8`.
     pub color: String,
+    /// Whether the decoded colour type has an alpha channel.
     pub has_alpha: bool,
     /// 9×8 luma thumbnail and its 64-bit difference hash; `None` for images under 9×8 pixels.
     pub thumbnail: Option<Vec<u8>>,
+    /// The 64-bit difference hash of `thumbnail`; `None` when there is no thumbnail.
     pub dhash: Option<u64>,
     /// Variance of the Laplacian at the working size; `None` when too small to measure.
     pub sharpness: Option<f64>,
@@ -57,6 +62,8 @@ impl ImageInfo {
 /// Decode results for every distinct image path of a spec.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Analysis {
+    /// Per image path: its measurements, or why it could not be decoded (the reason shown
+    /// to the user, starting with `unreadable` for files that could not be read).
     pub images: BTreeMap<PathBuf, Result<ImageInfo, String>>,
 }
 

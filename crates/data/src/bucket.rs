@@ -17,7 +17,9 @@ use crate::rng::SplitMix64;
 /// A bucket: the pixel size every image in it is trained at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Bucket {
+    /// Width in pixels, a multiple of `bucket_reso_steps`.
     pub width: u32,
+    /// Height in pixels, a multiple of `bucket_reso_steps`.
     pub height: u32,
 }
 
@@ -30,16 +32,23 @@ impl std::fmt::Display for Bucket {
 /// Where an image goes and by how much it is scaled (> 1 means upscaled).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BucketAssignment {
+    /// The bucket the image is trained at.
     pub bucket: Bucket,
+    /// Resize factor from the oriented source to the bucket (the larger of the two sides'
+    /// ratios, so the image covers the bucket before cropping).
     pub scale: f64,
 }
 
 /// A crop in source pixels, resized to the bucket afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CropRect {
+    /// Left edge, in source pixels.
     pub x: u32,
+    /// Top edge, in source pixels.
     pub y: u32,
+    /// Width, in source pixels.
     pub width: u32,
+    /// Height, in source pixels.
     pub height: u32,
 }
 
@@ -47,7 +56,14 @@ pub struct CropRect {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BucketRejection {
     /// With `bucket_no_upscale`, a side is smaller than one step.
-    TooSmall { width: u32, height: u32, step: u32 },
+    TooSmall {
+        /// The image's width (after EXIF orientation).
+        width: u32,
+        /// The image's height (after EXIF orientation).
+        height: u32,
+        /// The dataset's `bucket_reso_steps`.
+        step: u32,
+    },
     /// Zero-sized image.
     Empty,
 }

@@ -24,16 +24,30 @@ pub const TRIGGER_PLACEHOLDER: &str = "[trigger]";
 /// Caption settings of one subset (kohya key names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaptionSettings {
+    /// Replaces every `[trigger]` placeholder, else is prepended as the first tag when the
+    /// caption lacks it (an extension to kohya's keys).
     pub trigger_word: Option<String>,
+    /// Shuffle the tags (split on `caption_separator`) each epoch, except the kept ones.
     pub shuffle_caption: bool,
+    /// How many leading tags stay in place when shuffling or dropping tags.
     pub keep_tokens: usize,
+    /// A marker (kohya uses `|||`): tags before it, and after a second one, stay in place;
+    /// overrides `keep_tokens` in captions that contain it.
     pub keep_tokens_separator: Option<String>,
+    /// Joins tags that are shuffled and dropped as one unit; replaced by `caption_separator`
+    /// after shuffling (e.g. `;;;`).
     pub secondary_separator: Option<String>,
+    /// What separates tags in a caption (default `,`); tags are re-joined with `", "`.
     pub caption_separator: String,
+    /// Text put before every caption, joined with a space.
     pub caption_prefix: Option<String>,
+    /// Text put after every caption, joined with a space.
     pub caption_suffix: Option<String>,
+    /// Probability, in [0, 1], that an item's caption is replaced by "" in an epoch.
     pub caption_dropout_rate: f64,
+    /// Every n-th epoch (1-based) all captions are "" (0 = never).
     pub caption_dropout_every_n_epochs: u32,
+    /// Probability, in [0, 1], that each non-kept tag is dropped in an epoch.
     pub caption_tag_dropout_rate: f64,
 }
 
@@ -59,7 +73,10 @@ impl Default for CaptionSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CaptionSource {
     /// The non-empty, trimmed lines of a caption file.
-    File { lines: Vec<String> },
+    File {
+        /// The lines, in file order; one is chosen per epoch. Never empty.
+        lines: Vec<String>,
+    },
     /// No caption file (or an empty one): `class_tokens` is used.
     Missing,
 }

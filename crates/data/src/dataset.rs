@@ -21,11 +21,17 @@ use crate::spec::DatasetSpec;
 /// One usable image of one subset of one dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
+    /// Index of the dataset in the config.
     pub dataset: usize,
+    /// Index of the subset within that dataset.
     pub subset: usize,
+    /// The image file.
     pub path: PathBuf,
+    /// The caption file's lines, or `Missing` when the image has no (non-empty) caption.
     pub caption: CaptionSource,
+    /// What decoding the image found (size, hashes, sharpness).
     pub info: ImageInfo,
+    /// The image's bucket in this dataset and its scale factor.
     pub assignment: BucketAssignment,
 }
 
@@ -36,17 +42,25 @@ pub struct Sample {
     pub item: usize,
     /// Which repeat of the item within the epoch.
     pub repeat: u32,
+    /// The item's bucket: the size the crop is resized to.
     pub bucket: Bucket,
+    /// The source rectangle taken (centred, or seeded random with `random_crop`).
     pub crop: CropRect,
+    /// Whether the image is mirrored horizontally (`flip_aug`).
     pub flip: bool,
+    /// The caption for this draw, after the epoch's transforms ("" when dropped).
     pub caption: String,
+    /// Whether the item comes from a regularisation subset.
     pub is_reg: bool,
 }
 
 /// A dataset ready for training.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dataset {
+    /// The configuration the dataset was built from.
     pub config: DatasetConfig,
+    /// Every usable image of every subset (an image used by several datasets appears once
+    /// per dataset).
     pub items: Vec<Item>,
     /// Non-blocking problems (skipped files and the like).
     pub problems: Vec<Problem>,
@@ -273,7 +287,10 @@ impl Dataset {
             return bad("must be in [0, 1), e.g. 0.1 to hold out a tenth of the images".into());
         }
         if fraction == 0.0 {
-            return Ok(ValidationSplit { train: self.clone(), validation: None });
+            return Ok(ValidationSplit {
+                train: self.clone(),
+                validation: None,
+            });
         }
         let eligible: Vec<usize> = (0..self.items.len())
             .filter(|&i| !self.subset_of(&self.items[i]).is_reg)
@@ -288,10 +305,17 @@ impl Dataset {
         }
         let rank = |i: usize| {
             // FNV-1a of the content hash: the image's identity as one number.
-            let id = self.items[i].info.content_hash.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-            (SplitMix64::derive(seed, &[purpose::VALIDATION_SPLIT, id]).next_u64(), i)
+            let id = self.items[i]
+                .info
+                .content_hash
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            (
+                SplitMix64::derive(seed, &[purpose::VALIDATION_SPLIT, id]).next_u64(),
+                i,
+            )
         };
         let mut order = eligible;
         order.sort_by_key(|&i| rank(i));
@@ -302,7 +326,11 @@ impl Dataset {
                 .map(|i| self.items[i].clone())
                 .collect()
         };
-        let with_items = |items: Vec<Item>, problems: Vec<Problem>| Dataset { config: self.config.clone(), items, problems };
+        let with_items = |items: Vec<Item>, problems: Vec<Problem>| Dataset {
+            config: self.config.clone(),
+            items,
+            problems,
+        };
         Ok(ValidationSplit {
             train: with_items(pick(true), self.problems.clone()),
             validation: Some(with_items(pick(false), Vec::new())),
@@ -316,7 +344,13 @@ impl Dataset {
         let it = &self.items[item];
         let sub = self.subset_of(it);
         let bucket = it.assignment.bucket;
-        let crop = crop_rect(it.info.width, it.info.height, bucket, false, &mut SplitMix64::new(0));
+        let crop = crop_rect(
+            it.info.width,
+            it.info.height,
+            bucket,
+            false,
+            &mut SplitMix64::new(0),
+        );
         let fixed = CaptionSettings {
             shuffle_caption: false,
             caption_dropout_rate: 0.0,
@@ -325,11 +359,26 @@ impl Dataset {
             ..sub.caption.clone()
         };
         let source = match &it.caption {
-            CaptionSource::File { lines } => CaptionSource::File { lines: lines.iter().take(1).cloned().collect() },
+            CaptionSource::File { lines } => CaptionSource::File {
+                lines: lines.iter().take(1).cloned().collect(),
+            },
             CaptionSource::Missing => CaptionSource::Missing,
         };
-        let caption = fixed.apply(&source, sub.class_tokens.as_deref(), 0, &mut SplitMix64::new(0));
-        Sample { item, repeat: 0, bucket, crop, flip: false, caption, is_reg: sub.is_reg }
+        let caption = fixed.apply(
+            &source,
+            sub.class_tokens.as_deref(),
+            0,
+            &mut SplitMix64::new(0),
+        );
+        Sample {
+            item,
+            repeat: 0,
+            bucket,
+            crop,
+            flip: false,
+            caption,
+            is_reg: sub.is_reg,
+        }
     }
 }
 
@@ -378,12 +427,27 @@ mod tests {
             dataset: 0,
             subset,
             path: PathBuf::from(format!("img{k}.png")),
-            caption: CaptionSource::File { lines: vec![format!("a, b, c{k}"), "other line".into()] },
+            caption: CaptionSource::File {
+                lines: vec![format!("a, b, c{k}"), "other line".into()],
+            },
             info: info(k),
-            assignment: BucketAssignment { bucket: Bucket { width: 512, height: 512 }, scale: 1.0 },
+            assignment: BucketAssignment {
+                bucket: Bucket {
+                    width: 512,
+                    height: 512,
+                },
+                scale: 1.0,
+            },
         };
-        let items = (0..n).map(|k| item(k, 0)).chain((n..n + reg).map(|k| item(k, 1))).collect();
-        Dataset { config, items, problems: Vec::new() }
+        let items = (0..n)
+            .map(|k| item(k, 0))
+            .chain((n..n + reg).map(|k| item(k, 1)))
+            .collect();
+        Dataset {
+            config,
+            items,
+            problems: Vec::new(),
+        }
     }
 
     fn paths(d: &Dataset) -> Vec<PathBuf> {
@@ -392,15 +456,27 @@ mod tests {
 
     #[test]
     fn split_is_sized_disjoint_complete_and_keeps_regularisation_items() {
-        for (n, fraction, want) in [(10, 0.1, 1), (10, 0.25, 3), (20, 0.5, 10), (3, 0.01, 1), (7, 0.3, 2)] {
+        for (n, fraction, want) in [
+            (10, 0.1, 1),
+            (10, 0.25, 3),
+            (20, 0.5, 10),
+            (3, 0.01, 1),
+            (7, 0.3, 2),
+        ] {
             let d = dataset(n, 4);
             let s = d.split_validation(fraction, 5).unwrap();
             let v = s.validation.expect("a positive fraction holds items out");
             assert_eq!(v.items.len(), want, "n {n} fraction {fraction}");
             assert_eq!(s.train.items.len() + v.items.len(), n + 4);
-            assert!(v.items.iter().all(|i| i.subset == 0), "regularisation items are never held out");
+            assert!(
+                v.items.iter().all(|i| i.subset == 0),
+                "regularisation items are never held out"
+            );
             let (tp, vp) = (paths(&s.train), paths(&v));
-            assert!(vp.iter().all(|p| !tp.contains(p)), "held-out {vp:?} also in training");
+            assert!(
+                vp.iter().all(|p| !tp.contains(p)),
+                "held-out {vp:?} also in training"
+            );
             let mut all: Vec<PathBuf> = tp.into_iter().chain(vp).collect();
             all.sort();
             let mut orig = paths(&d);
@@ -412,7 +488,8 @@ mod tests {
     #[test]
     fn split_is_deterministic_per_seed_and_stable_when_images_are_added() {
         let d = dataset(40, 0);
-        let held = |d: &Dataset, seed| paths(&d.split_validation(0.2, seed).unwrap().validation.unwrap());
+        let held =
+            |d: &Dataset, seed| paths(&d.split_validation(0.2, seed).unwrap().validation.unwrap());
         assert_eq!(held(&d, 1), held(&d, 1));
         assert_ne!(held(&d, 1), held(&d, 2));
         // Reversing the item order changes nothing: the choice follows the images, not positions.
@@ -432,11 +509,22 @@ mod tests {
     #[test]
     fn impossible_splits_are_refused_with_the_fix() {
         for (n, fraction) in [(1, 0.1), (2, 0.9), (4, 0.95)] {
-            let e = dataset(n, 3).split_validation(fraction, 0).unwrap_err().to_string();
-            assert!(e.contains("validation_split") && e.contains("leaves none to train on") && e.contains("add images"), "{e}");
+            let e = dataset(n, 3)
+                .split_validation(fraction, 0)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("validation_split")
+                    && e.contains("leaves none to train on")
+                    && e.contains("add images"),
+                "{e}"
+            );
         }
         for fraction in [1.0, -0.1, f64::NAN] {
-            let e = dataset(5, 0).split_validation(fraction, 0).unwrap_err().to_string();
+            let e = dataset(5, 0)
+                .split_validation(fraction, 0)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("[0, 1)"), "{e}");
         }
     }
@@ -448,7 +536,10 @@ mod tests {
             let s = d.validation_sample(item);
             assert!(!s.flip);
             // 640×512 into 512×512: a 512-wide crop, centred (x = (640 − 512) / 2).
-            assert_eq!((s.crop.x, s.crop.y, s.crop.width, s.crop.height), (64, 0, 512, 512));
+            assert_eq!(
+                (s.crop.x, s.crop.y, s.crop.width, s.crop.height),
+                (64, 0, 512, 512)
+            );
             // First line, trigger word prepended, tags in their written order, nothing dropped.
             assert_eq!(s.caption, format!("ohwx, a, b, c{item}"));
             assert_eq!(s, d.validation_sample(item));

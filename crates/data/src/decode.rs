@@ -108,8 +108,13 @@ impl ImageLimits {
     /// dataset-config key that raises it.
     pub fn check(&self, width: u32, height: u32, decoded_bytes: u64) -> Result<(), DecodeFailure> {
         let pixels = u64::from(width) * u64::from(height);
-        let raise = |key: &str| {
-            format!("shrink the image or raise {key} in the dataset config's [general] table")
+        let raise = |key: &str| match key {
+            // The training config can set these two for a plain image folder too.
+            "max_image_pixels" | "max_image_side" => format!(
+                "shrink the image or raise {key} in the dataset config's [general] table (or \
+                 in the training config)"
+            ),
+            _ => format!("shrink the image or raise {key} in the dataset config's [general] table"),
         };
         if pixels > self.max_pixels {
             return Err(fail(format!(
@@ -423,7 +428,10 @@ mod tests {
     #[test]
     fn limit_failures_name_the_limit_and_its_key() {
         let l = ImageLimits::default();
-        let e = l.check(100_000, 100_000, 30_000_000_000).unwrap_err().reason;
+        let e = l
+            .check(100_000, 100_000, 30_000_000_000)
+            .unwrap_err()
+            .reason;
         assert_eq!(
             e,
             "image too large: declares 100000×100000 pixels (10000.0 MP), over the limit of \
@@ -431,10 +439,19 @@ mod tests {
              dataset config's [general] table"
         );
         let e = l.check(40_000, 10, 1_200_000).unwrap_err().reason;
-        assert!(e.starts_with(TOO_LARGE) && e.contains("32768 (max_image_side)"), "{e}");
-        let small = ImageLimits { max_decoded_bytes: 1 << 20, ..l };
+        assert!(
+            e.starts_with(TOO_LARGE) && e.contains("32768 (max_image_side)"),
+            "{e}"
+        );
+        let small = ImageLimits {
+            max_decoded_bytes: 1 << 20,
+            ..l
+        };
         let e = small.check(1000, 1000, 3_000_000).unwrap_err().reason;
-        assert!(e.contains("2.9 MiB, over the limit of 1.0 MiB (max_image_bytes)"), "{e}");
+        assert!(
+            e.contains("2.9 MiB, over the limit of 1.0 MiB (max_image_bytes)"),
+            "{e}"
+        );
         assert!(l.check(8192, 8192, 8192 * 8192 * 8).is_ok());
         let lim = l.to_image_limits();
         assert_eq!(lim.max_image_width, Some(32_768));

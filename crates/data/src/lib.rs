@@ -20,6 +20,33 @@
 //!    setting that changes them; built in parallel, resumable after an interruption.
 //!
 //! All randomness comes from [`rng`], derived from the run seed and the decision's coordinates.
+//!
+//! ```
+//! use fluxlora_data::{DatasetConfig, DatasetSpec, ProblemKind, QualityReport, QualitySettings};
+//!
+//! // A kohya-style folder: `10_sks` repeats its images 10 times, captions sit beside them.
+//! let root = tempfile::tempdir()?;
+//! let subset = root.path().join("10_sks");
+//! std::fs::create_dir(&subset)?;
+//! for i in 0..3u8 {
+//!     let img = image::RgbImage::from_fn(96, 64, |x, y| image::Rgb([x as u8 * i, y as u8, 90]));
+//!     img.save(subset.join(format!("{i}.png")))?;
+//!     std::fs::write(subset.join(format!("{i}.txt")), "sks, a striped disc")?;
+//! }
+//! std::fs::write(subset.join("broken.png"), b"not an image")?;
+//! let config = DatasetConfig::from_folder(root.path())?;
+//! let report = QualityReport::build(&DatasetSpec::scan(&config), &QualitySettings::default());
+//! assert_eq!((report.images_listed, report.images_usable), (4, 3));
+//! assert!(report.problems.iter().any(|p| p.kind == ProblemKind::CorruptImage));
+//! assert!(report.has_blocking_problems()); // unless `skip_bad_images` is set
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+// As in the workspace's `[workspace.lints]` (see Cargo.toml): errors are large on purpose, and
+// `!(x > y)` is the NaN-safe comparison.
+#![allow(clippy::result_large_err, clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod analysis;
 pub mod bucket;

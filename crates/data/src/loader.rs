@@ -24,15 +24,20 @@ use crate::rng::{purpose, SplitMix64};
 /// One batch: samples of the same dataset and bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
+    /// Index of the dataset (in the config) the samples come from.
     pub dataset: usize,
+    /// The bucket every sample is trained at.
     pub bucket: Bucket,
+    /// The draws, at most the dataset's `batch_size` (the last batch of a group may be short).
     pub samples: Vec<Sample>,
 }
 
 /// Where the loader is: the next batch to hand out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoaderState {
+    /// The seed every epoch plan is derived from.
     pub seed: u64,
+    /// The current epoch, 0-based.
     pub epoch: u64,
     /// Index of the next batch within the epoch.
     pub batch: usize,
@@ -231,9 +236,11 @@ impl Loader {
 /// A batch loaded ahead of time.
 #[derive(Debug)]
 pub struct Prefetched<T> {
+    /// The batch that was loaded.
     pub batch: Batch,
     /// The loader position after this batch: save it together with the step that used it.
     pub state_after: LoaderState,
+    /// What the `load` function made of the batch, or its error.
     pub loaded: Result<T>,
 }
 

@@ -14,6 +14,7 @@ use crate::problem::{Problem, ProblemKind, Severity};
 /// A listed dataset: its configuration and the files found.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatasetSpec {
+    /// The configuration that was listed.
     pub config: DatasetConfig,
     /// One record per (dataset, subset, image file), in a stable order.
     pub images: Vec<ImageRecord>,
@@ -24,8 +25,11 @@ pub struct DatasetSpec {
 /// An image file of a subset and its caption.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
+    /// Index of the dataset in the config.
     pub dataset: usize,
+    /// Index of the subset within that dataset.
     pub subset: usize,
+    /// The image file (not yet decoded).
     pub path: PathBuf,
     /// The caption file, when one exists.
     pub caption_path: Option<PathBuf>,
@@ -64,9 +68,12 @@ impl DatasetSpec {
                     let cap = caption_path_for(path, ext);
                     let (caption_path, caption) =
                         if cap.exists() || std::fs::symlink_metadata(&cap).is_ok() {
-                            let c = read_caption(&cap);
+                            let c = outside_folder(&cap, &s.image_dir)
+                                .map_or_else(|| read_caption(&cap), Err);
                             if let Err(reason) = &c {
-                                let kind = if reason.contains("UTF-8") {
+                                let kind = if reason.starts_with(OUTSIDE) {
+                                    ProblemKind::PathOutsideDataset
+                                } else if reason.contains("UTF-8") {
                                     ProblemKind::CaptionNotUtf8
                                 } else {
                                     ProblemKind::CaptionUnreadable
@@ -124,6 +131,27 @@ impl DatasetSpec {
             problems,
         }
     }
+}
+
+/// Start of the reason given for a file that resolves outside its dataset folder.
+pub const OUTSIDE: &str = "resolves outside the dataset folder";
+
+/// Why `path`, found inside the dataset folder `dir`, may not be read: it is (or passes through)
+/// a symbolic link whose target lies outside `dir`. `None` when it stays inside. A dataset from
+/// somebody else must not make the trainer read, and copy into its caches and samples, files
+/// from elsewhere on the machine.
+pub fn outside_folder(path: &Path, dir: &Path) -> Option<String> {
+    let (Ok(real), Ok(root)) = (std::fs::canonicalize(path), std::fs::canonicalize(dir)) else {
+        // A dangling link or an unreadable folder: the reader reports it.
+        return None;
+    };
+    (!real.starts_with(&root)).then(|| {
+        format!(
+            "{OUTSIDE} {} (it is a link to {}); copy the file into the folder or remove the link",
+            root.display(),
+            real.display()
+        )
+    })
 }
 
 /// `a/b.png` with `.txt` → `a/b.txt`.

@@ -137,9 +137,17 @@ fn resuming_from_a_saved_state_continues_exactly() {
     let mut counted = Loader::new(d.clone(), 7);
     for k in 1..=per_epoch * 2 + 1 {
         counted.next_batch();
-        assert_eq!(counted.epochs_completed(), (k / per_epoch) as u64, "after batch {k}");
+        assert_eq!(
+            counted.epochs_completed(),
+            (k / per_epoch) as u64,
+            "after batch {k}"
+        );
         let resumed = Loader::resume(d.clone(), counted.state().clone()).unwrap();
-        assert_eq!(resumed.epochs_completed(), counted.epochs_completed(), "resumed after batch {k}");
+        assert_eq!(
+            resumed.epochs_completed(),
+            counted.epochs_completed(),
+            "resumed after batch {k}"
+        );
     }
 
     // A state from another dataset is refused.

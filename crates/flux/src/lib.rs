@@ -19,6 +19,28 @@
 //!   random trainable autoencoder layers).
 //! - [`export`]: a model's weights back out as BFL-named tensors (for models trained from scratch).
 //! - [`error`]: [`FluxError`].
+//!
+//! ```
+//! use fluxlora_flux::schedule::{get_schedule, lin_mu};
+//! use fluxlora_flux::FluxConfig;
+//!
+//! // FLUX.1-dev's shape, and its sampling schedule for a 1024² image (64×64 latent patches).
+//! let dev = FluxConfig::dev();
+//! assert_eq!((dev.hidden_size, dev.depth, dev.depth_single_blocks), (3072, 19, 38));
+//! dev.validate()?;
+//! let seq = 64 * 64;
+//! assert!((lin_mu(seq, 0.5, 1.15) - 1.15).abs() < 1e-9);
+//! let t = get_schedule(28, seq, 0.5, 1.15, true);
+//! assert_eq!((t.len(), t[0], t[28]), (29, 1.0, 0.0));
+//! assert!(t[14] > 0.5, "the dev shift keeps more steps at high noise");
+//! # Ok::<(), fluxlora_flux::FluxError>(())
+//! ```
+
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+// As in the workspace's `[workspace.lints]` (see Cargo.toml): errors are large on purpose, and
+// `!(x > y)` is the NaN-safe comparison.
+#![allow(clippy::result_large_err, clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod autoencoder;
 pub mod checkpointing;

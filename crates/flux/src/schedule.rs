@@ -72,20 +72,45 @@ pub enum SigmaSampler {
     /// σ = u, u ~ U(0, 1).
     Uniform,
     /// σ = sigmoid(scale·n), n ~ N(0, 1) (kohya `sigmoid`; scale 1.0 by default).
-    Sigmoid { scale: f64 },
+    Sigmoid {
+        /// Multiplier of the standard normal draw before the sigmoid.
+        scale: f64,
+    },
     /// σ = sigmoid(mean + std·n): the SD3 logit-normal density.
-    LogitNormal { mean: f64, std: f64 },
+    LogitNormal {
+        /// Mean of the normal distribution of logit(σ).
+        mean: f64,
+        /// Standard deviation of the normal distribution of logit(σ).
+        std: f64,
+    },
     /// σ = s·q / (1 + (s − 1)·q) with q = sigmoid(sigmoid_scale·n): a static shift s (kohya
     /// `shift`, `discrete_flow_shift`).
-    Shift { shift: f64, sigmoid_scale: f64 },
+    Shift {
+        /// The static shift s (1.0 leaves q unchanged; larger values favour high noise).
+        shift: f64,
+        /// Multiplier of the standard normal draw before the sigmoid.
+        sigmoid_scale: f64,
+    },
     /// σ = time_shift(μ, 1, q), q = sigmoid(sigmoid_scale·n), μ = `lin_mu(image_seq_len,
     /// base_shift, max_shift)`: the resolution-dependent BFL shift (kohya `flux_shift`; ai-toolkit
     /// uses max_shift 1.16).
-    FluxShift { sigmoid_scale: f64, base_shift: f64, max_shift: f64 },
+    FluxShift {
+        /// Multiplier of the standard normal draw before the sigmoid.
+        sigmoid_scale: f64,
+        /// μ at 256 image tokens (BFL 0.5).
+        base_shift: f64,
+        /// μ at 4096 image tokens (BFL 1.15).
+        max_shift: f64,
+    },
     /// σ = `flow_match_sigma(⌊u·N⌋, N, shift)`: an index drawn uniformly over the N-step table
     /// of diffusers' `FlowMatchEulerDiscreteScheduler` (kohya `sigma`, with `shift =
     /// discrete_flow_shift`, N = `num_train_timesteps` = 1000). Discrete: only N values occur.
-    Discrete { shift: f64, num_train_timesteps: usize },
+    Discrete {
+        /// The scheduler's static shift (`discrete_flow_shift`).
+        shift: f64,
+        /// N, the number of entries in the sigma table (1000).
+        num_train_timesteps: usize,
+    },
 }
 
 /// Entry `index` (0 = most noise) of diffusers' `FlowMatchEulerDiscreteScheduler(num_train_timesteps

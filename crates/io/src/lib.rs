@@ -29,6 +29,31 @@
 //!   checkpoints, merge into a base checkpoint.
 //! - [`metadata`] — kohya training metadata.
 //! - [`error`] — [`IoError`], the crate's one error type.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use fluxlora_io::{read_lora, write_lora, HostTensor, LoraFormat, LoraModule, LoraWeights};
+//!
+//! // A rank-2 LoRA on one Flux linear (keyed by its BFL path), written with kohya's keys and
+//! // read back: the format is detected from the keys.
+//! let down = HostTensor::new(vec![2, 8], vec![0.1; 16])?;
+//! let up = HostTensor::new(vec![8, 2], vec![0.2; 16])?;
+//! let mut lora = LoraWeights::default();
+//! lora.modules.insert("double_blocks.0.img_attn.proj".into(), LoraModule::new(down, up, 2.0)?);
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("lora.safetensors");
+//! write_lora(&path, &lora, LoraFormat::Kohya, &BTreeMap::new())?;
+//! let (back, format) = read_lora(&path)?;
+//! assert_eq!(format, LoraFormat::Kohya);
+//! assert_eq!(back.modules["double_blocks.0.img_attn.proj"].up.shape, [8, 2]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+// As in the workspace's `[workspace.lints]` (see Cargo.toml): errors are large on purpose, and
+// `!(x > y)` is the NaN-safe comparison.
+#![allow(clippy::result_large_err, clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod ae_keys;
 pub mod atomic;

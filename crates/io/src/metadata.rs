@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 /// Which Flux.1 model the LoRA was trained on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FluxVariant {
+    /// FLUX.1 [dev], the guidance-distilled model (`flux-1-dev`).
     Dev,
+    /// FLUX.1 [schnell], the few-step timestep-distilled model (`flux-1-schnell`).
     Schnell,
 }
 
@@ -29,16 +31,25 @@ impl FluxVariant {
 /// Typed kohya training metadata. `None` fields are not written.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TrainingMetadata {
+    /// `ss_network_module`: the kohya network module, e.g. `networks.lora_flux`.
     pub network_module: Option<String>,
+    /// `ss_network_dim`: the LoRA rank.
     pub network_dim: Option<u32>,
+    /// `ss_network_alpha`: the LoRA alpha (updates are scaled by `alpha / dim`).
     pub network_alpha: Option<f32>,
     /// `ss_network_args` in file order (kohya: `k=v` pairs from `--network_args`).
     pub network_args: Option<Vec<(String, String)>>,
+    /// `ss_base_model_version`: the base model family, e.g. `flux1`.
     pub base_model_version: Option<String>,
+    /// `ss_output_name`: the training run's output name.
     pub output_name: Option<String>,
+    /// `ss_learning_rate`: the base learning rate.
     pub learning_rate: Option<f64>,
+    /// `ss_max_train_steps`: the total number of steps the run was set to train.
     pub max_train_steps: Option<u64>,
+    /// `ss_optimizer`: the optimizer's name (kohya: its class path, with arguments).
     pub optimizer: Option<String>,
+    /// `ss_seed`: the random seed of the run.
     pub seed: Option<u64>,
     /// `(width, height)`.
     pub resolution: Option<(u32, u32)>,
@@ -46,22 +57,37 @@ pub struct TrainingMetadata {
     pub training_started_at: Option<f64>,
     /// Unix seconds.
     pub training_finished_at: Option<f64>,
+    /// `ss_steps`: the optimizer steps trained when the file was saved.
     pub steps: Option<u64>,
+    /// `ss_epoch`: the epoch the file was saved at.
     pub epoch: Option<u64>,
+    /// `ss_guidance_scale`: the guidance value given to a guidance-distilled model in training.
     pub guidance_scale: Option<f32>,
+    /// `ss_timestep_sampling`: how training noise levels were drawn, e.g. `shift`, `sigmoid`
+    /// or `flux_shift`.
     pub timestep_sampling: Option<String>,
+    /// `ss_discrete_flow_shift`: the shift applied to the flow-matching timestep schedule.
     pub discrete_flow_shift: Option<f32>,
+    /// `ss_model_prediction_type`: how the transformer's output is turned into what the loss
+    /// compares: `raw`, `additive` or `sigma_scaled`.
     pub model_prediction_type: Option<String>,
+    /// `modelspec.sai_model_spec`: the SAI model-spec version, e.g. `1.0.0`.
     pub modelspec_sai_model_spec: Option<String>,
+    /// `modelspec.architecture`: e.g. `flux-1-dev/lora` (see [`FluxVariant::architecture`]).
     pub modelspec_architecture: Option<String>,
+    /// `modelspec.implementation`: the reference implementation, e.g. the BFL repository URL.
     pub modelspec_implementation: Option<String>,
+    /// `modelspec.title`: a human-readable title for the model.
     pub modelspec_title: Option<String>,
     /// ISO-8601, e.g. from [`iso8601_utc`].
     pub modelspec_date: Option<String>,
     /// `(width, height)`, written `WxH`.
     pub modelspec_resolution: Option<(u32, u32)>,
+    /// `modelspec.description`: free-text description.
     pub modelspec_description: Option<String>,
+    /// `modelspec.author`: who made the model.
     pub modelspec_author: Option<String>,
+    /// `modelspec.license`: the model's license.
     pub modelspec_license: Option<String>,
     /// Every other key (and any known key whose value did not parse), verbatim.
     pub extra: BTreeMap<String, String>,

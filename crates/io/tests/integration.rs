@@ -2,6 +2,7 @@
 
 mod common;
 mod dtypes;
+mod fuzz_headers;
 mod lora_formats;
 mod lora_roundtrip;
 mod malformed;

@@ -17,6 +17,25 @@
 //!   ranks and regex rules.
 //! - [`param_id`]: deterministic parameter ids derived from module paths (stable across runs,
 //!   so optimizer state can be resumed).
+//!
+//! ```
+//! use fluxlora_lora::{Preset, TargetSelector};
+//!
+//! // kohya's default targets: every linear inside the blocks, none outside them.
+//! let select = TargetSelector::new(Preset::Kohya, 16, 16.0);
+//! let qkv = select.select("double_blocks.0.img_attn.qkv", 3072, 9216).expect("a block linear");
+//! assert_eq!(qkv.adapters.len(), 1);
+//! assert!(select.select("img_in", 64, 3072).is_none());
+//! // ai-toolkit's granularity: q, k and v get adapters of their own.
+//! let split = TargetSelector::new(Preset::AiToolkit, 16, 16.0);
+//! assert_eq!(split.select("double_blocks.0.img_attn.qkv", 3072, 9216).unwrap().adapters.len(), 3);
+//! ```
+
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+// As in the workspace's `[workspace.lints]` (see Cargo.toml): errors are large on purpose, and
+// `!(x > y)` is the NaN-safe comparison.
+#![allow(clippy::result_large_err, clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod adapter;
 pub mod error;

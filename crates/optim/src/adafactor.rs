@@ -202,7 +202,11 @@ impl<B: Backend> ParamState<B> for AdafactorState<B> {
         std::iter::once(("step", host_step(self.step))).chain(moments.into_iter().flatten()).collect()
     }
 
-    fn from_host(e: &mut HostEntries, shape: &[usize], device: &B::Device) -> Result<Self, String> {
+    fn from_host(
+        e: &mut HostEntries,
+        shape: &[usize],
+        device: &B::Device,
+    ) -> Result<Self, OptimError> {
         let n: usize = shape.iter().product();
         let step = e.take_step("step")?;
         let exp_avg = e.take_f32_opt("exp_avg", n, device)?;
@@ -243,9 +247,14 @@ impl<B: Backend> ParamState<B> for AdafactorState<B> {
 
 impl Adafactor {
     /// Checks that a loaded state has a first moment exactly when `beta1` is set.
-    fn check_state<B: Backend>(&self, state: &AdafactorState<B>) -> Result<(), String> {
+    fn check_state<B: Backend>(&self, state: &AdafactorState<B>) -> Result<(), OptimError> {
         if state.exp_avg.is_some() != self.config.beta1.is_some() {
-            return Err("`exp_avg` presence does not match beta1 (saved with a different beta1 setting)".into());
+            return Err(OptimError::MomentMismatch {
+                moment: "exp_avg",
+                saved: state.exp_avg.is_some(),
+                option: "beta1",
+                value: self.config.beta1.map_or_else(|| "None".into(), |b| b.to_string()),
+            });
         }
         Ok(())
     }

@@ -126,7 +126,11 @@ impl<B: Backend> ParamState<B> for AdamWState<B> {
         ]
     }
 
-    fn from_host(e: &mut HostEntries, shape: &[usize], device: &B::Device) -> Result<Self, String> {
+    fn from_host(
+        e: &mut HostEntries,
+        shape: &[usize],
+        device: &B::Device,
+    ) -> Result<Self, OptimError> {
         let n = shape.iter().product();
         Ok(Self {
             step: e.take_step("step")?,

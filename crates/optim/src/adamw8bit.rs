@@ -162,7 +162,11 @@ impl<B: Backend> ParamState<B> for AdamW8bitState<B> {
         std::iter::once(("step", host_step(self.step))).chain(moments.into_iter().flatten()).collect()
     }
 
-    fn from_host(e: &mut HostEntries, shape: &[usize], device: &B::Device) -> Result<Self, String> {
+    fn from_host(
+        e: &mut HostEntries,
+        shape: &[usize],
+        device: &B::Device,
+    ) -> Result<Self, OptimError> {
         let n: usize = shape.iter().product();
         let step = e.take_step("step")?;
         if e.contains("exp_avg_codes") {
@@ -216,16 +220,19 @@ impl<B: Backend> ParamState<B> for AdamW8bitState<B> {
 
 impl AdamW8bit {
     /// Checks that loaded moments are 8-bit exactly where `min_8bit_size` makes them so.
-    fn check_state<B: Backend>(&self, shape: &[usize], state: &AdamW8bitState<B>) -> Result<(), String> {
+    fn check_state<B: Backend>(
+        &self,
+        shape: &[usize],
+        state: &AdamW8bitState<B>,
+    ) -> Result<(), OptimError> {
         let n: usize = shape.iter().product();
         let want_q = n >= self.config.min_8bit_size;
         if state.exp_avg_codes.is_some() != want_q {
-            return Err(format!(
-                "moments are {} but min_8bit_size = {} makes a {n}-element tensor {}",
-                if want_q { "f32" } else { "8-bit" },
-                self.config.min_8bit_size,
-                if want_q { "8-bit" } else { "f32" }
-            ));
+            return Err(OptimError::QuantMismatch {
+                elements: n,
+                min_8bit_size: self.config.min_8bit_size,
+                saved_8bit: !want_q,
+            });
         }
         Ok(())
     }

@@ -19,6 +19,24 @@
 //! AdamW, AdamW8bit and Adafactor also implement Burn's per-tensor `SimpleOptimizer`, so
 //! `OptimizerAdaptor::from(AdamWConfig::default().init()?)` works too (without groups, global
 //! clipping or path-keyed state). Prodigy does not: its step size depends on all parameters.
+//!
+//! ```
+//! use fluxlora_optim::{LrSchedule, ScheduleKind};
+//!
+//! // Cosine decay after 10 warm-up steps, as diffusers' `get_scheduler("cosine", ...)`.
+//! let lr = LrSchedule::new(ScheduleKind::Cosine, 1e-4, 10, 110)?;
+//! assert!((lr.lr(5) - 0.5e-4).abs() < 1e-12);
+//! assert!((lr.lr(10) - 1e-4).abs() < 1e-12);
+//! assert!((lr.lr(60) - 0.5e-4).abs() < 1e-9);
+//! assert!(lr.lr(110) < 1e-12);
+//! # Ok::<(), fluxlora_optim::OptimError>(())
+//! ```
+
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+// As in the workspace's `[workspace.lints]` (see Cargo.toml): errors are large on purpose, and
+// `!(x > y)` is the NaN-safe comparison.
+#![allow(clippy::result_large_err, clippy::neg_cmp_op_on_partial_ord)]
 
 mod accumulate;
 mod adafactor;

@@ -212,22 +212,24 @@ where
             return Some(e.state);
         }
         let image = self.pending.remove(path)?;
-        match self.materialize(path, &image, shape, device) {
+        match self.materialize("<loaded state>", path, &image, shape, device) {
             Ok(state) => Some(state),
             // `Optimizer::load_record` cannot report errors; `load_state_*` validates eagerly.
             Err(e) => panic!("{e}"),
         }
     }
 
+    /// Rebuilds the state of parameter `path` from `image` (saved in `origin`) and validates it.
     fn materialize(
         &self,
+        origin: &str,
         path: &str,
         image: &ParamImage,
         shape: &[usize],
         device: &Device<Inner<B>>,
     ) -> Result<R::State, OptimError> {
         let mismatch = |problem: String| OptimError::StateMismatch {
-            path: "<loaded state>".into(),
+            path: origin.to_string(),
             key: path.to_string(),
             problem,
         };
@@ -235,12 +237,13 @@ where
             return Err(mismatch(format!("saved for shape {:?}, parameter has shape {shape:?}", image.shape)));
         }
         let mut entries = HostEntries::new(image.tensors.clone());
-        let state = R::State::from_host(&mut entries, shape, device).map_err(mismatch)?;
+        let state = R::State::from_host(&mut entries, shape, device)
+            .map_err(|e| e.in_state(origin, path))?;
         let left = entries.remaining();
         if !left.is_empty() {
             return Err(mismatch(format!("unexpected state tensors {left:?}")));
         }
-        self.rule.validate_state(shape, &state).map_err(mismatch)?;
+        self.rule.validate_state(shape, &state).map_err(|e| e.in_state(origin, path))?;
         Ok(state)
     }
 
@@ -299,18 +302,12 @@ where
                 key: path.clone(),
                 problem: "the module has no parameter with this path".into(),
             })?;
-            let state = self.materialize(path, p, shape, device).map_err(|e| match e {
-                OptimError::StateMismatch { key, problem, .. } => OptimError::StateMismatch { path: origin.to_string(), key, problem },
-                other => other,
-            })?;
+            let state = self.materialize(origin, path, p, shape, device)?;
             states.insert(path.clone(), Entry { shape: p.shape.clone(), state });
         }
         let mut rule = self.rule.clone();
-        rule.set_globals(&|k| image.globals.get(k).copied()).map_err(|problem| OptimError::StateMismatch {
-            path: origin.to_string(),
-            key: "__optimizer__".into(),
-            problem,
-        })?;
+        rule.set_globals(&|k| image.globals.get(k).copied())
+            .map_err(|e| e.in_state(origin, "__optimizer__"))?;
         self.rule = rule;
         self.states = states;
         self.pending.clear();
@@ -335,11 +332,8 @@ where
     pub fn load_state_unchecked(&mut self, bytes: &[u8], origin: &str) -> Result<(), OptimError> {
         let image = self.checked_image(bytes, origin)?;
         let mut rule = self.rule.clone();
-        rule.set_globals(&|k| image.globals.get(k).copied()).map_err(|problem| OptimError::StateMismatch {
-            path: origin.to_string(),
-            key: "__optimizer__".into(),
-            problem,
-        })?;
+        rule.set_globals(&|k| image.globals.get(k).copied())
+            .map_err(|e| e.in_state(origin, "__optimizer__"))?;
         self.rule = rule;
         self.states.clear();
         self.pending = image.params;

@@ -113,7 +113,11 @@ macro_rules! per_tensor_rule {
             }
 
             $(
-                fn validate_state(&self, $shape: &[usize], $st: &Self::State) -> Result<(), String> {
+                fn validate_state(
+                    &self,
+                    $shape: &[usize],
+                    $st: &Self::State,
+                ) -> Result<(), $crate::OptimError> {
                     let $v = self;
                     $validate
                 }

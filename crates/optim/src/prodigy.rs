@@ -295,18 +295,23 @@ impl<B: Backend> OptimizerRule<B> for Prodigy {
         self.k += 1;
     }
 
-    fn validate_state(&self, shape: &[usize], state: &Self::State) -> Result<(), String> {
+    fn validate_state(&self, shape: &[usize], state: &Self::State) -> Result<(), OptimError> {
         let n: usize = shape.iter().product();
         let sliced = n.div_ceil(self.config.slice_p);
         if state.s.dims()[0] != sliced {
-            return Err(format!(
-                "`s` has {} elements but slice_p = {} needs {sliced}; load with the slice_p it was saved with",
-                state.s.dims()[0],
-                self.config.slice_p
-            ));
+            return Err(OptimError::SliceMismatch {
+                found: state.s.dims()[0],
+                slice_p: self.config.slice_p,
+                expected: sliced,
+            });
         }
         if state.exp_avg.is_some() != (self.config.beta1 > 0.0) {
-            return Err("`exp_avg` presence does not match beta1 (saved with a different beta1 = 0 setting)".into());
+            return Err(OptimError::MomentMismatch {
+                moment: "exp_avg",
+                saved: state.exp_avg.is_some(),
+                option: "beta1",
+                value: self.config.beta1.to_string(),
+            });
         }
         Ok(())
     }
@@ -321,15 +326,17 @@ impl<B: Backend> OptimizerRule<B> for Prodigy {
         ]
     }
 
-    fn set_globals(&mut self, get: &dyn Fn(&str) -> Option<f64>) -> Result<(), String> {
-        let need = |n: &str| get(n).ok_or_else(|| format!("global `{n}` is missing"));
+    fn set_globals(&mut self, get: &dyn Fn(&str) -> Option<f64>) -> Result<(), OptimError> {
+        let need = |n: &str| {
+            get(n).ok_or_else(|| OptimError::MissingGlobal { name: n.to_string() })
+        };
         self.d = need("d")?;
         self.d_max = need("d_max")?;
         self.d_numerator = need("d_numerator")?;
         self.d_hat = need("d_hat")?;
         let k = need("k")?;
         if !(k >= 0.0 && k.fract() == 0.0) {
-            return Err(format!("global `k` = {k} is not a step count"));
+            return Err(OptimError::GlobalNotStepCount { name: "k".into(), value: k });
         }
         self.k = k as u64;
         Ok(())
@@ -352,13 +359,19 @@ impl<B: Backend> ParamState<B> for ProdigyState<B> {
         out
     }
 
-    fn from_host(e: &mut HostEntries, shape: &[usize], device: &B::Device) -> Result<Self, String> {
+    fn from_host(
+        e: &mut HostEntries,
+        shape: &[usize],
+        device: &B::Device,
+    ) -> Result<Self, OptimError> {
         let n: usize = shape.iter().product();
         let step = e.take_step("step")?;
         let exp_avg_sq = e.take_f32("exp_avg_sq", n, device)?;
         let exp_avg = e.take_f32_opt("exp_avg", n, device)?;
         // The sliced length is whatever was saved; slice_p must match the configuration in use.
-        let s_len = e.len_of("s").ok_or("state tensor `s` is missing")?;
+        let s_len = e
+            .len_of("s")
+            .ok_or_else(|| OptimError::MissingStateTensor { name: "s".into() })?;
         let s = e.take_f32("s", s_len, device)?;
         let p0 = e.take_f32_opt("p0", s_len, device)?;
         Ok(Self { step, exp_avg, exp_avg_sq, s, p0 })

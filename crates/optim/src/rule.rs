@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 
+use crate::OptimError;
+
 /// One trainable parameter, flattened, as an optimizer rule sees it during a step.
 #[derive(Debug)]
 pub struct ParamSlot<B: Backend, S> {
@@ -47,7 +49,7 @@ pub trait OptimizerRule<B: Backend>: Clone + Send + Sync + 'static {
     fn step(&mut self, lr: f64, slots: &mut [ParamSlot<B, Self::State>]);
 
     /// Checks that a loaded state fits this configuration (e.g. quantized vs f32 moments).
-    fn validate_state(&self, shape: &[usize], state: &Self::State) -> Result<(), String> {
+    fn validate_state(&self, shape: &[usize], state: &Self::State) -> Result<(), OptimError> {
         let _ = (shape, state);
         Ok(())
     }
@@ -58,7 +60,7 @@ pub trait OptimizerRule<B: Backend>: Clone + Send + Sync + 'static {
     }
 
     /// Restores [`globals`](Self::globals); `get` returns `None` for a missing name.
-    fn set_globals(&mut self, get: &dyn Fn(&str) -> Option<f64>) -> Result<(), String> {
+    fn set_globals(&mut self, get: &dyn Fn(&str) -> Option<f64>) -> Result<(), OptimError> {
         let _ = get;
         Ok(())
     }
@@ -70,7 +72,11 @@ pub trait ParamState<B: Backend>: Clone + Send + Sync + Sized + 'static {
     fn to_host(&self) -> Vec<(&'static str, TensorData)>;
 
     /// Rebuilds the state for a parameter of `shape` on `device`.
-    fn from_host(entries: &mut HostEntries, shape: &[usize], device: &B::Device) -> Result<Self, String>;
+    fn from_host(
+        entries: &mut HostEntries,
+        shape: &[usize],
+        device: &B::Device,
+    ) -> Result<Self, OptimError>;
 
     /// Bytes of device memory held by the state.
     fn bytes(&self) -> usize;
@@ -102,7 +108,12 @@ impl HostEntries {
     }
 
     /// Takes a required f32 tensor of `len` elements (any rank; returned flat).
-    pub fn take_f32<B: Backend>(&mut self, name: &str, len: usize, device: &B::Device) -> Result<Tensor<B, 1>, String> {
+    pub fn take_f32<B: Backend>(
+        &mut self,
+        name: &str,
+        len: usize,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1>, OptimError> {
         let data = self.take(name)?;
         check(name, &data, DType::F32, len)?;
         let data = TensorData::from_bytes_vec(data.as_bytes().to_vec(), [len], DType::F32);
@@ -110,7 +121,12 @@ impl HostEntries {
     }
 
     /// Takes an optional f32 tensor.
-    pub fn take_f32_opt<B: Backend>(&mut self, name: &str, len: usize, device: &B::Device) -> Result<Option<Tensor<B, 1>>, String> {
+    pub fn take_f32_opt<B: Backend>(
+        &mut self,
+        name: &str,
+        len: usize,
+        device: &B::Device,
+    ) -> Result<Option<Tensor<B, 1>>, OptimError> {
         if self.contains(name) {
             self.take_f32(name, len, device).map(Some)
         } else {
@@ -119,12 +135,24 @@ impl HostEntries {
     }
 
     /// Takes a required f32 matrix of shape `[rows, cols]`.
-    pub fn take_f32_2d<B: Backend>(&mut self, name: &str, rows: usize, cols: usize, device: &B::Device) -> Result<Tensor<B, 2>, String> {
+    pub fn take_f32_2d<B: Backend>(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>, OptimError> {
         Ok(self.take_f32::<B>(name, rows * cols, device)?.reshape([rows, cols]))
     }
 
     /// Takes a required u8 tensor of `len` elements, stored on device as `storage` dtype.
-    pub fn take_u8<B: Backend>(&mut self, name: &str, len: usize, storage: DType, device: &B::Device) -> Result<Tensor<B, 1, Int>, String> {
+    pub fn take_u8<B: Backend>(
+        &mut self,
+        name: &str,
+        len: usize,
+        storage: DType,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1, Int>, OptimError> {
         let data = self.take(name)?;
         check(name, &data, DType::U8, len)?;
         let data = TensorData::from_bytes_vec(data.as_bytes().to_vec(), [len], DType::U8);
@@ -133,27 +161,38 @@ impl HostEntries {
     }
 
     /// Takes the step counter (an I64 tensor with one element).
-    pub fn take_step(&mut self, name: &str) -> Result<usize, String> {
+    pub fn take_step(&mut self, name: &str) -> Result<usize, OptimError> {
         let data = self.take(name)?;
         check(name, &data, DType::I64, 1)?;
-        let v: i64 = data.iter::<i64>().next().unwrap_or(-1);
-        usize::try_from(v).map_err(|_| format!("`{name}` holds {v}, expected a step count >= 0"))
+        let value: i64 = data.iter::<i64>().next().unwrap_or(-1);
+        usize::try_from(value).map_err(|_| OptimError::BadStepCount {
+            name: name.to_string(),
+            value,
+        })
     }
 
-    fn take(&mut self, name: &str) -> Result<TensorData, String> {
-        self.entries
-            .remove(name)
-            .ok_or_else(|| format!("state tensor `{name}` is missing"))
+    fn take(&mut self, name: &str) -> Result<TensorData, OptimError> {
+        self.entries.remove(name).ok_or_else(|| OptimError::MissingStateTensor {
+            name: name.to_string(),
+        })
     }
 }
 
-fn check(name: &str, data: &TensorData, dtype: DType, len: usize) -> Result<(), String> {
+fn check(name: &str, data: &TensorData, dtype: DType, len: usize) -> Result<(), OptimError> {
     if data.dtype != dtype {
-        return Err(format!("`{name}` has dtype {:?}, expected {dtype:?}", data.dtype));
+        return Err(OptimError::StateDtype {
+            name: name.to_string(),
+            found: data.dtype,
+            expected: dtype,
+        });
     }
-    let n: usize = data.shape.num_elements();
-    if n != len {
-        return Err(format!("`{name}` has {n} elements, expected {len}"));
+    let found: usize = data.shape.num_elements();
+    if found != len {
+        return Err(OptimError::StateLength {
+            name: name.to_string(),
+            found,
+            expected: len,
+        });
     }
     Ok(())
 }

@@ -21,8 +21,11 @@
 //! assert!(detect(&world.render(&scene)).found());
 //! ```
 
-#![deny(missing_docs)]
+#![warn(missing_docs)]
 #![warn(clippy::all)]
+// As in the workspace's `[workspace.lints]` (see Cargo.toml): errors are large on purpose, and
+// `!(x > y)` is the NaN-safe comparison.
+#![allow(clippy::result_large_err, clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod error;
 

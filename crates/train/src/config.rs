@@ -162,6 +162,11 @@ pub struct TrainConfig {
     pub trigger_word: Option<String>,
     /// Caption file extension.
     pub caption_extension: String,
+    /// Largest image accepted, in pixels (`None`: the dataset config's `max_image_pixels`,
+    /// 64 MP by default); larger files are refused from their header, before any decoding.
+    pub max_image_pixels: Option<u64>,
+    /// Largest image width or height accepted (`None`: the dataset config's `max_image_side`).
+    pub max_image_side: Option<u32>,
     /// Training resolution (bucket area ≤ resolution²).
     pub resolution: u32,
     /// Images per step.
@@ -299,6 +304,8 @@ impl Default for TrainConfig {
             train_data_dir: None,
             trigger_word: None,
             caption_extension: ".txt".into(),
+            max_image_pixels: None,
+            max_image_side: None,
             resolution: 1024,
             train_batch_size: 1,
             network_dim: 16,

@@ -25,6 +25,31 @@
 //! - [`tensorboard`]: the same per-step scalars as TensorBoard event files (`logging_dir`).
 //! - [`source`]: the batch source trait and the cached-data source.
 //! - [`run`]: the [`Trainer`] loop.
+//!
+//! ```
+//! use fluxlora_train::{OptimizerType, RunLayout, TrainConfig};
+//!
+//! // A config from a TOML file and command-line overrides (kohya's key names), and where the
+//! // run's files go.
+//! let dir = tempfile::tempdir()?;
+//! let file = dir.path().join("train.toml");
+//! std::fs::write(&file, "output_name = \"sks\"\nnetwork_dim = 16\noptimizer_type = \"Prodigy\"\n")?;
+//! let flags = ["--learning_rate", "1.0", "--output_dir", "out"].map(String::from);
+//! let config = TrainConfig::load(Some(file.as_path()), &flags)?;
+//! assert_eq!((config.network_dim, config.optimizer_type), (16, OptimizerType::Prodigy));
+//! let layout = RunLayout::new(&config);
+//! assert_eq!(layout.lora(), std::path::Path::new("out/sks.safetensors"));
+//! assert_eq!(layout.checkpoint(500), std::path::Path::new("out/sks-step00000500"));
+//! // A name that would leave `output_dir` is refused.
+//! assert!(TrainConfig::load(None, &["--output_name", "../up"].map(String::from)).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+#![warn(clippy::all)]
+// As in the workspace's `[workspace.lints]` (see Cargo.toml): errors are large on purpose, and
+// `!(x > y)` is the NaN-safe comparison.
+#![allow(clippy::result_large_err, clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod config;
 pub mod orchestration;

@@ -21,7 +21,8 @@ use crate::error::TrainError;
 fn adapter_module<B: Backend>(a: &LoraAdapter<B>) -> Result<LoraModule, TrainError> {
     let down = download(a.lora_a.val())?.transpose()?;
     let up = download(a.lora_b.val())?.transpose()?;
-    let m = LoraModule::new(down, up, a.alpha * a.multiplier).map_err(|p| TrainError::Shape { what: "adapter".into(), message: p })?;
+    let m = LoraModule::new(down, up, a.alpha * a.multiplier)
+        .map_err(|e| TrainError::Shape { what: "adapter".into(), message: e.to_string() })?;
     Ok(m)
 }
 
@@ -42,7 +43,8 @@ pub fn export_lora<B: Backend>(model: &mut Flux<B>) -> Result<LoraWeights, Train
             pieces.into_iter().next().map(|p| p.1)
         } else {
             let refs: Vec<(usize, &LoraModule)> = pieces.iter().map(|(s, m)| (*s, m)).collect();
-            Some(fuse_rows(&refs, d_out).map_err(|p| TrainError::Shape { what: format!("adapters of `{path}`"), message: p })?)
+            let what = format!("adapters of `{path}`");
+            Some(fuse_rows(&refs, d_out).map_err(|e| TrainError::Shape { what, message: e.to_string() })?)
         };
         if let Some(m) = module {
             out.modules.insert(path, m);

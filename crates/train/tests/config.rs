@@ -158,3 +158,15 @@ fn run_length_and_save_intervals_are_checked() {
     let ok = TrainConfig::load(None, &args("--max_train_epochs 4 --save_every_n_epochs 2")).unwrap();
     assert_eq!((ok.max_train_epochs, ok.save_every_n_epochs), (Some(4), Some(2)));
 }
+
+#[test]
+fn image_limits_reach_a_plain_image_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    image::RgbImage::new(64, 64).save(tmp.path().join("a.png")).unwrap();
+    let c = TrainConfig::load(None, &args("--max_image_pixels 4096 --max_image_side 80")).unwrap();
+    let c = TrainConfig { train_data_dir: Some(tmp.path().to_path_buf()), ..c };
+    let limits = fluxlora_train::dataset_config(&c).unwrap().image_limits;
+    assert_eq!((limits.max_pixels, limits.max_side), (4096, 80));
+    let defaults = fluxlora_train::dataset_config(&TrainConfig { max_image_pixels: None, max_image_side: None, ..c }).unwrap();
+    assert_eq!(defaults.image_limits, fluxlora_data::ImageLimits::default());
+}

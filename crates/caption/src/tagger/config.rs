@@ -73,35 +73,56 @@ impl Activation {
 /// Settings not in the weights, to force instead of reading `config.json`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VitOverrides {
+    /// Attention heads per block; `None` reads `config.json` or infers them.
     pub num_heads: Option<usize>,
+    /// How tokens are pooled before the head; `None` reads `config.json` or picks a default.
     pub global_pool: Option<GlobalPool>,
+    /// The MLP activation; `None` reads `config.json`, else exact GELU.
     pub activation: Option<Activation>,
 }
 
 /// Everything needed to build the classifier.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VitConfig {
+    /// Side of the square input image, in pixels (patch grid × patch size).
     pub img_size: usize,
+    /// Side of one square patch, in pixels.
     pub patch_size: usize,
+    /// Token width (hidden size).
     pub embed_dim: usize,
+    /// Number of transformer blocks.
     pub depth: usize,
+    /// Attention heads per block; divides `embed_dim`.
     pub num_heads: usize,
+    /// Hidden width of each block's MLP (`fc1` outputs).
     pub mlp_hidden: usize,
+    /// Classifier outputs, one per tag in `selected_tags.csv`.
     pub num_classes: usize,
+    /// Whether a class token (`cls_token`) is prepended to the patch tokens.
     pub class_token: bool,
+    /// Number of register tokens (`reg_token`) prepended after the class token.
     pub reg_tokens: usize,
     /// Position embeddings cover the patches only (prefix tokens get none).
     pub no_embed_class: bool,
+    /// How the token sequence becomes the head's input vector.
     pub global_pool: GlobalPool,
+    /// The MLP activation.
     pub activation: Activation,
+    /// A LayerNorm (`norm_pre`) is applied after the position embeddings, before the blocks.
     pub pre_norm: bool,
+    /// A LayerNorm (`norm`) is applied after the blocks, before pooling.
     pub final_norm: bool,
+    /// A LayerNorm (`fc_norm`) is applied to the pooled vector, before the head.
     pub fc_norm: bool,
+    /// Queries and keys are LayerNorm-ed per head (`attn.q_norm` / `attn.k_norm`).
     pub qk_norm: bool,
+    /// Attention and MLP outputs are scaled per channel (`ls1.gamma` / `ls2.gamma`).
     pub layer_scale: bool,
+    /// The LayerNorm epsilon (timm's 1e-6).
     pub norm_eps: f64,
     /// Per-channel normalisation of RGB values in [0, 1]: `(v − mean) / std`.
     pub mean: [f32; 3],
+    /// Per-channel divisor of that normalisation (see `mean`).
     pub std: [f32; 3],
 }
 
@@ -135,15 +156,25 @@ impl VitConfig {
 /// The parts of a timm `config.json` (as shipped beside hub weights) that matter here.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TimmConfig {
+    /// The `config.json` this was read from (named in errors).
     pub path: PathBuf,
+    /// `architecture`, e.g. `vit_base_patch16_224` (gives the head count of standard sizes).
     pub architecture: Option<String>,
+    /// `model_args.num_heads`.
     pub num_heads: Option<usize>,
+    /// `model_args.img_size` (a number, or a square `[h, w]` pair).
     pub img_size: Option<usize>,
+    /// `model_args.class_token`: whether the model has a class token.
     pub class_token: Option<bool>,
+    /// `model_args.no_embed_class`: whether position embeddings skip the prefix tokens.
     pub no_embed_class: Option<bool>,
+    /// `model_args.global_pool` (else top-level `global_pool`), e.g. `avg` or `token`.
     pub global_pool: Option<String>,
+    /// `model_args.act_layer`, e.g. `gelu` or `gelu_tanh`.
     pub act_layer: Option<String>,
+    /// `pretrained_cfg.mean`: per-channel normalisation mean.
     pub mean: Option<[f32; 3]>,
+    /// `pretrained_cfg.std`: per-channel normalisation divisor.
     pub std: Option<[f32; 3]>,
 }
 

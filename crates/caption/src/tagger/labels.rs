@@ -34,14 +34,18 @@ impl TagCategory {
 /// One classifier output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Label {
+    /// The tag as written in the CSV's `name` column (underscores kept, e.g. `long_hair`).
     pub name: String,
+    /// The tag's category, from the `category` column.
     pub category: TagCategory,
 }
 
 /// All labels, in classifier output order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Labels {
+    /// The `selected_tags.csv` they were read from (named in errors).
     pub path: PathBuf,
+    /// One label per classifier output, in output order.
     pub labels: Vec<Label>,
 }
 

@@ -29,9 +29,12 @@ use preprocess::{preprocess_rgb, Preprocess};
 use select::{select_tags, sigmoid, TagPrediction};
 use vit::VitClassifier;
 
-/// File names inside a tagger folder (as in the SmilingWolf hub repositories).
+/// The ViT weights (safetensors) in a tagger folder; file names as in the SmilingWolf hub
+/// repositories.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The tag list, one row per classifier output (see [`labels`]).
 pub const LABELS_FILE: &str = "selected_tags.csv";
+/// timm's model configuration; optional — when absent, settings are inferred from the weights.
 pub const CONFIG_FILE: &str = "config.json";
 
 /// Tag selection settings.

@@ -22,6 +22,7 @@ pub struct Preprocess {
     pub size: u32,
     /// Per-channel mean and std, in RGB order, for values in [0, 1].
     pub mean: [f32; 3],
+    /// Per-channel divisor, RGB order: a value becomes `(v − mean) / std`.
     pub std: [f32; 3],
     /// Emit channels as B, G, R (true for the WD taggers).
     pub bgr: bool,

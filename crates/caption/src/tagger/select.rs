@@ -8,7 +8,9 @@ use crate::tags::{join_tags, underscores_to_spaces};
 /// The tags of one image, each list sorted by score (highest first; ties in label order).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TagPrediction {
+    /// General tags above the general threshold, with their probabilities.
     pub general: Vec<(String, f32)>,
+    /// Character tags above the character threshold, with their probabilities.
     pub character: Vec<(String, f32)>,
     /// Every rating label with its probability (not thresholded, never captioned).
     pub rating: Vec<(String, f32)>,

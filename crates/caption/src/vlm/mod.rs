@@ -38,9 +38,13 @@ pub struct VlmConfig {
     pub api_key: Option<String>,
     /// The `model` field (llama.cpp ignores it; Ollama and vLLM need it).
     pub model: String,
+    /// The user message's text, sent with the image (default [`DEFAULT_PROMPT`]).
     pub prompt: String,
+    /// A system message sent before the user message, when set.
     pub system_prompt: Option<String>,
+    /// The answer's length limit in tokens (`max_tokens`); at least 1.
     pub max_tokens: u32,
+    /// Sampling temperature, in [0, 2]; low values give steadier captions.
     pub temperature: f32,
     /// Whole-request timeout (connect, upload, generation, answer).
     pub timeout: Duration,
@@ -48,6 +52,7 @@ pub struct VlmConfig {
     pub retries: u32,
     /// Wait before the first retry; doubles each retry, capped at `max_backoff`.
     pub initial_backoff: Duration,
+    /// The longest wait between attempts, also capping a server's `Retry-After`.
     pub max_backoff: Duration,
     /// Longer image side sent to the server, in pixels.
     pub max_side: u32,
@@ -185,10 +190,14 @@ impl VlmCaptioner {
                     Err(if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
                         timeout()
                     } else {
-                        CaptionError::BadResponse { image: image.into(), url: url.clone(), message: format!("reading the answer failed: {e}") }
+                        let source = Box::new(CaptionError::ResponseUnreadable { source: e });
+                        CaptionError::BadResponse { image: image.into(), url: url.clone(), source }
                     })
                 })?;
-                caption_from_response(&text).map_err(|message| Err(CaptionError::BadResponse { image: image.into(), url: url.clone(), message }))
+                caption_from_response(&text).map_err(|e| {
+                    let source = Box::new(e);
+                    Err(CaptionError::BadResponse { image: image.into(), url: url.clone(), source })
+                })
             }
             Err(ureq::Error::Status(status, response)) => {
                 let retry_after = response.header("Retry-After").and_then(|s| s.trim().parse::<u64>().ok()).map(Duration::from_secs);

@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+use crate::error::{CaptionError, Result};
+
 /// The request body: `model`, `messages` (optional system message, then a user message with a
 /// text part and an `image_url` part), `max_tokens`, `temperature`, `stream: false`.
 pub fn request_body(
@@ -36,19 +38,24 @@ pub fn request_body(
 /// The caption in a chat-completion answer (`choices[0].message.content`, a string or a list of
 /// text parts), as one line: whitespace (line breaks included — a multi-line caption file means
 /// alternatives) collapsed to single spaces, surrounding quotes removed.
-pub fn caption_from_response(body: &str) -> Result<String, String> {
-    let v: Value = serde_json::from_str(body).map_err(|e| format!("not JSON ({e}): {}", excerpt(body)))?;
+pub fn caption_from_response(body: &str) -> Result<String> {
+    let v: Value = serde_json::from_str(body).map_err(|source| CaptionError::ResponseNotJson {
+        source,
+        excerpt: excerpt(body),
+    })?;
     if let Some(err) = v.get("error") {
-        return Err(format!("the server reported an error: {}", excerpt(&err.to_string())));
+        return Err(CaptionError::ResponseServerError { error: excerpt(&err.to_string()) });
     }
     let content = v
         .pointer("/choices/0/message/content")
-        .ok_or_else(|| format!("no choices[0].message.content in {}", excerpt(body)))?;
+        .ok_or_else(|| CaptionError::ResponseNoContent { excerpt: excerpt(body) })?;
     let text = match content {
         Value::String(s) => s.clone(),
         Value::Array(parts) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" "),
         Value::Null => String::new(),
-        other => return Err(format!("message.content is {other}, not text")),
+        other => {
+            return Err(CaptionError::ResponseContentNotText { content: other.to_string() })
+        }
     };
     let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let trimmed = one_line
@@ -97,10 +104,11 @@ mod tests {
 
     #[test]
     fn malformed_answers_are_explained() {
-        assert!(caption_from_response("<html>").unwrap_err().contains("not JSON"));
-        assert!(caption_from_response(r#"{"choices":[]}"#).unwrap_err().contains("choices[0]"));
-        assert!(caption_from_response(r#"{"error":{"message":"no such model"}}"#).unwrap_err().contains("no such model"));
-        assert!(caption_from_response(r#"{"choices":[{"message":{"content":5}}]}"#).unwrap_err().contains("not text"));
+        let err = |body: &str| caption_from_response(body).unwrap_err().to_string();
+        assert!(err("<html>").contains("not JSON"));
+        assert!(err(r#"{"choices":[]}"#).contains("choices[0]"));
+        assert!(err(r#"{"error":{"message":"no such model"}}"#).contains("no such model"));
+        assert!(err(r#"{"choices":[{"message":{"content":5}}]}"#).contains("not text"));
         assert_eq!(excerpt(&"x".repeat(300)).chars().count(), 201);
     }
 }

@@ -29,10 +29,15 @@ pub trait LatentEncoder {
 /// The inputs that determine one latent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LatentKey {
+    /// SHA-256 (hex) of the image file's bytes.
     pub content_hash: String,
+    /// The bucket (width, height) the crop is resized to.
     pub bucket: (u32, u32),
+    /// The crop in source pixels: (x, y, width, height).
     pub crop: (u32, u32, u32, u32),
+    /// Whether the image is mirrored horizontally.
     pub flip: bool,
+    /// Whether a loss mask is stored: the subset has `alpha_mask` and the image has alpha.
     pub alpha_mask: bool,
 }
 
@@ -60,7 +65,10 @@ impl LatentKey {
 /// A cached latent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedLatent {
+    /// The encoder's output for the sample's pixels, e.g. `[16, H/8, W/8]`.
     pub latent: HostTensor,
+    /// The alpha mask average-pooled to the latent's size, `[1, h, w]` in [0, 1]; `None`
+    /// unless the key's `alpha_mask` is set.
     pub mask: Option<HostTensor>,
 }
 

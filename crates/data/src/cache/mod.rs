@@ -35,6 +35,7 @@ pub struct BuildStats {
     pub failed: Vec<(String, String)>,
     /// Stray temporary files from an interrupted build that were removed.
     pub removed_temporaries: usize,
+    /// Wall-clock time of the build.
     pub elapsed: Duration,
 }
 
@@ -53,6 +54,7 @@ impl BuildStats {
 /// Options for a build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BuildOptions {
+    /// Whether to show a progress bar (hidden by default).
     pub progress: crate::progress::Progress,
     /// Inputs prepared in parallel per round (defaults to twice the rayon threads).
     pub chunk: usize,
@@ -134,7 +136,10 @@ impl CacheDir {
                 message: format!("opened for encoder `{opened}` but given `{given}`; open the cache with the encoder's identity"),
             });
         }
-        Ok(BuildStats { removed_temporaries: self.remove_temporaries(), ..Default::default() })
+        Ok(BuildStats {
+            removed_temporaries: self.remove_temporaries(),
+            ..Default::default()
+        })
     }
 
     pub fn remove_temporaries(&self) -> usize {

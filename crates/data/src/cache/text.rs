@@ -13,7 +13,9 @@ use crate::error::{DataError, Result};
 /// The text conditioning of one caption.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextEmbedding {
+    /// T5 hidden states of the caption's tokens, `[tokens, 4096]` for Flux.
     pub t5: HostTensor,
+    /// CLIP's pooled text embedding, `[768]`.
     pub clip_pooled: HostTensor,
 }
 
@@ -21,6 +23,7 @@ pub struct TextEmbedding {
 pub trait TextEncoder {
     /// Everything that changes the output: model file hashes, tokenizer, T5 max length, dtype.
     fn identity(&self) -> String;
+    /// Encodes one caption (possibly "", for caption dropout).
     fn encode(&self, caption: &str) -> Result<TextEmbedding>;
 }
 

@@ -35,14 +35,19 @@ pub struct DatasetConfig {
     /// `max_image_pixels`, `max_image_side`, `max_image_bytes`).
     #[serde(default)]
     pub image_limits: ImageLimits,
+    /// The `[[datasets]]`, in file order; a dataset with `resolutions = [...]` appears once per
+    /// resolution.
     pub datasets: Vec<DatasetSettings>,
 }
 
 /// One dataset: shared resolution, bucketing and batch size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetSettings {
+    /// `batch_size`: images per batch, all from one bucket of this dataset (default 1).
     pub batch_size: usize,
+    /// The dataset's resolution and bucketing.
     pub buckets: BucketSettings,
+    /// The `[[datasets.subsets]]` (image folders), in file order.
     pub subsets: Vec<SubsetSettings>,
 }
 
@@ -51,10 +56,17 @@ pub struct DatasetSettings {
 pub struct BucketSettings {
     /// Target (width, height); buckets keep area ≤ width·height.
     pub resolution: (u32, u32),
+    /// `enable_bucket`: sort images into aspect-ratio buckets (default true here); when false
+    /// every image is cropped and resized to `resolution`.
     pub enable_bucket: bool,
+    /// `min_bucket_reso`: the smallest bucket side, in pixels (default 256).
     pub min_bucket_reso: u32,
+    /// `max_bucket_reso`: the largest bucket side, in pixels (default 2048).
     pub max_bucket_reso: u32,
+    /// `bucket_reso_steps`: bucket sides are multiples of this (default 64; a multiple of 16).
     pub bucket_reso_steps: u32,
+    /// `bucket_no_upscale`: never enlarge an image; its bucket is its own size, shrunk to the
+    /// target area if larger and rounded down to the step (default false).
     pub bucket_no_upscale: bool,
 }
 
@@ -74,17 +86,27 @@ impl Default for BucketSettings {
 /// One image folder and how its images and captions are used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubsetSettings {
+    /// `image_dir`: the folder of the images and their captions (relative paths are resolved
+    /// against the config file's folder).
     pub image_dir: PathBuf,
+    /// `num_repeats`: how many times each image is drawn per epoch (default 1; for a folder
+    /// dataset, the `N` of `N_name`).
     pub num_repeats: u32,
+    /// `is_reg`: regularisation images; per epoch they fill as many draws as the dataset's
+    /// training images do, cycled (kohya's balancing; default false).
     pub is_reg: bool,
     /// Caption file extension including the dot, e.g. `.txt`.
     pub caption_extension: String,
     /// Caption used for images without a caption file (kohya DreamBooth style).
     pub class_tokens: Option<String>,
+    /// `flip_aug`: mirror each draw horizontally with probability ½ (default false).
     pub flip_aug: bool,
+    /// `random_crop`: take the crop to the bucket at a seeded random offset instead of the
+    /// centre (default false).
     pub random_crop: bool,
     /// Use the alpha channel as a loss mask (transparent = not learned).
     pub alpha_mask: bool,
+    /// How captions are built and augmented (trigger word, shuffling, dropout, …).
     pub caption: CaptionSettings,
 }
 
@@ -214,7 +236,12 @@ pub fn is_image_path(path: &Path) -> bool {
 pub(crate) fn validate_image_limits(
     l: &ImageLimits,
 ) -> std::result::Result<(), (&'static str, String)> {
-    let zero = |key| Err((key, "must be at least 1; 0 would refuse every image".to_string()));
+    let zero = |key| {
+        Err((
+            key,
+            "must be at least 1; 0 would refuse every image".to_string(),
+        ))
+    };
     if l.max_pixels == 0 {
         return zero("max_image_pixels");
     }
@@ -233,7 +260,13 @@ pub(crate) fn validate_buckets(
 ) -> std::result::Result<(), (&'static str, String)> {
     let step = b.bucket_reso_steps;
     if step < 16 || !step.is_multiple_of(16) {
-        return Err(("bucket_reso_steps", format!("{step} is not a multiple of 16 (Flux needs 16: 8× VAE then 2×2 patches); use 16, 32 or 64")));
+        return Err((
+            "bucket_reso_steps",
+            format!(
+                "{step} is not a multiple of 16 (Flux needs 16: 8× VAE then 2×2 patches); \
+                 use 16, 32 or 64"
+            ),
+        ));
     }
     let (w, h) = b.resolution;
     if w < 64 || h < 64 || !w.is_multiple_of(16) || !h.is_multiple_of(16) || w > 8192 || h > 8192 {
@@ -243,10 +276,14 @@ pub(crate) fn validate_buckets(
         ));
     }
     if !b.min_bucket_reso.is_multiple_of(step) || !b.max_bucket_reso.is_multiple_of(step) {
-        return Err(("min_bucket_reso", format!(
-            "min_bucket_reso {} and max_bucket_reso {} must be multiples of bucket_reso_steps {step}",
-            b.min_bucket_reso, b.max_bucket_reso
-        )));
+        return Err((
+            "min_bucket_reso",
+            format!(
+                "min_bucket_reso {} and max_bucket_reso {} must be multiples of \
+                 bucket_reso_steps {step}",
+                b.min_bucket_reso, b.max_bucket_reso
+            ),
+        ));
     }
     if b.min_bucket_reso < step || b.min_bucket_reso > b.max_bucket_reso {
         return Err((
@@ -282,6 +319,18 @@ pub(crate) fn validate_subset(ctx: &Ctx, name: &str, s: &SubsetSettings) -> Resu
             "caption_extension",
             format!(
                 "`{}` must start with a dot, e.g. \".txt\"",
+                s.caption_extension
+            ),
+        ));
+    }
+    // The caption sits beside its image: an extension with a separator or `..` would read a
+    // file elsewhere.
+    if s.caption_extension.contains(['/', '\\']) || s.caption_extension.contains("..") {
+        return Err(ctx.bad(
+            name,
+            "caption_extension",
+            format!(
+                "`{}` is not a file extension (it holds a path separator or `..`); use e.g. \".txt\"",
                 s.caption_extension
             ),
         ));

@@ -351,7 +351,11 @@ fn image_limits(ctx: &Ctx, g: &Scope) -> Result<ImageLimits> {
     let limits = ImageLimits {
         max_pixels: g.uint(ctx, "max_image_pixels", d.max_pixels)?,
         max_side: u32::try_from(side).map_err(|_| {
-            ctx.bad("general", "max_image_side", format!("{side} is over {}", u32::MAX))
+            ctx.bad(
+                "general",
+                "max_image_side",
+                format!("{side} is over {}", u32::MAX),
+            )
         })?,
         max_decoded_bytes: g.uint(ctx, "max_image_bytes", d.max_decoded_bytes)?,
     };

@@ -30,6 +30,7 @@ pub struct QualitySettings {
     pub duplicate_max_thumb_difference: f64,
     /// How many of the most frequent tags to list in the text output.
     pub top_tags: usize,
+    /// Show a progress bar while the images are decoded and analysed.
     pub progress: bool,
 }
 
@@ -48,9 +49,13 @@ impl Default for QualitySettings {
 /// Images of one bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BucketCount {
+    /// Index of the dataset in the config.
     pub dataset: usize,
+    /// That dataset's target resolution (width, height).
     pub resolution: (u32, u32),
+    /// The bucket, as `WIDTHxHEIGHT`.
     pub bucket: String,
+    /// Usable images assigned to the bucket.
     pub images: usize,
     /// Draws per epoch (images × repeats; regularisation images counted once).
     pub draws_per_epoch: usize,
@@ -59,8 +64,11 @@ pub struct BucketCount {
 /// Two images that look alike.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DuplicatePair {
+    /// The first image (in listing order).
     pub a: PathBuf,
+    /// The later image, the one the problem is reported on.
     pub b: PathBuf,
+    /// dHash Hamming distance (of 64); 0 when either image has no dHash or thumbnail.
     pub distance: u32,
     /// Byte-identical files.
     pub identical: bool,
@@ -69,17 +77,25 @@ pub struct DuplicatePair {
 /// The report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QualityReport {
+    /// The dataset config file, or the dataset folder.
     pub source: PathBuf,
+    /// The thresholds the report was made with.
     pub settings: QualitySettings,
+    /// Distinct image files listed in all subsets.
     pub images_listed: usize,
+    /// Distinct image files that decode and get a bucket.
     pub images_usable: usize,
+    /// Usable images per dataset and bucket.
     pub buckets: Vec<BucketCount>,
+    /// Usable images without a caption file.
     pub missing_captions: Vec<PathBuf>,
+    /// Pairs of identical or near-duplicate images.
     pub near_duplicates: Vec<DuplicatePair>,
     /// (image, sharpness score).
     pub blurry: Vec<(PathBuf, f64)>,
     /// (image, "W×H → bucket, ×scale").
     pub upscaled: Vec<(PathBuf, String)>,
+    /// Images whose caption has a line without the trigger word (or its placeholder).
     pub missing_trigger: Vec<PathBuf>,
     /// (tag, count), most frequent first.
     pub tag_frequencies: Vec<(String, usize)>,

@@ -164,7 +164,10 @@ pub fn webp_chunks(webp: &[u8]) -> Vec<([u8; 4], Vec<u8>)> {
 /// The `VP8L` chunk data of a lossless WebP encoding of `img`.
 pub fn vp8l(img: &DynamicImage) -> Vec<u8> {
     let chunks = webp_chunks(&encode(img, ImageFormat::WebP));
-    let (_, data) = chunks.iter().find(|(k, _)| k == b"VP8L").expect("a VP8L chunk");
+    let (_, data) = chunks
+        .iter()
+        .find(|(k, _)| k == b"VP8L")
+        .expect("a VP8L chunk");
     data.clone()
 }
 

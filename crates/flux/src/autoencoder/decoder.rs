@@ -21,12 +21,21 @@ pub struct UpLevel<B: Backend> {
 /// The decoder half of the autoencoder.
 #[derive(Module, Debug)]
 pub struct Decoder<B: Backend> {
+    /// `decoder.conv_in`: 3×3 convolution from `z_channels` to the mid width
+    /// (`ch · ch_mult.last()`).
     pub conv_in: Conv2d<B>,
+    /// `decoder.mid.block_1`: the first mid ResNet block.
     pub mid_block_1: ResnetBlock<B>,
+    /// `decoder.mid.attn_1`: the mid self-attention.
     pub mid_attn_1: AttnBlock<B>,
+    /// `decoder.mid.block_2`: the second mid ResNet block.
     pub mid_block_2: ResnetBlock<B>,
+    /// `decoder.up`: one level per `ch_mult` entry, BFL-indexed (`up[0]` is full resolution,
+    /// run last).
     pub up: Vec<UpLevel<B>>,
+    /// `decoder.norm_out`: the GroupNorm before the final SiLU and convolution.
     pub norm_out: GroupNorm<B>,
+    /// `decoder.conv_out`: 3×3 convolution to the `out_channels` image channels.
     pub conv_out: Conv2d<B>,
 }
 

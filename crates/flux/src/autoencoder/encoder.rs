@@ -20,12 +20,19 @@ pub struct DownLevel<B: Backend> {
 /// The encoder half of the autoencoder.
 #[derive(Module, Debug)]
 pub struct Encoder<B: Backend> {
+    /// `encoder.conv_in`: 3×3 convolution `in_channels → ch`.
     pub conv_in: Conv2d<B>,
+    /// `encoder.down`: one level per `ch_mult` entry, from full resolution down.
     pub down: Vec<DownLevel<B>>,
+    /// `encoder.mid.block_1`: the first mid ResNet block.
     pub mid_block_1: ResnetBlock<B>,
+    /// `encoder.mid.attn_1`: the mid self-attention.
     pub mid_attn_1: AttnBlock<B>,
+    /// `encoder.mid.block_2`: the second mid ResNet block.
     pub mid_block_2: ResnetBlock<B>,
+    /// `encoder.norm_out`: the GroupNorm before the final SiLU and convolution.
     pub norm_out: GroupNorm<B>,
+    /// `encoder.conv_out`: 3×3 convolution to the `2·z_channels` moments.
     pub conv_out: Conv2d<B>,
 }
 

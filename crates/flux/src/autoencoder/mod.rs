@@ -38,7 +38,9 @@ use crate::frozen::{cast_to, to_f32};
 /// The KL autoencoder with its latent scale and shift. Frozen: all weights are module constants.
 #[derive(Module, Debug)]
 pub struct Autoencoder<B: Backend> {
+    /// BFL `encoder`: image → moments (mean and log-variance).
     pub encoder: Encoder<B>,
+    /// BFL `decoder`: unscaled latent → image.
     pub decoder: Decoder<B>,
     /// The architecture (not a parameter).
     #[module(skip)]

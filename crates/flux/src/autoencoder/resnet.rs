@@ -46,9 +46,13 @@ impl<B: Backend> GroupNorm<B> {
 /// BFL `ResnetBlock`: `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))`.
 #[derive(Module, Debug)]
 pub struct ResnetBlock<B: Backend> {
+    /// `….norm1`: GroupNorm over the `c_in` input channels.
     pub norm1: GroupNorm<B>,
+    /// `….conv1`: 3×3 convolution `c_in → c_out`.
     pub conv1: Conv2d<B>,
+    /// `….norm2`: GroupNorm over the `c_out` channels.
     pub norm2: GroupNorm<B>,
+    /// `….conv2`: 3×3 convolution `c_out → c_out`.
     pub conv2: Conv2d<B>,
     /// 1×1 convolution when the width changes (`nin_shortcut`).
     pub nin_shortcut: Option<Conv2d<B>>,
@@ -81,10 +85,15 @@ impl<B: Backend> ResnetBlock<B> {
 /// projections (stored here as linears; diffusers stores them as linears too).
 #[derive(Module, Debug)]
 pub struct AttnBlock<B: Backend> {
+    /// `….norm`: GroupNorm applied before the projections.
     pub norm: GroupNorm<B>,
+    /// `….q`: query projection `C → C`.
     pub q: Linear<B>,
+    /// `….k`: key projection `C → C`.
     pub k: Linear<B>,
+    /// `….v`: value projection `C → C`.
     pub v: Linear<B>,
+    /// `….proj_out`: output projection `C → C`, added back to the input.
     pub proj_out: Linear<B>,
 }
 
@@ -110,6 +119,7 @@ impl<B: Backend> AttnBlock<B> {
 /// Zero-pad one row/column at the bottom/right, then a stride-2 3×3 convolution.
 #[derive(Module, Debug)]
 pub struct Downsample<B: Backend> {
+    /// `….downsample.conv`: the stride-2 3×3 convolution `C → C`.
     pub conv: Conv2d<B>,
 }
 
@@ -127,6 +137,7 @@ impl<B: Backend> Downsample<B> {
 /// Nearest-neighbour ×2 upsampling, then a 3×3 convolution.
 #[derive(Module, Debug)]
 pub struct Upsample<B: Backend> {
+    /// `….upsample.conv`: the 3×3 convolution `C → C` after the ×2 upsampling.
     pub conv: Conv2d<B>,
 }
 

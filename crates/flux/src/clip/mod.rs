@@ -72,13 +72,21 @@ pub struct ClipOutput<B: Backend> {
 /// One pre-LN encoder layer (`text_model.encoder.layers.N`).
 #[derive(Module, Debug)]
 pub struct ClipLayer<B: Backend> {
+    /// `….layer_norm1` (weight, bias) `[hidden]`: the LayerNorm before self-attention.
     pub layer_norm1: (Tensor<B, 1>, Tensor<B, 1>),
+    /// `….self_attn.q_proj`: query projection `hidden → hidden`.
     pub q_proj: Linear<B>,
+    /// `….self_attn.k_proj`: key projection `hidden → hidden`.
     pub k_proj: Linear<B>,
+    /// `….self_attn.v_proj`: value projection `hidden → hidden`.
     pub v_proj: Linear<B>,
+    /// `….self_attn.out_proj`: attention output projection `hidden → hidden`.
     pub out_proj: Linear<B>,
+    /// `….layer_norm2` (weight, bias) `[hidden]`: the LayerNorm before the MLP.
     pub layer_norm2: (Tensor<B, 1>, Tensor<B, 1>),
+    /// `….mlp.fc1`: MLP input layer `hidden → intermediate`.
     pub fc1: Linear<B>,
+    /// `….mlp.fc2`: MLP output layer `intermediate → hidden`.
     pub fc2: Linear<B>,
 }
 
@@ -89,7 +97,9 @@ pub struct ClipTextModel<B: Backend> {
     pub token_embedding: Tensor<B, 2>,
     /// `[max_positions, hidden]`.
     pub position_embedding: Tensor<B, 2>,
+    /// `encoder.layers.N`, `num_layers` of them.
     pub layers: Vec<ClipLayer<B>>,
+    /// `final_layer_norm` (weight, bias) `[hidden]`, applied after the last layer.
     pub final_layer_norm: (Tensor<B, 1>, Tensor<B, 1>),
     /// The architecture (not a parameter).
     #[module(skip)]

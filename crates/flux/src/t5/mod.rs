@@ -49,14 +49,21 @@ pub struct T5Config {
 pub struct T5Block<B: Backend> {
     /// `layer.0.layer_norm.weight` `[d_model]`.
     pub attn_norm: Tensor<B, 1>,
+    /// `layer.0.SelfAttention.q`: query projection `d_model → heads·d_kv`, no bias.
     pub q: Linear<B>,
+    /// `layer.0.SelfAttention.k`: key projection `d_model → heads·d_kv`, no bias.
     pub k: Linear<B>,
+    /// `layer.0.SelfAttention.v`: value projection `d_model → heads·d_kv`, no bias.
     pub v: Linear<B>,
+    /// `layer.0.SelfAttention.o`: output projection `heads·d_kv → d_model`, no bias.
     pub o: Linear<B>,
     /// `layer.1.layer_norm.weight` `[d_model]`.
     pub ff_norm: Tensor<B, 1>,
+    /// `layer.1.DenseReluDense.wi_0`: the GELU-gated branch `d_model → d_ff`, no bias.
     pub wi_0: Linear<B>,
+    /// `layer.1.DenseReluDense.wi_1`: the linear branch `d_model → d_ff`, no bias.
     pub wi_1: Linear<B>,
+    /// `layer.1.DenseReluDense.wo`: the output projection `d_ff → d_model`, no bias.
     pub wo: Linear<B>,
 }
 
@@ -67,6 +74,7 @@ pub struct T5Encoder<B: Backend> {
     pub shared: Tensor<B, 2>,
     /// `encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight` `[buckets, heads]`.
     pub relative_attention_bias: Tensor<B, 2>,
+    /// `encoder.block.N`, `num_layers` of them.
     pub blocks: Vec<T5Block<B>>,
     /// `encoder.final_layer_norm.weight`.
     pub final_layer_norm: Tensor<B, 1>,

@@ -71,11 +71,19 @@ impl<B: Backend> Mlp<B> {
 /// One double-stream block (`double_blocks.N`).
 #[derive(Module, Debug)]
 pub struct DoubleStreamBlock<B: Backend> {
+    /// `img_mod`: the image stream's adaLN modulation (two shift/scale/gate triples, for
+    /// attention and MLP).
     pub img_mod: Modulation<B>,
+    /// `img_attn`: the image stream's self-attention weights (qkv, QK norms, proj); the
+    /// attention itself is joint over text and image tokens.
     pub img_attn: SelfAttention<B>,
+    /// `img_mlp`: the image stream's MLP.
     pub img_mlp: Mlp<B>,
+    /// `txt_mod`: the text stream's adaLN modulation (two shift/scale/gate triples).
     pub txt_mod: Modulation<B>,
+    /// `txt_attn`: the text stream's self-attention weights (qkv, QK norms, proj).
     pub txt_attn: SelfAttention<B>,
+    /// `txt_mlp`: the text stream's MLP.
     pub txt_mlp: Mlp<B>,
     /// Number of attention heads.
     pub num_heads: usize,

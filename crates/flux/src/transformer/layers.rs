@@ -87,8 +87,11 @@ impl<B: Backend> QkNorm<B> {
 /// One (shift, scale, gate) triple, each `[B, 1, hidden]`.
 #[derive(Debug, Clone)]
 pub struct ModulationOut<B: Backend> {
+    /// Added after the LayerNorm (`shift`).
     pub shift: Tensor<B, 3>,
+    /// Multiplies the LayerNorm output as `1 + scale`.
     pub scale: Tensor<B, 3>,
+    /// Multiplies the sublayer's output before it is added to the residual stream.
     pub gate: Tensor<B, 3>,
 }
 

@@ -48,13 +48,22 @@ pub struct Embedded<B: Backend> {
 /// `img_mlp.layer0`, `final_layer.adaLN_modulation.1` is `final_layer.ada_ln_modulation`).
 #[derive(Module, Debug)]
 pub struct Flux<B: Backend> {
+    /// `img_in`: packed latent tokens `in_channels → hidden`.
     pub img_in: LoraLinear<B>,
+    /// `time_in`: the 256-wide sinusoidal timestep embedding `→ hidden`, summed into `vec`.
     pub time_in: MlpEmbedder<B>,
+    /// `vector_in`: the pooled CLIP vector `vec_in_dim → hidden`, summed into `vec`.
     pub vector_in: MlpEmbedder<B>,
+    /// `guidance_in`: the 256-wide sinusoidal guidance embedding `→ hidden`, summed into
+    /// `vec`; present only in guidance-distilled (dev) models.
     pub guidance_in: Option<MlpEmbedder<B>>,
+    /// `txt_in`: T5 text tokens `context_in_dim → hidden`.
     pub txt_in: LoraLinear<B>,
+    /// `double_blocks`: the `depth` double-stream blocks (separate image / text weights).
     pub double_blocks: Vec<DoubleStreamBlock<B>>,
+    /// `single_blocks`: the `depth_single_blocks` single-stream blocks over `txt ‖ img`.
     pub single_blocks: Vec<SingleStreamBlock<B>>,
+    /// `final_layer`: adaLN-modulated LayerNorm, then the projection to `out_channels`.
     pub final_layer: LastLayer<B>,
     /// The architecture (not a parameter).
     #[module(skip)]

@@ -6,7 +6,8 @@
 use super::keys_flux::{is_bfl_module, Target};
 use super::keys_te::{split_component, Component, TE_CLIP, TE_T5};
 use super::out_tensor::{module_tensors, OutTensor, Roles};
-use super::LoraWeights;
+use super::{LoraFormat, LoraWeights};
+use crate::error::IoError;
 
 const CLIP: &str = "text_encoders.clip_l.transformer.";
 const T5: &str = "text_encoders.t5xxl.transformer.";
@@ -24,7 +25,7 @@ pub(crate) fn parse_stem(stem: &str) -> Option<Target> {
 }
 
 /// Every tensor of a ComfyUI file.
-pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, String)> {
+pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, IoError)> {
     let roles = Roles {
         down: ".lora_A.weight",
         up: ".lora_B.weight",
@@ -36,7 +37,8 @@ pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, Str
         let stem = match split_component(key) {
             (Component::Transformer, p) if is_bfl_module(p) => format!("diffusion_model.{p}"),
             (Component::Transformer, _) => {
-                return Err((key.clone(), "is not a Flux transformer module".into()))
+                let format = LoraFormat::ComfyUi.name();
+                return Err((key.clone(), IoError::LoraUnnamed { format }));
             }
             (Component::ClipL, p) => format!("{CLIP}{p}"),
             (Component::T5, p) => format!("{T5}{p}"),

@@ -19,13 +19,17 @@ use std::ops::Range;
 
 use super::keys_flux::{fused_segments, Target};
 use super::LoraModule;
+use crate::error::{IoError, Result};
 use crate::tensor::HostTensor;
 
 /// Splits `m` into parts with output-row counts `dims` (summing to `m.out_features()`).
-pub fn split_rows(m: &LoraModule, dims: &[usize]) -> Result<Vec<LoraModule>, String> {
+pub fn split_rows(m: &LoraModule, dims: &[usize]) -> Result<Vec<LoraModule>> {
     let out = m.out_features();
     if dims.iter().sum::<usize>() != out || dims.contains(&0) {
-        return Err(format!("cannot split {out} output rows into {dims:?}"));
+        return Err(IoError::LoraSplitRows {
+            rows: out,
+            dims: dims.to_vec(),
+        });
     }
     if dims.len() == 1 {
         return Ok(vec![m.clone()]);
@@ -37,24 +41,20 @@ pub fn split_rows(m: &LoraModule, dims: &[usize]) -> Result<Vec<LoraModule>, Str
         row0.push(acc);
         acc += d;
     }
-    let bias_rows = |j: usize| -> Result<Option<HostTensor>, String> {
+    let bias_rows = |j: usize| -> Result<Option<HostTensor>> {
         m.up_bias
             .as_ref()
-            .map(|b| {
-                b.rows(row0[j], row0[j] + dims[j])
-                    .map_err(|e| e.to_string())
-            })
+            .map(|b| b.rows(row0[j], row0[j] + dims[j]))
             .transpose()
     };
     if let Some(bounds) = block_diagonal_columns(&m.up, &row0, dims) {
         let mut parts = Vec::with_capacity(dims.len());
         for j in 0..dims.len() {
             let (c0, c1) = (bounds[j], bounds[j + 1]);
-            let down = m.down.rows(c0, c1).map_err(|e| e.to_string())?;
+            let down = m.down.rows(c0, c1)?;
             let up =
                 m.up.rows(row0[j], row0[j] + dims[j])
-                    .and_then(|u| u.cols(c0, c1))
-                    .map_err(|e| e.to_string())?;
+                    .and_then(|u| u.cols(c0, c1))?;
             let alpha = m.alpha * (c1 - c0) as f32 / r as f32;
             parts.push(LoraModule {
                 down,
@@ -67,9 +67,7 @@ pub fn split_rows(m: &LoraModule, dims: &[usize]) -> Result<Vec<LoraModule>, Str
     }
     let mut parts = Vec::with_capacity(dims.len());
     for j in 0..dims.len() {
-        let up =
-            m.up.rows(row0[j], row0[j] + dims[j])
-                .map_err(|e| e.to_string())?;
+        let up = m.up.rows(row0[j], row0[j] + dims[j])?;
         parts.push(LoraModule {
             down: m.down.clone(),
             up,
@@ -119,27 +117,28 @@ fn block_diagonal_columns(up: &HostTensor, row0: &[usize], dims: &[usize]) -> Op
 }
 
 /// Fuses `pieces` (`(first output row, module)`) into one module with `out_rows` outputs.
-pub fn fuse_rows(pieces: &[(usize, &LoraModule)], out_rows: usize) -> Result<LoraModule, String> {
+pub fn fuse_rows(pieces: &[(usize, &LoraModule)], out_rows: usize) -> Result<LoraModule> {
     let mut pieces: Vec<(usize, &LoraModule)> = pieces.to_vec();
     pieces.sort_by_key(|p| p.0);
-    let first = pieces.first().ok_or("nothing to fuse")?.1;
+    let first = pieces.first().ok_or(IoError::LoraFuseEmpty)?.1;
     let in_f = first.in_features();
     let mut cursor = 0;
     for (start, m) in &pieces {
         if m.in_features() != in_f {
-            return Err(format!(
-                "pieces have different input features ({in_f} and {})",
-                m.in_features()
-            ));
+            return Err(IoError::LoraFuseInFeatures {
+                expected: in_f,
+                found: m.in_features(),
+            });
         }
         if *start < cursor {
-            return Err(format!("pieces overlap at output row {start}"));
+            return Err(IoError::LoraFuseOverlap { row: *start });
         }
         cursor = start + m.out_features();
         if cursor > out_rows {
-            return Err(format!(
-                "a piece ends at row {cursor}, past the {out_rows} output rows"
-            ));
+            return Err(IoError::LoraFuseOverflow {
+                end: cursor,
+                rows: out_rows,
+            });
         }
     }
     if pieces.len() == 1 && pieces[0].0 == 0 && first.out_features() == out_rows {
@@ -162,10 +161,7 @@ pub fn fuse_rows(pieces: &[(usize, &LoraModule)], out_rows: usize) -> Result<Lor
             cols.push(c);
             c += m.rank();
         }
-        (
-            HostTensor::concat_rows(&downs).map_err(|e| e.to_string())?,
-            cols,
-        )
+        (HostTensor::concat_rows(&downs)?, cols)
     };
     let rank = down.shape[0];
     let mut up = HostTensor::zeros(vec![out_rows, rank]);
@@ -202,18 +198,15 @@ pub fn fuse_rows(pieces: &[(usize, &LoraModule)], out_rows: usize) -> Result<Lor
 }
 
 /// Swaps the two output halves (rows `[a; b]` → `[b; a]`) of `up` and the bias.
-pub fn swap_halves(m: &LoraModule) -> Result<LoraModule, String> {
+pub fn swap_halves(m: &LoraModule) -> Result<LoraModule> {
     let out = m.out_features();
     if !out.is_multiple_of(2) {
-        return Err(format!("cannot swap halves of {out} output rows (odd)"));
+        return Err(IoError::LoraSwapOdd { rows: out });
     }
     let h = out / 2;
-    let swap = |t: &HostTensor| -> Result<HostTensor, String> {
-        let (a, b) = (
-            t.rows(0, h).map_err(|e| e.to_string())?,
-            t.rows(h, out).map_err(|e| e.to_string())?,
-        );
-        HostTensor::concat_rows(&[&b, &a]).map_err(|e| e.to_string())
+    let swap = |t: &HostTensor| -> Result<HostTensor> {
+        let (a, b) = (t.rows(0, h)?, t.rows(h, out)?);
+        HostTensor::concat_rows(&[&b, &a])
     };
     Ok(LoraModule {
         down: m.down.clone(),
@@ -230,8 +223,8 @@ pub(crate) struct Assembler {
     pieces: BTreeMap<String, Vec<(Range<usize>, LoraModule, String)>>,
 }
 
-/// An assembly problem: (canonical module, message).
-pub(crate) type AssemblyError = (String, String);
+/// An assembly problem: (canonical module, what is wrong with it).
+pub(crate) type AssemblyError = (String, IoError);
 
 impl Assembler {
     /// Adds `module` (read from file key stem `source`) at `target`.
@@ -242,17 +235,18 @@ impl Assembler {
         source: &str,
     ) -> Result<(), AssemblyError> {
         let module = if target.swap_halves {
-            swap_halves(&module).map_err(|p| (target.key.clone(), p))?
+            swap_halves(&module).map_err(|e| (target.key.clone(), e))?
         } else {
             module
         };
         match target.segments {
             None => {
                 if let Some((_, prev)) = self.whole.get(&target.key) {
-                    return Err((
-                        target.key,
-                        format!("given twice (by `{prev}` and `{source}`)"),
-                    ));
+                    let twice = IoError::LoraModuleTwice {
+                        first: prev.clone(),
+                        second: source.to_string(),
+                    };
+                    return Err((target.key, twice));
                 }
                 self.whole.insert(target.key, (module, source.to_string()));
             }
@@ -273,9 +267,9 @@ impl Assembler {
             self.whole.into_iter().map(|(k, (m, _))| (k, m)).collect();
         for (key, pieces) in self.pieces {
             if out.contains_key(&key) {
-                return Err((key, "is given both whole and as split pieces".into()));
+                return Err((key, IoError::LoraWholeAndPieces));
             }
-            let fused = fuse_pieces(&key, &pieces, mlp_hint).map_err(|p| (key.clone(), p))?;
+            let fused = fuse_pieces(&key, &pieces, mlp_hint).map_err(|e| (key.clone(), e))?;
             out.insert(key, fused);
         }
         Ok(out)
@@ -319,7 +313,7 @@ fn fuse_pieces(
     key: &str,
     pieces: &[(Range<usize>, LoraModule, String)],
     mlp_hint: Option<usize>,
-) -> Result<LoraModule, String> {
+) -> Result<LoraModule> {
     let h = pieces[0].1.in_features();
     // Segment sizes: qkv = [h, h, h]; linear1 = [h, h, h, mlp].
     let probe_out = if key.ends_with(".linear1") {
@@ -327,21 +321,19 @@ fn fuse_pieces(
     } else {
         3 * h
     };
-    let mut seg = fused_segments(key, h, probe_out)
-        .ok_or_else(|| format!("`{key}` is not a fused module"))?;
+    let mut seg = fused_segments(key, h, probe_out).ok_or_else(|| IoError::LoraNotFused {
+        key: key.to_string(),
+    })?;
     if seg.len() == 4 {
-        if let Some((segs, m, _)) = pieces.iter().find(|(s, _, _)| s.contains(&3)) {
+        if let Some((segs, m, src)) = pieces.iter().find(|(s, _, _)| s.contains(&3)) {
             let qkv_rows = (segs.start..3.min(segs.end)).count() * h;
             seg[3] = m
                 .out_features()
                 .checked_sub(qkv_rows)
                 .filter(|&x| x > 0)
-                .ok_or_else(|| {
-                    format!(
-                        "piece `{}` has {} output rows, too few for its segments",
-                        pieces[0].2,
-                        m.out_features()
-                    )
+                .ok_or_else(|| IoError::LoraPieceRows {
+                    piece: src.clone(),
+                    rows: m.out_features(),
                 })?;
         }
     }
@@ -353,19 +345,19 @@ fn fuse_pieces(
     let mut placed = Vec::with_capacity(pieces.len());
     for (segs, m, src) in pieces {
         if segs.end > seg.len() {
-            return Err(format!(
-                "`{src}` refers to segment {} of {}",
-                segs.end - 1,
-                seg.len()
-            ));
+            return Err(IoError::LoraPieceSegment {
+                piece: src.clone(),
+                segment: segs.end - 1,
+                segments: seg.len(),
+            });
         }
         let rows: usize = seg[segs.clone()].iter().sum();
         if m.out_features() != rows || m.in_features() != h {
-            return Err(format!(
-                "`{src}` is [{}, {}] but its place in the fused module needs [{rows}, {h}]",
-                m.out_features(),
-                m.in_features()
-            ));
+            return Err(IoError::LoraPieceShape {
+                piece: src.clone(),
+                found: [m.out_features(), m.in_features()],
+                expected: [rows, h],
+            });
         }
         placed.push((starts[segs.start], m));
     }

@@ -58,14 +58,23 @@ pub fn flux_module_paths(depth: usize, depth_single: usize, guidance: bool) -> V
 /// Flux transformer dimensions, enough to know every linear's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FluxDims {
+    /// Hidden size of the transformer stream (3072 for Flux.1).
     pub hidden: usize,
+    /// Hidden width of the blocks' MLPs (12288 for Flux.1).
     pub mlp: usize,
+    /// Input features of `img_in`: channels of a packed latent token (64 for Flux.1).
     pub in_channels: usize,
+    /// Output features of `final_layer.linear` (64 for Flux.1).
     pub out_channels: usize,
+    /// Input features of `txt_in`: the T5 embedding width (4096).
     pub context_in: usize,
+    /// Input features of `vector_in.in_layer`: the pooled CLIP-L embedding width (768).
     pub vec_in: usize,
+    /// Number of double-stream blocks (`double_blocks.*`, 19 for Flux.1).
     pub depth: usize,
+    /// Number of single-stream blocks (`single_blocks.*`, 38 for Flux.1).
     pub depth_single: usize,
+    /// Whether the model has the `guidance_in` embedder (dev: yes, schnell: no).
     pub guidance: bool,
 }
 

@@ -10,7 +10,8 @@ use super::keys_te::{
     Component, TE_CLIP, TE_T5,
 };
 use super::out_tensor::{module_tensors, OutTensor, Roles};
-use super::LoraWeights;
+use super::{LoraFormat, LoraWeights};
+use crate::error::IoError;
 
 /// Maps a kohya module stem to its canonical target.
 pub(crate) fn parse_stem(stem: &str) -> Option<Target> {
@@ -37,8 +38,8 @@ pub(crate) fn te_from_kohya(stem: &str) -> Option<Target> {
     None
 }
 
-/// The kohya stem of canonical `key`, or why it has none.
-pub(crate) fn stem_for(key: &str) -> Result<String, String> {
+/// The kohya stem of canonical `key`, or [`IoError::LoraUnnamed`] when it has none.
+pub(crate) fn stem_for(key: &str) -> Result<String, IoError> {
     let (component, path) = split_component(key);
     let ok = match component {
         Component::Transformer => is_bfl_module(path),
@@ -46,7 +47,9 @@ pub(crate) fn stem_for(key: &str) -> Result<String, String> {
         Component::T5 => is_t5_module(path),
     };
     if !ok {
-        return Err("is not a module kohya names can express".into());
+        return Err(IoError::LoraUnnamed {
+            format: LoraFormat::Kohya.name(),
+        });
     }
     let prefix = match component {
         Component::Transformer => "lora_unet_",
@@ -57,7 +60,7 @@ pub(crate) fn stem_for(key: &str) -> Result<String, String> {
 }
 
 /// Every tensor of a kohya file.
-pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, String)> {
+pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, IoError)> {
     let roles = Roles {
         down: ".lora_down.weight",
         up: ".lora_up.weight",
@@ -66,7 +69,7 @@ pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, Str
     };
     let mut out = Vec::new();
     for (key, m) in &lora.modules {
-        let stem = stem_for(key).map_err(|p| (key.clone(), p))?;
+        let stem = stem_for(key).map_err(|e| (key.clone(), e))?;
         out.extend(module_tensors(&stem, m, &roles));
     }
     Ok(out)

@@ -40,7 +40,7 @@ pub mod xlabs;
 
 use std::collections::BTreeMap;
 
-use crate::error::Result;
+use crate::error::{IoError, Result};
 use crate::tensor::HostTensor;
 
 pub use detect::{detect, detect_names};
@@ -61,8 +61,8 @@ pub struct LoraModule {
 }
 
 impl LoraModule {
-    /// A module without bias; checks the shapes.
-    pub fn new(down: HostTensor, up: HostTensor, alpha: f32) -> std::result::Result<Self, String> {
+    /// A module without bias; checks the shapes (see [`check`](Self::check)).
+    pub fn new(down: HostTensor, up: HostTensor, alpha: f32) -> Result<Self> {
         let m = LoraModule {
             down,
             up,
@@ -74,36 +74,46 @@ impl LoraModule {
     }
 
     /// Checks shapes: 2-D `down [r, in]`, `up [out, r]` with the same `r ≥ 1`, bias `[out]`,
-    /// finite alpha.
-    pub fn check(&self) -> std::result::Result<(), String> {
-        if !self.down.is_consistent() || !self.up.is_consistent() {
-            return Err("tensor data length does not match its shape".into());
+    /// finite alpha. The error names no file or module; callers add that context.
+    pub fn check(&self) -> Result<()> {
+        for (tensor, t) in [("down", &self.down), ("up", &self.up)] {
+            if !t.is_consistent() {
+                return Err(IoError::LoraTensorData {
+                    tensor,
+                    shape: t.shape.clone(),
+                    len: t.data.len(),
+                });
+            }
         }
+        let shapes = || (self.down.shape.clone(), self.up.shape.clone());
         let (Some((r, _)), Some((out, r2))) = (self.down.dims2(), self.up.dims2()) else {
-            return Err(format!(
-                "down {:?} and up {:?} must both be 2-D ([rank, in] and [out, rank])",
-                self.down.shape, self.up.shape
-            ));
+            let (down, up) = shapes();
+            return Err(IoError::LoraNot2d { down, up });
         };
         if r != r2 {
-            return Err(format!(
-                "down {:?} has rank {r} but up {:?} has rank {r2}",
-                self.down.shape, self.up.shape
-            ));
+            let (down, up) = shapes();
+            return Err(IoError::LoraRankMismatch {
+                down,
+                up,
+                down_rank: r,
+                up_rank: r2,
+            });
         }
         if r == 0 {
-            return Err("rank is 0".into());
+            let (down, up) = shapes();
+            return Err(IoError::LoraZeroRank { down, up });
         }
         if let Some(b) = &self.up_bias {
             if b.shape != [out] || b.numel() != out {
-                return Err(format!(
-                    "bias shape {:?} does not match out features {out}",
-                    b.shape
-                ));
+                return Err(IoError::LoraBiasShape {
+                    bias: b.shape.clone(),
+                    len: b.numel(),
+                    out,
+                });
             }
         }
         if !self.alpha.is_finite() {
-            return Err(format!("alpha {} is not finite", self.alpha));
+            return Err(IoError::LoraAlpha { alpha: self.alpha });
         }
         Ok(())
     }
@@ -239,5 +249,22 @@ mod tests {
             1.0
         )
         .is_err());
+    }
+
+    #[test]
+    fn check_errors_name_the_shapes() {
+        let m = |down: Vec<usize>, up: Vec<usize>| LoraModule {
+            down: HostTensor::zeros(down),
+            up: HostTensor::zeros(up),
+            alpha: 1.0,
+            up_bias: None,
+        };
+        let e = m(vec![2, 3], vec![4, 1]).check().unwrap_err();
+        assert!(matches!(e, IoError::LoraRankMismatch { down_rank: 2, up_rank: 1, .. }));
+        assert_eq!(e.to_string(), "down [2, 3] has rank 2 but up [4, 1] has rank 1");
+        let mut bad = m(vec![1, 2], vec![2, 1]);
+        bad.down.data.pop();
+        let e = bad.check().unwrap_err().to_string();
+        assert!(e.contains("down has shape [1, 2] but holds 1 values"), "{e}");
     }
 }

@@ -13,6 +13,7 @@
 //! On write the scale is folded into the weights (see [`super`]); no alpha is written.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use regex::Regex;
 use serde_json::Value;
@@ -21,7 +22,8 @@ use super::fuse::{split_rows, swap_halves};
 use super::keys_flux::{bfl_from_diffusers, diffusers_names, fused_segments, Target};
 use super::keys_te::{split_component, Component, TE_CLIP, TE_T5};
 use super::out_tensor::OutTensor;
-use super::{LoraModule, LoraWeights};
+use super::{LoraFormat, LoraModule, LoraWeights};
+use crate::error::IoError;
 
 /// Header key diffusers stores the adapter configs under.
 pub const ADAPTER_METADATA_KEY: &str = "lora_adapter_metadata";
@@ -67,41 +69,56 @@ pub(crate) struct AlphaConfig {
 }
 
 impl AlphaConfig {
-    /// Parses `lora_adapter_metadata` (and `<component>_lora_adapter_metadata`) if present.
-    pub fn from_metadata(meta: &BTreeMap<String, String>) -> Result<Self, String> {
+    /// Parses `lora_adapter_metadata` (and `<component>_lora_adapter_metadata`) if present;
+    /// `path` names the file in errors.
+    pub fn from_metadata(path: &Path, meta: &BTreeMap<String, String>) -> Result<Self, IoError> {
         let mut cfg = AlphaConfig::default();
-        let parse = |k: &str, v: &str| -> Result<serde_json::Map<String, Value>, String> {
+        let parse = |k: &str, v: &str| -> Result<serde_json::Map<String, Value>, IoError> {
             match serde_json::from_str::<Value>(v) {
                 Ok(Value::Object(o)) => Ok(o),
-                _ => Err(format!(
-                    "`{k}` is not a JSON object; remove it or re-export the LoRA"
-                )),
+                _ => Err(IoError::AdapterMetadataJson {
+                    path: path.into(),
+                    key: k.to_string(),
+                }),
             }
         };
         if let Some(v) = meta.get(ADAPTER_METADATA_KEY) {
             for (k, val) in parse(ADAPTER_METADATA_KEY, v)? {
                 if let Some((component, field)) = k.split_once('.') {
-                    cfg.set(component, field, &val)?;
+                    cfg.set(path, ADAPTER_METADATA_KEY, component, field, &val)?;
                 }
             }
         }
         for (k, v) in meta {
             if let Some(component) = k.strip_suffix("_lora_adapter_metadata") {
                 for (field, val) in parse(k, v)? {
-                    cfg.set(component, &field, &val)?;
+                    cfg.set(path, k, component, &field, &val)?;
                 }
             }
         }
         Ok(cfg)
     }
 
-    fn set(&mut self, component: &str, field: &str, v: &Value) -> Result<(), String> {
+    /// Applies `field` = `v` of `component`, read from metadata entry `key` of file `path`.
+    fn set(
+        &mut self,
+        path: &Path,
+        key: &str,
+        component: &str,
+        field: &str,
+        v: &Value,
+    ) -> Result<(), IoError> {
         let c = self.components.entry(component.to_string()).or_default();
         let num = |v: &Value| v.as_f64().map(|x| x as f32);
+        let not_a_number = |field: String| IoError::AdapterAlpha {
+            path: path.into(),
+            key: key.to_string(),
+            component: component.to_string(),
+            field,
+        };
         match field {
             "lora_alpha" => {
-                c.lora_alpha =
-                    Some(num(v).ok_or_else(|| format!("{component}.lora_alpha is not a number"))?)
+                c.lora_alpha = Some(num(v).ok_or_else(|| not_a_number(field.to_string()))?)
             }
             "use_rslora" => c.use_rslora = v.as_bool().unwrap_or(false),
             "alpha_pattern" => {
@@ -109,12 +126,15 @@ impl AlphaConfig {
                     return Ok(());
                 };
                 for (pat, a) in obj {
-                    let a = num(a).ok_or_else(|| {
-                        format!("{component}.alpha_pattern[{pat}] is not a number")
-                    })?;
+                    let a = num(a).ok_or_else(|| not_a_number(format!("alpha_pattern[{pat}]")))?;
                     let re = Regex::new(&format!(r"^(.*\.)?({pat})$"))
                         .or_else(|_| Regex::new(&format!(r"^(.*\.)?({})$", regex::escape(pat))))
-                        .map_err(|e| format!("alpha_pattern key `{pat}`: {e}"))?;
+                        .map_err(|source| IoError::AdapterAlphaPattern {
+                            path: path.into(),
+                            key: key.to_string(),
+                            pattern: pat.clone(),
+                            source,
+                        })?;
                     c.alpha_pattern.push((re, a));
                 }
             }
@@ -176,16 +196,19 @@ fn folded(stem: &str, m: &LoraModule, out: &mut Vec<OutTensor>) {
 }
 
 /// Every tensor of a PEFT file.
-pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, String)> {
+pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, IoError)> {
     let mut out = Vec::new();
     for (key, m) in &lora.modules {
-        let err = |p: String| (key.clone(), p);
+        let err = |e: IoError| (key.clone(), e);
         match split_component(key) {
             (Component::ClipL, p) => folded(&format!("text_encoder.{p}"), m, &mut out),
             (Component::T5, p) => folded(&format!("text_encoder_2.{p}"), m, &mut out),
             (Component::Transformer, p) => {
-                let (names, swapped) = diffusers_names(p)
-                    .ok_or_else(|| err("is not a Flux transformer module".into()))?;
+                let (names, swapped) = diffusers_names(p).ok_or_else(|| {
+                    err(IoError::LoraUnnamed {
+                        format: LoraFormat::Peft.name(),
+                    })
+                })?;
                 let m = if swapped {
                     swap_halves(m).map_err(err)?
                 } else {
@@ -194,11 +217,9 @@ pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, Str
                 let parts = if names.len() > 1 {
                     let dims =
                         fused_segments(p, m.in_features(), m.out_features()).ok_or_else(|| {
-                            err(format!(
-                                "shape [{}, {}] cannot be split into its diffusers modules",
-                                m.out_features(),
-                                m.in_features()
-                            ))
+                            err(IoError::LoraUnsplittable {
+                                shape: [m.out_features(), m.in_features()],
+                            })
                         })?;
                     split_rows(&m, &dims).map_err(err)?
                 } else {
@@ -234,7 +255,7 @@ mod tests {
             ADAPTER_METADATA_KEY.to_string(),
             r#"{"transformer.r": 4, "transformer.lora_alpha": 8, "transformer.alpha_pattern": {"single_transformer_blocks.0.attn.to_q": 2}}"#.into(),
         );
-        let cfg = AlphaConfig::from_metadata(&meta).unwrap();
+        let cfg = AlphaConfig::from_metadata(Path::new("t.safetensors"), &meta).unwrap();
         assert_eq!(
             cfg.alpha_for("transformer.transformer_blocks.0.attn.to_q", 4),
             8.0

@@ -82,8 +82,14 @@ pub fn read_lora_from(file: &SafeTensorsFile, format: LoraFormat) -> Result<Lora
         }
     }
 
-    let peft_alphas = peft::AlphaConfig::from_metadata(file.metadata())
-        .map_err(|p| key_err("__metadata__", p))?;
+    let module_err = |module: &str, source: IoError| IoError::LoraModule {
+        path: path.into(),
+        module: module.into(),
+        format: fmt,
+        source: Box::new(source),
+    };
+
+    let peft_alphas = peft::AlphaConfig::from_metadata(path, file.metadata())?;
     let mut asm = Assembler::default();
     for (stem, g) in &groups {
         let (Some(down_k), Some(up_k)) = (g.keys.get("down"), g.keys.get("up")) else {
@@ -114,9 +120,7 @@ pub fn read_lora_from(file: &SafeTensorsFile, format: LoraFormat) -> Result<Lora
             alpha,
             up_bias: None,
         };
-        module
-            .check()
-            .map_err(|p| key_err(down_k, format!("module `{stem}`: {p}")))?;
+        module.check().map_err(|e| module_err(stem, e))?;
         match (g.keys.get("bias"), g.keys.get("diff_b")) {
             (Some(b), Some(d)) => {
                 return Err(key_err(
@@ -137,23 +141,13 @@ pub fn read_lora_from(file: &SafeTensorsFile, format: LoraFormat) -> Result<Lora
             }
             (None, None) => {}
         }
-        module
-            .check()
-            .map_err(|p| key_err(down_k, format!("module `{stem}`: {p}")))?;
+        module.check().map_err(|e| module_err(stem, e))?;
         asm.add(target, module, stem)
-            .map_err(|(module, problem)| IoError::LoraModule {
-                path: path.into(),
-                module,
-                problem,
-            })?;
+            .map_err(|(module, e)| module_err(&module, e))?;
     }
     let modules = asm
         .finish()
-        .map_err(|(module, problem)| IoError::LoraModule {
-            path: path.into(),
-            module,
-            problem,
-        })?;
+        .map_err(|(module, e)| module_err(&module, e))?;
     Ok(LoraWeights {
         modules,
         metadata: file.metadata().clone(),

@@ -41,9 +41,14 @@ pub fn write_lora_as(
             "weights can be stored as F32, F16 or BF16, not {dtype}"
         )));
     }
+    let module_fail = |module: &str, source: IoError| IoError::LoraWriteModule {
+        path: path.into(),
+        format: format.name(),
+        module: module.to_string(),
+        source: Box::new(source),
+    };
     for (key, m) in &lora.modules {
-        m.check()
-            .map_err(|p| fail(format!("module `{key}`: {p}")))?;
+        m.check().map_err(|e| module_fail(key, e))?;
     }
     let tensors = match format {
         LoraFormat::Kohya => kohya::tensors(lora),
@@ -55,7 +60,7 @@ pub fn write_lora_as(
             )))
         }
     }
-    .map_err(|(key, p)| fail(format!("module `{key}` {p}")))?;
+    .map_err(|(key, e)| module_fail(&key, e))?;
 
     let mut meta: BTreeMap<String, String> = lora
         .metadata

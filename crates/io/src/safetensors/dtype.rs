@@ -11,21 +11,37 @@ use std::fmt;
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dtype {
+    /// Boolean, one byte per element (0 is false); reads as `0.0` / `1.0`.
     BOOL,
+    /// Unsigned 8-bit integer.
     U8,
+    /// Signed 8-bit integer.
     I8,
+    /// 8-bit float, 5 exponent and 2 mantissa bits (`torch.float8_e5m2`).
     F8_E5M2,
+    /// 8-bit float, 4 exponent and 3 mantissa bits, no infinities (`torch.float8_e4m3fn`).
     F8_E4M3,
+    /// 8-bit exponent-only float: a power of two, `0xFF` is NaN (`torch.float8_e8m0fnu`).
     F8_E8M0,
+    /// Signed 16-bit integer.
     I16,
+    /// Unsigned 16-bit integer.
     U16,
+    /// IEEE 754 half precision (binary16).
     F16,
+    /// bfloat16: the upper 16 bits of an `f32`.
     BF16,
+    /// Signed 32-bit integer.
     I32,
+    /// Unsigned 32-bit integer.
     U32,
+    /// IEEE 754 single precision.
     F32,
+    /// IEEE 754 double precision.
     F64,
+    /// Signed 64-bit integer.
     I64,
+    /// Unsigned 64-bit integer.
     U64,
 }
 

@@ -23,10 +23,14 @@ pub const MAX_HEADER_LEN: u64 = 100_000_000;
 /// One tensor's entry in the header.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
+    /// The element type.
     pub dtype: Dtype,
+    /// The shape, outermost dimension first (`[]` for a scalar).
     pub shape: Vec<usize>,
     /// Byte range inside the data section.
+    /// This is its first byte; [`end`](Self::end) is one past the last.
     pub start: usize,
+    /// One past the tensor's last byte inside the data section.
     pub end: usize,
 }
 

@@ -53,6 +53,12 @@ pub fn dataset_config(c: &TrainConfig) -> Result<DatasetConfig, TrainError> {
             })
         }
     };
+    if let Some(n) = c.max_image_pixels {
+        d.image_limits.max_pixels = n;
+    }
+    if let Some(n) = c.max_image_side {
+        d.image_limits.max_side = n;
+    }
     if let Some(t) = &c.trigger_word {
         for s in d.datasets.iter_mut().flat_map(|ds| ds.subsets.iter_mut()) {
             s.caption.trigger_word.get_or_insert_with(|| t.clone());

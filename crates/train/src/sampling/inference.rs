@@ -190,7 +190,7 @@ fn check_lora(
             out.skipped_missing.push(key.clone());
             continue;
         };
-        m.check().map_err(|p| mismatch(key, p, "the file is damaged; re-export it"))?;
+        m.check().map_err(|e| mismatch(key, e.to_string(), "the file is damaged; re-export it"))?;
         if m.in_features() != d_in || m.out_features() != d_out {
             return Err(mismatch(
                 key,

@@ -61,6 +61,8 @@ impl ExtractOptions {
 pub struct ExtractedModule {
     /// BFL module path.
     pub key: String,
+    /// Rank of the extracted module (the requested rank, capped by the module's smaller
+    /// dimension); its alpha equals it.
     pub rank: usize,
     /// `‖ΔW_lora‖_F / ‖ΔW‖_F`: how much of the difference the LoRA captures.
     pub fro_retained: f64,
@@ -73,6 +75,8 @@ pub struct ExtractedModule {
 /// What [`extract_lora`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExtractReport {
+    /// The modules that were extracted, in model order (double blocks, single blocks, then
+    /// the other linears).
     pub modules: Vec<ExtractedModule>,
     /// Modules present in both checkpoints whose difference is within `min_diff`.
     pub unchanged: Vec<String>,

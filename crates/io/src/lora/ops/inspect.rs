@@ -28,7 +28,9 @@ pub struct ComponentCounts {
 /// A summary of one LoRA file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraInspection {
+    /// The inspected file.
     pub path: PathBuf,
+    /// The LoRA key format detected in the file.
     pub format: LoraFormat,
     /// File size in bytes.
     pub file_size: u64,
@@ -36,6 +38,7 @@ pub struct LoraInspection {
     pub tensor_dtypes: BTreeMap<Dtype, usize>,
     /// Number of canonical modules (fused q/k/v pieces count once).
     pub modules: usize,
+    /// Number of canonical modules per component (transformer blocks, CLIP-L, T5).
     pub components: ComponentCounts,
     /// Rank → number of modules.
     pub ranks: BTreeMap<usize, usize>,

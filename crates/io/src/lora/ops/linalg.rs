@@ -10,7 +10,9 @@ use rayon::prelude::*;
 /// A row-major `f64` matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mat {
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
     /// `rows · cols` values, row-major.
     pub data: Vec<f64>,
@@ -170,8 +172,11 @@ fn apply_householder(a: &mut Mat, v: &[f64], row0: usize, col0: usize) {
 /// `k = min(m, n)`.
 #[derive(Debug, Clone)]
 pub struct Svd {
+    /// Left singular vectors, one per column: `[m, k]`.
     pub u: Mat,
+    /// Singular values, descending, all ≥ 0.
     pub s: Vec<f64>,
+    /// Right singular vectors, one per column: `[n, k]`.
     pub v: Mat,
 }
 
@@ -302,8 +307,11 @@ fn orthonormal_complement(basis: &[Vec<f64>], m: usize) -> Vec<f64> {
 /// A borrowed row-major `f32` matrix (a full model weight or a weight delta).
 #[derive(Debug, Clone, Copy)]
 pub struct F32Matrix<'a> {
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// `rows · cols` values, row-major.
     pub data: &'a [f32],
 }
 

@@ -32,6 +32,7 @@ const OP: &str = "merge LoRAs into the base";
 pub struct WeightedLora {
     /// The file it came from (for messages).
     pub path: PathBuf,
+    /// The LoRA's modules, keyed canonically.
     pub lora: LoraWeights,
     /// Multiplier of its ΔW (1 = as trained).
     pub weight: f32,

@@ -55,10 +55,15 @@ pub(crate) fn output_format(requested: Option<LoraFormat>, input: LoraFormat) ->
 /// What [`convert_lora_file`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvertReport {
+    /// The file that was read.
     pub input: PathBuf,
+    /// The format detected in the input.
     pub from: LoraFormat,
+    /// The format written.
     pub to: LoraFormat,
+    /// The dtype the weights were stored as.
     pub dtype: Dtype,
+    /// Number of canonical modules converted.
     pub modules: usize,
 }
 

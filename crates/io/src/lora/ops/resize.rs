@@ -29,7 +29,9 @@ pub enum ResizeTarget {
     /// Per module, the fewest singular values keeping `fraction` (in `(0, 1]`) of ΔW's
     /// Frobenius norm, at most `max_rank` when given.
     FroFraction {
+        /// Share of ΔW's Frobenius norm to keep, in `(0, 1]`.
         fraction: f64,
+        /// Upper bound on the chosen rank; `None` for no bound.
         max_rank: Option<usize>,
     },
 }
@@ -39,7 +41,9 @@ pub enum ResizeTarget {
 pub struct ModuleResize {
     /// Canonical module key.
     pub key: String,
+    /// Rank before the resize.
     pub old_rank: usize,
+    /// Rank after the resize.
     pub new_rank: usize,
     /// `‖ΔW_new‖_F / ‖ΔW_old‖_F` (1 for a zero module).
     pub fro_retained: f64,
@@ -50,6 +54,7 @@ pub struct ModuleResize {
 /// Per-module results of a resize, in key order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResizeReport {
+    /// One entry per module.
     pub modules: Vec<ModuleResize>,
 }
 
