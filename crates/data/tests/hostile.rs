@@ -59,7 +59,7 @@ fn webp_jpeg_and_bmp_bombs_are_refused() {
         );
     };
     pixels(refusal(&webp_vp8x_bomb(16384, 16384, &small)));
-    pixels(refusal(&animated_webp(16384, 16384, &[small.clone()])));
+    pixels(refusal(&animated_webp(16384, 16384, std::slice::from_ref(&small))));
     let mut lossless = encode(&small, ImageFormat::WebP);
     set_vp8l_dims(&mut lossless, 16383, 16383);
     pixels(refusal(&lossless));

@@ -42,7 +42,10 @@ impl<B: Backend> ModuleVisitor<B> for PathCollector {
     }
 }
 
-fn collect<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+/// A named tensor: path, shape, values.
+type NamedValues = (String, Vec<usize>, Vec<f32>);
+
+fn collect<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<NamedValues>> {
     let mut c = PathCollector { stack: Vec::new(), found: Vec::new(), error: None };
     module.visit(&mut c);
     match c.error {

@@ -125,7 +125,7 @@ impl<'a, B: Backend> WeightReader<'a, B> {
             key: key.clone(),
             expected: expected.to_vec(),
         })?;
-        if found != expected && !alternatives.iter().any(|a| *a == found.as_slice()) {
+        if found != expected && !alternatives.contains(&found.as_slice()) {
             return Err(FluxError::ShapeMismatch { path: self.path.clone(), key, expected: expected.to_vec(), found });
         }
         let mut t = self.ckpt.read_f32(&key).map_err(|e| FluxError::Io { path: self.path.clone(), source: e })?;
@@ -187,6 +187,9 @@ pub(crate) fn frozen<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tenso
     Param::initialized(ParamId::new(), t.set_require_grad(false))
 }
 
+/// A 1-D parameter (a norm's weight or bias).
+pub(crate) type Vector<B> = Param<Tensor<B, 1>>;
+
 /// Where the autoencoder's layers come from: a checkpoint ([`WeightReader`], frozen) or PyTorch's
 /// default initialisation ([`RandomLayers`], trainable). Names are BFL keys without the
 /// `.weight` / `.bias` suffix.
@@ -196,7 +199,7 @@ pub(crate) trait LayerSource<B: Backend> {
     /// A square-kernel convolution `c_in → c_out`.
     fn conv2d(&mut self, name: &str, c_in: usize, c_out: usize, kernel: usize) -> Result<Conv2d<B>>;
     /// A normalisation's affine pair (`{name}.weight`, `{name}.bias`), each `[channels]`.
-    fn norm_affine(&mut self, name: &str, channels: usize) -> Result<(Param<Tensor<B, 1>>, Param<Tensor<B, 1>>)>;
+    fn norm_affine(&mut self, name: &str, channels: usize) -> Result<(Vector<B>, Vector<B>)>;
 }
 
 impl<B: Backend> LayerSource<B> for WeightReader<'_, B> {

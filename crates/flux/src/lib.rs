@@ -18,7 +18,7 @@
 //! - [`frozen`]: shape-checked loading of the frozen autoencoder / text-encoder weights (and
 //!   random trainable autoencoder layers).
 //! - [`export`]: a model's weights back out as BFL-named tensors (for models trained from scratch).
-//! - [`error`]: [`FluxError`].
+//! - [`error`]: the crate's error type, [`FluxError`].
 //!
 //! ```
 //! use fluxlora_flux::schedule::{get_schedule, lin_mu};

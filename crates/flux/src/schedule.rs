@@ -247,8 +247,8 @@ mod tests {
 
     #[test]
     fn samplers_match_their_formulas() {
-        let n = 0.3;
-        let q = 1.0 / (1.0 + (-n as f64).exp());
+        let n: f64 = 0.3;
+        let q = 1.0 / (1.0 + (-n).exp());
         assert_eq!(SigmaSampler::Uniform.sigma(0.25, n, 1), 0.25);
         assert!((SigmaSampler::Sigmoid { scale: 1.0 }.sigma(0.0, n, 1) - q).abs() < 1e-15);
         let ln = SigmaSampler::LogitNormal { mean: 0.5, std: 2.0 }.sigma(0.0, n, 1);

@@ -108,7 +108,7 @@ pub fn quantize_blockwise<B: Backend>(x: Tensor<B, 1>, map: &[f32; 256], storage
     // An all-zero block quantizes to the code of 0 (bitsandbytes gets NaN there, which also
     // dequantizes to 0 because the absmax is 0).
     let safe = absmax.clone().mask_fill(absmax.clone().equal_elem(0.0), 1.0);
-    let normed = (blocks * safe.recip()).clamp(-1.0, 1.0).reshape([nblocks * BLOCK_SIZE]).slice([0..n]);
+    let normed = (blocks * safe.recip()).clamp(-1.0, 1.0).reshape([nblocks * BLOCK_SIZE]).slice(0..n);
     let table = map_tensor::<B>(map, &device);
 
     // Binary lifting: the largest index whose code is <= x (0 if none).
@@ -142,7 +142,7 @@ pub fn dequantize_blockwise<B: Backend>(q: &Quantized<B>, map: &[f32; 256]) -> T
     let (blocks, _) = pad_to_blocks(values);
     (blocks * q.absmax.clone().reshape([nblocks, 1]))
         .reshape([nblocks * BLOCK_SIZE])
-        .slice([0..n])
+        .slice(0..n)
 }
 
 #[cfg(test)]

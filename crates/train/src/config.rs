@@ -433,7 +433,7 @@ impl TrainConfig {
                 return bad(k, format!("{p} must be in [0, 1)"));
             }
         }
-        if self.resolution < 64 || self.resolution % 16 != 0 {
+        if self.resolution < 64 || !self.resolution.is_multiple_of(16) {
             return bad("resolution", format!("{} must be a multiple of 16 and at least 64", self.resolution));
         }
         if self.train_batch_size == 0 || self.gradient_accumulation_steps == 0 {

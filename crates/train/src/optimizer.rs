@@ -20,6 +20,8 @@ use crate::config::{LrScheduler, OptimizerType, TrainConfig};
 use crate::error::TrainError;
 
 /// The configured optimizer over a LoRA-wrapped [`Flux`].
+// One per run, never moved in a loop: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum TrainOptimizer<B: AutodiffBackend> {
     /// f32 AdamW.
     AdamW(LoraOptimizer<AdamW, Flux<B>, B>),

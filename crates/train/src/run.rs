@@ -263,7 +263,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.validation.is_some()
             && (last
                 || match self.config.validate_every_n_steps.filter(|&n| n > 0) {
-                    Some(n) => step % n as u64 == 0,
+                    Some(n) => step.is_multiple_of(n as u64),
                     None => saves,
                 })
     }
@@ -477,7 +477,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let epochs_before = source.epochs_completed();
             let mut rec = self.step_once(source)?;
             let epochs = source.epochs_completed();
-            let by_steps = c.save_every_n_steps.is_some_and(|n| self.step % n as u64 == 0);
+            let by_steps = c.save_every_n_steps.is_some_and(|n| self.step.is_multiple_of(n as u64));
             let by_epochs = c.save_every_n_epochs.is_some_and(|n| epochs / n as u64 > epochs_before / n as u64);
             let saves = (by_steps || by_epochs) && self.step < self.total_steps;
             let last = self.step >= self.total_steps || self.stop.load(Ordering::Relaxed);

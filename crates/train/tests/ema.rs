@@ -102,7 +102,10 @@ fn same_modules(a: &LoraWeights, b: &LoraWeights) -> bool {
 
 /// Records the adapter values an observer is shown after each step and at the end.
 #[derive(Default)]
-struct Shown(Vec<Vec<(String, Vec<f32>, Vec<f32>)>>);
+struct Shown(Vec<AdapterValues>);
+
+/// Every adapter's (path, A, B) values at one moment.
+type AdapterValues = Vec<(String, Vec<f32>, Vec<f32>)>;
 
 impl RunObserver<AB> for Shown {
     fn on_step(&mut self, _r: &StepRecord, model: &ShownModel<'_, AB>) -> Result<Vec<String>, TrainError> {
@@ -150,11 +153,11 @@ fn saved_loras_hold_the_ema_weights_not_the_live_ones() {
     assert!(!same_modules(&file, &live), "the EMA weights must differ from the live ones");
     // The last checkpoint's LoRA holds them too; its live.safetensors holds the live weights.
     let ckpt = summary.checkpoint.unwrap();
-    let (in_ckpt, _) = read_lora(&ckpt.join("tiny.safetensors")).unwrap();
+    let (in_ckpt, _) = read_lora(ckpt.join("tiny.safetensors")).unwrap();
     assert!(same_modules(&in_ckpt, &averaged));
     assert!(ckpt.join("ema.safetensors").exists() && ckpt.join("live.safetensors").exists());
     // The intermediate checkpoint (step 2) is marked as EMA too.
-    let (step2, _) = read_lora(&d.path().join("tiny-step00000002/tiny.safetensors")).unwrap();
+    let (step2, _) = read_lora(d.path().join("tiny-step00000002/tiny.safetensors")).unwrap();
     assert_eq!(step2.metadata.get("fluxlora_ema_decay").map(String::as_str), Some("0.5"));
 }
 

@@ -65,7 +65,7 @@ fn epoch_saves_come_at_the_step_that_ends_the_epoch() {
         t.run(&mut RandomBatches::new(4)).unwrap();
         let saves = list_checkpoints(d.path(), "tiny").unwrap();
         let epoch_of = |dir: &std::path::Path| {
-            let (w, _) = read_lora(&dir.join("tiny.safetensors")).unwrap();
+            let (w, _) = read_lora(dir.join("tiny.safetensors")).unwrap();
             w.metadata["ss_epoch"].parse::<u64>().unwrap()
         };
         saves.iter().map(|(step, dir)| (*step, epoch_of(dir))).collect::<Vec<_>>()

@@ -74,7 +74,7 @@ impl AutoencoderConfig {
         }
         for &m in &self.ch_mult {
             let c = self.ch * m;
-            if c == 0 || c % self.norm_groups != 0 {
+            if c == 0 || !c.is_multiple_of(self.norm_groups) {
                 return bad(format!(
                     "level width {c} (ch {} × {m}) is not divisible by norm_groups {}; set norm_groups to the \
                      model's GroupNorm group count",

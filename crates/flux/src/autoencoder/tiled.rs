@@ -37,7 +37,7 @@ impl Default for TileOptions {
 impl TileOptions {
     fn validate(&self, downscale: usize) -> Result<()> {
         let latent = self.sample_size / downscale.max(1);
-        let ok = self.sample_size % downscale.max(1) == 0
+        let ok = self.sample_size.is_multiple_of(downscale.max(1))
             && latent > 0
             && (0.0..1.0).contains(&self.overlap_factor)
             && step(latent, self.overlap_factor) > 0;

@@ -72,7 +72,7 @@ impl FluxConfig {
     /// Checks the internal consistency the forward pass relies on.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(FluxError::Config(m));
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(format!("hidden_size {} is not a multiple of num_heads {}", self.hidden_size, self.num_heads));
         }
         let sum: usize = self.axes_dim.iter().sum();

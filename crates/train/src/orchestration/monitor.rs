@@ -177,7 +177,7 @@ impl<B: AutodiffBackend> RunObserver<B> for Monitor<B> {
             self.validation.push((r.step, f64::from(v)));
         }
         match self.sample_every {
-            Some(n) if r.step % n == 0 => self.sample(r.step, model.get()?),
+            Some(n) if r.step.is_multiple_of(n) => self.sample(r.step, model.get()?),
             _ => Ok(Vec::new()),
         }
     }

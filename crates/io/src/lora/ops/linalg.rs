@@ -260,11 +260,11 @@ pub fn svd(a: &Mat) -> Svd {
         s.push(sj);
     }
     for (k, &j) in order.iter().enumerate() {
-        for i in 0..m {
-            *u.at_mut(i, k) = ucols[k][i];
+        for (i, &x) in ucols[k].iter().enumerate().take(m) {
+            *u.at_mut(i, k) = x;
         }
-        for i in 0..n {
-            *v.at_mut(i, k) = vcols[j][i];
+        for (i, &x) in vcols[j].iter().enumerate().take(n) {
+            *v.at_mut(i, k) = x;
         }
     }
     Svd { u, s, v }
