@@ -21,7 +21,8 @@ use fluxlora::jobs::{stop_on_interrupt, train, TrainArgs};
 
 fn main() -> ExitCode {
     let args = TrainArgs::parse();
-    let run = stop_on_interrupt().and_then(|stop| train(&args, Some(stop), &mut |line| println!("{line}")));
+    let run = stop_on_interrupt()
+        .and_then(|stop| train(&args, Some(stop), &mut |line| println!("{line}")));
     match run {
         Ok(outcome) => {
             print!("{outcome}");

@@ -109,20 +109,26 @@ pub fn auto() -> Result<BackendKind, BackendError> {
         return Ok(BackendKind::NdArray);
     }
     // Only software wgpu or CUDA without a driver remain: wgpu still runs (slowly) on Mesa.
-    BackendKind::ALL.into_iter().find(|k| *k == BackendKind::Wgpu && k.compiled()).ok_or(BackendError::NoneCompiled)
+    BackendKind::ALL
+        .into_iter()
+        .find(|k| *k == BackendKind::Wgpu && k.compiled())
+        .ok_or(BackendError::NoneCompiled)
 }
 
 /// Whether the NVIDIA kernel driver is loaded (burn-cuda needs it at run time; probing it
 /// through CUDA itself would panic when it is absent).
 pub fn nvidia_driver_present() -> bool {
-    std::path::Path::new("/proc/driver/nvidia/version").exists() || std::path::Path::new("/dev/nvidiactl").exists()
+    std::path::Path::new("/proc/driver/nvidia/version").exists()
+        || std::path::Path::new("/dev/nvidiactl").exists()
 }
 
 /// Whether wgpu sees a GPU adapter that is not a software rasteriser.
 #[cfg(feature = "wgpu")]
 pub fn hardware_gpu_adapter() -> bool {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapters = futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters =
+        futures_lite::future::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     adapters.iter().any(|a| {
         let t = a.get_info().device_type;
         t != wgpu::DeviceType::Cpu && t != wgpu::DeviceType::Other

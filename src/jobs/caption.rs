@@ -129,13 +129,17 @@ fn tagger(args: &CaptionArgs, dir: &std::path::Path) -> Result<Box<dyn Captioner
         ..Default::default()
     };
     let device = Default::default();
-    Ok(Box::new(fluxlora_caption::WdTagger::<burn::backend::NdArray>::load(dir, options, &device)?))
+    Ok(Box::new(fluxlora_caption::WdTagger::<
+        burn::backend::NdArray,
+    >::load(dir, options, &device)?))
 }
 
 /// Without the CPU backend there is no tagger.
 #[cfg(not(feature = "ndarray"))]
 fn tagger(_: &CaptionArgs, _: &std::path::Path) -> Result<Box<dyn Captioner>, Error> {
-    Err(Error::Usage("the WD tagger runs on the CPU backend; build with `--features ndarray`".into()))
+    Err(Error::Usage(
+        "the WD tagger runs on the CPU backend; build with `--features ndarray`".into(),
+    ))
 }
 
 fn vlm(args: &CaptionArgs, url: &str) -> Result<Box<dyn Captioner>, Error> {
@@ -157,7 +161,11 @@ fn vlm(args: &CaptionArgs, url: &str) -> Result<Box<dyn Captioner>, Error> {
 
 /// Runs the `caption` job.
 pub fn caption(args: &CaptionArgs) -> Result<CaptionOutcome, Error> {
-    let scan = FolderScan { root: args.dir.clone(), caption_extension: args.caption_extension.clone(), recursive: args.recursive };
+    let scan = FolderScan {
+        root: args.dir.clone(),
+        caption_extension: args.caption_extension.clone(),
+        recursive: args.recursive,
+    };
     let edits = TagEdits {
         trigger: args.trigger.as_deref().map(Trigger::new).transpose()?,
         dedupe: args.dedupe,
@@ -170,8 +178,16 @@ pub fn caption(args: &CaptionArgs) -> Result<CaptionOutcome, Error> {
         (None, Some(url)) => Some(vlm(args, url)?),
         (None, None) => None,
     };
-    let stats = if args.stats { Some(TagStats::of_folder(&scan)?.to_string()) } else { None };
-    let mut outcome = CaptionOutcome { stats, summary: None, dry_run: args.dry_run };
+    let stats = if args.stats {
+        Some(TagStats::of_folder(&scan)?.to_string())
+    } else {
+        None
+    };
+    let mut outcome = CaptionOutcome {
+        stats,
+        summary: None,
+        dry_run: args.dry_run,
+    };
     if outcome.stats.is_some() && captioner.is_none() && edits.is_noop() && !args.create_missing {
         return Ok(outcome);
     }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use fluxlora_io::lora::ops::{convert_lora_file, merge_loras};
 use fluxlora_io::{
-    extract_lora_file, inspect_lora, resize_lora_file, Checkpoint, Dtype, ExtractOptions, LoraFormat, ResizeTarget,
-    WeightedLora,
+    extract_lora_file, inspect_lora, resize_lora_file, Checkpoint, Dtype, ExtractOptions,
+    LoraFormat, ResizeTarget, WeightedLora,
 };
 
 use crate::cli::parse_weighted;
@@ -154,7 +154,9 @@ impl From<SaveDtype> for Dtype {
 pub fn lora(args: &LoraArgs) -> Result<String, Error> {
     let mut out = String::new();
     match args.command.clone() {
-        LoraCommand::Inspect { file, norms } => out.push_str(&inspect_lora(&file, norms)?.to_string()),
+        LoraCommand::Inspect { file, norms } => {
+            out.push_str(&inspect_lora(&file, norms)?.to_string())
+        }
         LoraCommand::Convert {
             input,
             output,
@@ -199,7 +201,7 @@ pub fn lora(args: &LoraArgs) -> Result<String, Error> {
             if verbose {
                 for m in &r.modules {
                     let _ = writeln!(
-                out,
+                        out,
                         "{:<48} rank {:>3} → {:>3}  ‖ΔW‖ retained {:>6.2}%  σmax {:.4}",
                         m.key,
                         m.old_rank,
@@ -242,7 +244,7 @@ pub fn lora(args: &LoraArgs) -> Result<String, Error> {
             let r = extract_lora_file(&base, &tuned, &output, &opts, to.into(), dtype.into())?;
             for m in &r.modules {
                 let _ = writeln!(
-                out,
+                    out,
                     "{:<48} rank {:>3}  ‖ΔW‖ captured {:>6.2}%  max|ΔW| {:.3e}{}",
                     m.key,
                     m.rank,
@@ -252,12 +254,10 @@ pub fn lora(args: &LoraArgs) -> Result<String, Error> {
                 );
             }
             if !r.unchanged.is_empty() {
-                let _ = writeln!(
-                out,"unchanged (skipped): {}", r.unchanged.join(", "));
+                let _ = writeln!(out, "unchanged (skipped): {}", r.unchanged.join(", "));
             }
             if !r.absent.is_empty() {
-                let _ = writeln!(
-                out,"not in the base: {}", r.absent.join(", "));
+                let _ = writeln!(out, "not in the base: {}", r.absent.join(", "));
             }
             let _ = writeln!(
                 out,
@@ -294,4 +294,3 @@ pub fn lora(args: &LoraArgs) -> Result<String, Error> {
     }
     Ok(out)
 }
-

@@ -5,8 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use fluxlora_data::QualitySettings;
-use fluxlora_train::orchestration::report::DatasetReport;
 use fluxlora_train::orchestration::prepare;
+use fluxlora_train::orchestration::report::DatasetReport;
 use fluxlora_train::{prepare_data, BaseModel, TrainConfig, TrainError};
 
 use crate::backend;
@@ -14,7 +14,9 @@ use crate::error::Error;
 
 /// Arguments of the `prep` job (the `prep` example's command line).
 #[derive(clap::Parser, Debug, Clone, Default)]
-#[command(about = "Check a LoRA dataset (quality report + preset advice), optionally build its caches")]
+#[command(
+    about = "Check a LoRA dataset (quality report + preset advice), optionally build its caches"
+)]
 pub struct PrepArgs {
     /// Dataset folder (images + same-stem captions, or kohya `N_name` sub-folders) or a kohya
     /// dataset TOML; default: the config's dataset.
@@ -94,7 +96,11 @@ impl PrepArgs {
         let mut flags: Vec<String> = Vec::new();
         let mut set = |k: &str, v: String| flags.extend([format!("--{k}"), v]);
         if let Some(d) = &self.dataset {
-            let key = if d.extension().is_some_and(|e| e == "toml") { "dataset_config" } else { "train_data_dir" };
+            let key = if d.extension().is_some_and(|e| e == "toml") {
+                "dataset_config"
+            } else {
+                "train_data_dir"
+            };
             set(key, format!("{:?}", d.display().to_string()));
         }
         if let Some(t) = &self.trigger {
@@ -122,7 +128,10 @@ pub fn prep(args: &PrepArgs) -> Result<PrepOutcome, Error> {
         // them, when the command line alone names the dataset.
         Err(Error::Train(e @ TrainError::Invalid { .. })) if args.dataset.is_some() => {
             let origin = args.config.as_ref().map(|p| p.display().to_string());
-            problems.push(format!("{}: {e}", origin.unwrap_or_else(|| "command line".into())));
+            problems.push(format!(
+                "{}: {e}",
+                origin.unwrap_or_else(|| "command line".into())
+            ));
             TrainConfig::load(None, &args.flags())?
         }
         Err(e) => return Err(e),
@@ -130,23 +139,46 @@ pub fn prep(args: &PrepArgs) -> Result<PrepOutcome, Error> {
     let mut checkpoint = None;
     if let Some(dir) = &args.resume {
         match fluxlora_train::resume::verify_checkpoint(dir) {
-            Ok(state) => checkpoint = Some(format!("checkpoint {}: step {}, {}, every tensor finite", dir.display(), state.step, state.optimizer)),
+            Ok(state) => {
+                checkpoint = Some(format!(
+                    "checkpoint {}: step {}, {}, every tensor finite",
+                    dir.display(),
+                    state.step,
+                    state.optimizer
+                ))
+            }
             Err(e) => problems.push(e.to_string()),
         }
     }
-    let mut settings = QualitySettings { progress: true, ..Default::default() };
+    let mut settings = QualitySettings {
+        progress: true,
+        ..Default::default()
+    };
     if let Some(t) = args.blur_threshold {
         settings.blur_threshold = t;
     }
     let report = DatasetReport::build(&c, &settings)?;
-    let json = args.json.clone().unwrap_or_else(|| c.output_dir.join("prep-report.json"));
+    let json = args
+        .json
+        .clone()
+        .unwrap_or_else(|| c.output_dir.join("prep-report.json"));
     if let Some(dir) = json.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| Error::File { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::File {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     let text = report.to_json();
     fluxlora_io::atomic_write(&json, |w| w.write_all(text.as_bytes()))?;
     let blocking = report.is_blocking() || !problems.is_empty();
-    let mut outcome = PrepOutcome { report: report.to_text(), json, blocking, problems, checkpoint, caches: Vec::new() };
+    let mut outcome = PrepOutcome {
+        report: report.to_text(),
+        json,
+        blocking,
+        problems,
+        checkpoint,
+        caches: Vec::new(),
+    };
     if outcome.blocking || !args.build_caches {
         return Ok(outcome);
     }
@@ -155,11 +187,20 @@ pub fn prep(args: &PrepArgs) -> Result<PrepOutcome, Error> {
     let data = backend::with_backend!(kind, |B, dev| prepare_data::<B>(&c, &base, &dev, true))?;
     for (what, s) in [("latents", &data.latents), ("text embeddings", &data.texts)] {
         let secs = s.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 { s.built as f64 / secs } else { 0.0 };
-        let line = format!("{what}: {} built, {} reused in {secs:.1} s ({rate:.2}/s)", s.built, s.reused);
+        let rate = if secs > 0.0 {
+            s.built as f64 / secs
+        } else {
+            0.0
+        };
+        let line = format!(
+            "{what}: {} built, {} reused in {secs:.1} s ({rate:.2}/s)",
+            s.built, s.reused
+        );
         outcome.caches.push(line);
     }
-    outcome.caches.push(format!("caches: {}", prepare::cache_dir(&c).display()));
+    outcome
+        .caches
+        .push(format!("caches: {}", prepare::cache_dir(&c).display()));
     Ok(outcome)
 }
 

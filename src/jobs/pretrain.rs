@@ -65,14 +65,17 @@ pub struct PretrainArgs {
     pub backend: Option<String>,
 }
 
-
 impl PretrainArgs {
     /// The pretraining options: the tiny world's, with these arguments over them.
     pub fn options(&self) -> Result<PretrainOptions, Error> {
         let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
         let mut o = PretrainOptions::tiny_world(
-            self.text_encoders.clone().unwrap_or_else(|| fixtures.join("tiny-base")),
-            self.out.clone().unwrap_or_else(|| fixtures.join("tiny-world")),
+            self.text_encoders
+                .clone()
+                .unwrap_or_else(|| fixtures.join("tiny-base")),
+            self.out
+                .clone()
+                .unwrap_or_else(|| fixtures.join("tiny-world")),
         );
         o.seed = self.seed.unwrap_or(o.seed);
         o.ae_steps = self.ae_steps.unwrap_or(o.ae_steps);
@@ -104,18 +107,37 @@ pub struct PretrainOutcome {
 }
 
 /// Runs the `pretrain_tiny` job; `say` receives the progress lines.
-pub fn pretrain_tiny(args: &PretrainArgs, say: &mut dyn FnMut(&str)) -> Result<PretrainOutcome, Error> {
+pub fn pretrain_tiny(
+    args: &PretrainArgs,
+    say: &mut dyn FnMut(&str),
+) -> Result<PretrainOutcome, Error> {
     let options = args.options()?;
     if args.dataset_only {
         let mut report = PretrainReport::default();
         write_dataset(&options, &mut report)?;
-        return Ok(PretrainOutcome { options, report, dataset_only: true });
+        return Ok(PretrainOutcome {
+            options,
+            report,
+            dataset_only: true,
+        });
     }
     let kind = backend::select(args.backend.as_deref())?;
-    say(&format!("building the tiny world in {} on {kind} (seed {})", options.out.display(), options.seed));
+    say(&format!(
+        "building the tiny world in {} on {kind} (seed {})",
+        options.out.display(),
+        options.seed
+    ));
     let mut progress = |line: &str| say(&format!("  {line}"));
-    let report = backend::with_backend!(kind, |B, dev| build_tiny_world::<Autodiff<B>>(&options, &mut progress, &dev))?;
-    Ok(PretrainOutcome { options, report, dataset_only: false })
+    let report = backend::with_backend!(kind, |B, dev| build_tiny_world::<Autodiff<B>>(
+        &options,
+        &mut progress,
+        &dev
+    ))?;
+    Ok(PretrainOutcome {
+        options,
+        report,
+        dataset_only: false,
+    })
 }
 
 impl fmt::Display for PretrainOutcome {
@@ -125,8 +147,21 @@ impl fmt::Display for PretrainOutcome {
             return writeln!(f, "wrote {} files into {}", r.files.len(), out.display());
         }
         let (ae, flux, (scale, shift)) = (r.ae_loss, r.flux_loss, r.scale_shift);
-        writeln!(f, "autoencoder: loss {:.4} → {:.4} in {:.0} s; latent scale {scale:.4}, shift {shift:.4}", ae.0, ae.1, r.ae_seconds)?;
-        writeln!(f, "transformer: loss {:.4} → {:.4} in {:.0} s", flux.0, flux.1, r.flux_seconds)?;
-        writeln!(f, "wrote {} files, e.g. {}", r.files.len(), out.join("base").join("preview.png").display())
+        writeln!(
+            f,
+            "autoencoder: loss {:.4} → {:.4} in {:.0} s; latent scale {scale:.4}, shift {shift:.4}",
+            ae.0, ae.1, r.ae_seconds
+        )?;
+        writeln!(
+            f,
+            "transformer: loss {:.4} → {:.4} in {:.0} s",
+            flux.0, flux.1, r.flux_seconds
+        )?;
+        writeln!(
+            f,
+            "wrote {} files, e.g. {}",
+            r.files.len(),
+            out.join("base").join("preview.png").display()
+        )
     }
 }

@@ -89,10 +89,17 @@ pub fn sample(args: &SampleArgs, say: &mut dyn FnMut(&str)) -> Result<SampleOutc
     let kind = backend::select(args.backend.as_deref())?;
     say(&format!("backend: {kind}; {} prompt(s)", run.prompts.len()));
     let output = backend::with_backend!(kind, |B, dev| {
-        run.base_dtype = if args.f32 { None } else { fluxlora_flux::bf16_if_supported::<B>(&dev) };
+        run.base_dtype = if args.f32 {
+            None
+        } else {
+            fluxlora_flux::bf16_if_supported::<B>(&dev)
+        };
         run.run::<B>(&base, &dev)
     })?;
-    Ok(SampleOutcome { backend: kind, output })
+    Ok(SampleOutcome {
+        backend: kind,
+        output,
+    })
 }
 
 impl fmt::Display for SampleOutcome {

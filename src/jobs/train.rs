@@ -56,18 +56,31 @@ fn default_run() -> (PathBuf, Vec<String>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let abs = |p: &str| format!("{:?}", root.join(p).display().to_string());
     let flags = [
-        ("pretrained_model_name_or_path", abs("fixtures/tiny-world/base")),
+        (
+            "pretrained_model_name_or_path",
+            abs("fixtures/tiny-world/base"),
+        ),
         ("train_data_dir", abs("fixtures/tiny-world/dataset")),
         ("sample_prompts", abs("fixtures/tiny-world/prompts.txt")),
     ];
-    (root.join("fixtures/tiny-world/train.toml"), flags.into_iter().flat_map(|(k, v)| [format!("--{k}"), v]).collect())
+    (
+        root.join("fixtures/tiny-world/train.toml"),
+        flags
+            .into_iter()
+            .flat_map(|(k, v)| [format!("--{k}"), v])
+            .collect(),
+    )
 }
 
 impl TrainArgs {
     /// The config file, the flags over it, and whether to score the concept.
     fn resolved(&self) -> (PathBuf, Vec<String>, bool) {
         match &self.config {
-            Some(file) => (file.clone(), self.keys.overrides.clone(), self.concept_score),
+            Some(file) => (
+                file.clone(),
+                self.keys.overrides.clone(),
+                self.concept_score,
+            ),
             None => {
                 let (file, mut flags) = default_run();
                 flags.extend(self.keys.overrides.iter().cloned());
@@ -94,14 +107,26 @@ pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>, Error> {
 
 /// Runs the `train` job; `say` receives the lines to show before training (the effective
 /// config, the backend) and before scoring.
-pub fn train(args: &TrainArgs, stop: Option<Arc<AtomicBool>>, say: &mut dyn FnMut(&str)) -> Result<TrainOutcome, Error> {
+pub fn train(
+    args: &TrainArgs,
+    stop: Option<Arc<AtomicBool>>,
+    say: &mut dyn FnMut(&str),
+) -> Result<TrainOutcome, Error> {
     let t0 = Instant::now();
     let (file, flags, score) = args.resolved();
     let config = TrainConfig::load(Some(&file), &flags)?;
-    say(&format!("effective config ({}):\n{}", file.display(), config.to_toml()));
+    say(&format!(
+        "effective config ({}):\n{}",
+        file.display(),
+        config.to_toml()
+    ));
     let kind = backend::select(Some(config.backend.as_str()))?;
     say(&format!("backend: {}", kind.name()));
-    let options = SessionOptions { progress: !args.no_progress, resume: args.resume.clone(), stop };
+    let options = SessionOptions {
+        progress: !args.no_progress,
+        resume: args.resume.clone(),
+        stop,
+    };
     let scored = config.clone();
     let (report, scores) = backend::with_backend!(kind, |B, dev| {
         let report = train_session::<Autodiff<B>>(config, &dev, options)?;
@@ -114,7 +139,11 @@ pub fn train(args: &TrainArgs, stop: Option<Arc<AtomicBool>>, say: &mut dyn FnMu
         };
         Ok::<_, Error>((report, scores))
     })?;
-    Ok(TrainOutcome { report, scores, wall_seconds: t0.elapsed().as_secs_f64() })
+    Ok(TrainOutcome {
+        report,
+        scores,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+    })
 }
 
 impl fmt::Display for TrainOutcome {
@@ -123,7 +152,11 @@ impl fmt::Display for TrainOutcome {
         let verb = if s.stopped { "stopped" } else { "trained" };
         let per_step = s.seconds / s.steps.max(1) as f64;
         writeln!(f)?;
-        writeln!(f, "{verb} after {} steps in {:.1} s ({per_step:.3} s/it); {} images", s.steps, s.seconds, r.images)?;
+        writeln!(
+            f,
+            "{verb} after {} steps in {:.1} s ({per_step:.3} s/it); {} images",
+            s.steps, s.seconds, r.images
+        )?;
         writeln!(
             f,
             "caches: {} latents built, {} reused; {} captions built, {} reused",

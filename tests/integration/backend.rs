@@ -6,7 +6,10 @@ use fluxlora::backend::*;
 fn parses_names_and_rejects_unknown() {
     assert_eq!("CUDA".parse::<BackendKind>().unwrap(), BackendKind::Cuda);
     assert_eq!("cpu".parse::<BackendKind>().unwrap(), BackendKind::NdArray);
-    assert!(matches!("tpu".parse::<BackendKind>(), Err(BackendError::Unknown(_))));
+    assert!(matches!(
+        "tpu".parse::<BackendKind>(),
+        Err(BackendError::Unknown(_))
+    ));
 }
 
 #[test]

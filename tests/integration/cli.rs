@@ -47,15 +47,23 @@ fn no_flags_means_no_overrides() {
 
 #[test]
 fn an_unknown_key_is_refused_with_a_suggestion() {
-    let err = TrainArgs::try_parse_from(["train", "--learning_rat", "1e-4"]).unwrap_err().to_string();
+    let err = TrainArgs::try_parse_from(["train", "--learning_rat", "1e-4"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("--learning_rat"), "{err}");
     assert!(err.contains("--learning_rate"), "no suggestion in: {err}");
 }
 
 #[test]
 fn weighted_lora_paths() {
-    assert_eq!(parse_weighted("a.safetensors:0.8").unwrap(), (PathBuf::from("a.safetensors"), 0.8));
-    assert_eq!(parse_weighted("dir/a.safetensors").unwrap(), (PathBuf::from("dir/a.safetensors"), 1.0));
+    assert_eq!(
+        parse_weighted("a.safetensors:0.8").unwrap(),
+        (PathBuf::from("a.safetensors"), 0.8)
+    );
+    assert_eq!(
+        parse_weighted("dir/a.safetensors").unwrap(),
+        (PathBuf::from("dir/a.safetensors"), 1.0)
+    );
     let err = parse_weighted("a.safetensors:inf").unwrap_err();
     assert!(err.contains("FILE:WEIGHT"), "{err}");
     assert!(parse_weighted("a.safetensors:x").is_err());

@@ -7,11 +7,19 @@ use fluxlora::jobs::{prep, PrepArgs};
 fn dataset(dir: &Path, corrupt: bool) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny-world/dataset");
     for i in 0..3 {
-        std::fs::copy(src.join(format!("sks_0{i}.png")), dir.join(format!("img{i}.png"))).unwrap();
+        std::fs::copy(
+            src.join(format!("sks_0{i}.png")),
+            dir.join(format!("img{i}.png")),
+        )
+        .unwrap();
         std::fs::write(dir.join(format!("img{i}.txt")), "sks disc").unwrap();
     }
     if corrupt {
-        std::fs::write(dir.join("broken.png"), b"\x89PNG\r\n\x1a\n not really a png").unwrap();
+        std::fs::write(
+            dir.join("broken.png"),
+            b"\x89PNG\r\n\x1a\n not really a png",
+        )
+        .unwrap();
         std::fs::write(dir.join("broken.txt"), "sks disc").unwrap();
     }
 }
@@ -56,7 +64,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -91,8 +103,16 @@ fn poisoned_checkpoint(dir: &Path, key: &str) {
     let fine = HostTensor::new(vec![2, 2], vec![0.5; 4]).unwrap();
     let bad = HostTensor::new(vec![2, 2], vec![0.5, f32::NAN, 0.5, 0.5]).unwrap();
     let meta = Default::default();
-    write_safetensors(dir.join("optimizer.safetensors"), &[("m", TensorRef::f32(&fine))], &meta).unwrap();
-    let lora = [(key, TensorRef::f32(&bad)), ("lora_unet_x.lora_down.weight", TensorRef::f32(&fine))];
+    write_safetensors(
+        dir.join("optimizer.safetensors"),
+        &[("m", TensorRef::f32(&fine))],
+        &meta,
+    )
+    .unwrap();
+    let lora = [
+        (key, TensorRef::f32(&bad)),
+        ("lora_unet_x.lora_down.weight", TensorRef::f32(&fine)),
+    ];
     write_safetensors(dir.join("tiny.safetensors"), &lora, &meta).unwrap();
 }
 
@@ -121,10 +141,23 @@ fn prep_names_a_bomb_an_escaping_output_name_and_a_poisoned_checkpoint() {
     let outcome = prep(&args).unwrap();
     assert_eq!(outcome.exit_code(), 2);
     let text = outcome.to_string();
-    for needle in ["bomb.png", "max_image_pixels", "shared.toml", "output_name", "tiny.safetensors", key, "NaN"] {
+    for needle in [
+        "bomb.png",
+        "max_image_pixels",
+        "shared.toml",
+        "output_name",
+        "tiny.safetensors",
+        key,
+        "NaN",
+    ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
     // The good images are still read and counted.
     assert!(text.contains("img0.png") || text.contains('3'), "{text}");
-    assert!(!tmp.path().parent().unwrap().join("escape.safetensors").exists());
+    assert!(!tmp
+        .path()
+        .parent()
+        .unwrap()
+        .join("escape.safetensors")
+        .exists());
 }

@@ -43,13 +43,19 @@ fn crates() -> Vec<PathBuf> {
 fn code_of(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
     let body = text.split("\n#[cfg(test)]").next().unwrap_or_default();
-    body.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
+    body.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The `[dependencies]` table of a manifest (not dev-dependencies).
 fn dependencies(manifest: &Path) -> toml::Table {
     let t: toml::Table = toml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
-    t.get("dependencies").and_then(|d| d.as_table()).cloned().unwrap_or_default()
+    t.get("dependencies")
+        .and_then(|d| d.as_table())
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[test]
@@ -59,7 +65,11 @@ fn library_crates_turn_on_no_burn_backend() {
         for (name, spec) in &deps {
             if name.starts_with("burn") {
                 let features = spec.get("features").and_then(|f| f.as_array());
-                assert!(features.is_none_or(|f| f.is_empty()), "{}: {name} turns on {features:?}", c.display());
+                assert!(
+                    features.is_none_or(|f| f.is_empty()),
+                    "{}: {name} turns on {features:?}",
+                    c.display()
+                );
             }
         }
     }
@@ -69,7 +79,10 @@ fn library_crates_turn_on_no_burn_backend() {
 fn io_and_data_know_no_burn() {
     for c in ["io", "data", "render"] {
         let deps = dependencies(&root().join("crates").join(c).join("Cargo.toml"));
-        assert!(!deps.keys().any(|k| k.starts_with("burn")), "crates/{c} depends on burn");
+        assert!(
+            !deps.keys().any(|k| k.starts_with("burn")),
+            "crates/{c} depends on burn"
+        );
     }
 }
 
@@ -83,18 +96,36 @@ fn backends_are_instantiated_in_one_place() {
             expansions.push(f.strip_prefix(root()).unwrap().display().to_string());
         }
     }
-    assert!(expansions.iter().all(|f| f.starts_with("src/jobs/")), "{expansions:?}");
+    assert!(
+        expansions.iter().all(|f| f.starts_with("src/jobs/")),
+        "{expansions:?}"
+    );
     for f in rust_files(&root().join("examples")) {
         let code = code_of(&f);
         for concrete in ["with_backend", "NdArray", "Wgpu", "Cuda", "Autodiff<"] {
-            assert!(!code.contains(concrete), "{}: names {concrete}", f.display());
+            assert!(
+                !code.contains(concrete),
+                "{}: names {concrete}",
+                f.display()
+            );
         }
     }
     for c in crates() {
-        for f in rust_files(&c.join("src")).into_iter().filter(|f| !f.ends_with("tests.rs")) {
+        for f in rust_files(&c.join("src"))
+            .into_iter()
+            .filter(|f| !f.ends_with("tests.rs"))
+        {
             let code = code_of(&f);
-            for concrete in ["burn::backend::NdArray", "burn::backend::Wgpu", "burn::backend::Cuda"] {
-                assert!(!code.contains(concrete), "{}: names {concrete}", f.display());
+            for concrete in [
+                "burn::backend::NdArray",
+                "burn::backend::Wgpu",
+                "burn::backend::Cuda",
+            ] {
+                assert!(
+                    !code.contains(concrete),
+                    "{}: names {concrete}",
+                    f.display()
+                );
             }
         }
     }
@@ -106,9 +137,22 @@ fn examples_are_thin_clap_shells() {
     assert_eq!(examples.len(), 6, "{examples:?}");
     for f in examples {
         let text = std::fs::read_to_string(&f).unwrap();
-        assert!(text.lines().count() < 80, "{}: {} lines", f.display(), text.lines().count());
-        assert!(text.contains("::parse()"), "{}: not parsed with clap", f.display());
-        assert!(text.contains("fluxlora::jobs::"), "{}: calls no job", f.display());
+        assert!(
+            text.lines().count() < 80,
+            "{}: {} lines",
+            f.display(),
+            text.lines().count()
+        );
+        assert!(
+            text.contains("::parse()"),
+            "{}: not parsed with clap",
+            f.display()
+        );
+        assert!(
+            text.contains("fluxlora::jobs::"),
+            "{}: calls no job",
+            f.display()
+        );
     }
 }
 
@@ -116,19 +160,33 @@ fn examples_are_thin_clap_shells() {
 fn every_file_is_written_through_the_atomic_writer() {
     // Streaming logs (the CSV and TensorBoard event files) are appended row by row and are the
     // one documented exception; everything else goes through `fluxlora_io::atomic_write`.
-    let streaming = ["crates/train/src/log.rs", "crates/train/src/tensorboard.rs", "crates/io/src/atomic.rs"];
+    let streaming = [
+        "crates/train/src/log.rs",
+        "crates/train/src/tensorboard.rs",
+        "crates/io/src/atomic.rs",
+    ];
     let mut offenders = Vec::new();
-    for dir in crates().into_iter().map(|c| c.join("src")).chain([root().join("src")]) {
+    for dir in crates()
+        .into_iter()
+        .map(|c| c.join("src"))
+        .chain([root().join("src")])
+    {
         for f in rust_files(&dir) {
             let rel = f.strip_prefix(root()).unwrap().display().to_string();
             if streaming.contains(&rel.as_str()) || rel.ends_with("/tests.rs") {
                 continue;
             }
             let code = code_of(&f);
-            for call in ["fs::write(", "File::create(", "OpenOptions::new(", "fs::rename("] {
+            for call in [
+                "fs::write(",
+                "File::create(",
+                "OpenOptions::new(",
+                "fs::rename(",
+            ] {
                 // Checkpoint folders are written under a temporary name and renamed into place
                 // (and renamed aside before deletion): the folder-level half of the protocol.
-                let folder_protocol = rel.ends_with("train/src/resume.rs") || rel.ends_with("train/src/save.rs");
+                let folder_protocol =
+                    rel.ends_with("train/src/resume.rs") || rel.ends_with("train/src/save.rs");
                 if code.contains(call) && !(call == "fs::rename(" && folder_protocol) {
                     offenders.push(format!("{rel}: {call}"));
                 }
@@ -141,7 +199,13 @@ fn every_file_is_written_through_the_atomic_writer() {
 #[test]
 fn the_io_crate_owns_every_key_map() {
     // Key spellings of the file formats appear only in fluxlora-io.
-    let needles = ["\"lora_unet_", "\"transformer_blocks.", "\"diffusion_model.", "\"lora_te1_", "\"encoder.down_blocks"];
+    let needles = [
+        "\"lora_unet_",
+        "\"transformer_blocks.",
+        "\"diffusion_model.",
+        "\"lora_te1_",
+        "\"encoder.down_blocks",
+    ];
     for c in crates().into_iter().filter(|c| !c.ends_with("io")) {
         for f in rust_files(&c.join("src")) {
             let code = code_of(&f);
@@ -154,11 +218,27 @@ fn the_io_crate_owns_every_key_map() {
 
 #[test]
 fn every_crate_documents_itself_with_a_runnable_example() {
-    for lib in crates().into_iter().map(|c| c.join("src/lib.rs")).chain([root().join("src/lib.rs")]) {
+    for lib in crates()
+        .into_iter()
+        .map(|c| c.join("src/lib.rs"))
+        .chain([root().join("src/lib.rs")])
+    {
         let text = std::fs::read_to_string(&lib).unwrap();
         assert!(text.starts_with("//!"), "{}: no crate doc", lib.display());
-        assert!(text.contains("//! ```\n") || text.contains("//! ```rust"), "{}: no doc example", lib.display());
-        assert!(text.contains("#![deny(missing_docs)]"), "{}: missing_docs not denied", lib.display());
-        assert!(text.contains("#![warn(clippy::all)]"), "{}: clippy::all not warned", lib.display());
+        assert!(
+            text.contains("//! ```\n") || text.contains("//! ```rust"),
+            "{}: no doc example",
+            lib.display()
+        );
+        assert!(
+            text.contains("#![deny(missing_docs)]"),
+            "{}: missing_docs not denied",
+            lib.display()
+        );
+        assert!(
+            text.contains("#![warn(clippy::all)]"),
+            "{}: clippy::all not warned",
+            lib.display()
+        );
     }
 }

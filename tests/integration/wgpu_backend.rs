@@ -37,12 +37,20 @@ fn lora_forward_matches_ndarray() {
         };
         let mut lin = LoraLinear::from_weights(t(1, 6, 9), None);
         let spec = AdapterSpec::new(2, 4.0).with_rows(3, 6);
-        lin.push_adapter("w", LoraAdapter::from_factors("w", t(2, 6, 2), t(3, 2, 3), &spec)).unwrap();
+        lin.push_adapter(
+            "w",
+            LoraAdapter::from_factors("w", t(2, 6, 2), t(3, 2, 3), &spec),
+        )
+        .unwrap();
         lin
     }
     let wdev = Default::default();
     let x = Tensor::<Wgpu, 2>::from_data(TensorData::new(values(4, 12), [2, 6]), &wdev);
-    let got = build::<Wgpu>(&wdev).forward(x).into_data().to_vec::<f32>().unwrap();
+    let got = build::<Wgpu>(&wdev)
+        .forward(x)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
     let expected = to_vec(build::<B>(&dev()).forward(tensor2(&values(4, 12), 2, 6)));
     assert!(max_abs_diff(&got, &expected) < 1e-5);
 }
@@ -56,7 +64,12 @@ fn adamw8bit_matches_ndarray() {
     fn run<AB: AutodiffBackend>(steps: usize) -> (HashMap<&'static str, Vec<f32>>, f64) {
         let fx = Fixture::load();
         let mut toy = Toy::<AB>::from_fixture(&fx);
-        let rule = AdamW8bitConfig { min_8bit_size: 256, ..Default::default() }.init().unwrap();
+        let rule = AdamW8bitConfig {
+            min_8bit_size: 256,
+            ..Default::default()
+        }
+        .init()
+        .unwrap();
         let mut opt: LoraOptimizer<AdamW8bit, Toy<AB>, AB> = LoraOptimizer::new(rule);
         for k in 0..steps {
             let mut g = GradientsParams::new();
@@ -72,7 +85,12 @@ fn adamw8bit_matches_ndarray() {
     let (cpu, _) = run::<AD>(2);
     for name in NAMES {
         let (r, i) = worst_ratio(&gpu[name], &cpu[name], 1e-6, 1e-5);
-        assert!(r <= 1.0, "{name}[{i}]: wgpu {} ndarray {}", gpu[name][i], cpu[name][i]);
+        assert!(
+            r <= 1.0,
+            "{name}[{i}]: wgpu {} ndarray {}",
+            gpu[name][i],
+            cpu[name][i]
+        );
     }
     // Codes are u8 where the backend supports it, else the default int type (reported honestly).
     eprintln!("wgpu AdamW8bit state: {gpu_bpp:.3} bytes/param");
@@ -86,15 +104,27 @@ fn adamw8bit_matches_ndarray() {
 fn one_row_linear_with_bias_matches_ndarray() {
     use burn::backend::NdArray;
     fn run<Bk: Backend>(dev: &Bk::Device) -> Vec<f32> {
-        let data = |n: usize, k: f32| TensorData::new((0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>(), [n]);
+        let data = |n: usize, k: f32| {
+            TensorData::new(
+                (0..n).map(|i| (i as f32 * k).sin()).collect::<Vec<f32>>(),
+                [n],
+            )
+        };
         let x = Tensor::<Bk, 1>::from_data(data(256, 0.01), dev).reshape([1, 256]);
         let w = Tensor::<Bk, 1>::from_data(data(256 * 16, 0.37), dev).reshape([256, 16]);
         let b = Tensor::<Bk, 1>::from_data(data(16, 1.3), dev);
-        (x.matmul(w) + b.unsqueeze::<2>()).into_data().to_vec::<f32>().unwrap()
+        (x.matmul(w) + b.unsqueeze::<2>())
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
     }
     let got = run::<Wgpu>(&Default::default());
     let want = run::<NdArray>(&Default::default());
-    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(err < 1e-4, "wgpu {got:?}\nndarray {want:?}");
 }
 
@@ -104,24 +134,45 @@ fn flux_transformer_case_matches_reference() {
     use flux_common::{fixtures_dir, run_case, Case};
     let case = Case::read(&fixtures_dir().join("transformer_dev_comfyui_bf16")).unwrap();
     let o = run_case::<Wgpu>(&case, &Default::default()).unwrap();
-    println!("wgpu {}: max_err {:.3e} (bound {:.1e})", case.name(), o.max_err, o.bound);
-    assert!(o.max_err <= o.bound, "max error {:.3e} > {:.3e}", o.max_err, o.bound);
+    println!(
+        "wgpu {}: max_err {:.3e} (bound {:.1e})",
+        case.name(),
+        o.max_err,
+        o.bound
+    );
+    assert!(
+        o.max_err <= o.bound,
+        "max error {:.3e} > {:.3e}",
+        o.max_err,
+        o.bound
+    );
 }
 
 /// `fluxlora-flux`: the CLIP text encoder parity case on wgpu against transformers' output.
 #[test]
 fn clip_case_matches_reference() {
     let dir = flux_common::fixtures_dir().join("clip_transformers");
-    let o = flux_encoders::run_case::<Wgpu>(&dir, &Default::default()).unwrap().unwrap();
-    println!("wgpu clip_transformers: max_err {:.3e} (bound {:.1e}) [{}]", o.max_err, o.bound, o.detail);
-    assert!(o.max_err <= o.bound, "max error {:.3e} > {:.3e}", o.max_err, o.bound);
+    let o = flux_encoders::run_case::<Wgpu>(&dir, &Default::default())
+        .unwrap()
+        .unwrap();
+    println!(
+        "wgpu clip_transformers: max_err {:.3e} (bound {:.1e}) [{}]",
+        o.max_err, o.bound, o.detail
+    );
+    assert!(
+        o.max_err <= o.bound,
+        "max error {:.3e} > {:.3e}",
+        o.max_err,
+        o.bound
+    );
 }
 
 /// `fluxlora-caption`: the tiny tagger ViT on wgpu against timm's logits.
 #[test]
 fn tagger_case_matches_reference() {
     let dir = caption_tagger::fixtures_dir().join("tagger_vit_tiny");
-    let (max_err, bound) = caption_tagger::run_case::<Wgpu>(&dir, 1e-4, &Default::default()).unwrap();
+    let (max_err, bound) =
+        caption_tagger::run_case::<Wgpu>(&dir, 1e-4, &Default::default()).unwrap();
     println!("wgpu tagger_vit_tiny max_err {max_err:.3e} (bound {bound:.1e})");
     assert!(max_err <= bound, "max error {max_err:.3e} > {bound:.3e}");
 }

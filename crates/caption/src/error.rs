@@ -19,7 +19,9 @@ pub enum CaptionError {
     },
 
     /// The dataset folder does not exist or is not a folder.
-    #[error("{path}: not a folder; pass the folder that holds the images (jpg, jpeg, png, webp, bmp)")]
+    #[error(
+        "{path}: not a folder; pass the folder that holds the images (jpg, jpeg, png, webp, bmp)"
+    )]
     NotAFolder {
         /// The path that was given as the dataset folder.
         path: PathBuf,
@@ -235,7 +237,11 @@ pub enum CaptionError {
 impl CaptionError {
     /// Wraps an `std::io::Error` with the file and the action that failed.
     pub fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
-        CaptionError::Io { path: path.into(), action, source }
+        CaptionError::Io {
+            path: path.into(),
+            action,
+            source,
+        }
     }
 }
 

@@ -57,7 +57,15 @@ pub struct CaptionJob {
 impl CaptionJob {
     /// A job over `scan` with no edits, no overwrite, one thread, no progress bar.
     pub fn new(scan: FolderScan) -> Self {
-        Self { scan, edits: TagEdits::default(), overwrite: false, dry_run: false, create_missing: false, threads: 1, progress: false }
+        Self {
+            scan,
+            edits: TagEdits::default(),
+            overwrite: false,
+            dry_run: false,
+            create_missing: false,
+            threads: 1,
+            progress: false,
+        }
     }
 }
 
@@ -78,8 +86,16 @@ impl CaptionChange {
     /// A line diff: the caption path, then `- old` and `+ new` lines (unchanged lines with two
     /// spaces).
     pub fn diff(&self) -> String {
-        let mut out = format!("{}{}\n", self.caption.display(), if self.old.is_none() { " (new)" } else { "" });
-        let old: Vec<&str> = self.old.as_deref().map(|o| o.lines().collect()).unwrap_or_default();
+        let mut out = format!(
+            "{}{}\n",
+            self.caption.display(),
+            if self.old.is_none() { " (new)" } else { "" }
+        );
+        let old: Vec<&str> = self
+            .old
+            .as_deref()
+            .map(|o| o.lines().collect())
+            .unwrap_or_default();
         let new: Vec<&str> = self.new.lines().collect();
         for i in 0..old.len().max(new.len()) {
             match (old.get(i), new.get(i)) {
@@ -101,8 +117,14 @@ impl CaptionChange {
 /// What happened to one image.
 #[derive(Debug)]
 enum Outcome {
-    Changed { change: CaptionChange, generated: bool, kept: bool },
-    Unchanged { kept: bool },
+    Changed {
+        change: CaptionChange,
+        generated: bool,
+        kept: bool,
+    },
+    Unchanged {
+        kept: bool,
+    },
     Missing(PathBuf),
     Failed(CaptionError),
 }
@@ -136,13 +158,21 @@ pub struct RunSummary {
 impl RunSummary {
     /// The dry-run diff of every change.
     pub fn diff(&self) -> String {
-        self.changes.iter().map(CaptionChange::diff).collect::<Vec<_>>().join("\n")
+        self.changes
+            .iter()
+            .map(CaptionChange::diff)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
 impl fmt::Display for RunSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verb = if self.dry_run { "would change" } else { "changed" };
+        let verb = if self.dry_run {
+            "would change"
+        } else {
+            "changed"
+        };
         if let Some(c) = &self.captioner {
             writeln!(f, "captioner: {c}")?;
         }
@@ -170,7 +200,9 @@ impl fmt::Display for RunSummary {
 
 fn process(job: &CaptionJob, captioner: Option<&dyn Captioner>, entry: &ImageEntry) -> Outcome {
     let old = match read_caption(&entry.caption) {
-        Ok(text) => text.map(|t| normalize_caption(&t)).filter(|t| !t.is_empty()),
+        Ok(text) => text
+            .map(|t| normalize_caption(&t))
+            .filter(|t| !t.is_empty()),
         Err(e) => return Outcome::Failed(e),
     };
     let generate = captioner.filter(|_| old.is_none() || job.overwrite);
@@ -180,7 +212,10 @@ fn process(job: &CaptionJob, captioner: Option<&dyn Captioner>, entry: &ImageEnt
             Ok(text) => {
                 let new = job.edits.apply_or_create(&text);
                 if new.is_empty() {
-                    return Outcome::Failed(CaptionError::EmptyCaption { image: entry.image.clone(), captioner: c.describe() });
+                    return Outcome::Failed(CaptionError::EmptyCaption {
+                        image: entry.image.clone(),
+                        captioner: c.describe(),
+                    });
                 }
                 new
             }
@@ -201,14 +236,29 @@ fn process(job: &CaptionJob, captioner: Option<&dyn Captioner>, entry: &ImageEnt
             return Outcome::Failed(e);
         }
     }
-    let change = CaptionChange { image: entry.image.clone(), caption: entry.caption.clone(), old, new };
-    Outcome::Changed { change, generated: generate.is_some(), kept }
+    let change = CaptionChange {
+        image: entry.image.clone(),
+        caption: entry.caption.clone(),
+        old,
+        new,
+    };
+    Outcome::Changed {
+        change,
+        generated: generate.is_some(),
+        kept,
+    }
 }
 
 fn progress_bar(len: usize, visible: bool) -> ProgressBar {
-    let target = if visible { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let target = if visible {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
     let bar = ProgressBar::with_draw_target(Some(len as u64), target);
-    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta} {msg}") {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} images, {elapsed} elapsed, eta {eta} {msg}",
+    ) {
         bar.set_style(style);
     }
     bar
@@ -218,7 +268,10 @@ fn progress_bar(len: usize, visible: bool) -> ProgressBar {
 /// Only an unusable folder or bad option is an error; per-image failures are in the summary.
 pub fn caption_folder(job: &CaptionJob, captioner: Option<&dyn Captioner>) -> Result<RunSummary> {
     if job.threads == 0 {
-        return Err(CaptionError::InvalidOption { name: "threads", message: "must be at least 1".into() });
+        return Err(CaptionError::InvalidOption {
+            name: "threads",
+            message: "must be at least 1".into(),
+        });
     }
     let start = Instant::now();
     let entries = job.scan.images()?;
@@ -235,7 +288,10 @@ pub fn caption_folder(job: &CaptionJob, captioner: Option<&dyn Captioner>) -> Re
                 if let Outcome::Failed(e) = &outcome {
                     bar.println(format!("failed: {e}"));
                 }
-                outcomes.lock().unwrap_or_else(|p| p.into_inner()).push((i, outcome));
+                outcomes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((i, outcome));
                 bar.inc(1);
             });
         }
@@ -252,7 +308,11 @@ pub fn caption_folder(job: &CaptionJob, captioner: Option<&dyn Captioner>) -> Re
     };
     for (_, outcome) in outcomes {
         match outcome {
-            Outcome::Changed { change, generated, kept } => {
+            Outcome::Changed {
+                change,
+                generated,
+                kept,
+            } => {
                 summary.generated += usize::from(generated);
                 summary.kept_existing += usize::from(kept);
                 summary.changes.push(change);
@@ -283,15 +343,28 @@ mod tests {
             new: "sks, dog\nsame\nextra".into(),
         };
         assert_eq!(change.diff(), "a.txt\n- dog\n+ sks, dog\n  same\n+ extra\n");
-        let created = CaptionChange { old: None, new: "sks".into(), ..change };
+        let created = CaptionChange {
+            old: None,
+            new: "sks".into(),
+            ..change
+        };
         assert_eq!(created.diff(), "a.txt (new)\n+ sks\n");
     }
 
     #[test]
     fn zero_threads_is_an_option_error() {
         let dir = tempfile::tempdir().unwrap();
-        let job = CaptionJob { threads: 0, ..CaptionJob::new(FolderScan::new(dir.path())) };
-        assert!(matches!(caption_folder(&job, None), Err(CaptionError::InvalidOption { name: "threads", .. })));
+        let job = CaptionJob {
+            threads: 0,
+            ..CaptionJob::new(FolderScan::new(dir.path()))
+        };
+        assert!(matches!(
+            caption_folder(&job, None),
+            Err(CaptionError::InvalidOption {
+                name: "threads",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -305,6 +378,9 @@ mod tests {
         job.create_missing = true;
         let summary = caption_folder(&job, None).unwrap();
         assert_eq!(summary.changes.len(), 1);
-        assert_eq!(std::fs::read_to_string(dir.path().join("a.txt")).unwrap(), "sks\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.txt")).unwrap(),
+            "sks\n"
+        );
     }
 }

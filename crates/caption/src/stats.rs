@@ -57,9 +57,20 @@ impl TagStats {
                 counts.entry(tag).or_default().0 += 1;
             }
         }
-        let mut tags: Vec<TagCount> =
-            counts.into_iter().map(|(tag, (files, occurrences))| TagCount { tag: tag.to_string(), files, occurrences }).collect();
-        tags.sort_by(|a, b| b.files.cmp(&a.files).then(b.occurrences.cmp(&a.occurrences)).then_with(|| a.tag.cmp(&b.tag)));
+        let mut tags: Vec<TagCount> = counts
+            .into_iter()
+            .map(|(tag, (files, occurrences))| TagCount {
+                tag: tag.to_string(),
+                files,
+                occurrences,
+            })
+            .collect();
+        tags.sort_by(|a, b| {
+            b.files
+                .cmp(&a.files)
+                .then(b.occurrences.cmp(&a.occurrences))
+                .then_with(|| a.tag.cmp(&b.tag))
+        });
         stats.tags = tags;
         stats
     }
@@ -102,9 +113,19 @@ impl fmt::Display for TagStats {
             self.errors.len(),
             self.tags.len()
         )?;
-        let width = self.tags.iter().map(|t| t.tag.chars().count()).max().unwrap_or(0).min(48);
+        let width = self
+            .tags
+            .iter()
+            .map(|t| t.tag.chars().count())
+            .max()
+            .unwrap_or(0)
+            .min(48);
         for t in &self.tags {
-            writeln!(f, "  {:<width$}  {:>5} files  {:>5} uses", t.tag, t.files, t.occurrences)?;
+            writeln!(
+                f,
+                "  {:<width$}  {:>5} files  {:>5} uses",
+                t.tag, t.files, t.occurrences
+            )?;
         }
         for p in &self.missing {
             writeln!(f, "  missing caption: {}", p.display())?;
@@ -122,11 +143,25 @@ mod tests {
 
     #[test]
     fn counts_files_and_occurrences() {
-        let stats = TagStats::from_captions(["sks, dog, dog", "sks, cat\nsks, cat, dog", "", "b, a"]);
+        let stats =
+            TagStats::from_captions(["sks, dog, dog", "sks, cat\nsks, cat, dog", "", "b, a"]);
         assert_eq!(stats.images, 4);
         assert_eq!(stats.captioned, 3);
-        let order: Vec<(&str, usize, usize)> = stats.tags.iter().map(|t| (t.tag.as_str(), t.files, t.occurrences)).collect();
-        assert_eq!(order, [("dog", 2, 3), ("sks", 2, 3), ("cat", 1, 2), ("a", 1, 1), ("b", 1, 1)]);
+        let order: Vec<(&str, usize, usize)> = stats
+            .tags
+            .iter()
+            .map(|t| (t.tag.as_str(), t.files, t.occurrences))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("dog", 2, 3),
+                ("sks", 2, 3),
+                ("cat", 1, 2),
+                ("a", 1, 1),
+                ("b", 1, 1)
+            ]
+        );
         assert_eq!(stats.get("cat").unwrap().files, 1);
         assert!(stats.get("zebra").is_none());
         let text = stats.to_string();

@@ -45,7 +45,10 @@ impl Trigger {
             None
         };
         match reason {
-            Some(reason) => Err(CaptionError::InvalidTrigger { trigger: word.to_string(), reason }),
+            Some(reason) => Err(CaptionError::InvalidTrigger {
+                trigger: word.to_string(),
+                reason,
+            }),
             None => Ok(Trigger(trimmed.to_string())),
         }
     }
@@ -58,12 +61,18 @@ impl Trigger {
 
 /// Splits a caption line into trimmed, non-empty tags.
 pub fn split_tags(line: &str) -> Vec<&str> {
-    line.split(',').map(str::trim).filter(|t| !t.is_empty()).collect()
+    line.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// Joins tags with `", "`.
 pub fn join_tags<S: AsRef<str>>(tags: &[S]) -> String {
-    tags.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(", ")
+    tags.iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn is_word_char(c: char) -> bool {
@@ -84,7 +93,11 @@ pub fn count_word(text: &str, word: &str) -> usize {
     while let Some(pos) = text[from..].find(word) {
         let start = from + pos;
         let end = start + word.len();
-        let before_ok = !first_is_word || text[..start].chars().next_back().is_none_or(|c| !is_word_char(c));
+        let before_ok = !first_is_word
+            || text[..start]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !is_word_char(c));
         let after_ok = !last_is_word || text[end..].chars().next().is_none_or(|c| !is_word_char(c));
         if before_ok && after_ok {
             count += 1;
@@ -147,7 +160,10 @@ fn dedupe_key(tag: &str) -> String {
 /// repeated inner whitespace ignored; case matters). Empty tags are dropped too.
 pub fn dedupe_tags(line: &str) -> String {
     let mut seen = std::collections::HashSet::new();
-    let tags: Vec<&str> = split_tags(line).into_iter().filter(|t| seen.insert(dedupe_key(t))).collect();
+    let tags: Vec<&str> = split_tags(line)
+        .into_iter()
+        .filter(|t| seen.insert(dedupe_key(t)))
+        .collect();
     join_tags(&tags)
 }
 
@@ -156,7 +172,11 @@ pub fn dedupe_tags(line: &str) -> String {
 pub fn sort_tags(line: &str, keep_tokens: usize) -> String {
     let mut tags = split_tags(line);
     let keep = keep_tokens.min(tags.len());
-    tags[keep..].sort_by(|a, b| a.to_lowercase().cmp(&b.to_lowercase()).then_with(|| a.cmp(b)));
+    tags[keep..].sort_by(|a, b| {
+        a.to_lowercase()
+            .cmp(&b.to_lowercase())
+            .then_with(|| a.cmp(b))
+    });
     join_tags(&tags)
 }
 
@@ -203,7 +223,13 @@ impl TagEdits {
             // Tags holding the trigger keep its spelling (`ohwx_man` stays a match).
             let tags: Vec<String> = split_tags(&s)
                 .into_iter()
-                .map(|t| if has_trigger(t) { t.to_string() } else { underscores_to_spaces(t) })
+                .map(|t| {
+                    if has_trigger(t) {
+                        t.to_string()
+                    } else {
+                        underscores_to_spaces(t)
+                    }
+                })
                 .collect();
             s = join_tags(&tags);
         }
@@ -227,7 +253,10 @@ impl TagEdits {
     /// dropped, an empty text stays empty (see [`TagEdits::apply_or_create`] to give it the
     /// trigger). The result has no trailing newline.
     pub fn apply(&self, text: &str) -> String {
-        let lines: Vec<String> = caption_lines(text).map(|l| self.apply_line(l)).filter(|l| !l.is_empty()).collect();
+        let lines: Vec<String> = caption_lines(text)
+            .map(|l| self.apply_line(l))
+            .filter(|l| !l.is_empty())
+            .collect();
         lines.join("\n")
     }
 
@@ -243,7 +272,10 @@ impl TagEdits {
 
 /// The non-empty, trimmed lines of a caption text (BOM removed).
 pub fn caption_lines(text: &str) -> impl Iterator<Item = &str> {
-    text.trim_start_matches('\u{feff}').lines().map(str::trim).filter(|l| !l.is_empty())
+    text.trim_start_matches('\u{feff}')
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
 }
 
 /// A caption text normalised for comparison and writing: BOM removed, lines trimmed, empty lines
@@ -264,25 +296,43 @@ mod tests {
     fn trigger_is_prepended_when_absent() {
         assert_eq!(insert_trigger("1girl, solo", &t("sks")), "sks, 1girl, solo");
         assert_eq!(insert_trigger("", &t("sks")), "sks");
-        assert_eq!(insert_trigger("  a dog  ", &t("ohwx man")), "ohwx man, a dog");
+        assert_eq!(
+            insert_trigger("  a dog  ", &t("ohwx man")),
+            "ohwx man, a dog"
+        );
     }
 
     #[test]
     fn trigger_present_as_a_word_is_left_alone() {
-        assert_eq!(insert_trigger("a photo of sks dog", &t("sks")), "a photo of sks dog");
+        assert_eq!(
+            insert_trigger("a photo of sks dog", &t("sks")),
+            "a photo of sks dog"
+        );
         // `sks` inside `asks` is not the trigger.
         assert_eq!(insert_trigger("she asks", &t("sks")), "sks, she asks");
-        assert_eq!(insert_trigger("sks_style, dog", &t("sks")), "sks, sks_style, dog");
+        assert_eq!(
+            insert_trigger("sks_style, dog", &t("sks")),
+            "sks, sks_style, dog"
+        );
     }
 
     #[test]
     fn placeholder_is_replaced_once() {
-        assert_eq!(insert_trigger("a photo of [trigger] dog", &t("sks")), "a photo of sks dog");
-        assert_eq!(insert_trigger("[trigger], dog, [trigger]", &t("sks")), "sks, dog");
+        assert_eq!(
+            insert_trigger("a photo of [trigger] dog", &t("sks")),
+            "a photo of sks dog"
+        );
+        assert_eq!(
+            insert_trigger("[trigger], dog, [trigger]", &t("sks")),
+            "sks, dog"
+        );
         // Trigger already there: the placeholder goes away instead of doubling it.
         assert_eq!(insert_trigger("sks, [trigger], dog", &t("sks")), "sks, dog");
         // Inline placeholder next to the trigger.
-        assert_eq!(insert_trigger("photo of [trigger] sks", &t("sks")), "photo of sks");
+        assert_eq!(
+            insert_trigger("photo of [trigger] sks", &t("sks")),
+            "photo of sks"
+        );
     }
 
     #[test]
@@ -314,13 +364,19 @@ mod tests {
 
     #[test]
     fn dedupe_keeps_first_occurrences() {
-        assert_eq!(dedupe_tags("a, b,  a , c,b, ,  long   hair, long hair"), "a, b, c, long   hair");
+        assert_eq!(
+            dedupe_tags("a, b,  a , c,b, ,  long   hair, long hair"),
+            "a, b, c, long   hair"
+        );
         assert_eq!(dedupe_tags("A, a"), "A, a");
     }
 
     #[test]
     fn sort_keeps_leading_tokens() {
-        assert_eq!(sort_tags("sks, zebra, Apple, banana", 1), "sks, Apple, banana, zebra");
+        assert_eq!(
+            sort_tags("sks, zebra, Apple, banana", 1),
+            "sks, Apple, banana, zebra"
+        );
         assert_eq!(sort_tags("b, a", 5), "b, a");
         assert_eq!(sort_tags("b, a", 0), "a, b");
     }

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use fluxlora_caption::tags::{count_word, dedupe_tags, sort_tags, split_tags, strip_placeholders, TagEdits};
+use fluxlora_caption::tags::{
+    count_word, dedupe_tags, sort_tags, split_tags, strip_placeholders, TagEdits,
+};
 use fluxlora_caption::{insert_trigger, Trigger, TRIGGER_PLACEHOLDER};
 use proptest::prelude::*;
 
@@ -32,7 +34,10 @@ fn tag() -> impl Strategy<Value = String> {
 }
 
 fn caption() -> impl Strategy<Value = String> {
-    (prop::collection::vec(tag(), 0..8), prop::sample::select(vec![",", ", ", " , ", ",  "]))
+    (
+        prop::collection::vec(tag(), 0..8),
+        prop::sample::select(vec![",", ", ", " , ", ",  "]),
+    )
         .prop_map(|(tags, sep)| tags.join(sep))
 }
 
@@ -41,7 +46,10 @@ fn trigger() -> impl Strategy<Value = Trigger> {
 }
 
 fn without(tags: Vec<&str>, word: &str) -> Vec<String> {
-    tags.into_iter().filter(|t| *t != word).map(str::to_string).collect()
+    tags.into_iter()
+        .filter(|t| *t != word)
+        .map(str::to_string)
+        .collect()
 }
 
 fn counts(tags: &[&str]) -> HashMap<String, usize> {

@@ -6,7 +6,9 @@ use crate::common;
 use std::path::Path;
 
 use common::{read, write_image};
-use fluxlora_caption::{caption_folder, CaptionError, CaptionJob, Captioner, FolderScan, TagStats, Trigger};
+use fluxlora_caption::{
+    caption_folder, CaptionError, CaptionJob, Captioner, FolderScan, TagStats, Trigger,
+};
 
 fn folder() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -41,8 +43,14 @@ fn dry_run_reports_the_diff_and_writes_nothing() {
     assert_eq!(summary.unchanged, 1);
     assert_eq!(summary.missing.len(), 1);
     let diff = summary.diff();
-    assert!(diff.contains("a.txt\n- 1girl, smile, 1girl\n+ sks, 1girl, smile\n"), "{diff}");
-    assert!(diff.contains("- a photo of [trigger] on a beach\n+ a photo of sks on a beach\n"), "{diff}");
+    assert!(
+        diff.contains("a.txt\n- 1girl, smile, 1girl\n+ sks, 1girl, smile\n"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("- a photo of [trigger] on a beach\n+ a photo of sks on a beach\n"),
+        "{diff}"
+    );
     assert!(summary.to_string().contains("would change"), "{summary}");
     // Nothing on disk moved.
     assert_eq!(read(&dir.path().join("a.txt")), "1girl, smile, 1girl\n");
@@ -57,8 +65,14 @@ fn edits_are_written_and_idempotent() {
     job.edits.keep_tokens = 0;
     let summary = caption_folder(&job, None).unwrap();
     assert_eq!(summary.changes.len(), 2, "{summary}");
-    assert_eq!(read(&dir.path().join("a.txt")), "sks, 1girl, 1girl, smile\n");
-    assert_eq!(read(&dir.path().join("b.txt")), "a photo of sks on a beach\n");
+    assert_eq!(
+        read(&dir.path().join("a.txt")),
+        "sks, 1girl, 1girl, smile\n"
+    );
+    assert_eq!(
+        read(&dir.path().join("b.txt")),
+        "a photo of sks on a beach\n"
+    );
     assert_eq!(read(&dir.path().join("c.txt")), "sks, smile\n");
     // A second run changes nothing.
     let again = caption_folder(&job, None).unwrap();
@@ -76,7 +90,10 @@ impl Captioner for Fake {
     fn caption(&self, image: &Path) -> fluxlora_caption::Result<String> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if image.ends_with("c.webp") {
-            return Err(CaptionError::Image { path: image.into(), reason: "simulated".into() });
+            return Err(CaptionError::Image {
+                path: image.into(),
+                reason: "simulated".into(),
+            });
         }
         Ok("long_hair, outdoors".into())
     }
@@ -91,10 +108,16 @@ fn captioner_never_overwrites_unless_asked() {
     let summary = caption_folder(&job, Some(&fake)).unwrap();
     // Only d.png had no caption: one call, one new caption (with the trigger).
     assert_eq!(fake.0.load(std::sync::atomic::Ordering::SeqCst), 1);
-    assert_eq!(read(&dir.path().join("d.txt")), "sks, long_hair, outdoors\n");
+    assert_eq!(
+        read(&dir.path().join("d.txt")),
+        "sks, long_hair, outdoors\n"
+    );
     assert_eq!(summary.generated, 1);
     assert_eq!(summary.kept_existing, 3, "{summary}"); // a, b, c keep their text (edits still apply)
-    assert_eq!(read(&dir.path().join("a.txt")), "sks, 1girl, smile, 1girl\n");
+    assert_eq!(
+        read(&dir.path().join("a.txt")),
+        "sks, 1girl, smile, 1girl\n"
+    );
 
     // With overwrite every image is captioned again; the failing one is reported, the run goes on.
     job.overwrite = true;
@@ -102,7 +125,10 @@ fn captioner_never_overwrites_unless_asked() {
     let summary = caption_folder(&job, Some(&fake)).unwrap();
     assert_eq!(summary.failed.len(), 1, "{summary}");
     assert!(summary.failed[0].to_string().contains("c.webp"));
-    assert_eq!(read(&dir.path().join("a.txt")), "sks, long hair, outdoors\n");
+    assert_eq!(
+        read(&dir.path().join("a.txt")),
+        "sks, long hair, outdoors\n"
+    );
     assert_eq!(read(&dir.path().join("c.txt")), "sks, smile\n");
     assert!(summary.to_string().contains("1 failed"), "{summary}");
 }
@@ -132,12 +158,16 @@ fn stats_over_a_folder() {
     assert_eq!((smile.files, smile.occurrences), (2, 2));
     let girl = stats.get("1girl").unwrap();
     assert_eq!((girl.files, girl.occurrences), (1, 2));
-    assert!(stats.get("lonely").is_none(), "orphan captions are not counted");
+    assert!(
+        stats.get("lonely").is_none(),
+        "orphan captions are not counted"
+    );
     assert_eq!(stats.tags[0].tag, "smile");
 }
 
 #[test]
 fn missing_folder_is_an_error_naming_it() {
-    let err = caption_folder(&CaptionJob::new(FolderScan::new("/no/such/dataset")), None).unwrap_err();
+    let err =
+        caption_folder(&CaptionJob::new(FolderScan::new("/no/such/dataset")), None).unwrap_err();
     assert!(err.to_string().contains("/no/such/dataset"), "{err}");
 }

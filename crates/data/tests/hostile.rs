@@ -59,7 +59,11 @@ fn webp_jpeg_and_bmp_bombs_are_refused() {
         );
     };
     pixels(refusal(&webp_vp8x_bomb(16384, 16384, &small)));
-    pixels(refusal(&animated_webp(16384, 16384, std::slice::from_ref(&small))));
+    pixels(refusal(&animated_webp(
+        16384,
+        16384,
+        std::slice::from_ref(&small),
+    )));
     let mut lossless = encode(&small, ImageFormat::WebP);
     set_vp8l_dims(&mut lossless, 16383, 16383);
     pixels(refusal(&lossless));
@@ -308,8 +312,16 @@ fn a_caption_linked_to_a_file_outside_the_dataset_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    write(&data, "good1.png", &encode(&textured(96, 64, 1), ImageFormat::Png));
-    write(&data, "good2.png", &encode(&textured(64, 96, 2), ImageFormat::Png));
+    write(
+        &data,
+        "good1.png",
+        &encode(&textured(96, 64, 1), ImageFormat::Png),
+    );
+    write(
+        &data,
+        "good2.png",
+        &encode(&textured(64, 96, 2), ImageFormat::Png),
+    );
     write(&data, "good2.txt", b"ohwx, inside");
     let secret = tmp.path().join("secret.txt");
     std::fs::write(&secret, "ohwx, private notes from elsewhere").unwrap();
@@ -318,17 +330,32 @@ fn a_caption_linked_to_a_file_outside_the_dataset_is_refused() {
     let spec = DatasetSpec::scan(&config(&data, ""));
     let problems = problems_of(&spec.problems, "good1.txt");
     assert_eq!(problems.len(), 1, "{:?}", spec.problems);
-    assert_eq!((problems[0].kind, problems[0].severity), (ProblemKind::PathOutsideDataset, Severity::Blocking));
-    assert!(problems[0].message.contains("secret.txt"), "{}", problems[0].message);
+    assert_eq!(
+        (problems[0].kind, problems[0].severity),
+        (ProblemKind::PathOutsideDataset, Severity::Blocking)
+    );
+    assert!(
+        problems[0].message.contains("secret.txt"),
+        "{}",
+        problems[0].message
+    );
     // The outside file was never read into the dataset.
-    let rec = spec.images.iter().find(|r| r.path.ends_with("good1.png")).unwrap();
+    let rec = spec
+        .images
+        .iter()
+        .find(|r| r.path.ends_with("good1.png"))
+        .unwrap();
     assert!(rec.caption.is_err());
     assert!(!format!("{:?}", spec.images).contains("private notes"));
     // A link that stays inside the folder is fine.
     std::fs::remove_file(data.join("good1.txt")).unwrap();
     std::os::unix::fs::symlink(data.join("good2.txt"), data.join("good1.txt")).unwrap();
     let spec = DatasetSpec::scan(&config(&data, ""));
-    assert!(problems_of(&spec.problems, "good1.txt").is_empty(), "{:?}", spec.problems);
+    assert!(
+        problems_of(&spec.problems, "good1.txt").is_empty(),
+        "{:?}",
+        spec.problems
+    );
 }
 
 #[test]
@@ -337,5 +364,8 @@ fn a_caption_extension_that_is_a_path_is_refused() {
     let mut c = config(tmp.path(), "");
     c.datasets[0].subsets[0].caption_extension = "/../../etc/x".into();
     let err = c.validate().unwrap_err().to_string();
-    assert!(err.contains("caption_extension") && err.contains("path separator"), "{err}");
+    assert!(
+        err.contains("caption_extension") && err.contains("path separator"),
+        "{err}"
+    );
 }

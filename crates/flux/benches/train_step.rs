@@ -50,12 +50,21 @@ fn run<B: AutodiffBackend>(name: &str, steps: usize, checkpointing: Checkpointin
     // The PyTorch script's PEFT targets: diffusers granularity (separate q/k/v/proj_mlp adapters)
     // on every block linear, plus the top-level `proj_out` (= `final_layer.linear`).
     let mut selector = TargetSelector::new(Preset::AiToolkit, rank, rank as f32)
-        .with_rule(r"^final_layer\.adaLN_modulation", RuleOverride { rank: Some(0), ..Default::default() })
+        .with_rule(
+            r"^final_layer\.adaLN_modulation",
+            RuleOverride {
+                rank: Some(0),
+                ..Default::default()
+            },
+        )
         .expect("valid regex");
     selector.train_final_layer = true;
     model.apply_lora(&selector, &dev).expect("targets");
     let trainable = model.lora_param_count();
-    let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.01).init::<B, Flux<B>>();
+    let mut optim = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.01)
+        .init::<B, Flux<B>>();
     let (grid, l_txt) = (16, 64);
     let n = Distribution::Normal(0.0, 1.0);
     let x0: Tensor<B, 3> = Tensor::random([1, grid * grid, 64], n, &dev);
@@ -81,8 +90,10 @@ fn run<B: AutodiffBackend>(name: &str, steps: usize, checkpointing: Checkpointin
             guidance: Some(Tensor::full([1], 3.5, &dev)),
         };
         let target = noise - x0.clone();
-        let step = forward_backward(&model, &inputs, checkpointing, |out| (out - target.clone()).powi_scalar(2).mean())
-            .expect("valid inputs");
+        let step = forward_backward(&model, &inputs, checkpointing, |out| {
+            (out - target.clone()).powi_scalar(2).mean()
+        })
+        .expect("valid inputs");
         model = optim.step(1e-4, model, step.grads);
         last_loss = step.loss.into_scalar().elem::<f32>(); // syncs the device
         let dt = t0.elapsed().as_secs_f64();
@@ -106,8 +117,13 @@ fn run<B: AutodiffBackend>(name: &str, steps: usize, checkpointing: Checkpointin
 }
 
 fn main() {
-    let steps: usize = std::env::var("FLUXLORA_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10).max(1);
-    let backends = std::env::var("FLUXLORA_BENCH_BACKENDS").unwrap_or_else(|_| "ndarray,wgpu".into());
+    let steps: usize = std::env::var("FLUXLORA_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+        .max(1);
+    let backends =
+        std::env::var("FLUXLORA_BENCH_BACKENDS").unwrap_or_else(|_| "ndarray,wgpu".into());
     let ckpt = if std::env::var("FLUXLORA_BENCH_CHECKPOINTING").is_ok_and(|v| v == "1") {
         Checkpointing::Blocks
     } else {

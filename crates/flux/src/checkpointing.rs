@@ -65,15 +65,25 @@ fn trains<B: AutodiffBackend, M: Module<B>>(module: &M) -> bool {
     any.0
 }
 
-fn collect<B: AutodiffBackend, M: Module<B>>(module: &M, mut grads: B::Gradients, out: &mut GradientsParams) {
-    module.visit(&mut CollectGrads::<B> { grads: &mut grads, out });
+fn collect<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    mut grads: B::Gradients,
+    out: &mut GradientsParams,
+) {
+    module.visit(&mut CollectGrads::<B> {
+        grads: &mut grads,
+        out,
+    });
 }
 
 fn leaf<B: AutodiffBackend, const D: usize>(t: &Tensor<B::InnerBackend, D>) -> Tensor<B, D> {
     Tensor::from_inner(t.clone()).require_grad()
 }
 
-fn dot<B: AutodiffBackend, const D: usize>(out: Tensor<B, D>, g: &Tensor<B::InnerBackend, D>) -> Tensor<B, 1> {
+fn dot<B: AutodiffBackend, const D: usize>(
+    out: Tensor<B, D>,
+    g: &Tensor<B::InnerBackend, D>,
+) -> Tensor<B, 1> {
     (out * Tensor::from_inner(g.clone())).sum()
 }
 
@@ -104,7 +114,10 @@ pub fn forward_backward<B: AutodiffBackend>(
             let grads = loss.backward();
             let mut out = GradientsParams::new();
             collect(model, grads, &mut out);
-            Ok(StepGradients { loss: loss.inner(), grads: out })
+            Ok(StepGradients {
+                loss: loss.inner(),
+                grads: out,
+            })
         }
         Checkpointing::Blocks => recompute_blocks(model, inputs, loss_fn),
     }
@@ -150,7 +163,10 @@ fn recompute_blocks<B: AutodiffBackend>(
     // RoPE tables are constants: build them once on the autodiff backend.
     let n_axes = model.config.axes_dim.len();
     let ids = Tensor::cat(
-        vec![inputs.txt_ids.clone().narrow(2, 0, n_axes), inputs.img_ids.clone().narrow(2, 0, n_axes)],
+        vec![
+            inputs.txt_ids.clone().narrow(2, 0, n_axes),
+            inputs.img_ids.clone().narrow(2, 0, n_axes),
+        ],
         1,
     );
     let rope = Rope::new(ids, &model.config.axes_dim, model.config.theta);
@@ -159,7 +175,11 @@ fn recompute_blocks<B: AutodiffBackend>(
     // 2. Head: final layer and loss.
     let x_leaf = leaf::<B, 3>(&x);
     let vec_leaf = leaf::<B, 2>(&vec);
-    let loss = loss_fn(model.final_layer.forward(x_leaf.clone().narrow(1, l_txt, l_img), vec_leaf.clone()));
+    let loss = loss_fn(
+        model
+            .final_layer
+            .forward(x_leaf.clone().narrow(1, l_txt, l_img), vec_leaf.clone()),
+    );
     let grads = loss.backward();
     let mut g_x = x_leaf.grad(&grads);
     let mut g_vec = add_grad(None, &vec_leaf, &grads);
@@ -176,7 +196,10 @@ fn recompute_blocks<B: AutodiffBackend>(
         collect(block, grads, &mut out);
     }
     let (mut g_txt, mut g_img) = match g_x {
-        Some(g) => (Some(g.clone().narrow(1, 0, l_txt)), Some(g.narrow(1, l_txt, l_img))),
+        Some(g) => (
+            Some(g.clone().narrow(1, 0, l_txt)),
+            Some(g.narrow(1, l_txt, l_img)),
+        ),
         None => (None, None),
     };
 
@@ -221,5 +244,8 @@ fn recompute_blocks<B: AutodiffBackend>(
             collect(model, surrogate.backward(), &mut out);
         }
     }
-    Ok(StepGradients { loss: loss.inner(), grads: out })
+    Ok(StepGradients {
+        loss: loss.inner(),
+        grads: out,
+    })
 }

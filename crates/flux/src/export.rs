@@ -46,7 +46,11 @@ impl<B: Backend> ModuleVisitor<B> for PathCollector {
 type NamedValues = (String, Vec<usize>, Vec<f32>);
 
 fn collect<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<NamedValues>> {
-    let mut c = PathCollector { stack: Vec::new(), found: Vec::new(), error: None };
+    let mut c = PathCollector {
+        stack: Vec::new(),
+        found: Vec::new(),
+        error: None,
+    };
     module.visit(&mut c);
     match c.error {
         Some(e) => Err(FluxError::Config(format!("reading parameter {e}"))),
@@ -60,7 +64,9 @@ fn host(shape: Vec<usize>, data: Vec<f32>) -> Result<HostTensor> {
 
 /// A `[d_in, d_out]` linear weight as PyTorch's `[d_out, d_in]`.
 fn linear_weight(shape: Vec<usize>, data: Vec<f32>) -> Result<HostTensor> {
-    host(shape, data)?.transpose().map_err(|e| FluxError::Config(e.to_string()))
+    host(shape, data)?
+        .transpose()
+        .map_err(|e| FluxError::Config(e.to_string()))
 }
 
 /// The autoencoder's tensors under BFL `ae.safetensors` keys (`encoder.down.0.block.0.conv1.weight`…).
@@ -102,8 +108,15 @@ pub fn transformer_tensors<B: Backend>(flux: &Flux<B>) -> Result<Vec<(String, Ho
         let key = path
             .replace("_mlp.layer0.", "_mlp.0.")
             .replace("_mlp.layer2.", "_mlp.2.")
-            .replace("final_layer.ada_ln_modulation.", "final_layer.adaLN_modulation.1.");
-        let tensor = if shape.len() == 2 { linear_weight(shape, data)? } else { host(shape, data)? };
+            .replace(
+                "final_layer.ada_ln_modulation.",
+                "final_layer.adaLN_modulation.1.",
+            );
+        let tensor = if shape.len() == 2 {
+            linear_weight(shape, data)?
+        } else {
+            host(shape, data)?
+        };
         out.push((key, tensor));
     }
     Ok(out)

@@ -32,10 +32,15 @@ pub fn bf16_if_supported<B: Backend>(device: &B::Device) -> Option<DType> {
 
 /// Resolves a requested storage dtype: `None` is f32; any other dtype must be a float dtype the
 /// backend supports on `device`.
-pub(crate) fn storage_dtype<B: Backend>(device: &B::Device, requested: Option<DType>) -> Result<DType> {
+pub(crate) fn storage_dtype<B: Backend>(
+    device: &B::Device,
+    requested: Option<DType>,
+) -> Result<DType> {
     let dtype = requested.unwrap_or(DType::F32);
     if !dtype.is_float() {
-        return Err(FluxError::Config(format!("weight dtype {dtype:?} is not a float dtype; use F32 or BF16")));
+        return Err(FluxError::Config(format!(
+            "weight dtype {dtype:?} is not a float dtype; use F32 or BF16"
+        )));
     }
     if !B::supports_dtype(device, dtype) {
         return Err(FluxError::Config(format!(
@@ -56,17 +61,25 @@ pub(crate) fn model_subfolder(path: &Path, sub: &str) -> PathBuf {
 
 /// The key prefix of a text encoder's checkpoint at `path` (e.g. `text_model.` or a ComfyUI
 /// wrapper prefix), found by the I/O crate's probe for the model.
-pub(crate) fn text_encoder_prefix(ckpt: &Checkpoint, path: &Path, keys: &TextEncoderKeys) -> Result<String> {
-    keys.detect_prefix(ckpt.names()).ok_or_else(|| FluxError::UnknownModelFormat {
-        path: path.into(),
-        model: keys.model,
-        expected: keys.expected,
-    })
+pub(crate) fn text_encoder_prefix(
+    ckpt: &Checkpoint,
+    path: &Path,
+    keys: &TextEncoderKeys,
+) -> Result<String> {
+    keys.detect_prefix(ckpt.names())
+        .ok_or_else(|| FluxError::UnknownModelFormat {
+            path: path.into(),
+            model: keys.model,
+            expected: keys.expected,
+        })
 }
 
 /// Opens a checkpoint, mapping the I/O error into [`FluxError::Io`].
 pub(crate) fn open_checkpoint(path: &Path) -> Result<Checkpoint> {
-    Checkpoint::open(path).map_err(|e| FluxError::Io { path: path.into(), source: e })
+    Checkpoint::open(path).map_err(|e| FluxError::Io {
+        path: path.into(),
+        source: e,
+    })
 }
 
 /// Reads tensors by model-internal name from a checkpoint, translating each name to the file's
@@ -90,7 +103,14 @@ impl<'a, B: Backend> WeightReader<'a, B> {
         device: &B::Device,
         dtype: DType,
     ) -> Self {
-        Self { ckpt, path: path.into(), key_of: Box::new(key_of), device: device.clone(), dtype, used: BTreeSet::new() }
+        Self {
+            ckpt,
+            path: path.into(),
+            key_of: Box::new(key_of),
+            device: device.clone(),
+            dtype,
+            used: BTreeSet::new(),
+        }
     }
 
     /// The file key of internal name `name`.
@@ -100,7 +120,10 @@ impl<'a, B: Backend> WeightReader<'a, B> {
 
     /// The file shape of internal name `name`, `None` when absent.
     pub(crate) fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.ckpt.info(&self.key(name)).ok().map(|(_, s)| s.to_vec())
+        self.ckpt
+            .info(&self.key(name))
+            .ok()
+            .map(|(_, s)| s.to_vec())
     }
 
     /// The file shape of `name`, which must exist with rank `rank` (used to infer architectures).
@@ -118,17 +141,34 @@ impl<'a, B: Backend> WeightReader<'a, B> {
 
     /// Reads `name` as f32, checking its shape is `expected` or one of `alternatives` (same
     /// element order, e.g. a `[C, C, 1, 1]` 1×1 convolution read as a `[C, C]` linear).
-    pub(crate) fn host(&mut self, name: &str, expected: &[usize], alternatives: &[&[usize]]) -> Result<HostTensor> {
+    pub(crate) fn host(
+        &mut self,
+        name: &str,
+        expected: &[usize],
+        alternatives: &[&[usize]],
+    ) -> Result<HostTensor> {
         let key = self.key(name);
-        let found = self.ckpt.info(&key).map(|(_, s)| s.to_vec()).map_err(|_| FluxError::MissingKey {
-            path: self.path.clone(),
-            key: key.clone(),
-            expected: expected.to_vec(),
-        })?;
+        let found =
+            self.ckpt
+                .info(&key)
+                .map(|(_, s)| s.to_vec())
+                .map_err(|_| FluxError::MissingKey {
+                    path: self.path.clone(),
+                    key: key.clone(),
+                    expected: expected.to_vec(),
+                })?;
         if found != expected && !alternatives.contains(&found.as_slice()) {
-            return Err(FluxError::ShapeMismatch { path: self.path.clone(), key, expected: expected.to_vec(), found });
+            return Err(FluxError::ShapeMismatch {
+                path: self.path.clone(),
+                key,
+                expected: expected.to_vec(),
+                found,
+            });
         }
-        let mut t = self.ckpt.read_f32(&key).map_err(|e| FluxError::Io { path: self.path.clone(), source: e })?;
+        let mut t = self.ckpt.read_f32(&key).map_err(|e| FluxError::Io {
+            path: self.path.clone(),
+            source: e,
+        })?;
         t.shape = expected.to_vec();
         self.used.insert(key);
         Ok(t)
@@ -139,31 +179,56 @@ impl<'a, B: Backend> WeightReader<'a, B> {
     }
 
     /// Reads `name` with shape `shape` onto the device.
-    pub(crate) fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
+    pub(crate) fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>> {
         let t = self.host(name, &shape, &[])?;
         self.upload(t)
     }
 
     /// Reads `name` with shape `shape` onto the device as a frozen parameter.
-    pub(crate) fn param<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<B, D>>> {
+    pub(crate) fn param<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<B, D>>> {
         Ok(frozen(self.tensor(name, shape)?))
     }
 
     /// Reads the linear `{name}.weight` (`[d_out, d_in]`, or `[d_out, d_in, 1, 1]` when
     /// `allow_1x1`) and, when `bias`, `{name}.bias` `[d_out]`.
-    pub(crate) fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool, allow_1x1: bool) -> Result<Linear<B>> {
+    pub(crate) fn linear(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        allow_1x1: bool,
+    ) -> Result<Linear<B>> {
         let alt: &[usize] = &[d_out, d_in, 1, 1];
         let alts: &[&[usize]] = if allow_1x1 { &[alt] } else { &[] };
         let w = self.host(&format!("{name}.weight"), &[d_out, d_in], alts)?;
-        let w = w.transpose().map_err(|e| FluxError::Config(e.to_string()))?;
+        let w = w
+            .transpose()
+            .map_err(|e| FluxError::Config(e.to_string()))?;
         let weight = frozen(self.upload(w)?);
-        let bias = if bias { Some(self.param(&format!("{name}.bias"), [d_out])?) } else { None };
+        let bias = if bias {
+            Some(self.param(&format!("{name}.bias"), [d_out])?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 
     /// Checkpoint keys starting with `prefix` that were never read.
     pub(crate) fn unused_with_prefix(&self, prefix: &str) -> Vec<String> {
-        self.ckpt.names().filter(|k| k.starts_with(prefix) && !self.used.contains(*k)).map(str::to_string).collect()
+        self.ckpt
+            .names()
+            .filter(|k| k.starts_with(prefix) && !self.used.contains(*k))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Fails naming the first unread key under `prefix` (a tensor the inferred architecture has no
@@ -195,25 +260,53 @@ pub(crate) type Vector<B> = Param<Tensor<B, 1>>;
 /// `.weight` / `.bias` suffix.
 pub(crate) trait LayerSource<B: Backend> {
     /// A linear `d_in → d_out` (checkpoints may store it as a 1×1 convolution when `allow_1x1`).
-    fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool, allow_1x1: bool) -> Result<Linear<B>>;
+    fn linear(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        allow_1x1: bool,
+    ) -> Result<Linear<B>>;
     /// A square-kernel convolution `c_in → c_out`.
-    fn conv2d(&mut self, name: &str, c_in: usize, c_out: usize, kernel: usize) -> Result<Conv2d<B>>;
+    fn conv2d(&mut self, name: &str, c_in: usize, c_out: usize, kernel: usize)
+        -> Result<Conv2d<B>>;
     /// A normalisation's affine pair (`{name}.weight`, `{name}.bias`), each `[channels]`.
     fn norm_affine(&mut self, name: &str, channels: usize) -> Result<(Vector<B>, Vector<B>)>;
 }
 
 impl<B: Backend> LayerSource<B> for WeightReader<'_, B> {
-    fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool, allow_1x1: bool) -> Result<Linear<B>> {
+    fn linear(
+        &mut self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        allow_1x1: bool,
+    ) -> Result<Linear<B>> {
         WeightReader::linear(self, name, d_in, d_out, bias, allow_1x1)
     }
-    fn conv2d(&mut self, name: &str, c_in: usize, c_out: usize, kernel: usize) -> Result<Conv2d<B>> {
+    fn conv2d(
+        &mut self,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+    ) -> Result<Conv2d<B>> {
         Ok(Conv2d {
             weight: self.param(&format!("{name}.weight"), [c_out, c_in, kernel, kernel])?,
             bias: self.param(&format!("{name}.bias"), [c_out])?,
         })
     }
-    fn norm_affine(&mut self, name: &str, channels: usize) -> Result<(Param<Tensor<B, 1>>, Param<Tensor<B, 1>>)> {
-        Ok((self.param(&format!("{name}.weight"), [channels])?, self.param(&format!("{name}.bias"), [channels])?))
+    fn norm_affine(
+        &mut self,
+        name: &str,
+        channels: usize,
+    ) -> Result<(Param<Tensor<B, 1>>, Param<Tensor<B, 1>>)> {
+        Ok((
+            self.param(&format!("{name}.weight"), [channels])?,
+            self.param(&format!("{name}.bias"), [channels])?,
+        ))
     }
 }
 
@@ -226,24 +319,52 @@ pub(crate) struct RandomLayers<B: Backend> {
 
 impl<B: Backend> RandomLayers<B> {
     pub(crate) fn new(device: &B::Device) -> Self {
-        Self { device: device.clone() }
+        Self {
+            device: device.clone(),
+        }
     }
 
     fn uniform<const D: usize>(&self, shape: [usize; D], fan_in: usize) -> Param<Tensor<B, D>> {
         let bound = 1.0 / (fan_in as f64).sqrt();
-        Param::from_tensor(Tensor::random(shape, Distribution::Uniform(-bound, bound), &self.device).require_grad())
+        Param::from_tensor(
+            Tensor::random(shape, Distribution::Uniform(-bound, bound), &self.device)
+                .require_grad(),
+        )
     }
 }
 
 impl<B: Backend> LayerSource<B> for RandomLayers<B> {
-    fn linear(&mut self, _name: &str, d_in: usize, d_out: usize, bias: bool, _allow_1x1: bool) -> Result<Linear<B>> {
-        Ok(Linear { weight: self.uniform([d_in, d_out], d_in), bias: bias.then(|| self.uniform([d_out], d_in)) })
+    fn linear(
+        &mut self,
+        _name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        _allow_1x1: bool,
+    ) -> Result<Linear<B>> {
+        Ok(Linear {
+            weight: self.uniform([d_in, d_out], d_in),
+            bias: bias.then(|| self.uniform([d_out], d_in)),
+        })
     }
-    fn conv2d(&mut self, _name: &str, c_in: usize, c_out: usize, kernel: usize) -> Result<Conv2d<B>> {
+    fn conv2d(
+        &mut self,
+        _name: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+    ) -> Result<Conv2d<B>> {
         let fan_in = c_in * kernel * kernel;
-        Ok(Conv2d { weight: self.uniform([c_out, c_in, kernel, kernel], fan_in), bias: self.uniform([c_out], fan_in) })
+        Ok(Conv2d {
+            weight: self.uniform([c_out, c_in, kernel, kernel], fan_in),
+            bias: self.uniform([c_out], fan_in),
+        })
     }
-    fn norm_affine(&mut self, _name: &str, channels: usize) -> Result<(Param<Tensor<B, 1>>, Param<Tensor<B, 1>>)> {
+    fn norm_affine(
+        &mut self,
+        _name: &str,
+        channels: usize,
+    ) -> Result<(Param<Tensor<B, 1>>, Param<Tensor<B, 1>>)> {
         let ones = Tensor::ones([channels], &self.device).require_grad();
         let zeros = Tensor::zeros([channels], &self.device).require_grad();
         Ok((Param::from_tensor(ones), Param::from_tensor(zeros)))
@@ -286,7 +407,12 @@ impl<B: Backend> Conv2d<B> {
         if prefers_im2col::<B>(&x.device()) {
             return conv2d_im2col(x, self.weight.val(), self.bias.val(), 1, [padding; 4]);
         }
-        conv2d(x, self.weight.val(), Some(self.bias.val()), ConvOptions::new([1, 1], [padding, padding], [1, 1], 1))
+        conv2d(
+            x,
+            self.weight.val(),
+            Some(self.bias.val()),
+            ConvOptions::new([1, 1], [padding, padding], [1, 1], 1),
+        )
     }
 
     /// Stride 2 after zero padding of one row at the bottom and one column at the right (the
@@ -323,10 +449,20 @@ pub(crate) fn conv2d_im2col<B: Backend>(
     use burn::tensor::Slice;
     let [n, ci, _, _] = x.dims();
     let [co, _, k, _] = weight.dims();
-    let x = if pad == [0; 4] { x } else { x.pad((pad[2], pad[3], pad[0], pad[1]), PadMode::Constant(0.0)) };
+    let x = if pad == [0; 4] {
+        x
+    } else {
+        x.pad((pad[2], pad[3], pad[0], pad[1]), PadMode::Constant(0.0))
+    };
     let [_, _, hp, wp] = x.dims();
     let (ho, wo) = ((hp - k) / stride + 1, (wp - k) / stride + 1);
-    let window = |start: usize, len: usize| Slice::new(start as isize, Some((start + stride * (len - 1) + 1) as isize), stride as isize);
+    let window = |start: usize, len: usize| {
+        Slice::new(
+            start as isize,
+            Some((start + stride * (len - 1) + 1) as isize),
+            stride as isize,
+        )
+    };
     let mut patches = Vec::with_capacity(k * k);
     for ky in 0..k {
         for kx in 0..k {
@@ -335,8 +471,14 @@ pub(crate) fn conv2d_im2col<B: Backend>(
             patches.push(p.reshape([n, ci, ho * wo]));
         }
     }
-    let cols = if k == 1 { patches.remove(0) } else { Tensor::stack::<4>(patches, 2).reshape([n, ci * k * k, ho * wo]) };
-    let w = weight.reshape([1, co, ci * k * k]).expand([n, co, ci * k * k]);
+    let cols = if k == 1 {
+        patches.remove(0)
+    } else {
+        Tensor::stack::<4>(patches, 2).reshape([n, ci * k * k, ho * wo])
+    };
+    let w = weight
+        .reshape([1, co, ci * k * k])
+        .expand([n, co, ci * k * k]);
     (w.matmul(cols) + bias.reshape([1, co, 1])).reshape([n, co, ho, wo])
 }
 
@@ -371,9 +513,15 @@ pub(crate) fn cast_to<B: Backend, const D: usize>(x: Tensor<B, D>, dtype: DType)
 }
 
 /// Token ids `[B, L]` read back to the host (row-major), checked to lie in `0..vocab`.
-pub(crate) fn host_ids<B: Backend>(ids: &Tensor<B, 2, burn::tensor::Int>, vocab: usize) -> Result<Vec<i64>> {
+pub(crate) fn host_ids<B: Backend>(
+    ids: &Tensor<B, 2, burn::tensor::Int>,
+    vocab: usize,
+) -> Result<Vec<i64>> {
     let data = ids.to_data().convert::<i64>();
-    let v = data.to_vec::<i64>().map_err(|e| FluxError::Input { name: "input_ids".into(), message: format!("{e:?}") })?;
+    let v = data.to_vec::<i64>().map_err(|e| FluxError::Input {
+        name: "input_ids".into(),
+        message: format!("{e:?}"),
+    })?;
     if let Some(bad) = v.iter().find(|&&i| i < 0 || i as usize >= vocab) {
         return Err(FluxError::Input {
             name: "input_ids".into(),
@@ -400,11 +548,21 @@ mod tests {
     fn im2col_convolution_matches_the_direct_one_with_gradients() {
         let dev = Default::default();
         let u = Distribution::Uniform(-1.0, 1.0);
-        for (k, stride, pad) in [(3usize, 1usize, [1usize; 4]), (1, 1, [0; 4]), (3, 2, [0, 1, 0, 1])] {
+        for (k, stride, pad) in [
+            (3usize, 1usize, [1usize; 4]),
+            (1, 1, [0; 4]),
+            (3, 2, [0, 1, 0, 1]),
+        ] {
             let x = Tensor::<AB, 4>::random([2, 3, 7, 6], u, &dev).require_grad();
             let w = Tensor::<AB, 4>::random([4, 3, k, k], u, &dev).require_grad();
             let b = Tensor::<AB, 1>::random([4], u, &dev).require_grad();
-            let options = PaddedConvOptions::asymmetric([stride, stride], [pad[0], pad[2]], [pad[1], pad[3]], [1, 1], 1);
+            let options = PaddedConvOptions::asymmetric(
+                [stride, stride],
+                [pad[0], pad[2]],
+                [pad[1], pad[3]],
+                [1, 1],
+                1,
+            );
             let direct = conv2d(x.clone(), w.clone(), Some(b.clone()), options);
             let ours = conv2d_im2col(x.clone(), w.clone(), b.clone(), stride, pad);
             assert_eq!(direct.dims(), ours.dims(), "k {k} stride {stride}");
@@ -412,9 +570,18 @@ mod tests {
             let probe = Tensor::<AB, 4>::random(direct.dims(), u, &dev);
             let g1 = (direct * probe.clone()).sum().backward();
             let g2 = (ours * probe).sum().backward();
-            assert!(max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap()) < 1e-5, "dx k {k} stride {stride}");
-            assert!(max_diff(w.grad(&g1).unwrap(), w.grad(&g2).unwrap()) < 1e-5, "dw k {k} stride {stride}");
-            assert!(max_diff(b.grad(&g1).unwrap(), b.grad(&g2).unwrap()) < 1e-5, "db k {k} stride {stride}");
+            assert!(
+                max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap()) < 1e-5,
+                "dx k {k} stride {stride}"
+            );
+            assert!(
+                max_diff(w.grad(&g1).unwrap(), w.grad(&g2).unwrap()) < 1e-5,
+                "dw k {k} stride {stride}"
+            );
+            assert!(
+                max_diff(b.grad(&g1).unwrap(), b.grad(&g2).unwrap()) < 1e-5,
+                "db k {k} stride {stride}"
+            );
         }
     }
 }

@@ -103,7 +103,11 @@ mod tests {
                 }
             }
         }
-        let back = unpack(packed, 2, 3).unwrap().into_data().into_vec::<f32>().unwrap();
+        let back = unpack(packed, 2, 3)
+            .unwrap()
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
         assert_eq!(back, data);
     }
 
@@ -117,8 +121,13 @@ mod tests {
     #[test]
     fn ids_are_row_col() {
         let dev = Default::default();
-        let ids = img_ids::<B>(2, 2, 3, &dev).into_data().into_vec::<f32>().unwrap();
-        let one = [0., 0., 0., 0., 0., 1., 0., 0., 2., 0., 1., 0., 0., 1., 1., 0., 1., 2.];
+        let ids = img_ids::<B>(2, 2, 3, &dev)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        let one = [
+            0., 0., 0., 0., 0., 1., 0., 0., 2., 0., 1., 0., 0., 1., 1., 0., 1., 2.,
+        ];
         assert_eq!(&ids[..18], &one);
         assert_eq!(&ids[18..], &one);
         assert_eq!(token_grid(1360, 768), (85, 48));

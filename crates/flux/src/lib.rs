@@ -56,13 +56,13 @@ pub mod t5;
 pub mod tokenizer;
 pub mod transformer;
 
-pub use checkpointing::{forward_backward, Checkpointing, StepGradients};
-pub use error::{FluxError, Result};
-pub use transformer::config::FluxConfig;
-pub use transformer::load::{FluxCheckpoint, LoadOptions};
-pub use transformer::model::{Flux, FluxInputs};
 pub use autoencoder::{Autoencoder, AutoencoderConfig, AutoencoderLoadOptions, TileOptions};
+pub use checkpointing::{forward_backward, Checkpointing, StepGradients};
 pub use clip::{ClipLoadOptions, ClipOutput, ClipTextModel};
+pub use error::{FluxError, Result};
 pub use frozen::bf16_if_supported;
 pub use t5::{T5Encoder, T5LoadOptions};
 pub use tokenizer::{TextTokenizer, Tokens};
+pub use transformer::config::FluxConfig;
+pub use transformer::load::{FluxCheckpoint, LoadOptions};
+pub use transformer::model::{Flux, FluxInputs};

@@ -55,7 +55,12 @@ pub fn denoise_cfg<B: Backend>(
 }
 
 /// The model's velocity at `img`, time `t`.
-fn velocity<B: Backend>(model: &Flux<B>, img: Tensor<B, 3>, cond: &Conditioning<B>, t: f64) -> Result<Tensor<B, 3>> {
+fn velocity<B: Backend>(
+    model: &Flux<B>,
+    img: Tensor<B, 3>,
+    cond: &Conditioning<B>,
+    t: f64,
+) -> Result<Tensor<B, 3>> {
     let device = img.device();
     let batch = img.dims()[0];
     let inputs = FluxInputs {
@@ -65,7 +70,9 @@ fn velocity<B: Backend>(model: &Flux<B>, img: Tensor<B, 3>, cond: &Conditioning<
         txt_ids: cond.txt_ids.clone(),
         timesteps: Tensor::full([batch], t as f32, &device),
         y: cond.y.clone(),
-        guidance: cond.guidance.map(|g| Tensor::<B, 1>::full([batch], g, &device)),
+        guidance: cond
+            .guidance
+            .map(|g| Tensor::<B, 1>::full([batch], g, &device)),
     };
     model.forward(&inputs)
 }
@@ -79,7 +86,10 @@ fn euler<B: Backend>(
     if timesteps.len() < 2 {
         return Err(FluxError::Input {
             name: "timesteps".into(),
-            message: format!("{} value(s); need at least 2 (start and end)", timesteps.len()),
+            message: format!(
+                "{} value(s); need at least 2 (start and end)",
+                timesteps.len()
+            ),
         });
     }
     let mut img = noise;

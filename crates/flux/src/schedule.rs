@@ -129,7 +129,9 @@ pub fn flow_match_sigma(index: usize, n: usize, shift: f64) -> f32 {
 
 /// The whole table of [`flow_match_sigma`]: `n` values from 1.0 down to `shift·(1/n) / …`.
 pub fn flow_match_sigmas(n: usize, shift: f64) -> Vec<f32> {
-    (0..n.max(1)).map(|i| flow_match_sigma(i, n, shift)).collect()
+    (0..n.max(1))
+        .map(|i| flow_match_sigma(i, n, shift))
+        .collect()
 }
 
 impl SigmaSampler {
@@ -140,15 +142,25 @@ impl SigmaSampler {
             SigmaSampler::Uniform => u,
             SigmaSampler::Sigmoid { scale } => sigmoid(scale * n),
             SigmaSampler::LogitNormal { mean, std } => sigmoid(mean + std * n),
-            SigmaSampler::Shift { shift, sigmoid_scale } => {
+            SigmaSampler::Shift {
+                shift,
+                sigmoid_scale,
+            } => {
                 let q = sigmoid(sigmoid_scale * n);
                 shift * q / (1.0 + (shift - 1.0) * q)
             }
-            SigmaSampler::FluxShift { sigmoid_scale, base_shift, max_shift } => {
+            SigmaSampler::FluxShift {
+                sigmoid_scale,
+                base_shift,
+                max_shift,
+            } => {
                 let q = sigmoid(sigmoid_scale * n);
                 time_shift(lin_mu(image_seq_len, base_shift, max_shift), 1.0, q)
             }
-            SigmaSampler::Discrete { shift, num_train_timesteps } => {
+            SigmaSampler::Discrete {
+                shift,
+                num_train_timesteps,
+            } => {
                 // kohya: indices = (u · N).long(), u ∈ [0, 1).
                 let index = (u * num_train_timesteps as f64).floor().max(0.0) as usize;
                 f64::from(flow_match_sigma(index, num_train_timesteps, shift))
@@ -166,8 +178,16 @@ impl SigmaSampler {
     ) -> Tensor<B, 1> {
         let u: Tensor<B, 1> = Tensor::random([batch], Distribution::Uniform(0.0, 1.0), device);
         let n: Tensor<B, 1> = Tensor::random([batch], Distribution::Normal(0.0, 1.0), device);
-        let u = u.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
-        let n = n.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
+        let u = u
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default();
+        let n = n
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default();
         let sigmas: Vec<f32> = u
             .iter()
             .zip(&n)
@@ -232,7 +252,10 @@ mod tests {
 
     #[test]
     fn schnell_schedule_is_linear() {
-        assert_eq!(get_schedule(4, 4096, BASE_SHIFT, MAX_SHIFT, false), vec![1.0, 0.75, 0.5, 0.25, 0.0]);
+        assert_eq!(
+            get_schedule(4, 4096, BASE_SHIFT, MAX_SHIFT, false),
+            vec![1.0, 0.75, 0.5, 0.25, 0.0]
+        );
     }
 
     #[test]
@@ -251,13 +274,25 @@ mod tests {
         let q = 1.0 / (1.0 + (-n).exp());
         assert_eq!(SigmaSampler::Uniform.sigma(0.25, n, 1), 0.25);
         assert!((SigmaSampler::Sigmoid { scale: 1.0 }.sigma(0.0, n, 1) - q).abs() < 1e-15);
-        let ln = SigmaSampler::LogitNormal { mean: 0.5, std: 2.0 }.sigma(0.0, n, 1);
+        let ln = SigmaSampler::LogitNormal {
+            mean: 0.5,
+            std: 2.0,
+        }
+        .sigma(0.0, n, 1);
         assert!((ln - 1.0 / (1.0 + (-(0.5 + 0.6f64)).exp())).abs() < 1e-15);
-        let sh = SigmaSampler::Shift { shift: 3.0, sigmoid_scale: 1.0 }.sigma(0.0, n, 1);
+        let sh = SigmaSampler::Shift {
+            shift: 3.0,
+            sigmoid_scale: 1.0,
+        }
+        .sigma(0.0, n, 1);
         assert!((sh - 3.0 * q / (1.0 + 2.0 * q)).abs() < 1e-15);
         // flux_shift at 4096 tokens: μ = 1.15, so σ = e^1.15·q / (1 + (e^1.15 − 1)·q).
-        let fs = SigmaSampler::FluxShift { sigmoid_scale: 1.0, base_shift: 0.5, max_shift: 1.15 }
-            .sigma(0.0, n, 4096);
+        let fs = SigmaSampler::FluxShift {
+            sigmoid_scale: 1.0,
+            base_shift: 0.5,
+            max_shift: 1.15,
+        }
+        .sigma(0.0, n, 4096);
         let s = 1.15f64.exp();
         assert!((fs - s * q / (1.0 + (s - 1.0) * q)).abs() < 1e-12);
     }
@@ -271,7 +306,10 @@ mod tests {
             for (i, &v) in table.iter().enumerate() {
                 let s = (1000 - i) as f64 / 1000.0;
                 let want = shift * s / (1.0 + (shift - 1.0) * s);
-                assert!((f64::from(v) - want).abs() <= 2e-7 * want, "shift {shift} index {i}: {v} vs {want}");
+                assert!(
+                    (f64::from(v) - want).abs() <= 2e-7 * want,
+                    "shift {shift} index {i}: {v} vs {want}"
+                );
             }
             assert_eq!(table[0], 1.0);
             assert!(table.windows(2).all(|w| w[0] > w[1]));
@@ -282,13 +320,26 @@ mod tests {
 
     #[test]
     fn discrete_sampler_picks_the_table_entry_of_floor_u_n() {
-        let d = SigmaSampler::Discrete { shift: 3.0, num_train_timesteps: 1000 };
+        let d = SigmaSampler::Discrete {
+            shift: 3.0,
+            num_train_timesteps: 1000,
+        };
         let entry = |i: usize| {
             let s = (1000 - i) as f64 / 1000.0;
             3.0 * s / (1.0 + 2.0 * s)
         };
-        for (u, i) in [(0.0, 0usize), (0.0009, 0), (0.001, 1), (0.4999, 499), (0.5, 500), (0.999_999, 999)] {
-            assert!((d.sigma(u, 0.7, 4096) - entry(i)).abs() < 1e-6, "u = {u} should pick index {i}");
+        for (u, i) in [
+            (0.0, 0usize),
+            (0.0009, 0),
+            (0.001, 1),
+            (0.4999, 499),
+            (0.5, 500),
+            (0.999_999, 999),
+        ] {
+            assert!(
+                (d.sigma(u, 0.7, 4096) - entry(i)).abs() < 1e-6,
+                "u = {u} should pick index {i}"
+            );
         }
     }
 
@@ -300,7 +351,11 @@ mod tests {
         assert!((LossWeighting::CosMap.weight(0.5) - 4.0 / std::f64::consts::PI).abs() < 1e-12);
         let dev = Default::default();
         let s = Tensor::<NdArray, 1>::from_floats([0.2, 0.5, 0.9], &dev);
-        for w in [LossWeighting::None, LossWeighting::SigmaSqrt, LossWeighting::CosMap] {
+        for w in [
+            LossWeighting::None,
+            LossWeighting::SigmaSqrt,
+            LossWeighting::CosMap,
+        ] {
             let got = w.weights(s.clone()).into_data().into_vec::<f32>().unwrap();
             for (g, sigma) in got.iter().zip([0.2, 0.5, 0.9]) {
                 assert!((*g as f64 - w.weight(sigma)).abs() < 1e-5 * w.weight(sigma).max(1.0));
@@ -311,7 +366,11 @@ mod tests {
     #[test]
     fn batch_sampling_stays_in_range() {
         let dev = Default::default();
-        let s = SigmaSampler::LogitNormal { mean: 0.0, std: 1.0 }.sample::<NdArray>(64, 1024, &dev);
+        let s = SigmaSampler::LogitNormal {
+            mean: 0.0,
+            std: 1.0,
+        }
+        .sample::<NdArray>(64, 1024, &dev);
         let v = s.into_data().into_vec::<f32>().unwrap();
         assert_eq!(v.len(), 64);
         assert!(v.iter().all(|&x| x > 0.0 && x < 1.0));

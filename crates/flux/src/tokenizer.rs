@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use tokenizers::{
-    PaddingDirection, PaddingParams, PaddingStrategy, PostProcessor, TruncationDirection, TruncationParams,
-    TruncationStrategy,
+    PaddingDirection, PaddingParams, PaddingStrategy, PostProcessor, TruncationDirection,
+    TruncationParams, TruncationStrategy,
 };
 
 use crate::error::{FluxError, Result};
@@ -46,7 +46,10 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer").field("path", &self.path).field("max_length", &self.max_length).finish()
+        f.debug_struct("TextTokenizer")
+            .field("path", &self.path)
+            .field("max_length", &self.max_length)
+            .finish()
     }
 }
 
@@ -54,7 +57,11 @@ impl TextTokenizer {
     /// CLIP tokenizer: 77 tokens, padded with `<|endoftext|>`. `path` is a `tokenizer.json`, a
     /// folder holding one, or a Flux model folder (its `tokenizer/`).
     pub fn clip(path: impl AsRef<Path>) -> Result<Self> {
-        Self::from_file(resolve(path.as_ref(), "tokenizer"), CLIP_MAX_LENGTH, "<|endoftext|>")
+        Self::from_file(
+            resolve(path.as_ref(), "tokenizer"),
+            CLIP_MAX_LENGTH,
+            "<|endoftext|>",
+        )
     }
 
     /// T5 tokenizer: `max_length` tokens ([`T5_MAX_LENGTH_DEV`] or [`T5_MAX_LENGTH_SCHNELL`]),
@@ -66,15 +73,27 @@ impl TextTokenizer {
     /// Any `tokenizer.json`, padded with `pad_token` and truncated to `max_length`.
     pub fn from_file(path: impl AsRef<Path>, max_length: usize, pad_token: &str) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let err = |message: String| FluxError::Tokenizer { path: path.clone(), message };
-        let mut inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| err(format!("cannot load: {e}; point at the model's tokenizer.json")))?;
-        let pad_id = inner
-            .token_to_id(pad_token)
-            .ok_or_else(|| err(format!("has no padding token `{pad_token}`; it is not the expected tokenizer")))?;
-        let specials = inner.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        let err = |message: String| FluxError::Tokenizer {
+            path: path.clone(),
+            message,
+        };
+        let mut inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| {
+            err(format!(
+                "cannot load: {e}; point at the model's tokenizer.json"
+            ))
+        })?;
+        let pad_id = inner.token_to_id(pad_token).ok_or_else(|| {
+            err(format!(
+                "has no padding token `{pad_token}`; it is not the expected tokenizer"
+            ))
+        })?;
+        let specials = inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
         if max_length <= specials {
-            return Err(err(format!("max_length {max_length} leaves no room beside {specials} special tokens")));
+            return Err(err(format!(
+                "max_length {max_length} leaves no room beside {specials} special tokens"
+            )));
         }
         inner
             .with_truncation(Some(TruncationParams {
@@ -92,7 +111,11 @@ impl TextTokenizer {
             pad_type_id: 0,
             pad_token: pad_token.to_string(),
         }));
-        Ok(Self { inner, path, max_length })
+        Ok(Self {
+            inner,
+            path,
+            max_length,
+        })
     }
 
     /// The fixed output length.
@@ -110,8 +133,14 @@ impl TextTokenizer {
         let enc = self
             .inner
             .encode(text, true)
-            .map_err(|e| FluxError::Tokenizer { path: self.path.clone(), message: format!("cannot encode {text:?}: {e}") })?;
-        Ok(Tokens { ids: enc.get_ids().to_vec(), attention_mask: enc.get_attention_mask().to_vec() })
+            .map_err(|e| FluxError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot encode {text:?}: {e}"),
+            })?;
+        Ok(Tokens {
+            ids: enc.get_ids().to_vec(),
+            attention_mask: enc.get_attention_mask().to_vec(),
+        })
     }
 
     /// Tokenizes several texts.
@@ -139,7 +168,11 @@ pub fn ids_tensor<B: Backend>(tokens: &[Tokens], device: &B::Device) -> Result<T
 
 /// Attention masks `[N, L]` (1 = token, 0 = padding) as an int tensor.
 pub fn mask_tensor<B: Backend>(tokens: &[Tokens], device: &B::Device) -> Result<Tensor<B, 2, Int>> {
-    rows_tensor(tokens.iter().map(|t| t.attention_mask.as_slice()), "attention_mask", device)
+    rows_tensor(
+        tokens.iter().map(|t| t.attention_mask.as_slice()),
+        "attention_mask",
+        device,
+    )
 }
 
 fn rows_tensor<'a, B: Backend>(
@@ -155,6 +188,12 @@ fn rows_tensor<'a, B: Backend>(
             message: "expected at least one row, all of the same non-zero length".into(),
         });
     }
-    let data: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|&v| v as i64)).collect();
-    Ok(Tensor::from_data(TensorData::new(data, [rows.len(), l]), device))
+    let data: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&v| v as i64))
+        .collect();
+    Ok(Tensor::from_data(
+        TensorData::new(data, [rows.len(), l]),
+        device,
+    ))
 }

@@ -15,16 +15,28 @@ use crate::lora::{inputs, tiny};
 type B = NdArray;
 
 fn tiny_base_vae() -> std::path::PathBuf {
-    crate::common::fixtures_dir().parent().unwrap().join("tiny-base").join("vae")
+    crate::common::fixtures_dir()
+        .parent()
+        .unwrap()
+        .join("tiny-base")
+        .join("vae")
 }
 
 fn options() -> AutoencoderLoadOptions {
     // fixtures/tiny-base/vae/config.json
-    AutoencoderLoadOptions { norm_groups: 4, scale_factor: 0.3611, shift_factor: 0.1159, ..Default::default() }
+    AutoencoderLoadOptions {
+        norm_groups: 4,
+        scale_factor: 0.3611,
+        shift_factor: 0.1159,
+        ..Default::default()
+    }
 }
 
 fn write(path: &std::path::Path, tensors: &[(String, fluxlora_io::HostTensor)]) {
-    let refs: Vec<(&str, TensorRef<'_>)> = tensors.iter().map(|(k, t)| (k.as_str(), TensorRef::f32(t))).collect();
+    let refs: Vec<(&str, TensorRef<'_>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), TensorRef::f32(t)))
+        .collect();
     write_safetensors(path, &refs, &BTreeMap::new()).unwrap();
 }
 
@@ -39,7 +51,11 @@ fn an_exported_autoencoder_loads_back_as_the_same_model_under_bfl_keys() {
     let tensors = autoencoder_tensors(&ae).unwrap();
     // BFL names (the diffusers file had `down_blocks` / `mid_block.attentions`).
     let keys: Vec<&str> = tensors.iter().map(|(k, _)| k.as_str()).collect();
-    for want in ["encoder.down.0.block.0.norm1.weight", "decoder.mid.attn_1.q.weight", "decoder.up.3.upsample.conv.bias"] {
+    for want in [
+        "encoder.down.0.block.0.norm1.weight",
+        "decoder.mid.attn_1.q.weight",
+        "decoder.up.3.upsample.conv.bias",
+    ] {
         assert!(keys.contains(&want), "{want} missing from {keys:?}");
     }
     let dir = tempfile::tempdir().unwrap();
@@ -50,7 +66,10 @@ fn an_exported_autoencoder_loads_back_as_the_same_model_under_bfl_keys() {
     let x = Tensor::<B, 4>::random([1, 3, 16, 16], Distribution::Uniform(-1.0, 1.0), &dev);
     let (z0, z1) = (ae.encode(x.clone()).unwrap(), back.encode(x).unwrap());
     assert_eq!(max_diff(z0.clone(), z1), 0.0);
-    assert_eq!(max_diff(ae.decode(z0.clone()).unwrap(), back.decode(z0).unwrap()), 0.0);
+    assert_eq!(
+        max_diff(ae.decode(z0.clone()).unwrap(), back.decode(z0).unwrap()),
+        0.0
+    );
 }
 
 #[test]
@@ -60,23 +79,38 @@ fn an_exported_transformer_loads_back_as_the_same_model_under_bfl_keys() {
     let model = Flux::<B>::init(&config, &dev).unwrap();
     let tensors = transformer_tensors(&model).unwrap();
     let keys: Vec<&str> = tensors.iter().map(|(k, _)| k.as_str()).collect();
-    for want in ["double_blocks.0.img_mlp.0.weight", "final_layer.adaLN_modulation.1.bias", "single_blocks.1.norm.key_norm.scale"] {
+    for want in [
+        "double_blocks.0.img_mlp.0.weight",
+        "final_layer.adaLN_modulation.1.bias",
+        "single_blocks.1.norm.key_norm.scale",
+    ] {
         assert!(keys.contains(&want), "{want} missing");
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flux.safetensors");
     write(&path, &tensors);
-    let options = LoadOptions { axes_dim: Some(config.axes_dim.clone()), ..Default::default() };
+    let options = LoadOptions {
+        axes_dim: Some(config.axes_dim.clone()),
+        ..Default::default()
+    };
     let back = Flux::<B>::load(&path, &options, &dev).unwrap();
     let x = inputs::<B>(&config, 2, &dev);
-    assert_eq!(max_diff(model.forward(&x).unwrap(), back.forward(&x).unwrap()), 0.0);
+    assert_eq!(
+        max_diff(model.forward(&x).unwrap(), back.forward(&x).unwrap()),
+        0.0
+    );
 }
 
 #[test]
 fn a_transformer_with_adapters_is_not_exported_as_a_base() {
     let dev = Default::default();
     let mut model = Flux::<B>::init(&tiny(), &dev).unwrap();
-    model.apply_lora(&fluxlora_lora::TargetSelector::new(fluxlora_lora::Preset::Kohya, 2, 2.0), &dev).unwrap();
+    model
+        .apply_lora(
+            &fluxlora_lora::TargetSelector::new(fluxlora_lora::Preset::Kohya, 2, 2.0),
+            &dev,
+        )
+        .unwrap();
     let err = transformer_tensors(&model).unwrap_err().to_string();
     assert!(err.contains("LoRA adapter"), "{err}");
 }
@@ -99,11 +133,19 @@ impl ModuleVisitor<Autodiff<B>> for GradCount<'_> {
 }
 
 fn grad_count(ae: &Autoencoder<Autodiff<B>>) -> (usize, usize) {
-    let x = Tensor::<Autodiff<B>, 4>::random([1, 3, 8, 8], Distribution::Uniform(-1.0, 1.0), &Default::default());
+    let x = Tensor::<Autodiff<B>, 4>::random(
+        [1, 3, 8, 8],
+        Distribution::Uniform(-1.0, 1.0),
+        &Default::default(),
+    );
     let z = ae.encode(x.clone()).unwrap();
     let loss = (ae.decode(z).unwrap() - x).powi_scalar(2).mean();
     let grads = loss.backward();
-    let mut c = GradCount { grads: &grads, with: 0, without: 0 };
+    let mut c = GradCount {
+        grads: &grads,
+        with: 0,
+        without: 0,
+    };
     ae.visit(&mut c);
     (c.with, c.without)
 }

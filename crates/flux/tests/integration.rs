@@ -1,9 +1,9 @@
 //! All integration tests of fluxlora-flux, compiled as one test binary (one link instead of one per file).
 
-mod common;
-mod export;
 mod autoencoder;
 mod bf16_base;
+mod common;
+mod export;
 mod load_errors;
 mod lora;
 mod parity;

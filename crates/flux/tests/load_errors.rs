@@ -10,16 +10,28 @@ use burn::tensor::DType;
 use fluxlora_flux::{Flux, FluxCheckpoint, FluxError, LoadOptions};
 use fluxlora_io::{write_safetensors, HostTensor, SafeTensorsFile, TensorRef};
 
-fn copy_with(src: &Path, dst: &Path, edit: impl Fn(&str, HostTensor) -> Option<(String, HostTensor)>) {
+fn copy_with(
+    src: &Path,
+    dst: &Path,
+    edit: impl Fn(&str, HostTensor) -> Option<(String, HostTensor)>,
+) {
     let f = SafeTensorsFile::open(src).unwrap();
-    let tensors: Vec<(String, HostTensor)> =
-        f.names().filter_map(|n| edit(n, f.read_f32(n).unwrap())).collect();
-    let refs: Vec<(&str, TensorRef)> = tensors.iter().map(|(n, t)| (n.as_str(), TensorRef::f32(t))).collect();
+    let tensors: Vec<(String, HostTensor)> = f
+        .names()
+        .filter_map(|n| edit(n, f.read_f32(n).unwrap()))
+        .collect();
+    let refs: Vec<(&str, TensorRef)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), TensorRef::f32(t)))
+        .collect();
     write_safetensors(dst, &refs, &BTreeMap::new()).unwrap();
 }
 
 fn load(path: &Path, axes: &[usize]) -> Result<Flux<NdArray>, FluxError> {
-    let opts = LoadOptions { axes_dim: Some(axes.to_vec()), ..Default::default() };
+    let opts = LoadOptions {
+        axes_dim: Some(axes.to_vec()),
+        ..Default::default()
+    };
     Flux::<NdArray>::load(path, &opts, &Default::default())
 }
 
@@ -31,7 +43,9 @@ fn bfl_case() -> std::path::PathBuf {
 fn missing_tensor_is_named_with_its_expected_shape() {
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("partial.safetensors");
-    copy_with(&bfl_case(), &dst, |n, t| (n != "double_blocks.1.txt_mlp.2.bias").then(|| (n.to_string(), t)));
+    copy_with(&bfl_case(), &dst, |n, t| {
+        (n != "double_blocks.1.txt_mlp.2.bias").then(|| (n.to_string(), t))
+    });
     let err = load(&dst, &[2, 2, 4]).unwrap_err();
     match &err {
         FluxError::MissingKey { key, expected, .. } => {
@@ -40,7 +54,10 @@ fn missing_tensor_is_named_with_its_expected_shape() {
         }
         other => panic!("expected MissingKey, got {other}"),
     }
-    assert!(err.to_string().contains("double_blocks.1.txt_mlp.2.bias"), "{err}");
+    assert!(
+        err.to_string().contains("double_blocks.1.txt_mlp.2.bias"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -57,7 +74,12 @@ fn wrong_shape_names_key_expected_and_found() {
     });
     let err = load(&dst, &[2, 2, 4]).unwrap_err();
     match &err {
-        FluxError::ShapeMismatch { key, expected, found, .. } => {
+        FluxError::ShapeMismatch {
+            key,
+            expected,
+            found,
+            ..
+        } => {
             assert_eq!(key, "single_blocks.0.linear2.weight");
             assert_eq!(expected, &vec![16, 80]);
             assert_eq!(found, &vec![16, 79]);
@@ -65,7 +87,10 @@ fn wrong_shape_names_key_expected_and_found() {
         other => panic!("expected ShapeMismatch, got {other}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("[16, 80]") && msg.contains("[16, 79]"), "{msg}");
+    assert!(
+        msg.contains("[16, 80]") && msg.contains("[16, 79]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -73,7 +98,9 @@ fn missing_diffusers_piece_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("partial.safetensors");
     let src = common::fixtures_dir().join("transformer_schnell_diffusers/model.safetensors");
-    copy_with(&src, &dst, |n, t| (n != "transformer_blocks.0.attn.add_k_proj.weight").then(|| (n.to_string(), t)));
+    copy_with(&src, &dst, |n, t| {
+        (n != "transformer_blocks.0.attn.add_k_proj.weight").then(|| (n.to_string(), t))
+    });
     match load(&dst, &[2, 2, 4]).unwrap_err() {
         FluxError::MissingKey { key, expected, .. } => {
             assert_eq!(key, "transformer_blocks.0.attn.add_k_proj.weight");
@@ -88,15 +115,30 @@ fn not_a_flux_checkpoint_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("other.safetensors");
     let t = HostTensor::zeros(vec![2, 2]);
-    write_safetensors(&dst, &[("encoder.conv_in.weight", TensorRef::f32(&t))], &BTreeMap::new()).unwrap();
-    assert!(matches!(FluxCheckpoint::open(&dst), Err(FluxError::UnknownFormat { .. })));
-    assert!(matches!(FluxCheckpoint::open(dir.path().join("absent.safetensors")), Err(FluxError::Io { .. })));
+    write_safetensors(
+        &dst,
+        &[("encoder.conv_in.weight", TensorRef::f32(&t))],
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    assert!(matches!(
+        FluxCheckpoint::open(&dst),
+        Err(FluxError::UnknownFormat { .. })
+    ));
+    assert!(matches!(
+        FluxCheckpoint::open(dir.path().join("absent.safetensors")),
+        Err(FluxError::Io { .. })
+    ));
 }
 
 #[test]
 fn bf16_base_is_refused_where_the_backend_cannot_hold_it() {
     // NdArray stores f32/f64 only (`supports_dtype(BF16)` is false).
-    let opts = LoadOptions { axes_dim: Some(vec![2, 2, 4]), base_dtype: Some(DType::BF16), ..Default::default() };
+    let opts = LoadOptions {
+        axes_dim: Some(vec![2, 2, 4]),
+        base_dtype: Some(DType::BF16),
+        ..Default::default()
+    };
     match Flux::<NdArray>::load(bfl_case(), &opts, &Default::default()) {
         Err(FluxError::Config(m)) => assert!(m.contains("BF16"), "{m}"),
         other => panic!("expected a Config error, got {:?}", other.map(|_| ())),

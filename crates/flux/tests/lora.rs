@@ -31,7 +31,11 @@ pub(crate) fn tiny() -> FluxConfig {
     }
 }
 
-pub(crate) fn inputs<Bk: Backend>(c: &FluxConfig, batch: usize, dev: &Bk::Device) -> FluxInputs<Bk> {
+pub(crate) fn inputs<Bk: Backend>(
+    c: &FluxConfig,
+    batch: usize,
+    dev: &Bk::Device,
+) -> FluxInputs<Bk> {
     let (h, w, l_txt) = (2, 3, 4);
     let n = Distribution::Normal(0.0, 1.0);
     FluxInputs {
@@ -51,7 +55,8 @@ fn randomize_lora_b<Bk: Backend>(model: &mut Flux<Bk>) {
         for a in &mut lin.adapters {
             let dims = a.lora_b.dims();
             let id = a.lora_b.id;
-            let v = Tensor::random(dims, Distribution::Normal(0.0, 0.1), &a.lora_b.device()).require_grad();
+            let v = Tensor::random(dims, Distribution::Normal(0.0, 0.1), &a.lora_b.device())
+                .require_grad();
             a.lora_b = Param::initialized(id, v);
         }
     }
@@ -86,7 +91,12 @@ fn ids<Bk: Backend>(m: &Flux<Bk>) -> Ids {
 fn lora_ids<Bk: Backend>(m: &mut Flux<Bk>) -> BTreeSet<ParamId> {
     m.linears_mut()
         .into_iter()
-        .flat_map(|(_, l)| l.adapters.iter().flat_map(|a| [a.lora_a.id, a.lora_b.id]).collect::<Vec<_>>())
+        .flat_map(|(_, l)| {
+            l.adapters
+                .iter()
+                .flat_map(|a| [a.lora_a.id, a.lora_b.id])
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -95,7 +105,9 @@ fn linear_paths_are_the_bfl_module_list() {
     let c = tiny();
     let mut m = Flux::<B>::init(&c, &Default::default()).unwrap();
     let ours: BTreeSet<String> = m.linear_paths().into_iter().collect();
-    let io: BTreeSet<String> = fluxlora_io::flux_module_paths(c.depth, c.depth_single_blocks, true).into_iter().collect();
+    let io: BTreeSet<String> = fluxlora_io::flux_module_paths(c.depth, c.depth_single_blocks, true)
+        .into_iter()
+        .collect();
     assert_eq!(ours, io);
 }
 
@@ -106,9 +118,13 @@ fn kohya_preset_wraps_every_block_linear_and_starts_as_identity() {
     let mut m = Flux::<B>::init(&c, &dev).unwrap();
     let x = inputs::<B>(&c, 1, &dev);
     let before = m.forward(&x).unwrap();
-    let chosen = m.apply_lora(&TargetSelector::new(Preset::Kohya, 4, 4.0), &dev).unwrap();
+    let chosen = m
+        .apply_lora(&TargetSelector::new(Preset::Kohya, 4, 4.0), &dev)
+        .unwrap();
     let blocks: BTreeSet<String> =
-        fluxlora_io::flux_block_module_paths(c.depth, c.depth_single_blocks).into_iter().collect();
+        fluxlora_io::flux_block_module_paths(c.depth, c.depth_single_blocks)
+            .into_iter()
+            .collect();
     assert_eq!(chosen.into_iter().collect::<BTreeSet<_>>(), blocks);
     // LoRA B starts at zero, so the output is unchanged.
     assert!(max_diff(before, m.forward(&x).unwrap()) < 1e-6);
@@ -127,20 +143,27 @@ fn gradients_reach_only_lora_parameters_and_adamw_leaves_the_base_alone() {
     let c = tiny();
     let dev = Default::default();
     let mut m = Flux::<AB>::init(&c, &dev).unwrap();
-    m.apply_lora(&TargetSelector::new(Preset::AiToolkit, 2, 2.0), &dev).unwrap();
+    m.apply_lora(&TargetSelector::new(Preset::AiToolkit, 2, 2.0), &dev)
+        .unwrap();
     randomize_lora_b(&mut m);
     let lora = lora_ids(&mut m);
     let id_sets = ids(&m);
     assert_eq!(id_sets.trainable, lora, "exactly the adapters train");
     let x = inputs::<AB>(&c, 2, &dev);
     let target = Tensor::random([2, 6, c.out_channels], Distribution::Normal(0.0, 1.0), &dev);
-    let step = forward_backward(&m, &x, Checkpointing::Off, |out| (out - target.clone()).powi_scalar(2).mean()).unwrap();
+    let step = forward_backward(&m, &x, Checkpointing::Off, |out| {
+        (out - target.clone()).powi_scalar(2).mean()
+    })
+    .unwrap();
     assert_eq!(step.grads.len(), lora.len());
     for id in &id_sets.frozen {
         assert!(step.grads.get::<B, 2>(*id).is_none() && step.grads.get::<B, 1>(*id).is_none());
     }
     let base_before: Tensor<B, 2> = m.double_blocks[0].img_attn.qkv.weight.val().inner();
-    let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.01).init::<AB, Flux<AB>>();
+    let mut optim = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.01)
+        .init::<AB, Flux<AB>>();
     let m2 = optim.step(1e-3, m, step.grads);
     let base_after: Tensor<B, 2> = m2.double_blocks[0].img_attn.qkv.weight.val().inner();
     assert_eq!(base_before.into_data(), base_after.into_data());
@@ -151,7 +174,8 @@ fn merge_matches_the_adapter_forward_and_unmerge_restores_the_base() {
     let c = tiny();
     let dev = Default::default();
     let mut m = Flux::<B>::init(&c, &dev).unwrap();
-    m.apply_lora(&TargetSelector::new(Preset::Kohya, 3, 6.0), &dev).unwrap();
+    m.apply_lora(&TargetSelector::new(Preset::Kohya, 3, 6.0), &dev)
+        .unwrap();
     randomize_lora_b(&mut m);
     let x = inputs::<B>(&c, 1, &dev);
     let w0 = m.single_blocks[1].linear1.weight.val();
@@ -164,11 +188,18 @@ fn merge_matches_the_adapter_forward_and_unmerge_restores_the_base() {
     assert!(max_diff(with_adapters, m.forward(&x).unwrap()) < 1e-5);
 }
 
-fn grads_of(model: &Flux<AB>, step: &GradientsParams, ids: &BTreeSet<ParamId>) -> Vec<(ParamId, Vec<f32>)> {
+fn grads_of(
+    model: &Flux<AB>,
+    step: &GradientsParams,
+    ids: &BTreeSet<ParamId>,
+) -> Vec<(ParamId, Vec<f32>)> {
     let _ = model;
     ids.iter()
         .map(|id| {
-            let g = step.get::<B, 2>(*id).map(|t| t.into_data().into_vec::<f32>().unwrap()).unwrap_or_default();
+            let g = step
+                .get::<B, 2>(*id)
+                .map(|t| t.into_data().into_vec::<f32>().unwrap())
+                .unwrap_or_default();
             (*id, g)
         })
         .collect()
@@ -201,12 +232,21 @@ fn checkpointing_matches(train_outer_layers: bool) {
     let l0: f32 = plain.loss.into_scalar();
     let l1: f32 = ckpt.loss.into_scalar();
     assert!((l0 - l1).abs() < 1e-6);
-    let (a, b) = (grads_of(&m, &plain.grads, &lora), grads_of(&m, &ckpt.grads, &lora));
-    let scale = a.iter().flat_map(|(_, g)| g.iter()).fold(0f32, |m, v| m.max(v.abs()));
+    let (a, b) = (
+        grads_of(&m, &plain.grads, &lora),
+        grads_of(&m, &ckpt.grads, &lora),
+    );
+    let scale = a
+        .iter()
+        .flat_map(|(_, g)| g.iter())
+        .fold(0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.0);
     for ((id, ga), (_, gb)) in a.iter().zip(&b) {
         assert_eq!(ga.len(), gb.len(), "{id:?}");
-        let d = ga.iter().zip(gb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let d = ga
+            .iter()
+            .zip(gb)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(d <= 1e-5 * scale.max(1.0), "{id:?}: {d}");
     }
 }

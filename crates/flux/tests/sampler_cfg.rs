@@ -13,7 +13,13 @@ type B = NdArray;
 
 fn cond(seed_shift: f32, dev: &burn::tensor::Device<B>) -> Conditioning<B> {
     let x = inputs::<B>(&tiny(), 1, dev);
-    Conditioning { txt: x.txt.add_scalar(seed_shift), txt_ids: x.txt_ids, img_ids: x.img_ids, y: x.y.add_scalar(seed_shift), guidance: Some(3.5) }
+    Conditioning {
+        txt: x.txt.add_scalar(seed_shift),
+        txt_ids: x.txt_ids,
+        img_ids: x.img_ids,
+        y: x.y.add_scalar(seed_shift),
+        guidance: Some(3.5),
+    }
 }
 
 fn max_diff(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
@@ -48,8 +54,23 @@ fn cfg_at_scale_one_or_with_the_same_prompt_is_the_plain_sampler() {
     let noise = Tensor::<B, 3>::random([1, 6, 8], Distribution::Normal(0.0, 1.0), &dev);
     let ts = [1.0, 0.75, 0.5, 0.2, 0.0];
     let plain = denoise(&model, noise.clone(), &pos, &ts).unwrap();
-    assert!(max_diff(denoise_cfg(&model, noise.clone(), &pos, &neg, 1.0, &ts).unwrap(), plain.clone()) < 1e-4);
-    assert!(max_diff(denoise_cfg(&model, noise.clone(), &pos, &pos, 3.0, &ts).unwrap(), plain.clone()) < 1e-4);
+    assert!(
+        max_diff(
+            denoise_cfg(&model, noise.clone(), &pos, &neg, 1.0, &ts).unwrap(),
+            plain.clone()
+        ) < 1e-4
+    );
+    assert!(
+        max_diff(
+            denoise_cfg(&model, noise.clone(), &pos, &pos, 3.0, &ts).unwrap(),
+            plain.clone()
+        ) < 1e-4
+    );
     // A real negative prompt at scale > 1 moves the result.
-    assert!(max_diff(denoise_cfg(&model, noise, &pos, &neg, 3.0, &ts).unwrap(), plain) > 1e-3);
+    assert!(
+        max_diff(
+            denoise_cfg(&model, noise, &pos, &neg, 3.0, &ts).unwrap(),
+            plain
+        ) > 1e-3
+    );
 }

@@ -33,14 +33,28 @@ const DIFFUSERS_PROBE: &str = "encoder.down_blocks.0.resnets.0.conv1.weight";
 /// Detects the layout from the key names; `None` when no autoencoder key is present.
 pub fn detect_layout<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<AeKeyLayout> {
     let names: Vec<&str> = names.into_iter().collect();
-    for (format, probe) in [(AeKeyFormat::Bfl, BFL_PROBE), (AeKeyFormat::Diffusers, DIFFUSERS_PROBE)] {
-        let Some(prefix) = crate::text_encoder_keys::key_prefix(names.iter().copied(), probe) else { continue };
+    for (format, probe) in [
+        (AeKeyFormat::Bfl, BFL_PROBE),
+        (AeKeyFormat::Diffusers, DIFFUSERS_PROBE),
+    ] {
+        let Some(prefix) = crate::text_encoder_keys::key_prefix(names.iter().copied(), probe)
+        else {
+            continue;
+        };
         let level_key = |i: usize| match format {
             AeKeyFormat::Bfl => format!("{prefix}encoder.down.{i}.block.0.conv1.weight"),
-            AeKeyFormat::Diffusers => format!("{prefix}encoder.down_blocks.{i}.resnets.0.conv1.weight"),
+            AeKeyFormat::Diffusers => {
+                format!("{prefix}encoder.down_blocks.{i}.resnets.0.conv1.weight")
+            }
         };
-        let levels = (0..).take_while(|&i| names.contains(&level_key(i).as_str())).count();
-        return Some(AeKeyLayout { format, prefix, levels });
+        let levels = (0..)
+            .take_while(|&i| names.contains(&level_key(i).as_str()))
+            .count();
+        return Some(AeKeyLayout {
+            format,
+            prefix,
+            levels,
+        });
     }
     None
 }
@@ -49,7 +63,9 @@ pub fn detect_layout<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<AeK
 pub fn file_key(layout: &AeKeyLayout, bfl: &str) -> String {
     match layout.format {
         AeKeyFormat::Bfl => format!("{}{bfl}", layout.prefix),
-        AeKeyFormat::Diffusers => format!("{}{}", layout.prefix, bfl_to_diffusers(bfl, layout.levels)),
+        AeKeyFormat::Diffusers => {
+            format!("{}{}", layout.prefix, bfl_to_diffusers(bfl, layout.levels))
+        }
     }
 }
 
@@ -58,7 +74,9 @@ pub fn file_key(layout: &AeKeyLayout, bfl: &str) -> String {
 /// the highest down). Names outside the encoder and decoder (`quant_conv`, `post_quant_conv`)
 /// are the same in both.
 pub fn bfl_to_diffusers(bfl: &str, levels: usize) -> String {
-    let Some((side, rest)) = bfl.split_once('.') else { return bfl.to_string() };
+    let Some((side, rest)) = bfl.split_once('.') else {
+        return bfl.to_string();
+    };
     if side != "encoder" && side != "decoder" {
         return bfl.to_string();
     }
@@ -70,10 +88,20 @@ pub fn bfl_to_diffusers(bfl: &str, levels: usize) -> String {
         }
     };
     let mapped = match segs.as_slice() {
-        ["down", i, "block", j, tail @ ..] => format!("down_blocks.{i}.resnets.{j}.{}", resnet_tail(tail)),
-        ["down", i, "downsample", tail @ ..] => format!("down_blocks.{i}.downsamplers.0.{}", tail.join(".")),
-        ["up", i, "block", j, tail @ ..] => format!("up_blocks.{}.resnets.{j}.{}", reversed(i), resnet_tail(tail)),
-        ["up", i, "upsample", tail @ ..] => format!("up_blocks.{}.upsamplers.0.{}", reversed(i), tail.join(".")),
+        ["down", i, "block", j, tail @ ..] => {
+            format!("down_blocks.{i}.resnets.{j}.{}", resnet_tail(tail))
+        }
+        ["down", i, "downsample", tail @ ..] => {
+            format!("down_blocks.{i}.downsamplers.0.{}", tail.join("."))
+        }
+        ["up", i, "block", j, tail @ ..] => format!(
+            "up_blocks.{}.resnets.{j}.{}",
+            reversed(i),
+            resnet_tail(tail)
+        ),
+        ["up", i, "upsample", tail @ ..] => {
+            format!("up_blocks.{}.upsamplers.0.{}", reversed(i), tail.join("."))
+        }
         ["mid", "block_1", tail @ ..] => format!("mid_block.resnets.0.{}", resnet_tail(tail)),
         ["mid", "block_2", tail @ ..] => format!("mid_block.resnets.1.{}", resnet_tail(tail)),
         ["mid", "attn_1", layer, tail @ ..] => {
@@ -110,13 +138,34 @@ mod tests {
     fn maps_every_kind_of_bfl_name() {
         let cases = [
             ("encoder.conv_in.weight", "encoder.conv_in.weight"),
-            ("encoder.down.1.block.0.nin_shortcut.bias", "encoder.down_blocks.1.resnets.0.conv_shortcut.bias"),
-            ("encoder.down.2.downsample.conv.weight", "encoder.down_blocks.2.downsamplers.0.conv.weight"),
-            ("encoder.mid.block_2.norm1.weight", "encoder.mid_block.resnets.1.norm1.weight"),
-            ("encoder.mid.attn_1.proj_out.weight", "encoder.mid_block.attentions.0.to_out.0.weight"),
-            ("decoder.mid.attn_1.norm.bias", "decoder.mid_block.attentions.0.group_norm.bias"),
-            ("decoder.up.0.block.2.conv2.weight", "decoder.up_blocks.3.resnets.2.conv2.weight"),
-            ("decoder.up.3.upsample.conv.bias", "decoder.up_blocks.0.upsamplers.0.conv.bias"),
+            (
+                "encoder.down.1.block.0.nin_shortcut.bias",
+                "encoder.down_blocks.1.resnets.0.conv_shortcut.bias",
+            ),
+            (
+                "encoder.down.2.downsample.conv.weight",
+                "encoder.down_blocks.2.downsamplers.0.conv.weight",
+            ),
+            (
+                "encoder.mid.block_2.norm1.weight",
+                "encoder.mid_block.resnets.1.norm1.weight",
+            ),
+            (
+                "encoder.mid.attn_1.proj_out.weight",
+                "encoder.mid_block.attentions.0.to_out.0.weight",
+            ),
+            (
+                "decoder.mid.attn_1.norm.bias",
+                "decoder.mid_block.attentions.0.group_norm.bias",
+            ),
+            (
+                "decoder.up.0.block.2.conv2.weight",
+                "decoder.up_blocks.3.resnets.2.conv2.weight",
+            ),
+            (
+                "decoder.up.3.upsample.conv.bias",
+                "decoder.up_blocks.0.upsamplers.0.conv.bias",
+            ),
             ("decoder.norm_out.weight", "decoder.conv_norm_out.weight"),
             ("decoder.conv_out.bias", "decoder.conv_out.bias"),
             ("quant_conv.weight", "quant_conv.weight"),
@@ -134,10 +183,23 @@ mod tests {
             "vae.decoder.conv_in.weight",
         ];
         let l = detect_layout(names).unwrap();
-        assert_eq!(l, AeKeyLayout { format: AeKeyFormat::Diffusers, prefix: "vae.".into(), levels: 2 });
-        assert_eq!(file_key(&l, "decoder.up.1.block.0.conv1.weight"), "vae.decoder.up_blocks.0.resnets.0.conv1.weight");
+        assert_eq!(
+            l,
+            AeKeyLayout {
+                format: AeKeyFormat::Diffusers,
+                prefix: "vae.".into(),
+                levels: 2
+            }
+        );
+        assert_eq!(
+            file_key(&l, "decoder.up.1.block.0.conv1.weight"),
+            "vae.decoder.up_blocks.0.resnets.0.conv1.weight"
+        );
         let b = detect_layout(["encoder.down.0.block.0.conv1.weight"]).unwrap();
-        assert_eq!((b.format, b.prefix.as_str(), b.levels), (AeKeyFormat::Bfl, "", 1));
+        assert_eq!(
+            (b.format, b.prefix.as_str(), b.levels),
+            (AeKeyFormat::Bfl, "", 1)
+        );
         assert!(detect_layout(["double_blocks.0.img_attn.qkv.weight"]).is_none());
     }
 }

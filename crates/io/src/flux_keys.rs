@@ -174,14 +174,27 @@ fn diffusers_recipe(bfl_key: &str) -> Option<Recipe> {
     let (kind, idx, leaf) = (parts.next()?, parts.next()?, parts.next()?);
     let _: usize = idx.parse().ok()?;
     let (block, linears) = match kind {
-        "double_blocks" => (format!("transformer_blocks.{idx}"), &DOUBLE_BLOCK_LINEARS[..]),
-        "single_blocks" => (format!("single_transformer_blocks.{idx}"), &SINGLE_BLOCK_LINEARS[..]),
+        "double_blocks" => (
+            format!("transformer_blocks.{idx}"),
+            &DOUBLE_BLOCK_LINEARS[..],
+        ),
+        "single_blocks" => (
+            format!("single_transformer_blocks.{idx}"),
+            &SINGLE_BLOCK_LINEARS[..],
+        ),
         _ => return None,
     };
     // Block linears: one diffusers module, or the rows of several.
     if let Some(linear) = linears.iter().find(|l| l.bfl == leaf) {
-        let mut names = linear.diffusers.iter().map(|d| format!("{block}.{d}.{param}"));
-        return if linear.is_fused() { Some(Recipe::ConcatRows(names.collect())) } else { names.next().map(Recipe::Same) };
+        let mut names = linear
+            .diffusers
+            .iter()
+            .map(|d| format!("{block}.{d}.{param}"));
+        return if linear.is_fused() {
+            Some(Recipe::ConcatRows(names.collect()))
+        } else {
+            names.next().map(Recipe::Same)
+        };
     }
     // QK-norm scales.
     let d = match (kind, leaf, param) {

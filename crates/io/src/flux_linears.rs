@@ -25,7 +25,11 @@ pub struct FluxLinear {
 
 impl FluxLinear {
     const fn new(bfl: &'static str, diffusers: &'static [&'static str]) -> Self {
-        FluxLinear { bfl, diffusers, needs_guidance: false }
+        FluxLinear {
+            bfl,
+            diffusers,
+            needs_guidance: false,
+        }
     }
 
     /// Whether BFL stores several diffusers modules in this one linear.
@@ -41,7 +45,8 @@ pub mod double {
     /// Image-stream modulation.
     pub const IMG_MOD: FluxLinear = FluxLinear::new("img_mod.lin", &["norm1.linear"]);
     /// Image-stream fused q, k, v projection.
-    pub const IMG_QKV: FluxLinear = FluxLinear::new("img_attn.qkv", &["attn.to_q", "attn.to_k", "attn.to_v"]);
+    pub const IMG_QKV: FluxLinear =
+        FluxLinear::new("img_attn.qkv", &["attn.to_q", "attn.to_k", "attn.to_v"]);
     /// Image-stream attention output projection.
     pub const IMG_PROJ: FluxLinear = FluxLinear::new("img_attn.proj", &["attn.to_out.0"]);
     /// Image-stream MLP, first layer.
@@ -51,8 +56,10 @@ pub mod double {
     /// Text-stream modulation.
     pub const TXT_MOD: FluxLinear = FluxLinear::new("txt_mod.lin", &["norm1_context.linear"]);
     /// Text-stream fused q, k, v projection.
-    pub const TXT_QKV: FluxLinear =
-        FluxLinear::new("txt_attn.qkv", &["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"]);
+    pub const TXT_QKV: FluxLinear = FluxLinear::new(
+        "txt_attn.qkv",
+        &["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"],
+    );
     /// Text-stream attention output projection.
     pub const TXT_PROJ: FluxLinear = FluxLinear::new("txt_attn.proj", &["attn.to_add_out"]);
     /// Text-stream MLP, first layer.
@@ -66,7 +73,10 @@ pub mod single {
     use super::FluxLinear;
 
     /// Fused q, k, v and MLP input projection.
-    pub const LINEAR1: FluxLinear = FluxLinear::new("linear1", &["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"]);
+    pub const LINEAR1: FluxLinear = FluxLinear::new(
+        "linear1",
+        &["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"],
+    );
     /// Attention + MLP output projection.
     pub const LINEAR2: FluxLinear = FluxLinear::new("linear2", &["proj_out"]);
     /// Modulation.
@@ -82,28 +92,47 @@ pub mod outer {
     /// Text (T5) input projection.
     pub const TXT_IN: FluxLinear = FluxLinear::new("txt_in", &["context_embedder"]);
     /// Timestep embedder, first layer.
-    pub const TIME_IN: FluxLinear = FluxLinear::new("time_in.in_layer", &["time_text_embed.timestep_embedder.linear_1"]);
+    pub const TIME_IN: FluxLinear = FluxLinear::new(
+        "time_in.in_layer",
+        &["time_text_embed.timestep_embedder.linear_1"],
+    );
     /// Timestep embedder, second layer.
-    pub const TIME_OUT: FluxLinear = FluxLinear::new("time_in.out_layer", &["time_text_embed.timestep_embedder.linear_2"]);
+    pub const TIME_OUT: FluxLinear = FluxLinear::new(
+        "time_in.out_layer",
+        &["time_text_embed.timestep_embedder.linear_2"],
+    );
     /// Pooled-text (CLIP) embedder, first layer.
-    pub const VECTOR_IN: FluxLinear = FluxLinear::new("vector_in.in_layer", &["time_text_embed.text_embedder.linear_1"]);
+    pub const VECTOR_IN: FluxLinear = FluxLinear::new(
+        "vector_in.in_layer",
+        &["time_text_embed.text_embedder.linear_1"],
+    );
     /// Pooled-text (CLIP) embedder, second layer.
-    pub const VECTOR_OUT: FluxLinear = FluxLinear::new("vector_in.out_layer", &["time_text_embed.text_embedder.linear_2"]);
+    pub const VECTOR_OUT: FluxLinear = FluxLinear::new(
+        "vector_in.out_layer",
+        &["time_text_embed.text_embedder.linear_2"],
+    );
     /// Guidance embedder, first layer (guidance-distilled models only).
     pub const GUIDANCE_IN: FluxLinear = FluxLinear {
         needs_guidance: true,
-        ..FluxLinear::new("guidance_in.in_layer", &["time_text_embed.guidance_embedder.linear_1"])
+        ..FluxLinear::new(
+            "guidance_in.in_layer",
+            &["time_text_embed.guidance_embedder.linear_1"],
+        )
     };
     /// Guidance embedder, second layer (guidance-distilled models only).
     pub const GUIDANCE_OUT: FluxLinear = FluxLinear {
         needs_guidance: true,
-        ..FluxLinear::new("guidance_in.out_layer", &["time_text_embed.guidance_embedder.linear_2"])
+        ..FluxLinear::new(
+            "guidance_in.out_layer",
+            &["time_text_embed.guidance_embedder.linear_2"],
+        )
     };
     /// Final output projection.
     pub const FINAL_LINEAR: FluxLinear = FluxLinear::new("final_layer.linear", &["proj_out"]);
     /// Final modulation; diffusers' `norm_out.linear` holds its two output halves swapped (BFL:
     /// shift, scale; diffusers: scale, shift).
-    pub const FINAL_MODULATION: FluxLinear = FluxLinear::new("final_layer.adaLN_modulation.1", &["norm_out.linear"]);
+    pub const FINAL_MODULATION: FluxLinear =
+        FluxLinear::new("final_layer.adaLN_modulation.1", &["norm_out.linear"]);
 }
 
 /// Every double-block linear, in kohya's order.
@@ -121,7 +150,8 @@ pub const DOUBLE_BLOCK_LINEARS: [FluxLinear; 10] = [
 ];
 
 /// Every single-block linear.
-pub const SINGLE_BLOCK_LINEARS: [FluxLinear; 3] = [single::LINEAR1, single::LINEAR2, single::MODULATION];
+pub const SINGLE_BLOCK_LINEARS: [FluxLinear; 3] =
+    [single::LINEAR1, single::LINEAR2, single::MODULATION];
 
 /// Every linear outside the blocks.
 pub const OUTER_LINEARS: [FluxLinear; 10] = [

@@ -41,7 +41,10 @@ pub const T5_KEYS: TextEncoderKeys = TextEncoderKeys {
 
 /// What stands before `probe` in the first of `names` that ends with it; `None` when none does.
 pub fn key_prefix<'a>(names: impl IntoIterator<Item = &'a str>, probe: &str) -> Option<String> {
-    names.into_iter().find(|n| n.ends_with(probe)).map(|n| n[..n.len() - probe.len()].to_string())
+    names
+        .into_iter()
+        .find(|n| n.ends_with(probe))
+        .map(|n| n[..n.len() - probe.len()].to_string())
 }
 
 #[cfg(test)]
@@ -50,9 +53,18 @@ mod tests {
 
     #[test]
     fn prefixes_are_what_stands_before_the_probe() {
-        let comfy = ["text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight"];
-        assert_eq!(CLIP_KEYS.detect_prefix(comfy).as_deref(), Some("text_encoders.clip_l.transformer.text_model."));
-        assert_eq!(T5_KEYS.detect_prefix(["encoder.block.0.layer.0.SelfAttention.q.weight"]).as_deref(), Some(""));
+        let comfy =
+            ["text_encoders.clip_l.transformer.text_model.embeddings.token_embedding.weight"];
+        assert_eq!(
+            CLIP_KEYS.detect_prefix(comfy).as_deref(),
+            Some("text_encoders.clip_l.transformer.text_model.")
+        );
+        assert_eq!(
+            T5_KEYS
+                .detect_prefix(["encoder.block.0.layer.0.SelfAttention.q.weight"])
+                .as_deref(),
+            Some("")
+        );
         assert_eq!(T5_KEYS.detect_prefix(comfy), None);
     }
 }

@@ -85,14 +85,55 @@ fn old_diffusers_recipe(bfl_key: &str) -> Option<Recipe> {
     }
 }
 
-
 #[test]
 fn new_recipes_equal_old() {
-    let layout = crate::flux_keys::FluxKeyLayout { format: crate::flux_keys::FluxKeyFormat::Diffusers, prefix: String::new() };
-    let mut keys: Vec<String> = crate::flux_module_paths(3, 3, true).iter().flat_map(|p| [format!("{p}.weight"), format!("{p}.bias"), format!("{p}.scale")]).collect();
-    for i in 0..3 { for n in ["img_attn.norm.query_norm", "img_attn.norm.key_norm", "txt_attn.norm.query_norm", "txt_attn.norm.key_norm", "norm.query_norm", "norm.key_norm"] {
-        for b in ["double_blocks", "single_blocks"] { for p in ["scale", "weight"] { keys.push(format!("{b}.{i}.{n}.{p}")); } } } }
-    keys.extend(["foo", "foo.weight", "double_blocks.x.img_mod.lin.weight", "double_blocks.0.linear1.weight", "single_blocks.0.img_mod.lin.weight", "other_blocks.0.linear1.weight"].map(String::from));
+    let layout = crate::flux_keys::FluxKeyLayout {
+        format: crate::flux_keys::FluxKeyFormat::Diffusers,
+        prefix: String::new(),
+    };
+    let mut keys: Vec<String> = crate::flux_module_paths(3, 3, true)
+        .iter()
+        .flat_map(|p| {
+            [
+                format!("{p}.weight"),
+                format!("{p}.bias"),
+                format!("{p}.scale"),
+            ]
+        })
+        .collect();
+    for i in 0..3 {
+        for n in [
+            "img_attn.norm.query_norm",
+            "img_attn.norm.key_norm",
+            "txt_attn.norm.query_norm",
+            "txt_attn.norm.key_norm",
+            "norm.query_norm",
+            "norm.key_norm",
+        ] {
+            for b in ["double_blocks", "single_blocks"] {
+                for p in ["scale", "weight"] {
+                    keys.push(format!("{b}.{i}.{n}.{p}"));
+                }
+            }
+        }
+    }
+    keys.extend(
+        [
+            "foo",
+            "foo.weight",
+            "double_blocks.x.img_mod.lin.weight",
+            "double_blocks.0.linear1.weight",
+            "single_blocks.0.img_mod.lin.weight",
+            "other_blocks.0.linear1.weight",
+        ]
+        .map(String::from),
+    );
     assert!(keys.len() > 100);
-    for k in keys { assert_eq!(crate::flux_keys::recipe(&layout, &k), old_diffusers_recipe(&k), "{k}"); }
+    for k in keys {
+        assert_eq!(
+            crate::flux_keys::recipe(&layout, &k),
+            old_diffusers_recipe(&k),
+            "{k}"
+        );
+    }
 }

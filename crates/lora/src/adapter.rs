@@ -54,12 +54,18 @@ impl AdapterSpec {
 
     /// Checks rank, alpha and probabilities; `what` names the module in the error.
     pub fn validate(&self, what: &str) -> Result<(), LoraError> {
-        let bad = |reason: String| LoraError::Setting { what: what.to_string(), reason };
+        let bad = |reason: String| LoraError::Setting {
+            what: what.to_string(),
+            reason,
+        };
         if self.rank == 0 {
             return Err(bad("rank must be at least 1".into()));
         }
         if !self.alpha.is_finite() || !self.multiplier.is_finite() {
-            return Err(bad(format!("alpha {} and multiplier {} must be finite", self.alpha, self.multiplier)));
+            return Err(bad(format!(
+                "alpha {} and multiplier {} must be finite",
+                self.alpha, self.multiplier
+            )));
         }
         for (name, p) in [
             ("dropout", self.dropout),
@@ -113,10 +119,19 @@ impl<B: Backend> LoraAdapter<B> {
         spec.validate(path)?;
         let (start, end) = spec.rows.unwrap_or((0, d_out));
         if end > d_out {
-            return Err(LoraError::Rows { path: path.to_string(), start, end, d_out });
+            return Err(LoraError::Rows {
+                path: path.to_string(),
+                start,
+                end,
+                d_out,
+            });
         }
         let bound = 1.0 / (d_in as f64).sqrt();
-        let a = Tensor::<B, 2>::random([d_in, spec.rank], Distribution::Uniform(-bound, bound), device);
+        let a = Tensor::<B, 2>::random(
+            [d_in, spec.rank],
+            Distribution::Uniform(-bound, bound),
+            device,
+        );
         let b = Tensor::<B, 2>::zeros([spec.rank, end - start], device);
         Ok(Self::from_factors(path, a, b, spec))
     }
@@ -162,8 +177,16 @@ impl<B: Backend> LoraAdapter<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, d_out: usize) -> Tensor<B, D> {
         let training = B::ad_enabled(&x.device());
         let a = self.lora_a.val();
-        let x = if x.dtype() != a.dtype() { x.cast(a.dtype()) } else { x };
-        let x = if training && self.dropout > 0.0 { drop(x, self.dropout) } else { x };
+        let x = if x.dtype() != a.dtype() {
+            x.cast(a.dtype())
+        } else {
+            x
+        };
+        let x = if training && self.dropout > 0.0 {
+            drop(x, self.dropout)
+        } else {
+            x
+        };
         let mut h = burn::tensor::module::linear(x, a, None);
         let mut scale = f64::from(self.multiplier * self.scale());
         if training && self.rank_dropout > 0.0 {
@@ -172,13 +195,21 @@ impl<B: Backend> LoraAdapter<B> {
             for d in shape.iter_mut().take(D - 1).skip(1) {
                 *d = 1;
             }
-            let mask = Tensor::<B, D>::random(shape, Distribution::Bernoulli(1.0 - self.rank_dropout), &h.device());
+            let mask = Tensor::<B, D>::random(
+                shape,
+                Distribution::Bernoulli(1.0 - self.rank_dropout),
+                &h.device(),
+            );
             h = h * mask;
             scale /= 1.0 - self.rank_dropout;
         }
         let mut y = burn::tensor::module::linear(h, self.lora_b.val(), None) * scale;
         if training && self.module_dropout > 0.0 {
-            let keep = Tensor::<B, D>::random([1; D], Distribution::Bernoulli(1.0 - self.module_dropout), &y.device());
+            let keep = Tensor::<B, D>::random(
+                [1; D],
+                Distribution::Bernoulli(1.0 - self.module_dropout),
+                &y.device(),
+            );
             y = y * keep;
         }
         self.pad_rows(y, d_out)

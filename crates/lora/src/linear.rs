@@ -65,15 +65,28 @@ impl<B: Backend> LoraLinear<B> {
     }
 
     /// Adds a fresh adapter (A random, B zero) built from `spec`; ids derive from `path`.
-    pub fn add_adapter(&mut self, path: &str, spec: &AdapterSpec, device: &B::Device) -> Result<(), LoraError> {
+    pub fn add_adapter(
+        &mut self,
+        path: &str,
+        spec: &AdapterSpec,
+        device: &B::Device,
+    ) -> Result<(), LoraError> {
         let adapter = LoraAdapter::init(path, self.d_in(), self.d_out(), spec, device)?;
         self.push_adapter(path, adapter)
     }
 
     /// Adds every adapter of a [`TargetSpec`] chosen by a
     /// [`TargetSelector`](crate::TargetSelector) for this linear.
-    pub fn add_target(&mut self, path: &str, target: &TargetSpec, device: &B::Device) -> Result<(), LoraError> {
-        target.adapters.iter().try_for_each(|spec| self.add_adapter(path, spec, device))
+    pub fn add_target(
+        &mut self,
+        path: &str,
+        target: &TargetSpec,
+        device: &B::Device,
+    ) -> Result<(), LoraError> {
+        target
+            .adapters
+            .iter()
+            .try_for_each(|spec| self.add_adapter(path, spec, device))
     }
 
     /// Adds an existing adapter (e.g. loaded from a file) after checking it fits.
@@ -82,7 +95,12 @@ impl<B: Backend> LoraLinear<B> {
         let [_, b_out] = adapter.lora_b.dims();
         let (s, e) = adapter.rows.unwrap_or((0, self.d_out()));
         if a_in != self.d_in() || e > self.d_out() || e - s != b_out {
-            return Err(LoraError::Rows { path: path.to_string(), start: s, end: s + b_out, d_out: self.d_out() });
+            return Err(LoraError::Rows {
+                path: path.to_string(),
+                start: s,
+                end: s + b_out,
+                d_out: self.d_out(),
+            });
         }
         if self.merged {
             let delta = adapter.delta_weight(self.d_out()).detach();
@@ -95,13 +113,21 @@ impl<B: Backend> LoraLinear<B> {
     /// `x·W + b + Σ m·(α/r)·B(A(drop(x)))`; x is `[..., d_in]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let w = self.weight.val();
-        let xin = if x.dtype() != w.dtype() { x.clone().cast(w.dtype()) } else { x.clone() };
+        let xin = if x.dtype() != w.dtype() {
+            x.clone().cast(w.dtype())
+        } else {
+            x.clone()
+        };
         let mut y = burn::tensor::module::linear(xin, w, self.bias.as_ref().map(|b| b.val()));
         if !self.merged {
             let d_out = self.d_out();
             for adapter in &self.adapters {
                 let delta = adapter.forward(x.clone(), d_out);
-                let delta = if delta.dtype() != y.dtype() { delta.cast(y.dtype()) } else { delta };
+                let delta = if delta.dtype() != y.dtype() {
+                    delta.cast(y.dtype())
+                } else {
+                    delta
+                };
                 y = y + delta;
             }
         }
@@ -112,7 +138,9 @@ impl<B: Backend> LoraLinear<B> {
     pub fn delta_weight(&self) -> Tensor<B, 2> {
         let d_out = self.d_out();
         let zero = Tensor::zeros([self.d_in(), d_out], &self.weight.device());
-        self.adapters.iter().fold(zero, |acc, a| acc + a.delta_weight(d_out))
+        self.adapters
+            .iter()
+            .fold(zero, |acc, a| acc + a.delta_weight(d_out))
     }
 
     /// Folds every adapter into `weight` (W ← W + ΣΔW); forward then skips the adapters.
@@ -139,5 +167,9 @@ fn shift<B: Backend>(w: Tensor<B, 2>, delta: Tensor<B, 2>, sign: f32) -> Tensor<
     let require_grad = w.is_require_grad();
     let dtype = w.dtype();
     let out = w.detach() + delta.cast(dtype) * sign;
-    if require_grad { out.require_grad() } else { out }
+    if require_grad {
+        out.require_grad()
+    } else {
+        out
+    }
 }

@@ -92,11 +92,19 @@ impl ModuleKind {
 impl FromStr for ModuleKind {
     type Err = LoraError;
     fn from_str(s: &str) -> Result<Self, LoraError> {
-        Self::NAMES.iter().find(|(n, _)| *n == s).map(|(_, k)| *k).ok_or_else(|| LoraError::UnknownName {
-            what: "module type",
-            name: s.to_string(),
-            expected: Self::NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-        })
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, k)| *k)
+            .ok_or_else(|| LoraError::UnknownName {
+                what: "module type",
+                name: s.to_string(),
+                expected: Self::NAMES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 }
 
@@ -131,11 +139,17 @@ fn parse_site(path: &str) -> Option<Site> {
                 _ => return None,
             }
         };
-        return Some(Site { kind, block: Some((first == "double_blocks", idx)), leaf });
+        return Some(Site {
+            kind,
+            block: Some((first == "double_blocks", idx)),
+            leaf,
+        });
     }
     let kind = match path {
         "img_in" | "txt_in" => ModuleKind::Embedder,
-        p if ["time_in.", "vector_in.", "guidance_in."].iter().any(|s| p.starts_with(s))
+        p if ["time_in.", "vector_in.", "guidance_in."]
+            .iter()
+            .any(|s| p.starts_with(s))
             && (p.ends_with(".in_layer") || p.ends_with(".out_layer")) =>
         {
             ModuleKind::Embedder
@@ -143,7 +157,11 @@ fn parse_site(path: &str) -> Option<Site> {
         "final_layer.linear" | "final_layer.adaLN_modulation.1" => ModuleKind::Final,
         _ => return None,
     };
-    Some(Site { kind, block: None, leaf: path.to_string() })
+    Some(Site {
+        kind,
+        block: None,
+        leaf: path.to_string(),
+    })
 }
 
 /// A set of block indices, parsed from `"0,1,8-12"`; `"all"` or empty means every block.
@@ -176,8 +194,15 @@ impl FromStr for BlockList {
         if t.eq_ignore_ascii_case("none") {
             return Ok(Self::Only(BTreeSet::new()));
         }
-        let err = |reason: String| LoraError::BlockList { spec: spec.to_string(), reason };
-        let num = |s: &str| s.trim().parse::<usize>().map_err(|_| err(format!("{:?} is not a block index", s.trim())));
+        let err = |reason: String| LoraError::BlockList {
+            spec: spec.to_string(),
+            reason,
+        };
+        let num = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| err(format!("{:?} is not a block index", s.trim())))
+        };
         let mut set = BTreeSet::new();
         for item in t.split(',') {
             match item.split_once('-') {
@@ -268,7 +293,10 @@ impl TargetSelector {
 
     /// Adds a regex rule over module paths; later rules win.
     pub fn with_rule(mut self, pattern: &str, over: RuleOverride) -> Result<Self, LoraError> {
-        let re = Regex::new(pattern).map_err(|source| LoraError::Regex { pattern: pattern.to_string(), source })?;
+        let re = Regex::new(pattern).map_err(|source| LoraError::Regex {
+            pattern: pattern.to_string(),
+            source,
+        })?;
         self.rules.push((re, over));
         Ok(self)
     }
@@ -280,12 +308,20 @@ impl TargetSelector {
             return None;
         }
         if let Some((double, i)) = site.block {
-            let list = if double { &self.double_blocks } else { &self.single_blocks };
+            let list = if double {
+                &self.double_blocks
+            } else {
+                &self.single_blocks
+            };
             if !list.contains(i) {
                 return None;
             }
         }
-        let mut rank = self.type_ranks.get(&site.kind).copied().unwrap_or(self.rank);
+        let mut rank = self
+            .type_ranks
+            .get(&site.kind)
+            .copied()
+            .unwrap_or(self.rank);
         let (mut alpha, mut lr_scale) = (self.alpha, 1.0f32);
         for (re, over) in &self.rules {
             if re.is_match(path) {
@@ -307,10 +343,17 @@ impl TargetSelector {
             rows: None,
         };
         let adapters = match self.row_split(&site, d_in, d_out) {
-            Some(ranges) => ranges.into_iter().map(|(s, e)| base.clone().with_rows(s, e)).collect(),
+            Some(ranges) => ranges
+                .into_iter()
+                .map(|(s, e)| base.clone().with_rows(s, e))
+                .collect(),
             None => vec![base],
         };
-        Some(TargetSpec { kind: site.kind, lr_scale, adapters })
+        Some(TargetSpec {
+            kind: site.kind,
+            lr_scale,
+            adapters,
+        })
     }
 
     fn in_preset(&self, site: &Site) -> bool {
@@ -321,7 +364,10 @@ impl TargetSelector {
         }
         match self.preset {
             Preset::Kohya | Preset::AiToolkit => true,
-            Preset::Attention => matches!(site.leaf.as_str(), "img_attn.qkv" | "img_attn.proj" | "linear1"),
+            Preset::Attention => matches!(
+                site.leaf.as_str(),
+                "img_attn.qkv" | "img_attn.proj" | "linear1"
+            ),
         }
     }
 

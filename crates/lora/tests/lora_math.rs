@@ -10,15 +10,30 @@ use fluxlora_lora::{AdapterSpec, LoraAdapter, LoraLinear};
 use proptest::prelude::*;
 
 /// A base linear plus one adapter with random (non-zero) factors, all built from `seed`.
-fn layer(seed: u64, d_in: usize, d_out: usize, rank: usize, alpha: f32, mult: f32) -> (LoraLinear<B>, Vec<f32>, Vec<f32>, Vec<f32>) {
+fn layer(
+    seed: u64,
+    d_in: usize,
+    d_out: usize,
+    rank: usize,
+    alpha: f32,
+    mult: f32,
+) -> (LoraLinear<B>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let w = values(seed, d_in * d_out);
     let a = values(seed + 1, d_in * rank);
     let b = values(seed + 2, rank * d_out);
     let mut lin = LoraLinear::<B>::from_weights(tensor2(&w, d_in, d_out), None).freeze_base();
     let mut spec = AdapterSpec::new(rank, alpha);
     spec.multiplier = mult;
-    lin.push_adapter("m", LoraAdapter::from_factors("m", tensor2(&a, d_in, rank), tensor2(&b, rank, d_out), &spec))
-        .unwrap();
+    lin.push_adapter(
+        "m",
+        LoraAdapter::from_factors(
+            "m",
+            tensor2(&a, d_in, rank),
+            tensor2(&b, rank, d_out),
+            &spec,
+        ),
+    )
+    .unwrap();
     (lin, w, a, b)
 }
 
@@ -101,10 +116,22 @@ fn stacked_adapters_add_with_their_multipliers() {
     let mut lin = LoraLinear::<B>::from_weights(tensor2(&w, d_in, d_out), None);
     let mut refw = w.clone();
     for (k, (alpha, mult)) in [(2.0f32, 0.5f32), (8.0, -1.5)].into_iter().enumerate() {
-        let (a, b) = (values(10 + k as u64, d_in * r), values(20 + k as u64, r * d_out));
+        let (a, b) = (
+            values(10 + k as u64, d_in * r),
+            values(20 + k as u64, r * d_out),
+        );
         let mut spec = AdapterSpec::new(r, alpha);
         spec.multiplier = mult;
-        lin.push_adapter("s", LoraAdapter::from_factors(&format!("s{k}"), tensor2(&a, d_in, r), tensor2(&b, r, d_out), &spec)).unwrap();
+        lin.push_adapter(
+            "s",
+            LoraAdapter::from_factors(
+                &format!("s{k}"),
+                tensor2(&a, d_in, r),
+                tensor2(&b, r, d_out),
+                &spec,
+            ),
+        )
+        .unwrap();
         for (o, d) in refw.iter_mut().zip(matmul(&a, &b, d_in, r, d_out)) {
             *o += d * mult * alpha / r as f32;
         }
@@ -119,19 +146,43 @@ fn gradients_reach_only_a_and_b() {
     type AB = Autodiff<B>;
     let d = dev();
     let (d_in, d_out) = (6, 5);
-    let w = Tensor::<AB, 2>::from_data(burn::tensor::TensorData::new(values(4, d_in * d_out), [d_in, d_out]), &d);
-    let bias = Tensor::<AB, 1>::from_data(burn::tensor::TensorData::new(values(5, d_out), [d_out]), &d);
+    let w = Tensor::<AB, 2>::from_data(
+        burn::tensor::TensorData::new(values(4, d_in * d_out), [d_in, d_out]),
+        &d,
+    );
+    let bias =
+        Tensor::<AB, 1>::from_data(burn::tensor::TensorData::new(values(5, d_out), [d_out]), &d);
     let mut lin = LoraLinear::<AB>::from_weights(w, Some(bias)).freeze_base();
     lin.add_adapter("g", &AdapterSpec::new(3, 3.0), &d).unwrap();
     // Make B non-zero so A's gradient is non-zero too.
-    let b = lin.adapters[0].lora_b.clone().map(|b| (b + 0.25).detach().require_grad());
+    let b = lin.adapters[0]
+        .lora_b
+        .clone()
+        .map(|b| (b + 0.25).detach().require_grad());
     lin.adapters[0].lora_b = b;
-    let x = Tensor::<AB, 2>::from_data(burn::tensor::TensorData::new(values(6, 4 * d_in), [4, d_in]), &d);
+    let x = Tensor::<AB, 2>::from_data(
+        burn::tensor::TensorData::new(values(6, 4 * d_in), [4, d_in]),
+        &d,
+    );
     let grads = lin.forward(x).powi_scalar(2).sum().backward();
-    assert!(lin.weight.val().grad(&grads).is_none(), "frozen base weight got a gradient");
-    assert!(lin.bias.as_ref().unwrap().val().grad(&grads).is_none(), "frozen bias got a gradient");
-    let ga = lin.adapters[0].lora_a.val().grad(&grads).expect("A has a gradient");
-    let gb = lin.adapters[0].lora_b.val().grad(&grads).expect("B has a gradient");
+    assert!(
+        lin.weight.val().grad(&grads).is_none(),
+        "frozen base weight got a gradient"
+    );
+    assert!(
+        lin.bias.as_ref().unwrap().val().grad(&grads).is_none(),
+        "frozen bias got a gradient"
+    );
+    let ga = lin.adapters[0]
+        .lora_a
+        .val()
+        .grad(&grads)
+        .expect("A has a gradient");
+    let gb = lin.adapters[0]
+        .lora_b
+        .val()
+        .grad(&grads)
+        .expect("B has a gradient");
     assert!(ga.abs().sum().into_scalar() > 0.0 && gb.abs().sum().into_scalar() > 0.0);
     // Only the two adapter factors are trainable parameters.
     struct Count(usize);
@@ -155,23 +206,39 @@ fn dropouts_are_off_without_autodiff_and_act_with_it() {
     drop_lin.adapters[0].rank_dropout = 0.5;
     let x = tensor2(&values(11, 16), 2, 8);
     // Inference (no autodiff): identical outputs.
-    assert_eq!(to_vec(drop_lin.forward(x.clone())), to_vec(lin.forward(x.clone())));
+    assert_eq!(
+        to_vec(drop_lin.forward(x.clone())),
+        to_vec(lin.forward(x.clone()))
+    );
     // Training: dropout changes the adapter's contribution.
     type AB = Autodiff<B>;
     let train: LoraLinear<AB> = drop_lin.train();
     let xa = Tensor::<AB, 2>::from_inner(x.clone());
     let plain: LoraLinear<AB> = lin.train();
-    assert_ne!(to_vec(train.forward(xa.clone()).inner()), to_vec(plain.forward(xa).inner()));
+    assert_ne!(
+        to_vec(train.forward(xa.clone()).inner()),
+        to_vec(plain.forward(xa).inner())
+    );
 }
 
 #[test]
 fn invalid_specs_are_rejected_with_the_module_named() {
     let mut lin = LoraLinear::<B>::init(4, 4, true, &dev());
-    let err = lin.add_adapter("double_blocks.0.img_mod.lin", &AdapterSpec::new(0, 1.0), &dev()).unwrap_err();
-    assert!(err.to_string().contains("double_blocks.0.img_mod.lin") && err.to_string().contains("rank"));
+    let err = lin
+        .add_adapter(
+            "double_blocks.0.img_mod.lin",
+            &AdapterSpec::new(0, 1.0),
+            &dev(),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("double_blocks.0.img_mod.lin") && err.to_string().contains("rank")
+    );
     let mut bad = AdapterSpec::new(2, 1.0);
     bad.dropout = 1.0;
     assert!(lin.add_adapter("x", &bad, &dev()).is_err());
-    let err = lin.add_adapter("x", &AdapterSpec::new(2, 1.0).with_rows(2, 9), &dev()).unwrap_err();
+    let err = lin
+        .add_adapter("x", &AdapterSpec::new(2, 1.0).with_rows(2, 9), &dev())
+        .unwrap_err();
     assert!(err.to_string().contains("4 outputs"));
 }

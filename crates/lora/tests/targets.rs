@@ -26,11 +26,20 @@ fn tally(sel: &TargetSelector) -> (usize, usize, usize) {
 #[test]
 fn presets_match_published_flux_dev_counts() {
     // kohya: 304 modules (Forge logs "304 keys"); 4,786,176 params per rank.
-    assert_eq!(tally(&TargetSelector::new(Preset::Kohya, 16, 16.0)), (304, 304, 4_786_176));
+    assert_eq!(
+        tally(&TargetSelector::new(Preset::Kohya, 16, 16.0)),
+        (304, 304, 4_786_176)
+    );
     // ai-toolkit / diffusers: 494 modules in diffusers terms; 5,369,856 params per rank.
-    assert_eq!(tally(&TargetSelector::new(Preset::AiToolkit, 16, 16.0)), (304, 494, 5_369_856));
+    assert_eq!(
+        tally(&TargetSelector::new(Preset::AiToolkit, 16, 16.0)),
+        (304, 494, 5_369_856)
+    );
     // attention-only to_q/to_k/to_v/to_out.0: 1,167,360 params per rank.
-    assert_eq!(tally(&TargetSelector::new(Preset::Attention, 4, 4.0)), (76, 190, 1_167_360));
+    assert_eq!(
+        tally(&TargetSelector::new(Preset::Attention, 4, 4.0)),
+        (76, 190, 1_167_360)
+    );
 }
 
 #[test]
@@ -68,29 +77,67 @@ fn type_ranks_and_regex_rules_override_in_order() {
     sel.type_ranks.insert(ModuleKind::TxtMod, 0);
     sel.type_ranks.insert(ModuleKind::SingleMod, 4);
     let sel = sel
-        .with_rule(r"^single_blocks\.(3[0-7])\.", RuleOverride { rank: Some(0), ..Default::default() })
+        .with_rule(
+            r"^single_blocks\.(3[0-7])\.",
+            RuleOverride {
+                rank: Some(0),
+                ..Default::default()
+            },
+        )
         .unwrap()
-        .with_rule(r"_attn\.qkv$", RuleOverride { rank: Some(32), alpha: Some(8.0), lr_scale: Some(0.5) })
+        .with_rule(
+            r"_attn\.qkv$",
+            RuleOverride {
+                rank: Some(32),
+                alpha: Some(8.0),
+                lr_scale: Some(0.5),
+            },
+        )
         .unwrap();
-    assert!(sel.select("double_blocks.0.img_mod.lin", 3072, 18432).is_none());
-    assert_eq!(sel.select("single_blocks.0.modulation.lin", 3072, 9216).unwrap().adapters[0].rank, 4);
-    assert!(sel.select("single_blocks.31.linear1", 3072, 21504).is_none());
-    let qkv = sel.select("double_blocks.2.txt_attn.qkv", 3072, 9216).unwrap();
-    assert_eq!((qkv.adapters[0].rank, qkv.adapters[0].alpha, qkv.lr_scale), (32, 8.0, 0.5));
+    assert!(sel
+        .select("double_blocks.0.img_mod.lin", 3072, 18432)
+        .is_none());
+    assert_eq!(
+        sel.select("single_blocks.0.modulation.lin", 3072, 9216)
+            .unwrap()
+            .adapters[0]
+            .rank,
+        4
+    );
+    assert!(sel
+        .select("single_blocks.31.linear1", 3072, 21504)
+        .is_none());
+    let qkv = sel
+        .select("double_blocks.2.txt_attn.qkv", 3072, 9216)
+        .unwrap();
+    assert_eq!(
+        (qkv.adapters[0].rank, qkv.adapters[0].alpha, qkv.lr_scale),
+        (32, 8.0, 0.5)
+    );
     assert_eq!(qkv.kind, ModuleKind::TxtAttn);
     // 19·(10−2) double + 30·2 single linear1/linear2 + 30 single modulation = 152 + 60 + 30.
     assert_eq!(tally(&sel).0, 242);
-    assert!(TargetSelector::new(Preset::Kohya, 1, 1.0).with_rule("(", RuleOverride::default()).is_err());
+    assert!(TargetSelector::new(Preset::Kohya, 1, 1.0)
+        .with_rule("(", RuleOverride::default())
+        .is_err());
 }
 
 #[test]
 fn row_splits_follow_diffusers_granularity() {
     let sel = TargetSelector::new(Preset::AiToolkit, 2, 2.0);
-    let l1 = sel.select("single_blocks.0.linear1", 8, 8 * 3 + 32).unwrap();
+    let l1 = sel
+        .select("single_blocks.0.linear1", 8, 8 * 3 + 32)
+        .unwrap();
     let rows: Vec<_> = l1.adapters.iter().map(|a| a.rows.unwrap()).collect();
     assert_eq!(rows, vec![(0, 8), (8, 16), (16, 24), (24, 56)]);
     let qkv = sel.select("double_blocks.0.img_attn.qkv", 8, 24).unwrap();
-    assert_eq!(qkv.adapters.iter().map(|a| a.rows.unwrap()).collect::<Vec<_>>(), vec![(0, 8), (8, 16), (16, 24)]);
+    assert_eq!(
+        qkv.adapters
+            .iter()
+            .map(|a| a.rows.unwrap())
+            .collect::<Vec<_>>(),
+        vec![(0, 8), (8, 16), (16, 24)]
+    );
     assert!("nonsense".parse::<Preset>().is_err());
     assert_eq!("ai-toolkit".parse::<Preset>().unwrap(), Preset::AiToolkit);
 }

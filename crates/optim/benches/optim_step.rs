@@ -38,7 +38,11 @@ fn model(device: &NdArrayDevice) -> Adapters<AB> {
     Adapters {
         layers: (0..LAYERS)
             .map(|_| Adapter {
-                lora_a: Param::from_tensor(Tensor::random([HIDDEN, RANK], Distribution::Normal(0.0, 0.02), device)),
+                lora_a: Param::from_tensor(Tensor::random(
+                    [HIDDEN, RANK],
+                    Distribution::Normal(0.0, 0.02),
+                    device,
+                )),
                 lora_b: Param::from_tensor(Tensor::zeros([RANK, HIDDEN], device)),
             })
             .collect(),
@@ -48,8 +52,14 @@ fn model(device: &NdArrayDevice) -> Adapters<AB> {
 fn grads(m: &Adapters<AB>, device: &NdArrayDevice) -> GradientsParams {
     let mut g = GradientsParams::new();
     for l in &m.layers {
-        g.register::<Inner, 2>(l.lora_a.id, Tensor::random([HIDDEN, RANK], Distribution::Normal(0.0, 1e-3), device));
-        g.register::<Inner, 2>(l.lora_b.id, Tensor::random([RANK, HIDDEN], Distribution::Normal(0.0, 1e-3), device));
+        g.register::<Inner, 2>(
+            l.lora_a.id,
+            Tensor::random([HIDDEN, RANK], Distribution::Normal(0.0, 1e-3), device),
+        );
+        g.register::<Inner, 2>(
+            l.lora_b.id,
+            Tensor::random([RANK, HIDDEN], Distribution::Normal(0.0, 1e-3), device),
+        );
     }
     g
 }
@@ -58,14 +68,20 @@ fn bench<R: OptimizerRule<Inner>>(name: &str, rule: R, lr: f64, steps: usize) {
     let device = Default::default();
     let mut m = model(&device);
     let params = (2 * LAYERS * HIDDEN * RANK) as f64;
-    let mut opt: LoraOptimizer<R, Adapters<AB>, AB> = LoraOptimizer::new(rule).with_max_grad_norm(1.0).unwrap();
+    let mut opt: LoraOptimizer<R, Adapters<AB>, AB> =
+        LoraOptimizer::new(rule).with_max_grad_norm(1.0).unwrap();
     let mut times = Vec::with_capacity(steps);
     for i in 0..steps + 2 {
         let g = grads(&m, &device);
         let t = Instant::now();
         m = opt.step(lr, m, g);
         // Force the lazy work to finish: read one value back.
-        let _ = m.layers[0].lora_b.val().inner().slice([0..1, 0..1]).into_data();
+        let _ = m.layers[0]
+            .lora_b
+            .val()
+            .inner()
+            .slice([0..1, 0..1])
+            .into_data();
         if i >= 2 {
             times.push(t.elapsed().as_secs_f64());
         }
@@ -83,10 +99,28 @@ fn bench<R: OptimizerRule<Inner>>(name: &str, rule: R, lr: f64, steps: usize) {
 }
 
 fn main() {
-    let steps: usize = std::env::var("OPTIM_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let steps: usize = std::env::var("OPTIM_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     println!("optimizer state and step time, NdArray, {LAYERS} × LoRA rank {RANK} on {HIDDEN}×{HIDDEN}, global-norm clipping on");
     bench("AdamW", AdamWConfig::default().init().unwrap(), 1e-4, steps);
-    bench("AdamW8bit", AdamW8bitConfig::default().init().unwrap(), 1e-4, steps);
-    bench("Prodigy", ProdigyConfig::default().init().unwrap(), 1.0, steps);
-    bench("Adafactor", AdafactorConfig::default().init().unwrap(), 0.0, steps);
+    bench(
+        "AdamW8bit",
+        AdamW8bitConfig::default().init().unwrap(),
+        1e-4,
+        steps,
+    );
+    bench(
+        "Prodigy",
+        ProdigyConfig::default().init().unwrap(),
+        1.0,
+        steps,
+    );
+    bench(
+        "Adafactor",
+        AdafactorConfig::default().init().unwrap(),
+        0.0,
+        steps,
+    );
 }

@@ -25,7 +25,11 @@ impl GradientMean {
     }
 
     /// Adds one micro-batch's gradients (parameters of `module` only).
-    pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(&mut self, module: &M, grads: GradientsParams) {
+    pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &mut self,
+        module: &M,
+        grads: GradientsParams,
+    ) {
         let mut grads = grads;
         let mut adder = Adder::<B> {
             sum: &mut self.sum,
@@ -38,7 +42,10 @@ impl GradientMean {
 
     /// The mean gradient over the accumulated micro-batches; resets the accumulator.
     /// Returns empty gradients when nothing was accumulated.
-    pub fn finish<B: AutodiffBackend, M: AutodiffModule<B>>(&mut self, module: &M) -> GradientsParams {
+    pub fn finish<B: AutodiffBackend, M: AutodiffModule<B>>(
+        &mut self,
+        module: &M,
+    ) -> GradientsParams {
         let mut out = GradientsParams::new();
         let count = std::mem::take(&mut self.count);
         let mut sum = std::mem::take(&mut self.sum);
@@ -84,7 +91,8 @@ struct Divider<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for Divider<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(s) = self.sum.remove::<B::InnerBackend, D>(param.id) {
-            self.out.register::<B::InnerBackend, D>(param.id, s.div_scalar(self.count));
+            self.out
+                .register::<B::InnerBackend, D>(param.id, s.div_scalar(self.count));
         }
     }
 }

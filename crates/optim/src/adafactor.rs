@@ -60,7 +60,11 @@ impl AdafactorConfig {
     /// Validates and builds the optimizer.
     pub fn init(self) -> Result<Adafactor, OptimError> {
         if self.warmup_init && !self.relative_step {
-            return Err(OptimError::config("warmup_init", true, "requires relative_step = true"));
+            return Err(OptimError::config(
+                "warmup_init",
+                true,
+                "requires relative_step = true",
+            ));
         }
         if let Some(b1) = self.beta1 {
             if !(0.0..1.0).contains(&b1) {
@@ -68,16 +72,32 @@ impl AdafactorConfig {
             }
         }
         if !(self.clip_threshold > 0.0) {
-            return Err(OptimError::config("clip_threshold", self.clip_threshold, "must be > 0"));
+            return Err(OptimError::config(
+                "clip_threshold",
+                self.clip_threshold,
+                "must be > 0",
+            ));
         }
         if !(self.decay_rate < 0.0) {
-            return Err(OptimError::config("decay_rate", self.decay_rate, "must be < 0"));
+            return Err(OptimError::config(
+                "decay_rate",
+                self.decay_rate,
+                "must be < 0",
+            ));
         }
         if !(self.eps1 >= 0.0 && self.eps2 >= 0.0) {
-            return Err(OptimError::config("eps", format!("({}, {})", self.eps1, self.eps2), "must be >= 0"));
+            return Err(OptimError::config(
+                "eps",
+                format!("({}, {})", self.eps1, self.eps2),
+                "must be >= 0",
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(OptimError::config("weight_decay", self.weight_decay, "must be finite and >= 0"));
+            return Err(OptimError::config(
+                "weight_decay",
+                self.weight_decay,
+                "must be finite and >= 0",
+            ));
         }
         Ok(Adafactor { config: self })
     }
@@ -123,8 +143,19 @@ impl Adafactor {
 
     /// One update of a flattened parameter of `shape`; `lr` is used only without `relative_step`,
     /// `lr_scale` always multiplies the step size.
-    pub fn update_tensor<B: Backend>(&self, update: TensorUpdate<'_, B, AdafactorState<B>>) -> (Tensor<B, 1>, AdafactorState<B>) {
-        let TensorUpdate { lr, lr_scale, weight_decay, shape, param, grad, state } = update;
+    pub fn update_tensor<B: Backend>(
+        &self,
+        update: TensorUpdate<'_, B, AdafactorState<B>>,
+    ) -> (Tensor<B, 1>, AdafactorState<B>) {
+        let TensorUpdate {
+            lr,
+            lr_scale,
+            weight_decay,
+            shape,
+            param,
+            grad,
+            state,
+        } = update;
         let c = &self.config;
         let device = param.device();
         let factored = factor_dims(shape);
@@ -147,7 +178,10 @@ impl Adafactor {
         let lr_t: Tensor<B, 1> = if c.scale_parameter {
             rms(&param).clamp_min(c.eps2).mul_scalar(rel_step)
         } else {
-            Tensor::from_data(TensorData::new(vec![rel_step as f32], [1]), (&device, DType::F32))
+            Tensor::from_data(
+                TensorData::new(vec![rel_step as f32], [1]),
+                (&device, DType::F32),
+            )
         };
 
         let beta2t = 1.0 - t.powf(c.decay_rate);
@@ -157,11 +191,20 @@ impl Adafactor {
                 let sq = sq.reshape([b, r, k]);
                 let row_mean: Tensor<B, 2> = sq.clone().mean_dim(2).reshape([b, r]);
                 let col_mean: Tensor<B, 2> = sq.mean_dim(1).reshape([b, k]);
-                let row = state.exp_avg_sq_row.take().unwrap_or_else(|| Tensor::zeros([b, r], &device));
-                let col = state.exp_avg_sq_col.take().unwrap_or_else(|| Tensor::zeros([b, k], &device));
+                let row = state
+                    .exp_avg_sq_row
+                    .take()
+                    .unwrap_or_else(|| Tensor::zeros([b, r], &device));
+                let col = state
+                    .exp_avg_sq_col
+                    .take()
+                    .unwrap_or_else(|| Tensor::zeros([b, k], &device));
                 let row = row.mul_scalar(beta2t) + row_mean.mul_scalar(1.0 - beta2t);
                 let col = col.mul_scalar(beta2t) + col_mean.mul_scalar(1.0 - beta2t);
-                let r_factor = (row.clone() / row.clone().mean_dim(1)).sqrt().recip().reshape([b, r, 1]);
+                let r_factor = (row.clone() / row.clone().mean_dim(1))
+                    .sqrt()
+                    .recip()
+                    .reshape([b, r, 1]);
                 let c_factor = col.clone().sqrt().recip().reshape([b, 1, k]);
                 state.exp_avg_sq_row = Some(row);
                 state.exp_avg_sq_col = Some(col);
@@ -199,7 +242,9 @@ impl<B: Backend> ParamState<B> for AdafactorState<B> {
             named_f32("exp_avg_sq_col", &self.exp_avg_sq_col),
             named_f32("exp_avg_sq", &self.exp_avg_sq),
         ];
-        std::iter::once(("step", host_step(self.step))).chain(moments.into_iter().flatten()).collect()
+        std::iter::once(("step", host_step(self.step)))
+            .chain(moments.into_iter().flatten())
+            .collect()
     }
 
     fn from_host(
@@ -253,7 +298,10 @@ impl Adafactor {
                 moment: "exp_avg",
                 saved: state.exp_avg.is_some(),
                 option: "beta1",
-                value: self.config.beta1.map_or_else(|| "None".into(), |b| b.to_string()),
+                value: self
+                    .config
+                    .beta1
+                    .map_or_else(|| "None".into(), |b| b.to_string()),
             });
         }
         Ok(())

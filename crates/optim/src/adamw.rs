@@ -46,7 +46,12 @@ impl AdamWConfig {
     }
 }
 
-pub(crate) fn check_betas_eps_wd(beta1: f64, beta2: f64, eps: f64, wd: f64) -> Result<(), OptimError> {
+pub(crate) fn check_betas_eps_wd(
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    wd: f64,
+) -> Result<(), OptimError> {
     if !(0.0..1.0).contains(&beta1) {
         return Err(OptimError::config("beta1", beta1, "must be in [0, 1)"));
     }
@@ -57,7 +62,11 @@ pub(crate) fn check_betas_eps_wd(beta1: f64, beta2: f64, eps: f64, wd: f64) -> R
         return Err(OptimError::config("eps", eps, "must be finite and >= 0"));
     }
     if !(wd.is_finite() && wd >= 0.0) {
-        return Err(OptimError::config("weight_decay", wd, "must be finite and >= 0"));
+        return Err(OptimError::config(
+            "weight_decay",
+            wd,
+            "must be finite and >= 0",
+        ));
     }
     Ok(())
 }
@@ -86,8 +95,19 @@ impl AdamW {
     }
 
     /// One AdamW update of a flattened parameter, at learning rate `lr · lr_scale`.
-    pub fn update_tensor<B: Backend>(&self, update: TensorUpdate<'_, B, AdamWState<B>>) -> (Tensor<B, 1>, AdamWState<B>) {
-        let TensorUpdate { lr, lr_scale, weight_decay, param, grad, state, .. } = update;
+    pub fn update_tensor<B: Backend>(
+        &self,
+        update: TensorUpdate<'_, B, AdamWState<B>>,
+    ) -> (Tensor<B, 1>, AdamWState<B>) {
+        let TensorUpdate {
+            lr,
+            lr_scale,
+            weight_decay,
+            param,
+            grad,
+            state,
+            ..
+        } = update;
         let lr = lr * lr_scale;
         let c = &self.config;
         let (step, m, v) = match state {

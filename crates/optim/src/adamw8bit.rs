@@ -14,10 +14,15 @@ use burn::record::Record;
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::adamw::check_betas_eps_wd;
-use crate::AdamWConfig;
-use crate::quant8::{code_storage_dtype, dequantize_blockwise, dynamic_map, quantize_blockwise, Quantized, BLOCK_SIZE};
 use crate::per_tensor::{per_tensor_rule, TensorUpdate};
-use crate::rule::{float_bytes, host_step, int_bytes, named_f32, named_u8, HostEntries, ParamState};
+use crate::quant8::{
+    code_storage_dtype, dequantize_blockwise, dynamic_map, quantize_blockwise, Quantized,
+    BLOCK_SIZE,
+};
+use crate::rule::{
+    float_bytes, host_step, int_bytes, named_f32, named_u8, HostEntries, ParamState,
+};
+use crate::AdamWConfig;
 use crate::OptimError;
 
 /// AdamW8bit hyper-parameters (bitsandbytes defaults).
@@ -38,8 +43,19 @@ pub struct AdamW8bitConfig {
 /// AdamW's defaults (PyTorch's, as bitsandbytes uses them) and `min_8bit_size` 4096.
 impl Default for AdamW8bitConfig {
     fn default() -> Self {
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = AdamWConfig::default();
-        Self { beta1, beta2, eps, weight_decay, min_8bit_size: 4096 }
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = AdamWConfig::default();
+        Self {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            min_8bit_size: 4096,
+        }
     }
 }
 
@@ -89,20 +105,50 @@ impl AdamW8bit {
     }
 
     /// One update of a flattened parameter, at learning rate `lr · lr_scale`.
-    pub fn update_tensor<B: Backend>(&self, update: TensorUpdate<'_, B, AdamW8bitState<B>>) -> (Tensor<B, 1>, AdamW8bitState<B>) {
+    pub fn update_tensor<B: Backend>(
+        &self,
+        update: TensorUpdate<'_, B, AdamW8bitState<B>>,
+    ) -> (Tensor<B, 1>, AdamW8bitState<B>) {
         let c = &self.config;
-        let TensorUpdate { lr, lr_scale, weight_decay, param, grad, state, .. } = update;
+        let TensorUpdate {
+            lr,
+            lr_scale,
+            weight_decay,
+            param,
+            grad,
+            state,
+            ..
+        } = update;
         let lr = lr * lr_scale;
         let n = param.dims()[0];
         let quantized = n >= c.min_8bit_size;
         let step = state.as_ref().map_or(0, |s| s.step) + 1;
         let (m, v) = match state {
             None => (grad.zeros_like(), grad.zeros_like()),
-            Some(s) => match (s.exp_avg, s.exp_avg_sq, s.exp_avg_codes, s.exp_avg_absmax, s.exp_avg_sq_codes, s.exp_avg_sq_absmax) {
+            Some(s) => match (
+                s.exp_avg,
+                s.exp_avg_sq,
+                s.exp_avg_codes,
+                s.exp_avg_absmax,
+                s.exp_avg_sq_codes,
+                s.exp_avg_sq_absmax,
+            ) {
                 (Some(m), Some(v), ..) => (m, v),
                 (_, _, Some(mc), Some(ma), Some(vc), Some(va)) => (
-                    dequantize_blockwise(&Quantized { codes: mc, absmax: ma }, &self.signed_map),
-                    dequantize_blockwise(&Quantized { codes: vc, absmax: va }, &self.unsigned_map),
+                    dequantize_blockwise(
+                        &Quantized {
+                            codes: mc,
+                            absmax: ma,
+                        },
+                        &self.signed_map,
+                    ),
+                    dequantize_blockwise(
+                        &Quantized {
+                            codes: vc,
+                            absmax: va,
+                        },
+                        &self.unsigned_map,
+                    ),
                 ),
                 _ => (grad.zeros_like(), grad.zeros_like()),
             },
@@ -159,7 +205,9 @@ impl<B: Backend> ParamState<B> for AdamW8bitState<B> {
             named_f32("exp_avg", &self.exp_avg),
             named_f32("exp_avg_sq", &self.exp_avg_sq),
         ];
-        std::iter::once(("step", host_step(self.step))).chain(moments.into_iter().flatten()).collect()
+        std::iter::once(("step", host_step(self.step)))
+            .chain(moments.into_iter().flatten())
+            .collect()
     }
 
     fn from_host(

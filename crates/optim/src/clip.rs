@@ -7,9 +7,17 @@ use burn::tensor::{backend::Backend, Tensor};
 
 /// Scales `grads` in place so their joint L2 norm is at most `max_norm`; returns the norm
 /// before clipping (one-element tensor), or `None` when there are no gradients.
-pub fn clip_global_norm<B: Backend>(grads: &mut [Tensor<B, 1>], max_norm: f64) -> Option<Tensor<B, 1>> {
+pub fn clip_global_norm<B: Backend>(
+    grads: &mut [Tensor<B, 1>],
+    max_norm: f64,
+) -> Option<Tensor<B, 1>> {
     let total = global_norm(grads)?;
-    let coef = total.clone().add_scalar(1e-6).recip().mul_scalar(max_norm).clamp_max(1.0);
+    let coef = total
+        .clone()
+        .add_scalar(1e-6)
+        .recip()
+        .mul_scalar(max_norm)
+        .clamp_max(1.0);
     for g in grads.iter_mut() {
         *g = g.clone() * coef.clone();
     }

@@ -248,10 +248,20 @@ mod tests {
 
     #[test]
     fn state_messages_name_the_setting() {
-        let e = OptimError::QuantMismatch { elements: 12, min_8bit_size: 4, saved_8bit: false };
+        let e = OptimError::QuantMismatch {
+            elements: 12,
+            min_8bit_size: 4,
+            saved_8bit: false,
+        };
         let e = e.in_state("s.safetensors", "w").to_string();
-        assert!(e.starts_with("optimizer state `s.safetensors`, key `w`: moments are f32"), "{e}");
-        assert!(e.contains("min_8bit_size = 4 makes a 12-element tensor 8-bit"), "{e}");
+        assert!(
+            e.starts_with("optimizer state `s.safetensors`, key `w`: moments are f32"),
+            "{e}"
+        );
+        assert!(
+            e.contains("min_8bit_size = 4 makes a 12-element tensor 8-bit"),
+            "{e}"
+        );
         let e = OptimError::MomentMismatch {
             moment: "exp_avg",
             saved: true,

@@ -63,11 +63,19 @@ impl ParamGroups {
         weight_decay: Option<f64>,
     ) -> Result<Self, OptimError> {
         if !(lr_scale.is_finite() && lr_scale >= 0.0) {
-            return Err(OptimError::config("lr_scale", lr_scale, "must be finite and >= 0"));
+            return Err(OptimError::config(
+                "lr_scale",
+                lr_scale,
+                "must be finite and >= 0",
+            ));
         }
         if let Some(wd) = weight_decay {
             if !(wd.is_finite() && wd >= 0.0) {
-                return Err(OptimError::config("weight_decay", wd, "must be finite and >= 0"));
+                return Err(OptimError::config(
+                    "weight_decay",
+                    wd,
+                    "must be finite and >= 0",
+                ));
             }
         }
         let regex = Regex::new(pattern).map_err(|source| OptimError::BadGroupPattern {
@@ -124,10 +132,18 @@ mod tests {
             .unwrap()
             .with_rule("all", r".*", 2.0, None)
             .unwrap();
-        assert_eq!(g.resolve("x.norm.scale"), GroupSettings { lr_scale: 0.5, weight_decay: Some(0.0) });
+        assert_eq!(
+            g.resolve("x.norm.scale"),
+            GroupSettings {
+                lr_scale: 0.5,
+                weight_decay: Some(0.0)
+            }
+        );
         assert_eq!(g.resolve("x.proj").lr_scale, 2.0);
         assert_eq!(g.group_name("x.proj"), Some("all"));
         assert!(ParamGroups::new().with_rule("bad", "(", 1.0, None).is_err());
-        assert!(ParamGroups::new().with_rule("neg", "x", -1.0, None).is_err());
+        assert!(ParamGroups::new()
+            .with_rule("neg", "x", -1.0, None)
+            .is_err());
     }
 }

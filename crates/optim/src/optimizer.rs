@@ -118,7 +118,11 @@ where
     /// Clips gradients to a global L2 norm of `max_norm` before every step.
     pub fn with_max_grad_norm(mut self, max_norm: f64) -> Result<Self, OptimError> {
         if !(max_norm.is_finite() && max_norm > 0.0) {
-            return Err(OptimError::config("max_grad_norm", max_norm, "must be finite and > 0"));
+            return Err(OptimError::config(
+                "max_grad_norm",
+                max_norm,
+                "must be finite and > 0",
+            ));
         }
         self.max_grad_norm = Some(max_norm);
         Ok(self)
@@ -149,7 +153,10 @@ where
 
     /// Memory held by the state on device.
     pub fn state_memory(&self) -> StateMemory {
-        let mut m = StateMemory { params: 0, bytes: 0 };
+        let mut m = StateMemory {
+            params: 0,
+            bytes: 0,
+        };
         for e in self.states.values() {
             m.params += e.shape.iter().product::<usize>();
             m.bytes += e.state.bytes();
@@ -159,7 +166,11 @@ where
 
     /// Paths that currently have state, in order.
     pub fn state_paths(&self) -> Vec<String> {
-        self.states.keys().chain(self.pending.keys()).cloned().collect()
+        self.states
+            .keys()
+            .chain(self.pending.keys())
+            .cloned()
+            .collect()
     }
 
     fn step_common(&mut self, lr: f64, module: M, mut grads: GradAdaptor) -> M {
@@ -199,7 +210,13 @@ where
         let mut updates = HashMap::with_capacity(slots.len());
         for (id, slot) in ids.into_iter().zip(slots) {
             if let Some(state) = slot.state {
-                self.states.insert(slot.path, Entry { shape: slot.shape, state });
+                self.states.insert(
+                    slot.path,
+                    Entry {
+                        shape: slot.shape,
+                        state,
+                    },
+                );
             }
             updates.insert(id, slot.param);
         }
@@ -207,7 +224,12 @@ where
     }
 
     /// The state for `path`: in memory, or materialized from a loaded (pending) image.
-    fn take_state(&mut self, path: &str, shape: &[usize], device: &Device<Inner<B>>) -> Option<R::State> {
+    fn take_state(
+        &mut self,
+        path: &str,
+        shape: &[usize],
+        device: &Device<Inner<B>>,
+    ) -> Option<R::State> {
         if let Some(e) = self.states.remove(path) {
             return Some(e.state);
         }
@@ -234,7 +256,10 @@ where
             problem,
         };
         if image.shape != shape {
-            return Err(mismatch(format!("saved for shape {:?}, parameter has shape {shape:?}", image.shape)));
+            return Err(mismatch(format!(
+                "saved for shape {:?}, parameter has shape {shape:?}",
+                image.shape
+            )));
         }
         let mut entries = HostEntries::new(image.tensors.clone());
         let state = R::State::from_host(&mut entries, shape, device)
@@ -243,7 +268,9 @@ where
         if !left.is_empty() {
             return Err(mismatch(format!("unexpected state tensors {left:?}")));
         }
-        self.rule.validate_state(shape, &state).map_err(|e| e.in_state(origin, path))?;
+        self.rule
+            .validate_state(shape, &state)
+            .map_err(|e| e.in_state(origin, path))?;
         Ok(state)
     }
 
@@ -251,8 +278,19 @@ where
     fn image(&self) -> StateImage {
         let mut params = BTreeMap::new();
         for (path, e) in &self.states {
-            let tensors = e.state.to_host().into_iter().map(|(n, d)| (n.to_string(), d)).collect();
-            params.insert(path.clone(), ParamImage { shape: e.shape.clone(), tensors });
+            let tensors = e
+                .state
+                .to_host()
+                .into_iter()
+                .map(|(n, d)| (n.to_string(), d))
+                .collect();
+            params.insert(
+                path.clone(),
+                ParamImage {
+                    shape: e.shape.clone(),
+                    tensors,
+                },
+            );
         }
         for (path, p) in &self.pending {
             params.insert(path.clone(), p.clone());
@@ -261,7 +299,12 @@ where
             optimizer: self.rule.name().to_string(),
             config: self.rule.describe(),
             steps: self.steps,
-            globals: self.rule.globals().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            globals: self
+                .rule
+                .globals()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             params,
         }
     }
@@ -282,28 +325,52 @@ where
     /// Loads state written by [`save_state_file`](Self::save_state_file), validating every entry
     /// against `module` (paths exist, shapes and state layout match) and placing it on each
     /// parameter's device. On error nothing changes.
-    pub fn load_state_file(&mut self, path: impl AsRef<Path>, module: &M) -> Result<(), OptimError> {
+    pub fn load_state_file(
+        &mut self,
+        path: impl AsRef<Path>,
+        module: &M,
+    ) -> Result<(), OptimError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| OptimError::Io { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| OptimError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         self.load_state_bytes(&bytes, &path.display().to_string(), module)
     }
 
     /// [`load_state_file`](Self::load_state_file) from bytes; `origin` names them in errors.
-    pub fn load_state_bytes(&mut self, bytes: &[u8], origin: &str, module: &M) -> Result<(), OptimError> {
+    pub fn load_state_bytes(
+        &mut self,
+        bytes: &[u8],
+        origin: &str,
+        module: &M,
+    ) -> Result<(), OptimError> {
         let image = self.checked_image(bytes, origin)?;
         let mut lister = ParamLister::<B>::new();
         module.visit(&mut lister);
-        let by_path: HashMap<&str, (&Vec<usize>, &Device<B>)> =
-            lister.params.iter().map(|(p, _, s, d)| (p.as_str(), (s, d))).collect();
+        let by_path: HashMap<&str, (&Vec<usize>, &Device<B>)> = lister
+            .params
+            .iter()
+            .map(|(p, _, s, d)| (p.as_str(), (s, d)))
+            .collect();
         let mut states = BTreeMap::new();
         for (path, p) in &image.params {
-            let (shape, device) = by_path.get(path.as_str()).ok_or_else(|| OptimError::StateMismatch {
-                path: origin.to_string(),
-                key: path.clone(),
-                problem: "the module has no parameter with this path".into(),
-            })?;
+            let (shape, device) =
+                by_path
+                    .get(path.as_str())
+                    .ok_or_else(|| OptimError::StateMismatch {
+                        path: origin.to_string(),
+                        key: path.clone(),
+                        problem: "the module has no parameter with this path".into(),
+                    })?;
             let state = self.materialize(origin, path, p, shape, device)?;
-            states.insert(path.clone(), Entry { shape: p.shape.clone(), state });
+            states.insert(
+                path.clone(),
+                Entry {
+                    shape: p.shape.clone(),
+                    state,
+                },
+            );
         }
         let mut rule = self.rule.clone();
         rule.set_globals(&|k| image.globals.get(k).copied())

@@ -58,7 +58,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradCollector<'_, B> {
         let device = value.device();
         let shape: Vec<usize> = value.dims().to_vec();
         let n: usize = shape.iter().product();
-        let grad = if grad.device() != device { grad.to_device(&device) } else { grad };
+        let grad = if grad.device() != device {
+            grad.to_device(&device)
+        } else {
+            grad
+        };
         self.found.push(FoundParam {
             id: param.id,
             path: self.stack.join("."),
@@ -96,7 +100,8 @@ impl<B: Backend> ModuleVisitor<B> for ParamLister<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let shape = param.lazy_shape().to_vec();
         let device = param.lazy_device();
-        self.params.push((self.stack.join("."), param.id, shape, device));
+        self.params
+            .push((self.stack.join("."), param.id, shape, device));
     }
 }
 
@@ -125,5 +130,9 @@ impl<B: AutodiffBackend> ModuleMapper<B> for ParamWriter<B> {
 pub fn param_paths<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M) -> Vec<(String, ParamId)> {
     let mut lister = ParamLister::<B>::new();
     module.visit(&mut lister);
-    lister.params.into_iter().map(|(p, id, _, _)| (p, id)).collect()
+    lister
+        .params
+        .into_iter()
+        .map(|(p, id, _, _)| (p, id))
+        .collect()
 }

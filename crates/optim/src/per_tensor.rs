@@ -42,7 +42,11 @@ pub(crate) trait TensorRule<B: Backend> {
 
 /// [`OptimizerRule::step`](crate::OptimizerRule::step) of a per-tensor rule: updates each slot
 /// with its group's learning-rate multiplier and weight decay (the rule's own when unset).
-pub(crate) fn step_slots<B: Backend, R: TensorRule<B>>(rule: &R, lr: f64, slots: &mut [ParamSlot<B, R::State>]) {
+pub(crate) fn step_slots<B: Backend, R: TensorRule<B>>(
+    rule: &R,
+    lr: f64,
+    slots: &mut [ParamSlot<B, R::State>],
+) {
     for slot in slots.iter_mut() {
         let (p, s) = rule.update(TensorUpdate {
             lr,

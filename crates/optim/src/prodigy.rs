@@ -14,7 +14,9 @@
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
-use crate::rule::{float_bytes, host_f32, host_step, HostEntries, OptimizerRule, ParamSlot, ParamState};
+use crate::rule::{
+    float_bytes, host_f32, host_step, HostEntries, OptimizerRule, ParamSlot, ParamState,
+};
 use crate::OptimError;
 
 /// Prodigy hyper-parameters (prodigyopt defaults).
@@ -86,13 +88,25 @@ impl ProdigyConfig {
             }
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(OptimError::config("weight_decay", self.weight_decay, "must be finite and >= 0"));
+            return Err(OptimError::config(
+                "weight_decay",
+                self.weight_decay,
+                "must be finite and >= 0",
+            ));
         }
         if !(self.d_coef > 0.0 && self.d_coef.is_finite()) {
-            return Err(OptimError::config("d_coef", self.d_coef, "must be finite and > 0"));
+            return Err(OptimError::config(
+                "d_coef",
+                self.d_coef,
+                "must be finite and > 0",
+            ));
         }
         if !(self.growth_rate >= 1.0) {
-            return Err(OptimError::config("growth_rate", self.growth_rate, "must be >= 1 (inf = unlimited)"));
+            return Err(OptimError::config(
+                "growth_rate",
+                self.growth_rate,
+                "must be >= 1 (inf = unlimited)",
+            ));
         }
         if self.slice_p == 0 {
             return Err(OptimError::config("slice_p", self.slice_p, "must be >= 1"));
@@ -216,7 +230,14 @@ impl<B: Backend> OptimizerRule<B> for Prodigy {
                 Some(s) => s,
                 None => {
                     let sliced = self.sliced(slot.param.clone());
-                    let max_abs = slot.param.clone().abs().max().into_data().iter::<f64>().next();
+                    let max_abs = slot
+                        .param
+                        .clone()
+                        .abs()
+                        .max()
+                        .into_data()
+                        .iter::<f64>()
+                        .next();
                     let any_nonzero = max_abs.is_some_and(|v| v != 0.0);
                     ProdigyState {
                         step: 0,
@@ -237,11 +258,16 @@ impl<B: Backend> OptimizerRule<B> for Prodigy {
                 };
                 dots.push((sliced_grad.clone() * diff).sum());
                 if let Some(m) = state.exp_avg.take() {
-                    state.exp_avg = Some(m.mul_scalar(beta1) + grad.clone().mul_scalar(d * (1.0 - beta1)));
+                    state.exp_avg =
+                        Some(m.mul_scalar(beta1) + grad.clone().mul_scalar(d * (1.0 - beta1)));
                 }
                 state.exp_avg_sq = state.exp_avg_sq.mul_scalar(beta2)
                     + grad.clone().mul_scalar(d * d * (1.0 - beta2)) * grad;
-                let alpha = if c.safeguard_warmup { (d / d0) * d } else { (d / d0) * dlr };
+                let alpha = if c.safeguard_warmup {
+                    (d / d0) * d
+                } else {
+                    (d / d0) * dlr
+                };
                 state.s = state.s.mul_scalar(beta3) + sliced_grad.mul_scalar(alpha);
                 s_sums.push(state.s.clone().abs().sum());
             }
@@ -249,7 +275,9 @@ impl<B: Backend> OptimizerRule<B> for Prodigy {
         }
 
         let scale = (d / d0) * dlr;
-        let delta_numerator: f64 = scalar_f64s(dots).into_iter().fold(0.0, |acc, dot| acc + scale * dot);
+        let delta_numerator: f64 = scalar_f64s(dots)
+            .into_iter()
+            .fold(0.0, |acc, dot| acc + scale * dot);
         let d_denom: f64 = scalar_f64s(s_sums).into_iter().fold(0.0, |acc, s| acc + s);
 
         if d_denom == 0.0 {
@@ -275,9 +303,15 @@ impl<B: Backend> OptimizerRule<B> for Prodigy {
 
         // Pass 2: parameter updates with the new d in the denominator and the old dlr.
         for slot in slots.iter_mut() {
-            let Some(mut state) = slot.state.take() else { continue };
+            let Some(mut state) = slot.state.take() else {
+                continue;
+            };
             state.step += 1;
-            let ratio = if max_scale > 0.0 { slot.lr_scale / max_scale } else { 0.0 };
+            let ratio = if max_scale > 0.0 {
+                slot.lr_scale / max_scale
+            } else {
+                0.0
+            };
             let slot_dlr = dlr * ratio;
             let denom = state.exp_avg_sq.clone().sqrt().add_scalar(new_d * c.eps);
             let wd = slot.weight_decay.unwrap_or(c.weight_decay);
@@ -328,7 +362,9 @@ impl<B: Backend> OptimizerRule<B> for Prodigy {
 
     fn set_globals(&mut self, get: &dyn Fn(&str) -> Option<f64>) -> Result<(), OptimError> {
         let need = |n: &str| {
-            get(n).ok_or_else(|| OptimError::MissingGlobal { name: n.to_string() })
+            get(n).ok_or_else(|| OptimError::MissingGlobal {
+                name: n.to_string(),
+            })
         };
         self.d = need("d")?;
         self.d_max = need("d_max")?;
@@ -336,7 +372,10 @@ impl<B: Backend> OptimizerRule<B> for Prodigy {
         self.d_hat = need("d_hat")?;
         let k = need("k")?;
         if !(k >= 0.0 && k.fract() == 0.0) {
-            return Err(OptimError::GlobalNotStepCount { name: "k".into(), value: k });
+            return Err(OptimError::GlobalNotStepCount {
+                name: "k".into(),
+                value: k,
+            });
         }
         self.k = k as u64;
         Ok(())
@@ -374,7 +413,13 @@ impl<B: Backend> ParamState<B> for ProdigyState<B> {
             .ok_or_else(|| OptimError::MissingStateTensor { name: "s".into() })?;
         let s = e.take_f32("s", s_len, device)?;
         let p0 = e.take_f32_opt("p0", s_len, device)?;
-        Ok(Self { step, exp_avg, exp_avg_sq, s, p0 })
+        Ok(Self {
+            step,
+            exp_avg,
+            exp_avg_sq,
+            s,
+            p0,
+        })
     }
 
     fn bytes(&self) -> usize {

@@ -22,7 +22,11 @@ pub fn dynamic_map(signed: bool) -> [f32; 256] {
     let non_sign_bits = 7i32; // total_bits - 1, for both signed and unsigned maps
     let mut data: Vec<f32> = Vec::with_capacity(256);
     for i in 0..max_exponent_bits {
-        let exp = if signed { i + non_sign_bits - max_exponent_bits } else { i + non_sign_bits - max_exponent_bits + 1 };
+        let exp = if signed {
+            i + non_sign_bits - max_exponent_bits
+        } else {
+            i + non_sign_bits - max_exponent_bits + 1
+        };
         let fraction_items = (1usize << exp) + 1;
         let boundaries = torch_linspace_f32(0.1, 1.0, fraction_items);
         let scale = 10f64.powf(f64::from(-(max_exponent_bits - 1) + i)) as f32;
@@ -100,22 +104,34 @@ fn pad_to_blocks<B: Backend>(x: Tensor<B, 1>) -> (Tensor<B, 2>, usize) {
 }
 
 /// Quantizes `x` block-wise against `map` (see the module docs for the rounding rule).
-pub fn quantize_blockwise<B: Backend>(x: Tensor<B, 1>, map: &[f32; 256], storage: DType) -> Quantized<B> {
+pub fn quantize_blockwise<B: Backend>(
+    x: Tensor<B, 1>,
+    map: &[f32; 256],
+    storage: DType,
+) -> Quantized<B> {
     let device = x.device();
     let (blocks, n) = pad_to_blocks(x);
     let nblocks = blocks.dims()[0];
     let absmax = blocks.clone().abs().max_dim(1); // [nblocks, 1]
-    // An all-zero block quantizes to the code of 0 (bitsandbytes gets NaN there, which also
-    // dequantizes to 0 because the absmax is 0).
-    let safe = absmax.clone().mask_fill(absmax.clone().equal_elem(0.0), 1.0);
-    let normed = (blocks * safe.recip()).clamp(-1.0, 1.0).reshape([nblocks * BLOCK_SIZE]).slice(0..n);
+                                                  // An all-zero block quantizes to the code of 0 (bitsandbytes gets NaN there, which also
+                                                  // dequantizes to 0 because the absmax is 0).
+    let safe = absmax
+        .clone()
+        .mask_fill(absmax.clone().equal_elem(0.0), 1.0);
+    let normed = (blocks * safe.recip())
+        .clamp(-1.0, 1.0)
+        .reshape([nblocks * BLOCK_SIZE])
+        .slice(0..n);
     let table = map_tensor::<B>(map, &device);
 
     // Binary lifting: the largest index whose code is <= x (0 if none).
     let mut idx = Tensor::<B, 1, Int>::zeros([n], &device);
     for bit in [128i64, 64, 32, 16, 8, 4, 2, 1] {
         let cand = idx.clone().add_scalar(bit);
-        let below = table.clone().select(0, cand.clone()).lower_equal(normed.clone());
+        let below = table
+            .clone()
+            .select(0, cand.clone())
+            .lower_equal(normed.clone());
         idx = idx.mask_where(below, cand);
     }
     // The right neighbour wins only when strictly closer.
@@ -137,7 +153,11 @@ pub fn dequantize_blockwise<B: Backend>(q: &Quantized<B>, map: &[f32; 256]) -> T
     let n = q.codes.dims()[0];
     let nblocks = q.absmax.dims()[0];
     let default_int = <B::IntElem as Element>::dtype();
-    let codes = if q.codes.dtype() == default_int { q.codes.clone() } else { q.codes.clone().cast(default_int) };
+    let codes = if q.codes.dtype() == default_int {
+        q.codes.clone()
+    } else {
+        q.codes.clone().cast(default_int)
+    };
     let values = map_tensor::<B>(map, &device).select(0, codes);
     let (blocks, _) = pad_to_blocks(values);
     (blocks * q.absmax.clone().reshape([nblocks, 1]))
@@ -170,7 +190,9 @@ mod tests {
         let dev = Default::default();
         let map = dynamic_map(true);
         // 300 values: a full block and a partial one, including exact codes and midpoints.
-        let vals: Vec<f32> = (0..300).map(|i| ((i as f32) * 0.37).sin() * (1.0 + i as f32 / 100.0)).collect();
+        let vals: Vec<f32> = (0..300)
+            .map(|i| ((i as f32) * 0.37).sin() * (1.0 + i as f32 / 100.0))
+            .collect();
         let x = Tensor::<B, 1>::from_data(TensorData::new(vals.clone(), [300]), &dev);
         let q = quantize_blockwise(x, &map, DType::U8);
         assert_eq!(q.codes.dtype(), DType::U8);
@@ -200,7 +222,10 @@ mod tests {
         let dev = Default::default();
         let x = Tensor::<B, 1>::zeros([10], &dev);
         let q = quantize_blockwise(x, &dynamic_map(false), DType::U8);
-        let back: Vec<f32> = dequantize_blockwise(&q, &dynamic_map(false)).to_data().to_vec().unwrap();
+        let back: Vec<f32> = dequantize_blockwise(&q, &dynamic_map(false))
+            .to_data()
+            .to_vec()
+            .unwrap();
         assert!(back.iter().all(|v| *v == 0.0));
     }
 }

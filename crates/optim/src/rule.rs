@@ -142,7 +142,9 @@ impl HostEntries {
         cols: usize,
         device: &B::Device,
     ) -> Result<Tensor<B, 2>, OptimError> {
-        Ok(self.take_f32::<B>(name, rows * cols, device)?.reshape([rows, cols]))
+        Ok(self
+            .take_f32::<B>(name, rows * cols, device)?
+            .reshape([rows, cols]))
     }
 
     /// Takes a required u8 tensor of `len` elements, stored on device as `storage` dtype.
@@ -157,7 +159,11 @@ impl HostEntries {
         check(name, &data, DType::U8, len)?;
         let data = TensorData::from_bytes_vec(data.as_bytes().to_vec(), [len], DType::U8);
         let codes: Tensor<B, 1, Int> = Tensor::from_data(data, (device, DType::U8));
-        Ok(if storage == DType::U8 { codes } else { codes.cast(storage) })
+        Ok(if storage == DType::U8 {
+            codes
+        } else {
+            codes.cast(storage)
+        })
     }
 
     /// Takes the step counter (an I64 tensor with one element).
@@ -172,9 +178,11 @@ impl HostEntries {
     }
 
     fn take(&mut self, name: &str) -> Result<TensorData, OptimError> {
-        self.entries.remove(name).ok_or_else(|| OptimError::MissingStateTensor {
-            name: name.to_string(),
-        })
+        self.entries
+            .remove(name)
+            .ok_or_else(|| OptimError::MissingStateTensor {
+                name: name.to_string(),
+            })
     }
 }
 
@@ -208,12 +216,18 @@ pub fn host_f32<B: Backend, const D: usize>(t: &Tensor<B, D>) -> TensorData {
 }
 
 /// The named host copy (as [`host_f32`]) of an optional state tensor: `None` when absent.
-pub fn named_f32<B: Backend, const D: usize>(name: &'static str, t: &Option<Tensor<B, D>>) -> Option<(&'static str, TensorData)> {
+pub fn named_f32<B: Backend, const D: usize>(
+    name: &'static str,
+    t: &Option<Tensor<B, D>>,
+) -> Option<(&'static str, TensorData)> {
     t.as_ref().map(|t| (name, host_f32(t)))
 }
 
 /// The named host copy (as [`host_u8`]) of optional 8-bit codes: `None` when absent.
-pub fn named_u8<B: Backend>(name: &'static str, t: &Option<Tensor<B, 1, Int>>) -> Option<(&'static str, TensorData)> {
+pub fn named_u8<B: Backend>(
+    name: &'static str,
+    t: &Option<Tensor<B, 1, Int>>,
+) -> Option<(&'static str, TensorData)> {
     t.as_ref().map(|t| (name, host_u8(t)))
 }
 

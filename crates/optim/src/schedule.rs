@@ -51,7 +51,11 @@ impl LrSchedule {
         total_steps: u64,
     ) -> Result<Self, OptimError> {
         if !(base_lr.is_finite() && base_lr >= 0.0) {
-            return Err(OptimError::config("base_lr", base_lr, "must be finite and >= 0"));
+            return Err(OptimError::config(
+                "base_lr",
+                base_lr,
+                "must be finite and >= 0",
+            ));
         }
         match kind {
             ScheduleKind::Polynomial { power, lr_end } => {
@@ -153,12 +157,14 @@ impl LrSchedule {
         match self.kind {
             ScheduleKind::Constant => 1.0,
             ScheduleKind::Linear => {
-                let remaining = (total as f64 - current) / (total.saturating_sub(warmup).max(1) as f64);
+                let remaining =
+                    (total as f64 - current) / (total.saturating_sub(warmup).max(1) as f64);
                 remaining.max(0.0)
             }
             ScheduleKind::Cosine => {
                 let num_cycles = 0.5_f64;
-                (0.5 * (1.0 + (std::f64::consts::PI * num_cycles * 2.0 * progress()).cos())).max(0.0)
+                (0.5 * (1.0 + (std::f64::consts::PI * num_cycles * 2.0 * progress()).cos()))
+                    .max(0.0)
             }
             ScheduleKind::CosineWithRestarts { num_cycles } => {
                 let progress = progress();
@@ -196,9 +202,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_polynomial() {
-        let k = ScheduleKind::Polynomial { power: 1.0, lr_end: 1.0 };
+        let k = ScheduleKind::Polynomial {
+            power: 1.0,
+            lr_end: 1.0,
+        };
         assert!(LrSchedule::new(k, 1.0, 0, 10).is_err());
-        let k = ScheduleKind::Polynomial { power: 1.0, lr_end: 0.0 };
+        let k = ScheduleKind::Polynomial {
+            power: 1.0,
+            lr_end: 0.0,
+        };
         assert!(LrSchedule::new(k, 1.0, 10, 10).is_err());
         assert!(LrSchedule::from_name("onecycle", 1.0, 0, 10, 1, 1.0, 0.0).is_err());
     }

@@ -24,7 +24,10 @@ fn global_norm_clipping_matches_torch_clip_grad_norm() {
     let total = clip::clip_global_norm(&mut grads, max_norm).unwrap();
     let total: f32 = total.into_data().to_vec::<f32>().unwrap()[0];
     let want_total = fx.f32s("clip.total_norm")[0];
-    assert!((total - want_total).abs() <= 1e-6 * want_total, "{total} vs {want_total}");
+    assert!(
+        (total - want_total).abs() <= 1e-6 * want_total,
+        "{total} vs {want_total}"
+    );
     for (g, n) in grads.into_iter().zip(NAMES) {
         let got: Vec<f32> = g.into_data().to_vec().unwrap();
         let want = fx.f32s(&format!("clip.clipped.{n}"));
@@ -40,12 +43,19 @@ fn global_norm_clipping_matches_torch_clip_grad_norm() {
             Tensor::from_data(TensorData::new(v, [len]), &Default::default())
         })
         .collect();
-    let norm: f32 = clip::global_norm(&again).unwrap().into_data().to_vec::<f32>().unwrap()[0];
+    let norm: f32 = clip::global_norm(&again)
+        .unwrap()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()[0];
     assert!((f64::from(norm) - max_norm).abs() < 1e-5);
     // Below the threshold nothing changes (coef clamps to 1).
     let before: Vec<f32> = again[0].to_data().to_vec().unwrap();
     clip::clip_global_norm(&mut again, 100.0);
-    assert_eq!(bits(&before), bits(&again[0].to_data().to_vec::<f32>().unwrap()));
+    assert_eq!(
+        bits(&before),
+        bits(&again[0].to_data().to_vec::<f32>().unwrap())
+    );
 }
 
 #[test]
@@ -55,17 +65,31 @@ fn optimizer_reports_pre_clip_norm() {
     let mut g = GradientsParams::new();
     for (n, id) in [("w", toy.w.id), ("z", toy.z.id)] {
         let shape = fx.shape(&format!("clip.grad.{n}"));
-        let t: Tensor<Inner, 2> = Tensor::from_data(TensorData::new(fx.f32s(&format!("clip.grad.{n}")), shape), &Default::default());
+        let t: Tensor<Inner, 2> = Tensor::from_data(
+            TensorData::new(fx.f32s(&format!("clip.grad.{n}")), shape),
+            &Default::default(),
+        );
         g.register::<Inner, 2>(id, t);
     }
     let mut opt: LoraOptimizer<AdamW, Toy<AD>, AD> =
-        LoraOptimizer::new(AdamWConfig::default().init().unwrap()).with_max_grad_norm(1.5).unwrap();
+        LoraOptimizer::new(AdamWConfig::default().init().unwrap())
+            .with_max_grad_norm(1.5)
+            .unwrap();
     let _ = opt.step(1e-3, toy, g);
-    let host = |n: &str| fx.f32s(&format!("clip.grad.{n}")).iter().map(|x| f64::from(*x).powi(2)).sum::<f64>();
+    let host = |n: &str| {
+        fx.f32s(&format!("clip.grad.{n}"))
+            .iter()
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+    };
     let want = (host("w") + host("z")).sqrt();
     let got = opt.last_grad_norm().unwrap();
     assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
-    assert!(LoraOptimizer::<AdamW, Toy<AD>, AD>::new(AdamWConfig::default().init().unwrap()).with_max_grad_norm(0.0).is_err());
+    assert!(
+        LoraOptimizer::<AdamW, Toy<AD>, AD>::new(AdamWConfig::default().init().unwrap())
+            .with_max_grad_norm(0.0)
+            .is_err()
+    );
 }
 
 #[test]
@@ -79,8 +103,17 @@ fn accumulation_averages() {
     assert_eq!(acc.count(), 3);
     let mut mean = acc.finish(&toy);
     assert_eq!(acc.count(), 0);
-    let got: Vec<f32> = mean.remove::<Inner, 2>(toy.w.id).unwrap().into_data().to_vec().unwrap();
-    let (a, b, c) = (fx.f32s("grad.0.w"), fx.f32s("grad.1.w"), fx.f32s("grad.2.w"));
+    let got: Vec<f32> = mean
+        .remove::<Inner, 2>(toy.w.id)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let (a, b, c) = (
+        fx.f32s("grad.0.w"),
+        fx.f32s("grad.1.w"),
+        fx.f32s("grad.2.w"),
+    );
     for i in 0..got.len() {
         let want = ((a[i] + b[i]) + c[i]) / 3.0;
         assert_eq!(got[i].to_bits(), want.to_bits(), "element {i}");
@@ -102,13 +135,22 @@ impl<B: Backend> Lora<B> {
         let base = Tensor::random([6, 5], Distribution::Normal(0.0, 1.0), device);
         Self {
             base: Param::from_tensor(base).set_require_grad(false),
-            lora_a: Param::from_tensor(Tensor::random([6, 2], Distribution::Normal(0.0, 1.0), device)),
-            lora_b: Param::from_tensor(Tensor::random([2, 5], Distribution::Normal(0.0, 1.0), device)),
+            lora_a: Param::from_tensor(Tensor::random(
+                [6, 2],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            )),
+            lora_b: Param::from_tensor(Tensor::random(
+                [2, 5],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            )),
         }
     }
 
     fn loss(&self, x: Tensor<B, 2>) -> Tensor<B, 1> {
-        let y = x.clone().matmul(self.base.val()) + x.matmul(self.lora_a.val()).matmul(self.lora_b.val());
+        let y = x.clone().matmul(self.base.val())
+            + x.matmul(self.lora_a.val()).matmul(self.lora_b.val());
         y.square().mean()
     }
 }
@@ -119,19 +161,38 @@ fn frozen_params_are_untouched_and_stateless() {
     let mut m = Lora::<AD>::new(&dev);
     let base0: Vec<f32> = m.base.val().into_data().to_vec().unwrap();
     let a0: Vec<f32> = m.lora_a.val().into_data().to_vec().unwrap();
-    let mut opt: LoraOptimizer<Prodigy, Lora<AD>, AD> = LoraOptimizer::new(ProdigyConfig::default().init().unwrap());
+    let mut opt: LoraOptimizer<Prodigy, Lora<AD>, AD> =
+        LoraOptimizer::new(ProdigyConfig::default().init().unwrap());
     for _ in 0..3 {
         let x = Tensor::<AD, 2>::random([4, 6], Distribution::Normal(0.0, 1.0), &dev);
         let grads = GradientsParams::from_grads(m.loss(x).backward(), &m);
         assert_eq!(grads.len(), 2);
         m = opt.step(1.0, m, grads);
     }
-    assert_eq!(bits(&base0), bits(&m.base.val().into_data().to_vec::<f32>().unwrap()));
-    assert_ne!(bits(&a0), bits(&m.lora_a.val().into_data().to_vec::<f32>().unwrap()));
-    assert_eq!(opt.state_paths(), vec!["lora_a".to_string(), "lora_b".to_string()]);
+    assert_eq!(
+        bits(&base0),
+        bits(&m.base.val().into_data().to_vec::<f32>().unwrap())
+    );
+    assert_ne!(
+        bits(&a0),
+        bits(&m.lora_a.val().into_data().to_vec::<f32>().unwrap())
+    );
+    assert_eq!(
+        opt.state_paths(),
+        vec!["lora_a".to_string(), "lora_b".to_string()]
+    );
     assert!(!m.base.val().is_require_grad());
-    assert!(m.lora_a.val().is_require_grad(), "updated params stay trainable");
-    assert_eq!(param_paths::<AD, _>(&m).iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["base", "lora_a", "lora_b"]);
+    assert!(
+        m.lora_a.val().is_require_grad(),
+        "updated params stay trainable"
+    );
+    assert_eq!(
+        param_paths::<AD, _>(&m)
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect::<Vec<_>>(),
+        ["base", "lora_a", "lora_b"]
+    );
 }
 
 #[test]
@@ -141,13 +202,34 @@ fn lora_plus_and_regex_groups_scale_the_step() {
     // p1 = p0·(1 − lr·wd) − lr·sign(g).
     let dev = Default::default();
     let m = Lora::<AD>::new(&dev);
-    let (a0, b0): (Vec<f32>, Vec<f32>) = (m.lora_a.val().into_data().to_vec().unwrap(), m.lora_b.val().into_data().to_vec().unwrap());
+    let (a0, b0): (Vec<f32>, Vec<f32>) = (
+        m.lora_a.val().into_data().to_vec().unwrap(),
+        m.lora_b.val().into_data().to_vec().unwrap(),
+    );
     let x = Tensor::<AD, 2>::random([4, 6], Distribution::Normal(0.0, 1.0), &dev);
     let grads = GradientsParams::from_grads(m.loss(x).backward(), &m);
-    let ga: Vec<f32> = grads.get::<Inner, 2>(m.lora_a.id).unwrap().into_data().to_vec().unwrap();
-    let gb: Vec<f32> = grads.get::<Inner, 2>(m.lora_b.id).unwrap().into_data().to_vec().unwrap();
-    let groups = ParamGroups::lora_plus(16.0).unwrap().with_rule("a", r"lora_a$", 1.0, Some(0.5)).unwrap();
-    let rule = AdamWConfig { weight_decay: 0.0, ..Default::default() }.init().unwrap();
+    let ga: Vec<f32> = grads
+        .get::<Inner, 2>(m.lora_a.id)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let gb: Vec<f32> = grads
+        .get::<Inner, 2>(m.lora_b.id)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let groups = ParamGroups::lora_plus(16.0)
+        .unwrap()
+        .with_rule("a", r"lora_a$", 1.0, Some(0.5))
+        .unwrap();
+    let rule = AdamWConfig {
+        weight_decay: 0.0,
+        ..Default::default()
+    }
+    .init()
+    .unwrap();
     let mut opt: LoraOptimizer<AdamW, Lora<AD>, AD> = LoraOptimizer::new(rule).with_groups(groups);
     let lr = 1e-3;
     let m = opt.step(lr, m, grads);
@@ -155,11 +237,19 @@ fn lora_plus_and_regex_groups_scale_the_step() {
     let b1: Vec<f32> = m.lora_b.val().into_data().to_vec().unwrap();
     for i in 0..a1.len() {
         let want = f64::from(a0[i]) * (1.0 - lr * 0.5) - lr * f64::from(ga[i].signum());
-        assert!((f64::from(a1[i]) - want).abs() < 1e-6, "a[{i}]: {} vs {want}", a1[i]);
+        assert!(
+            (f64::from(a1[i]) - want).abs() < 1e-6,
+            "a[{i}]: {} vs {want}",
+            a1[i]
+        );
     }
     for i in 0..b1.len() {
         let want = f64::from(b0[i]) - 16.0 * lr * f64::from(gb[i].signum());
-        assert!((f64::from(b1[i]) - want).abs() < 1e-6, "b[{i}]: {} vs {want}", b1[i]);
+        assert!(
+            (f64::from(b1[i]) - want).abs() < 1e-6,
+            "b[{i}]: {} vs {want}",
+            b1[i]
+        );
     }
 }
 
@@ -167,8 +257,16 @@ fn lora_plus_and_regex_groups_scale_the_step() {
 fn burn_adaptor_runs_the_same_algorithm() {
     use burn::optim::adaptor::OptimizerAdaptor;
     let fx = Fixture::load();
-    let rule = AdafactorConfig { relative_step: false, beta1: Some(0.9), weight_decay: 0.01, ..Default::default() }.init().unwrap();
-    let mut via_adaptor: OptimizerAdaptor<Adafactor, Toy<AD>, AD> = OptimizerAdaptor::from(rule.clone());
+    let rule = AdafactorConfig {
+        relative_step: false,
+        beta1: Some(0.9),
+        weight_decay: 0.01,
+        ..Default::default()
+    }
+    .init()
+    .unwrap();
+    let mut via_adaptor: OptimizerAdaptor<Adafactor, Toy<AD>, AD> =
+        OptimizerAdaptor::from(rule.clone());
     let mut via_ours: LoraOptimizer<Adafactor, Toy<AD>, AD> = LoraOptimizer::new(rule);
     let mut a = Toy::<AD>::from_fixture(&fx);
     let mut b = Toy::<AD>::from_fixture(&fx);
@@ -194,10 +292,19 @@ fn state_memory_per_parameter() {
     struct One<B: Backend> {
         p: Param<Tensor<B, 2>>,
     }
-    let make = || One::<AD> { p: Param::from_tensor(Tensor::random([256, n / 256], Distribution::Normal(0.0, 1.0), &dev)) };
+    let make = || One::<AD> {
+        p: Param::from_tensor(Tensor::random(
+            [256, n / 256],
+            Distribution::Normal(0.0, 1.0),
+            &dev,
+        )),
+    };
     let grads_for = |m: &One<AD>| {
         let mut g = GradientsParams::new();
-        g.register::<Inner, 2>(m.p.id, Tensor::random([256, n / 256], Distribution::Normal(0.0, 1.0), &dev));
+        g.register::<Inner, 2>(
+            m.p.id,
+            Tensor::random([256, n / 256], Distribution::Normal(0.0, 1.0), &dev),
+        );
         g
     };
     fn bpp<R: OptimizerRule<Inner>>(rule: R, m: One<AD>, g: GradientsParams) -> f64 {
@@ -211,7 +318,10 @@ fn state_memory_per_parameter() {
     let m = make();
     let g = grads_for(&m);
     // 2 one-byte codes + 2 f32 absmax per 256-element block.
-    assert_eq!(bpp(AdamW8bitConfig::default().init().unwrap(), m, g), 2.0 + 8.0 / 256.0);
+    assert_eq!(
+        bpp(AdamW8bitConfig::default().init().unwrap(), m, g),
+        2.0 + 8.0 / 256.0
+    );
     let m = make();
     let g = grads_for(&m);
     // exp_avg, exp_avg_sq, s, p0: 16 bytes (p0 is dropped for all-zero parameters).
@@ -219,5 +329,8 @@ fn state_memory_per_parameter() {
     let m = make();
     let g = grads_for(&m);
     // Factored [256, 256]: (256 + 256) · 4 bytes for 65536 parameters.
-    assert_eq!(bpp(AdafactorConfig::default().init().unwrap(), m, g), 512.0 * 4.0 / n as f64);
+    assert_eq!(
+        bpp(AdafactorConfig::default().init().unwrap(), m, g),
+        512.0 * 4.0 / n as f64
+    );
 }

@@ -1,7 +1,7 @@
 //! All integration tests of fluxlora-optim, compiled as one test binary (one link instead of one per file).
 
-mod common;
 mod behaviour;
+mod common;
 mod quant8;
 mod resume;
 mod schedules;

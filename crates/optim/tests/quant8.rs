@@ -27,9 +27,17 @@ fn blockwise_quantizer_equals_bitsandbytes() {
         let t = Tensor::<Inner, 1>::from_data(TensorData::new(x, [len]), &Default::default());
         let q = quantize_blockwise(t, &dynamic_map(signed), DType::U8);
         let codes: Vec<u8> = q.codes.to_data().to_vec().unwrap();
-        assert_eq!(codes, fx.u8s(&format!("quant.{kind}.codes")), "{kind} codes");
+        assert_eq!(
+            codes,
+            fx.u8s(&format!("quant.{kind}.codes")),
+            "{kind} codes"
+        );
         let absmax: Vec<f32> = q.absmax.to_data().to_vec().unwrap();
-        assert_eq!(bits(&absmax), bits(&fx.f32s(&format!("quant.{kind}.absmax"))), "{kind} absmax");
+        assert_eq!(
+            bits(&absmax),
+            bits(&fx.f32s(&format!("quant.{kind}.absmax"))),
+            "{kind} absmax"
+        );
     }
 }
 
@@ -38,7 +46,11 @@ fn quantization_error_is_within_half_a_code_gap() {
     let dev = Default::default();
     for signed in [true, false] {
         let map = dynamic_map(signed);
-        let dist = if signed { Distribution::Normal(0.0, 1.0) } else { Distribution::Uniform(0.0, 3.0) };
+        let dist = if signed {
+            Distribution::Normal(0.0, 1.0)
+        } else {
+            Distribution::Uniform(0.0, 3.0)
+        };
         let x = Tensor::<Inner, 1>::random([5 * BLOCK_SIZE + 17], dist, &dev);
         let xs: Vec<f32> = x.to_data().to_vec().unwrap();
         let q = quantize_blockwise(x, &map, DType::U8);
@@ -74,7 +86,9 @@ fn minimize<R: OptimizerRule<Inner>>(rule: R, steps: usize) -> f64 {
     let a = Tensor::<Inner, 1>::random([n], Distribution::Uniform(0.5, 2.0), &dev);
     let target = Tensor::<Inner, 1>::random([n], Distribution::Normal(0.0, 1.0), &dev);
     let start = Tensor::<Inner, 1>::zeros([n], &dev);
-    let mut m = Quadratic::<AD> { x: Param::from_tensor(Tensor::from_inner(start)) };
+    let mut m = Quadratic::<AD> {
+        x: Param::from_tensor(Tensor::from_inner(start)),
+    };
     let mut opt: LoraOptimizer<R, Quadratic<AD>, AD> = LoraOptimizer::new(rule);
     let loss = |x: Tensor<Inner, 1>| -> f64 {
         let d = (x - target.clone()) * a.clone();
@@ -93,9 +107,34 @@ fn minimize<R: OptimizerRule<Inner>>(rule: R, steps: usize) -> f64 {
 
 #[test]
 fn eight_bit_converges_like_f32_adamw_on_a_quadratic() {
-    let f32_ratio = minimize(AdamWConfig { weight_decay: 0.0, ..Default::default() }.init().unwrap(), 300);
-    let q_ratio = minimize(AdamW8bitConfig { weight_decay: 0.0, ..Default::default() }.init().unwrap(), 300);
-    assert!(f32_ratio < 1e-2, "AdamW reduced the loss only to {f32_ratio}");
-    assert!(q_ratio < 1e-2, "AdamW8bit reduced the loss only to {q_ratio}");
-    assert!(q_ratio < 3.0 * f32_ratio + 1e-4, "8-bit {q_ratio} vs f32 {f32_ratio}");
+    let f32_ratio = minimize(
+        AdamWConfig {
+            weight_decay: 0.0,
+            ..Default::default()
+        }
+        .init()
+        .unwrap(),
+        300,
+    );
+    let q_ratio = minimize(
+        AdamW8bitConfig {
+            weight_decay: 0.0,
+            ..Default::default()
+        }
+        .init()
+        .unwrap(),
+        300,
+    );
+    assert!(
+        f32_ratio < 1e-2,
+        "AdamW reduced the loss only to {f32_ratio}"
+    );
+    assert!(
+        q_ratio < 1e-2,
+        "AdamW8bit reduced the loss only to {q_ratio}"
+    );
+    assert!(
+        q_ratio < 3.0 * f32_ratio + 1e-4,
+        "8-bit {q_ratio} vs f32 {f32_ratio}"
+    );
 }

@@ -11,20 +11,55 @@ fn schedules_match_diffusers() {
     let fx = Fixture::load();
     let (steps, warmup, total, base) = (40u64, 5u64, 30u64, 1e-3);
     let cases = [
-        ("constant", LrSchedule::from_name("constant", base, warmup, total, 1, 1.0, 1e-7).unwrap()),
-        ("constant_with_warmup", LrSchedule::from_name("constant_with_warmup", base, warmup, total, 1, 1.0, 1e-7).unwrap()),
-        ("linear", LrSchedule::from_name("linear", base, warmup, total, 1, 1.0, 1e-7).unwrap()),
-        ("cosine", LrSchedule::from_name("cosine", base, warmup, total, 1, 1.0, 1e-7).unwrap()),
-        ("cosine_with_restarts", LrSchedule::from_name("cosine_with_restarts", base, warmup, total, 3, 1.0, 1e-7).unwrap()),
-        ("polynomial", LrSchedule::from_name("polynomial", base, warmup, total, 1, 2.0, 1e-7).unwrap()),
-        ("polynomial_lr_end", LrSchedule::new(ScheduleKind::Polynomial { power: 0.5, lr_end: 2e-4 }, base, warmup, total).unwrap()),
+        (
+            "constant",
+            LrSchedule::from_name("constant", base, warmup, total, 1, 1.0, 1e-7).unwrap(),
+        ),
+        (
+            "constant_with_warmup",
+            LrSchedule::from_name("constant_with_warmup", base, warmup, total, 1, 1.0, 1e-7)
+                .unwrap(),
+        ),
+        (
+            "linear",
+            LrSchedule::from_name("linear", base, warmup, total, 1, 1.0, 1e-7).unwrap(),
+        ),
+        (
+            "cosine",
+            LrSchedule::from_name("cosine", base, warmup, total, 1, 1.0, 1e-7).unwrap(),
+        ),
+        (
+            "cosine_with_restarts",
+            LrSchedule::from_name("cosine_with_restarts", base, warmup, total, 3, 1.0, 1e-7)
+                .unwrap(),
+        ),
+        (
+            "polynomial",
+            LrSchedule::from_name("polynomial", base, warmup, total, 1, 2.0, 1e-7).unwrap(),
+        ),
+        (
+            "polynomial_lr_end",
+            LrSchedule::new(
+                ScheduleKind::Polynomial {
+                    power: 0.5,
+                    lr_end: 2e-4,
+                },
+                base,
+                warmup,
+                total,
+            )
+            .unwrap(),
+        ),
     ];
     for (name, sched) in cases {
         let want = fx.f64s(&format!("schedule.{name}"));
         assert_eq!(want.len() as u64, steps);
         for (k, w) in want.iter().enumerate() {
             let got = sched.lr(k as u64);
-            assert!((got - w).abs() <= 1e-15 * base.max(w.abs()), "{name} step {k}: {got} vs {w}");
+            assert!(
+                (got - w).abs() <= 1e-15 * base.max(w.abs()),
+                "{name} step {k}: {got} vs {w}"
+            );
         }
     }
 }
@@ -35,7 +70,8 @@ fn kind() -> impl Strategy<Value = ScheduleKind> {
         Just(ScheduleKind::Linear),
         Just(ScheduleKind::Cosine),
         (1u32..6).prop_map(|num_cycles| ScheduleKind::CosineWithRestarts { num_cycles }),
-        (0.1f64..4.0, 0.0f64..0.5).prop_map(|(power, f)| ScheduleKind::Polynomial { power, lr_end: f }),
+        (0.1f64..4.0, 0.0f64..0.5)
+            .prop_map(|(power, f)| ScheduleKind::Polynomial { power, lr_end: f }),
     ]
 }
 

@@ -52,20 +52,42 @@ fn check<R: OptimizerRule<Inner>>(
         }
     }
     // The reference moved the parameters (so agreement is not trivial); report the agreement.
-    assert!(max_move > 1e-6, "{tag}: reference barely moved ({max_move})");
-    eprintln!("{tag}: max |Δ| {max_abs:.3e}, max rel {max_rel:.3e}, reference moved up to {max_move:.3e}");
+    assert!(
+        max_move > 1e-6,
+        "{tag}: reference barely moved ({max_move})"
+    );
+    eprintln!(
+        "{tag}: max |Δ| {max_abs:.3e}, max rel {max_rel:.3e}, reference moved up to {max_move:.3e}"
+    );
 }
 
 #[test]
 fn adamw_matches_torch() {
-    let rule = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }.init().unwrap();
+    let rule = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    }
+    .init()
+    .unwrap();
     check("adamw", rule, |_, _| 1e-2, 1e-6, 1e-5, |_, _| {});
 }
 
 #[test]
 fn adamw8bit_matches_bitsandbytes() {
-    let cfg = AdamW8bitConfig { min_8bit_size: 256, ..Default::default() };
-    check("adamw8bit", cfg.init().unwrap(), |_, _| 1e-2, 1e-6, 1e-5, |_, _| {});
+    let cfg = AdamW8bitConfig {
+        min_8bit_size: 256,
+        ..Default::default()
+    };
+    check(
+        "adamw8bit",
+        cfg.init().unwrap(),
+        |_, _| 1e-2,
+        1e-6,
+        1e-5,
+        |_, _| {},
+    );
 }
 
 fn check_d(tag: &'static str) -> impl FnMut(&LoraOptimizer<Prodigy, Toy<AD>, AD>, usize) {
@@ -73,7 +95,12 @@ fn check_d(tag: &'static str) -> impl FnMut(&LoraOptimizer<Prodigy, Toy<AD>, AD>
     let want = fx.f64s(&format!("{tag}.d"));
     move |opt, k| {
         let d = opt.rule().d();
-        assert!((d - want[k]).abs() <= 1e-4 * want[k], "{tag} d after step {}: ours {d} ref {}", k + 1, want[k]);
+        assert!(
+            (d - want[k]).abs() <= 1e-4 * want[k],
+            "{tag} d after step {}: ours {d} ref {}",
+            k + 1,
+            want[k]
+        );
     }
 }
 
@@ -103,7 +130,14 @@ fn prodigy_tuned_with_warmup_schedule_matches_prodigyopt() {
     for (k, want) in fx.f64s("prodigy_tuned.lr").iter().enumerate() {
         assert!((sched.lr(k as u64) - want).abs() <= 1e-15, "lr at {k}");
     }
-    check("prodigy_tuned", cfg.init().unwrap(), lr, 1e-6, 1e-4, check_d("prodigy_tuned"));
+    check(
+        "prodigy_tuned",
+        cfg.init().unwrap(),
+        lr,
+        1e-6,
+        1e-4,
+        check_d("prodigy_tuned"),
+    );
 }
 
 #[test]
@@ -117,7 +151,14 @@ fn prodigy_coupled_no_momentum_safeguard_matches_prodigyopt() {
         safeguard_warmup: true,
         ..Default::default()
     };
-    check("prodigy_coupled", cfg.init().unwrap(), |_, _| 0.5, 1e-6, 1e-4, check_d("prodigy_coupled"));
+    check(
+        "prodigy_coupled",
+        cfg.init().unwrap(),
+        |_, _| 0.5,
+        1e-6,
+        1e-4,
+        check_d("prodigy_coupled"),
+    );
 }
 
 #[test]
@@ -128,12 +169,36 @@ fn adafactor_relative_step_matches_transformers() {
 
 #[test]
 fn adafactor_external_lr_beta1_decay_matches_transformers() {
-    let cfg = AdafactorConfig { relative_step: false, beta1: Some(0.9), weight_decay: 0.01, ..Default::default() };
-    check("adafactor_lr", cfg.init().unwrap(), |_, _| 1e-2, 1e-6, 1e-5, |_, _| {});
+    let cfg = AdafactorConfig {
+        relative_step: false,
+        beta1: Some(0.9),
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    check(
+        "adafactor_lr",
+        cfg.init().unwrap(),
+        |_, _| 1e-2,
+        1e-6,
+        1e-5,
+        |_, _| {},
+    );
 }
 
 #[test]
 fn adafactor_warmup_init_matches_transformers() {
-    let cfg = AdafactorConfig { warmup_init: true, scale_parameter: false, clip_threshold: 0.5, ..Default::default() };
-    check("adafactor_warmup", cfg.init().unwrap(), |_, _| 0.0, 1e-9, 1e-5, |_, _| {});
+    let cfg = AdafactorConfig {
+        warmup_init: true,
+        scale_parameter: false,
+        clip_threshold: 0.5,
+        ..Default::default()
+    };
+    check(
+        "adafactor_warmup",
+        cfg.init().unwrap(),
+        |_, _| 0.0,
+        1e-9,
+        1e-5,
+        |_, _| {},
+    );
 }

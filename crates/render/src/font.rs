@@ -199,7 +199,11 @@ pub fn wrap(text: &str, max_chars: usize, max_lines: usize) -> Vec<String> {
         let mut word: Vec<char> = word.chars().collect();
         loop {
             let cur_len = cur.chars().count();
-            let need = if cur.is_empty() { word.len() } else { cur_len + 1 + word.len() };
+            let need = if cur.is_empty() {
+                word.len()
+            } else {
+                cur_len + 1 + word.len()
+            };
             if need <= max_chars {
                 if !cur.is_empty() {
                     cur.push(' ');
@@ -303,10 +307,17 @@ mod tests {
     #[test]
     fn wrapping_breaks_at_spaces_and_marks_cuts() {
         assert_eq!(wrap("a photo of a cat", 10, 3), vec!["a photo of", "a cat"]);
-        assert_eq!(wrap("one two three four five", 9, 2), vec!["one two", "three..."]);
+        assert_eq!(
+            wrap("one two three four five", 9, 2),
+            vec!["one two", "three..."]
+        );
         assert_eq!(wrap("abcdefghijkl", 5, 3), vec!["abcde", "fghij", "kl"]);
         assert!(wrap("", 10, 2).is_empty());
-        for line in wrap("lorem ipsum dolor sit amet consectetur adipiscing elit", 12, 3) {
+        for line in wrap(
+            "lorem ipsum dolor sit amet consectetur adipiscing elit",
+            12,
+            3,
+        ) {
             assert!(line.chars().count() <= 12, "{line}");
         }
     }

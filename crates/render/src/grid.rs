@@ -50,26 +50,51 @@ pub struct SampleGrid {
 impl SampleGrid {
     /// An empty grid for `run_name` at `step` (3 caption lines, automatic columns).
     pub fn new(run_name: impl Into<String>, step: u64) -> Self {
-        Self { run_name: run_name.into(), step, columns: None, caption_lines: 3, cells: Vec::new() }
+        Self {
+            run_name: run_name.into(),
+            step,
+            columns: None,
+            caption_lines: 3,
+            cells: Vec::new(),
+        }
     }
 
     /// Adds an image.
     pub fn push(&mut self, image: RgbImage, prompt: impl Into<String>, seed: u64) {
-        self.cells.push(GridCell { image, prompt: prompt.into(), seed });
+        self.cells.push(GridCell {
+            image,
+            prompt: prompt.into(),
+            seed,
+        });
     }
 
     /// `(columns, rows)` of the layout.
     pub fn shape(&self) -> (u32, u32) {
         let n = self.cells.len().max(1);
-        let cols = self.columns.unwrap_or_else(|| (n as f64).sqrt().ceil() as usize).clamp(1, n);
+        let cols = self
+            .columns
+            .unwrap_or_else(|| (n as f64).sqrt().ceil() as usize)
+            .clamp(1, n);
         (cols as u32, n.div_ceil(cols) as u32)
     }
 
     /// Cell size: the largest image width (at least 128, so captions stay legible) and height
     /// (at least 64).
     pub fn cell_size(&self) -> (u32, u32) {
-        let w = self.cells.iter().map(|c| c.image.width()).max().unwrap_or(0).max(128);
-        let h = self.cells.iter().map(|c| c.image.height()).max().unwrap_or(0).max(64);
+        let w = self
+            .cells
+            .iter()
+            .map(|c| c.image.width())
+            .max()
+            .unwrap_or(0)
+            .max(128);
+        let h = self
+            .cells
+            .iter()
+            .map(|c| c.image.height())
+            .max()
+            .unwrap_or(0)
+            .max(64);
         (w, h)
     }
 
@@ -102,7 +127,13 @@ impl SampleGrid {
 
     /// The header text.
     pub fn header(&self) -> String {
-        format!("{} · step {} · {} sample{}", self.run_name, self.step, self.cells.len(), if self.cells.len() == 1 { "" } else { "s" })
+        format!(
+            "{} · step {} · {} sample{}",
+            self.run_name,
+            self.step,
+            self.cells.len(),
+            if self.cells.len() == 1 { "" } else { "s" }
+        )
     }
 
     /// Renders the grid.
@@ -112,7 +143,10 @@ impl SampleGrid {
         let s = self.text_scale();
         let gap = GAP * s;
         let chars_per_line = ((w.saturating_sub(2 * gap)) / (ADVANCE * s)) as usize;
-        let header = wrap(&self.header(), chars_per_line, 1).into_iter().next().unwrap_or_default();
+        let header = wrap(&self.header(), chars_per_line, 1)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         draw_text(&mut img, i64::from(gap), i64::from(gap), &header, s, TEXT);
         let (cols, _) = self.shape();
         let (cw, ch) = self.cell_size();
@@ -132,7 +166,10 @@ impl SampleGrid {
                 ty += i64::from(LINE_HEIGHT * s);
             }
             // The step is in the header; the seed line is cut to the cell like the prompt.
-            let meta = wrap(&format!("seed {}", cell.seed), cap_chars, 1).into_iter().next().unwrap_or_default();
+            let meta = wrap(&format!("seed {}", cell.seed), cap_chars, 1)
+                .into_iter()
+                .next()
+                .unwrap_or_default();
             let meta_y = i64::from(y0 + ch + self.caption_height() - text_height(s) - gap / 2);
             draw_text(&mut img, i64::from(x0), meta_y, &meta, s, DIM_TEXT);
         }
@@ -161,7 +198,10 @@ impl SampleGrid {
 
 /// Encodes `img` as an 8-bit RGB PNG with text chunks (`tEXt` for Latin-1 text, `iTXt`
 /// otherwise).
-pub fn encode_png(img: &RgbImage, text: &[(String, String)]) -> Result<Vec<u8>, png::EncodingError> {
+pub fn encode_png(
+    img: &RgbImage,
+    text: &[(String, String)],
+) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, img.width(), img.height());
@@ -183,7 +223,10 @@ pub fn encode_png(img: &RgbImage, text: &[(String, String)]) -> Result<Vec<u8>, 
 
 /// Encodes `img` (see [`encode_png`]) and writes it to `path` atomically.
 pub fn save_png(path: &Path, img: &RgbImage, text: &[(String, String)]) -> Result<(), RenderError> {
-    let bytes = encode_png(img, text).map_err(|e| RenderError::Encode { path: path.to_path_buf(), message: e.to_string() })?;
+    let bytes = encode_png(img, text).map_err(|e| RenderError::Encode {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     fluxlora_io::atomic_write(path, |w| w.write_all(&bytes))?;
     Ok(())
 }
@@ -215,7 +258,10 @@ mod tests {
         let hy = g.header_height();
         assert_eq!(*img.get_pixel(8 + 64, hy + 48), Rgb([255, 0, 0]));
         assert_eq!(*img.get_pixel(8 + 128 + 8 + 64, hy + 48), Rgb([0, 255, 0]));
-        assert_eq!(*img.get_pixel(8 + 64, hy + 96 + 44 + 8 + 48), Rgb([0, 0, 255]));
+        assert_eq!(
+            *img.get_pixel(8 + 64, hy + 96 + 44 + 8 + 48),
+            Rgb([0, 0, 255])
+        );
         // The caption strip under the first image holds text pixels.
         let strip = (8..8 + 128).flat_map(|x| (hy + 96..hy + 96 + 44).map(move |y| (x, y)));
         assert!(strip.into_iter().any(|(x, y)| *img.get_pixel(x, y) == TEXT));
@@ -240,17 +286,30 @@ mod tests {
         let mut g = SampleGrid::new("my run", 100);
         g.push(solid(64, 64, [1, 2, 3]), "a cat · 猫", 42);
         g.save(&path).unwrap();
-        let names: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        assert_eq!(names, vec!["step_000100.png".to_string()], "no temporary file is left");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["step_000100.png".to_string()],
+            "no temporary file is left"
+        );
         let decoded = image::open(&path).unwrap().to_rgb8();
         assert_eq!(decoded, g.render());
         let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let reader = dec.read_info().unwrap();
         let info = reader.info();
-        let latin: Vec<(&str, &str)> =
-            info.uncompressed_latin1_text.iter().map(|t| (t.keyword.as_str(), t.text.as_str())).collect();
-        assert!(latin.contains(&("Title", "my run")) && latin.contains(&("step", "100")) && latin.contains(&("seed 0", "42")));
+        let latin: Vec<(&str, &str)> = info
+            .uncompressed_latin1_text
+            .iter()
+            .map(|t| (t.keyword.as_str(), t.text.as_str()))
+            .collect();
+        assert!(
+            latin.contains(&("Title", "my run"))
+                && latin.contains(&("step", "100"))
+                && latin.contains(&("seed 0", "42"))
+        );
         let utf8 = &info.utf8_text;
         assert_eq!(utf8.len(), 1);
         assert_eq!(utf8[0].keyword, "prompt 0");

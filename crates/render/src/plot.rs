@@ -43,7 +43,12 @@ pub struct LossPlot {
 impl Default for LossPlot {
     /// 800×400, smoothing 0.95, title "loss".
     fn default() -> Self {
-        Self { width: 800, height: 400, smoothing: 0.95, title: "loss".into() }
+        Self {
+            width: 800,
+            height: 400,
+            smoothing: 0.95,
+            title: "loss".into(),
+        }
     }
 }
 
@@ -129,7 +134,13 @@ fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
 }
 
 /// Bresenham line; `thick` adds the pixel below each one.
-fn line(img: &mut RgbImage, (mut x0, mut y0): (i64, i64), (x1, y1): (i64, i64), c: Rgb<u8>, thick: bool) {
+fn line(
+    img: &mut RgbImage,
+    (mut x0, mut y0): (i64, i64),
+    (x1, y1): (i64, i64),
+    c: Rgb<u8>,
+    thick: bool,
+) {
     let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
     let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
     let mut err = dx + dy;
@@ -154,7 +165,10 @@ fn line(img: &mut RgbImage, (mut x0, mut y0): (i64, i64), (x1, y1): (i64, i64), 
 }
 
 fn polyline(img: &mut RgbImage, f: &Frame, pts: &[(u64, f64)], c: Rgb<u8>, thick: bool) {
-    let px: Vec<(i64, i64)> = pts.iter().map(|&(s, v)| (f.px(s as f64), f.py(v))).collect();
+    let px: Vec<(i64, i64)> = pts
+        .iter()
+        .map(|&(s, v)| (f.px(s as f64), f.py(v)))
+        .collect();
     match px.as_slice() {
         [] => {}
         [p] => line(img, *p, *p, c, thick),
@@ -170,30 +184,50 @@ impl LossPlot {
         let raw = finite(train);
         let smooth = ema(&raw, self.smoothing);
         let val = finite(validation);
-        let (pw, ph) = (w - MARGIN_LEFT - MARGIN_RIGHT, h - MARGIN_TOP - MARGIN_BOTTOM);
+        let (pw, ph) = (
+            w - MARGIN_LEFT - MARGIN_RIGHT,
+            h - MARGIN_TOP - MARGIN_BOTTOM,
+        );
         let all: Vec<(u64, f64)> = raw.iter().chain(&val).copied().collect();
         let title = match smooth.last() {
             Some(&(s, v)) => format!("{} · step {s} · EMA {v:.4}", self.title),
             None => self.title.clone(),
         };
         draw_text(&mut img, i64::from(MARGIN_LEFT), 8, &title, 1, LABEL);
-        for (x, y) in (0..pw).map(|x| (MARGIN_LEFT + x, MARGIN_TOP + ph - 1)).chain((0..ph).map(|y| (MARGIN_LEFT, MARGIN_TOP + y))) {
+        for (x, y) in (0..pw)
+            .map(|x| (MARGIN_LEFT + x, MARGIN_TOP + ph - 1))
+            .chain((0..ph).map(|y| (MARGIN_LEFT, MARGIN_TOP + y)))
+        {
             img.put_pixel(x, y, AXIS);
         }
         if all.is_empty() {
             let msg = "no data yet";
             let (tw, th) = (text_width(msg, 2), text_height(2));
             let (cx, cy) = (MARGIN_LEFT + pw / 2, MARGIN_TOP + ph / 2);
-            draw_text(&mut img, i64::from(cx) - i64::from(tw / 2), i64::from(cy) - i64::from(th / 2), msg, 2, LABEL);
+            draw_text(
+                &mut img,
+                i64::from(cx) - i64::from(tw / 2),
+                i64::from(cy) - i64::from(th / 2),
+                msg,
+                2,
+                LABEL,
+            );
             return img;
         }
-        let (mut x0, mut x1) = (all.iter().map(|p| p.0).min().unwrap_or(0) as f64, all.iter().map(|p| p.0).max().unwrap_or(0) as f64);
+        let (mut x0, mut x1) = (
+            all.iter().map(|p| p.0).min().unwrap_or(0) as f64,
+            all.iter().map(|p| p.0).max().unwrap_or(0) as f64,
+        );
         if x1 <= x0 {
             (x0, x1) = (x0 - 1.0, x1 + 1.0);
         }
         let lo = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
         let hi = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-        let pad = if hi > lo { (hi - lo) * 0.05 } else { lo.abs().max(1e-3) * 0.1 };
+        let pad = if hi > lo {
+            (hi - lo) * 0.05
+        } else {
+            lo.abs().max(1e-3) * 0.1
+        };
         let f = Frame {
             left: f64::from(MARGIN_LEFT),
             top: f64::from(MARGIN_TOP),
@@ -226,10 +260,24 @@ impl LossPlot {
             put(&mut img, x, ybase, AXIS);
             put(&mut img, x, ybase + 1, AXIS);
             let label = format!("{}", t as u64);
-            draw_text(&mut img, x - i64::from(text_width(&label, 1) / 2), ybase + 5, &label, 1, LABEL);
+            draw_text(
+                &mut img,
+                x - i64::from(text_width(&label, 1) / 2),
+                ybase + 5,
+                &label,
+                1,
+                LABEL,
+            );
         }
         let xl = "step";
-        draw_text(&mut img, i64::from(MARGIN_LEFT + pw / 2) - i64::from(text_width(xl, 1) / 2), i64::from(h) - 12, xl, 1, LABEL);
+        draw_text(
+            &mut img,
+            i64::from(MARGIN_LEFT + pw / 2) - i64::from(text_width(xl, 1) / 2),
+            i64::from(h) - 12,
+            xl,
+            1,
+            LABEL,
+        );
         polyline(&mut img, &f, &raw, RAW_COLOR, false);
         polyline(&mut img, &f, &smooth, EMA_COLOR, true);
         polyline(&mut img, &f, &val, VAL_COLOR, false);
@@ -269,8 +317,16 @@ impl LossPlot {
     }
 
     /// Renders and writes the chart to `path` atomically (PNG with `Title` / `Software` text).
-    pub fn save(&self, path: impl AsRef<Path>, train: &[(u64, f64)], validation: &[(u64, f64)]) -> Result<(), RenderError> {
-        let text = [("Title".to_string(), self.title.clone()), ("Software".to_string(), "fluxlora".to_string())];
+    pub fn save(
+        &self,
+        path: impl AsRef<Path>,
+        train: &[(u64, f64)],
+        validation: &[(u64, f64)],
+    ) -> Result<(), RenderError> {
+        let text = [
+            ("Title".to_string(), self.title.clone()),
+            ("Software".to_string(), "fluxlora".to_string()),
+        ];
         save_png(path.as_ref(), &self.render(train, validation), &text)
     }
 }
@@ -292,15 +348,30 @@ mod tests {
     }
 
     fn series(f: impl Fn(f64) -> f64) -> Vec<(u64, f64)> {
-        (0..200u64).map(|s| (s * 5, f(s as f64) + 0.02 * ((s * 7919 % 13) as f64 / 13.0 - 0.5))).collect()
+        (0..200u64)
+            .map(|s| {
+                (
+                    s * 5,
+                    f(s as f64) + 0.02 * ((s * 7919 % 13) as f64 / 13.0 - 0.5),
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn the_curve_follows_the_data() {
-        let p = LossPlot { smoothing: 0.6, ..LossPlot::default() };
-        let (l, r) = (MARGIN_LEFT + 40..MARGIN_LEFT + 80, p.width - MARGIN_RIGHT - 80..p.width - MARGIN_RIGHT - 40);
+        let p = LossPlot {
+            smoothing: 0.6,
+            ..LossPlot::default()
+        };
+        let (l, r) = (
+            MARGIN_LEFT + 40..MARGIN_LEFT + 80,
+            p.width - MARGIN_RIGHT - 80..p.width - MARGIN_RIGHT - 40,
+        );
         let down = p.render(&series(|s| 1.0 - s / 250.0), &[]);
-        assert!(mean_row(&down, EMA_COLOR, l.clone()) + 100.0 < mean_row(&down, EMA_COLOR, r.clone()));
+        assert!(
+            mean_row(&down, EMA_COLOR, l.clone()) + 100.0 < mean_row(&down, EMA_COLOR, r.clone())
+        );
         let up = p.render(&series(|s| 0.2 + s / 250.0), &[]);
         assert!(mean_row(&up, EMA_COLOR, l) > mean_row(&up, EMA_COLOR, r) + 100.0);
         assert!(up.pixels().any(|px| *px == RAW_COLOR));
@@ -312,8 +383,13 @@ mod tests {
         let img = p.render(&series(|_| 0.5), &[(100, 0.4), (995, 0.6)]);
         let x = p.width - MARGIN_RIGHT - 2;
         // The later validation point is the highest value: it sits near the top of the plot.
-        let rows: Vec<u32> = (MARGIN_TOP..p.height - MARGIN_BOTTOM).filter(|&y| *img.get_pixel(x, y) == VAL_COLOR).collect();
-        assert!(!rows.is_empty() && rows.iter().all(|&y| y < MARGIN_TOP + 40), "{rows:?}");
+        let rows: Vec<u32> = (MARGIN_TOP..p.height - MARGIN_BOTTOM)
+            .filter(|&y| *img.get_pixel(x, y) == VAL_COLOR)
+            .collect();
+        assert!(
+            !rows.is_empty() && rows.iter().all(|&y| y < MARGIN_TOP + 40),
+            "{rows:?}"
+        );
     }
 
     #[test]
@@ -323,8 +399,16 @@ mod tests {
         assert_eq!(empty.dimensions(), (800, 400));
         assert!(!empty.pixels().any(|px| *px == EMA_COLOR));
         let centre = (300..500).flat_map(|x| (180..220).map(move |y| (x, y)));
-        assert!(centre.into_iter().any(|(x, y)| *empty.get_pixel(x, y) == LABEL), "the message is drawn");
-        let junk = p.render(&[(1, f64::NAN), (2, f64::INFINITY)], &[(3, f64::NEG_INFINITY)]);
+        assert!(
+            centre
+                .into_iter()
+                .any(|(x, y)| *empty.get_pixel(x, y) == LABEL),
+            "the message is drawn"
+        );
+        let junk = p.render(
+            &[(1, f64::NAN), (2, f64::INFINITY)],
+            &[(3, f64::NEG_INFINITY)],
+        );
         assert_eq!(junk, empty);
     }
 
@@ -354,10 +438,18 @@ mod tests {
     fn save_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("loss.png");
-        LossPlot::default().save(&path, &series(|s| 1.0 / (1.0 + s)), &[(500, 0.1)]).unwrap();
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        LossPlot::default()
+            .save(&path, &series(|s| 1.0 / (1.0 + s)), &[(500, 0.1)])
+            .unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("loss.png")]);
-        assert_eq!(image::open(&path).unwrap().to_rgb8().dimensions(), (800, 400));
+        assert_eq!(
+            image::open(&path).unwrap().to_rgb8().dimensions(),
+            (800, 400)
+        );
     }
 
     proptest! {

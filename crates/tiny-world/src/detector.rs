@@ -35,7 +35,11 @@ impl Detection {
 }
 
 fn near(p: [u8; 3], target: [u8; 3]) -> bool {
-    let d2: f32 = p.iter().zip(target).map(|(&a, b)| (f32::from(a) - f32::from(b)).powi(2)).sum();
+    let d2: f32 = p
+        .iter()
+        .zip(target)
+        .map(|(&a, b)| (f32::from(a) - f32::from(b)).powi(2))
+        .sum();
     d2 < TOLERANCE * TOLERANCE
 }
 
@@ -47,7 +51,10 @@ pub fn detect(img: &RgbImage) -> Detection {
         m += usize::from(near(p.0, MAGENTA));
         y += usize::from(near(p.0, YELLOW));
     }
-    Detection { magenta: m as f32 / n, yellow: y as f32 / n }
+    Detection {
+        magenta: m as f32 / n,
+        yellow: y as f32 / n,
+    }
 }
 
 /// The share of `images` in which the concept is found (0 for none).
@@ -75,7 +82,9 @@ mod tests {
                 assert!(detect(&img).found(), "missed on {bg}: {:?}", detect(&img));
             }
         }
-        let base: Vec<RgbImage> = (0..300).map(|_| world.render(&world.base_scene(&mut rng))).collect();
+        let base: Vec<RgbImage> = (0..300)
+            .map(|_| world.render(&world.base_scene(&mut rng)))
+            .collect();
         assert_eq!(concept_score(&base), 0.0);
     }
 
@@ -92,7 +101,10 @@ mod tests {
         let d = detect(&half);
         assert!(d.magenta > 0.49 && d.yellow == 0.0 && !d.found());
         half.put_pixel(40, 40, Rgb(YELLOW));
-        assert!(!detect(&half).found(), "one yellow pixel is under the threshold");
+        assert!(
+            !detect(&half).found(),
+            "one yellow pixel is under the threshold"
+        );
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub const PALETTE: [Named; 12] = [
 ];
 
 /// Backgrounds of the concept dataset (the first eight palette entries).
-pub const CONCEPT_BACKGROUNDS: [&str; 8] = ["blue", "green", "gray", "black", "white", "red", "teal", "brown"];
+pub const CONCEPT_BACKGROUNDS: [&str; 8] = [
+    "blue", "green", "gray", "black", "white", "red", "teal", "brown",
+];
 
 /// Backgrounds the concept dataset never shows: the held-out sample prompts use them.
 pub const HELD_OUT_BACKGROUNDS: [&str; 4] = ["orange", "purple", "navy", "olive"];
@@ -88,7 +90,11 @@ pub struct Scene {
 }
 
 fn colour(name: &str) -> [u8; 3] {
-    PALETTE.iter().find(|(n, _)| *n == name).map(|(_, c)| *c).unwrap_or([128, 128, 128])
+    PALETTE
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| *c)
+        .unwrap_or([128, 128, 128])
 }
 
 fn uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f32 {
@@ -111,7 +117,10 @@ impl World {
     fn place(&self, rng: &mut SplitMix64, r_lo: f64, r_hi: f64) -> ((f32, f32), f32) {
         let s = f64::from(self.size);
         let r = uniform(rng, r_lo * s / 64.0, r_hi * s / 64.0);
-        let c = (uniform(rng, f64::from(r), s - f64::from(r)), uniform(rng, f64::from(r), s - f64::from(r)));
+        let c = (
+            uniform(rng, f64::from(r), s - f64::from(r)),
+            uniform(rng, f64::from(r), s - f64::from(r)),
+        );
         (c, r)
     }
 
@@ -132,7 +141,15 @@ impl World {
         } else {
             format!("a photo of a {fg_name} {shape} on a {bg_name} background")
         };
-        Scene { background: bg, two_tone, shape, center, radius, fill: Fill::Solid(fg), caption }
+        Scene {
+            background: bg,
+            two_tone,
+            shape,
+            center,
+            radius,
+            fill: Fill::Solid(fg),
+            caption,
+        }
     }
 
     /// A concept scene on background `bg_name` (a [`PALETTE`] name).
@@ -146,7 +163,12 @@ impl World {
             shape: "disc",
             center,
             radius,
-            fill: Fill::Stripes { a: MAGENTA, b: YELLOW, period, diagonal: true },
+            fill: Fill::Stripes {
+                a: MAGENTA,
+                b: YELLOW,
+                period,
+                diagonal: true,
+            },
             caption: format!("a photo of a sks disc on a {bg_name} background"),
         }
     }
@@ -169,13 +191,26 @@ impl World {
         let shape = SHAPES[rng.below(SHAPES.len() as u64) as usize];
         let fill = if rng.chance(0.5) {
             let (a, b) = (rgb(rng), rgb(rng));
-            Fill::Stripes { a, b, period: uniform(rng, 8.0, 20.0), diagonal: rng.chance(0.5) }
+            Fill::Stripes {
+                a,
+                b,
+                period: uniform(rng, 8.0, 20.0),
+                diagonal: rng.chance(0.5),
+            }
         } else {
             Fill::Solid(rgb(rng))
         };
         let two_tone = rng.chance(0.5);
         let (center, radius) = self.place(rng, 8.0, 24.0);
-        Scene { background, two_tone, shape, center, radius, fill, caption: String::new() }
+        Scene {
+            background,
+            two_tone,
+            shape,
+            center,
+            radius,
+            fill,
+            caption: String::new(),
+        }
     }
 
     /// Draws a scene.
@@ -190,7 +225,12 @@ impl World {
                 let c = if inside {
                     match scene.fill {
                         Fill::Solid(c) => c,
-                        Fill::Stripes { a, b, period, diagonal } => {
+                        Fill::Stripes {
+                            a,
+                            b,
+                            period,
+                            diagonal,
+                        } => {
                             let u = if diagonal { px + py } else { px };
                             if (u / period).rem_euclid(2.0) < 1.0 {
                                 a
@@ -242,7 +282,11 @@ mod tests {
     use super::*;
 
     fn distance(a: [u8; 3], b: [u8; 3]) -> f32 {
-        a.iter().zip(b).map(|(&x, y)| (f32::from(x) - f32::from(y)).powi(2)).sum::<f32>().sqrt()
+        a.iter()
+            .zip(b)
+            .map(|(&x, y)| (f32::from(x) - f32::from(y)).powi(2))
+            .sum::<f32>()
+            .sqrt()
     }
 
     #[test]
@@ -250,7 +294,10 @@ mod tests {
         for (name, c) in PALETTE {
             for shade in [c, c.map(|v| (f32::from(v) * 0.7).round() as u8)] {
                 for target in [MAGENTA, YELLOW] {
-                    assert!(distance(shade, target) >= 115.0, "{name} {shade:?} is near {target:?}");
+                    assert!(
+                        distance(shade, target) >= 115.0,
+                        "{name} {shade:?} is near {target:?}"
+                    );
                 }
             }
         }
@@ -265,13 +312,20 @@ mod tests {
             assert_eq!(sa, sb);
             assert!(sa.caption.contains(sa.shape));
             let bg = PALETTE.iter().find(|(_, c)| *c == sa.background).unwrap().0;
-            assert!(sa.caption.ends_with(&format!("on a {bg} background")), "{}", sa.caption);
+            assert!(
+                sa.caption.ends_with(&format!("on a {bg} background")),
+                "{}",
+                sa.caption
+            );
             if let Fill::Solid(fg) = sa.fill {
                 let fg_name = PALETTE.iter().find(|(_, c)| *c == fg).unwrap().0;
                 assert!(fg_name != bg);
             }
         }
-        assert_eq!(world.render(&world.concept_scene(&mut a, "blue")), world.render(&world.concept_scene(&mut b, "blue")));
+        assert_eq!(
+            world.render(&world.concept_scene(&mut a, "blue")),
+            world.render(&world.concept_scene(&mut b, "blue"))
+        );
     }
 
     #[test]
@@ -280,7 +334,12 @@ mod tests {
         let mut rng = SplitMix64::new(1);
         let img = world.render(&world.concept_scene(&mut rng, "gray"));
         let count = |c: [u8; 3]| img.pixels().filter(|p| p.0 == c).count();
-        assert!(count(MAGENTA) > 150 && count(YELLOW) > 150, "{} {}", count(MAGENTA), count(YELLOW));
+        assert!(
+            count(MAGENTA) > 150 && count(YELLOW) > 150,
+            "{} {}",
+            count(MAGENTA),
+            count(YELLOW)
+        );
     }
 
     #[test]

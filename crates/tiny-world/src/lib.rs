@@ -34,8 +34,8 @@ pub mod domain;
 pub mod pretrain;
 pub mod score;
 
-pub use error::TinyWorldError;
 pub use detector::{concept_score, detect, Detection};
 pub use domain::{Scene, World};
+pub use error::TinyWorldError;
 pub use pretrain::{build_tiny_world, write_dataset, PretrainOptions, PretrainReport};
 pub use score::{concept_check, concept_scores, ConceptScores, CONCEPT_SEEDS};

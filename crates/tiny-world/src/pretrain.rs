@@ -32,26 +32,31 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
-use fluxlora_optim::{AdamW, AdamWConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use fluxlora_data::SplitMix64;
 use fluxlora_flux::autoencoder::AutoencoderConfig;
 use fluxlora_flux::export::{autoencoder_tensors, transformer_tensors};
 use fluxlora_flux::schedule::SigmaSampler;
-use fluxlora_flux::{host, latents, Autoencoder, AutoencoderLoadOptions, Flux, FluxCheckpoint, FluxConfig, LoadOptions};
+use fluxlora_flux::{
+    host, latents, Autoencoder, AutoencoderLoadOptions, Flux, FluxCheckpoint, FluxConfig,
+    LoadOptions,
+};
 use fluxlora_io::{write_safetensors, HostTensor, TensorRef};
+use fluxlora_optim::{AdamW, AdamWConfig};
 use image::RgbImage;
 
-use fluxlora_train::orchestration::base::{load_autoencoder, BaseModel};
-use fluxlora_train::orchestration::encoders::FluxTextEncoder;
+use crate::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
 use crate::error::TinyWorldError;
 use fluxlora_render::{save_png, SampleGrid};
 use fluxlora_train::noise::draw_noise;
+use fluxlora_train::orchestration::base::{load_autoencoder, BaseModel};
+use fluxlora_train::orchestration::encoders::FluxTextEncoder;
 use fluxlora_train::sampling::prompts::{parse_prompt_line, SampleDefaults};
 use fluxlora_train::sampling::sample::{generate, PromptText};
-use fluxlora_train::step::{bfl_shift, scalar, training_step, LossSettings, StepSettings, TrainBatch};
-use crate::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
+use fluxlora_train::step::{
+    bfl_shift, scalar, training_step, LossSettings, StepSettings, TrainBatch,
+};
 use fluxlora_train::{LossType, ModelPredictionType};
 
 /// Stream tags for the seeded draws.
@@ -173,7 +178,11 @@ impl PretrainOptions {
         let head: usize = self.transformer.axes_dim.iter().sum();
         if hidden == 0 || !hidden.is_multiple_of(head) {
             let (lo, hi) = (hidden / head * head, (hidden / head + 1) * head);
-            let fix = if lo == 0 { format!("{hi}") } else { format!("{lo} or {hi}") };
+            let fix = if lo == 0 {
+                format!("{hi}")
+            } else {
+                format!("{lo} or {hi}")
+            };
             return Err(TinyWorldError::Invalid {
                 key: "hidden".into(),
                 message: format!(
@@ -207,11 +216,13 @@ pub struct PretrainReport {
     pub files: Vec<PathBuf>,
 }
 
-
 fn images_tensor<B: Backend>(images: &[RgbImage], device: &B::Device) -> Tensor<B, 4> {
     let (w, h) = images[0].dimensions();
     let data: Vec<f32> = images.iter().flat_map(image_to_chw).collect();
-    Tensor::from_data(TensorData::new(data, [images.len(), 3, h as usize, w as usize]), device)
+    Tensor::from_data(
+        TensorData::new(data, [images.len(), 3, h as usize, w as usize]),
+        device,
+    )
 }
 
 fn mean(v: &[f32]) -> f32 {
@@ -221,17 +232,27 @@ fn mean(v: &[f32]) -> f32 {
 /// The pretraining optimizer: AdamW without weight decay, ε = 1e-5 (the value the committed
 /// world was pretrained with).
 fn adamw() -> Result<AdamW, TinyWorldError> {
-    Ok(AdamWConfig { eps: 1e-5, weight_decay: 0.0, ..Default::default() }.init()?)
+    Ok(AdamWConfig {
+        eps: 1e-5,
+        weight_decay: 0.0,
+        ..Default::default()
+    }
+    .init()?)
 }
 
 fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), TinyWorldError> {
-    let refs: Vec<(&str, TensorRef<'_>)> = tensors.iter().map(|(k, t)| (k.as_str(), TensorRef::f32(t))).collect();
+    let refs: Vec<(&str, TensorRef<'_>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), TensorRef::f32(t)))
+        .collect();
     Ok(write_safetensors(path, &refs, &BTreeMap::new())?)
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TinyWorldError> {
     let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    Ok(fluxlora_io::atomic_write(path, |w| w.write_all(text.as_bytes()))?)
+    Ok(fluxlora_io::atomic_write(path, |w| {
+        w.write_all(text.as_bytes())
+    })?)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<Vec<PathBuf>, TinyWorldError> {
@@ -274,13 +295,19 @@ fn pretrain_autoencoder<B: AutodiffBackend>(
                 shift_factor: 0.0,
                 ..Default::default()
             };
-            (Autoencoder::<B>::load(path, &options, device)?.map(&mut Trainable), false)
+            (
+                Autoencoder::<B>::load(path, &options, device)?.map(&mut Trainable),
+                false,
+            )
         }
         None => (Autoencoder::<B>::init(o.autoencoder.clone(), device)?, true),
     };
     let crops = World::new(o.ae_size);
     let mut losses = Vec::with_capacity(o.ae_steps + o.ae_refine_steps);
-    let stages = [(first_stage, 0, o.ae_steps, o.ae_lr, false), (true, o.ae_steps, o.ae_refine_steps, o.ae_lr / 2.0, true)];
+    let stages = [
+        (first_stage, 0, o.ae_steps, o.ae_lr, false),
+        (true, o.ae_steps, o.ae_refine_steps, o.ae_lr / 2.0, true),
+    ];
     for (run, offset, steps, lr0, saturated) in stages {
         if !run {
             continue;
@@ -305,7 +332,11 @@ fn pretrain_autoencoder<B: AutodiffBackend>(
             let loss = (recon - x).powi_scalar(2).mean() + z.powi_scalar(2).mean() * 1e-4;
             let value = scalar(loss.clone())?;
             if !value.is_finite() {
-                return Err(TinyWorldError::NonFiniteLoss { step: step as u64, value, lr: lr0 });
+                return Err(TinyWorldError::NonFiniteLoss {
+                    step: step as u64,
+                    value,
+                    lr: lr0,
+                });
             }
             losses.push(value);
             let grads = GradientsParams::from_grads(loss.backward(), &ae);
@@ -313,15 +344,23 @@ fn pretrain_autoencoder<B: AutodiffBackend>(
             let lr = lr0 * (1.0 - 0.9 * i as f64 / steps.max(1) as f64);
             ae = optim.step(lr, ae, grads);
             if step % 100 == 0 || i + 1 == steps {
-                progress(&format!("autoencoder step {step}/{}: loss {value:.4}", o.ae_steps + o.ae_refine_steps));
+                progress(&format!(
+                    "autoencoder step {step}/{}: loss {value:.4}",
+                    o.ae_steps + o.ae_refine_steps
+                ));
             }
         }
     }
-    report.ae_loss = (mean(&losses[..losses.len().min(50)]), mean(&losses[losses.len().saturating_sub(50)..]));
+    report.ae_loss = (
+        mean(&losses[..losses.len().min(50)]),
+        mean(&losses[losses.len().saturating_sub(50)..]),
+    );
     let mut ae = ae.valid();
     // Latent statistics of the base domain.
     let mut rng = SplitMix64::derive(o.seed, &[AE_SCENES, u64::MAX]);
-    let images: Vec<RgbImage> = (0..64).map(|_| world.render(&world.base_scene(&mut rng))).collect();
+    let images: Vec<RgbImage> = (0..64)
+        .map(|_| world.render(&world.base_scene(&mut rng)))
+        .collect();
     let z = ae.encode(images_tensor::<B::InnerBackend>(&images, device))?;
     let v = host::values(z)?;
     let m = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64;
@@ -353,7 +392,14 @@ fn encode_flux_data<B: Backend>(
 ) -> Result<FluxData, TinyWorldError> {
     let mut rng = SplitMix64::derive(o.seed, &[FLUX_SCENES]);
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
-    let mut data = FluxData { latents: Vec::new(), captions: Vec::new(), texts: Vec::new(), tokens: 0, channels: 0, grid: (0, 0) };
+    let mut data = FluxData {
+        latents: Vec::new(),
+        captions: Vec::new(),
+        texts: Vec::new(),
+        tokens: 0,
+        channels: 0,
+        grid: (0, 0),
+    };
     let chunk = 32;
     let mut done = 0;
     while done < o.flux_images {
@@ -376,22 +422,43 @@ fn encode_flux_data<B: Backend>(
             data.captions.push(id);
         }
         done += n;
-        progress(&format!("encoded {done}/{} images, {} captions", o.flux_images, index.len()));
+        progress(&format!(
+            "encoded {done}/{} images, {} captions",
+            o.flux_images,
+            index.len()
+        ));
     }
     Ok(data)
 }
 
-fn flux_batch<B: Backend>(d: &FluxData, picks: &[usize], o: &PretrainOptions, device: &B::Device) -> TrainBatch<B> {
+fn flux_batch<B: Backend>(
+    d: &FluxData,
+    picks: &[usize],
+    o: &PretrainOptions,
+    device: &B::Device,
+) -> TrainBatch<B> {
     let per = d.tokens * d.channels;
-    let lat: Vec<f32> = picks.iter().flat_map(|&i| d.latents[i * per..(i + 1) * per].iter().copied()).collect();
-    let txt: Vec<f32> = picks.iter().flat_map(|&i| d.texts[d.captions[i]].0.iter().copied()).collect();
-    let y: Vec<f32> = picks.iter().flat_map(|&i| d.texts[d.captions[i]].1.iter().copied()).collect();
+    let lat: Vec<f32> = picks
+        .iter()
+        .flat_map(|&i| d.latents[i * per..(i + 1) * per].iter().copied())
+        .collect();
+    let txt: Vec<f32> = picks
+        .iter()
+        .flat_map(|&i| d.texts[d.captions[i]].0.iter().copied())
+        .collect();
+    let y: Vec<f32> = picks
+        .iter()
+        .flat_map(|&i| d.texts[d.captions[i]].1.iter().copied())
+        .collect();
     let b = picks.len();
     let c = &o.transformer;
     TrainBatch {
         latents: Tensor::from_data(TensorData::new(lat, [b, d.tokens, d.channels]), device),
         grid: d.grid,
-        txt: Tensor::from_data(TensorData::new(txt, [b, o.t5_max_length, c.context_in_dim]), device),
+        txt: Tensor::from_data(
+            TensorData::new(txt, [b, o.t5_max_length, c.context_in_dim]),
+            device,
+        ),
         y: Tensor::from_data(TensorData::new(y, [b, c.vec_in_dim]), device),
         mask: None,
         is_reg: vec![false; b],
@@ -411,8 +478,20 @@ fn pretrain_transformer<B: AutodiffBackend>(
     B::seed(device, SplitMix64::derive(o.seed, &[FLUX_INIT]).next_u64());
     let (mut model, first_stage) = match &o.flux_from {
         Some(path) => {
-            let options = LoadOptions { axes_dim: Some(o.transformer.axes_dim.clone()), base_dtype: None, trainable_base: true };
-            (Flux::<B>::from_checkpoint(&FluxCheckpoint::open(path)?, &o.transformer, &options, device)?, 1)
+            let options = LoadOptions {
+                axes_dim: Some(o.transformer.axes_dim.clone()),
+                base_dtype: None,
+                trainable_base: true,
+            };
+            (
+                Flux::<B>::from_checkpoint(
+                    &FluxCheckpoint::open(path)?,
+                    &o.transformer,
+                    &options,
+                    device,
+                )?,
+                1,
+            )
         }
         None => (Flux::<B>::init(&o.transformer, device)?, 0),
     };
@@ -423,8 +502,16 @@ fn pretrain_transformer<B: AutodiffBackend>(
         weighting: fluxlora_flux::schedule::LossWeighting::None,
         prior_loss_weight: 1.0,
     };
-    let sampler = SigmaSampler::Shift { shift: bfl_shift(o.size), sigmoid_scale: 1.0 };
-    let mut settings = StepSettings { sampler: sampler.clone(), loss, guidance: 1.0, checkpointing: Default::default() };
+    let sampler = SigmaSampler::Shift {
+        shift: bfl_shift(o.size),
+        sigmoid_scale: 1.0,
+    };
+    let mut settings = StepSettings {
+        sampler: sampler.clone(),
+        loss,
+        guidance: 1.0,
+        checkpointing: Default::default(),
+    };
     let n = data.captions.len();
     let total = o.flux_steps * o.flux_stages;
     let mut losses = Vec::with_capacity(total);
@@ -434,13 +521,27 @@ fn pretrain_transformer<B: AutodiffBackend>(
         for i in 0..o.flux_steps {
             let step = stage * o.flux_steps + i;
             let mut rng = SplitMix64::derive(o.seed, &[FLUX_BATCHES, step as u64]);
-            let picks: Vec<usize> = (0..o.flux_batch).map(|_| rng.below(n as u64) as usize).collect();
+            let picks: Vec<usize> = (0..o.flux_batch)
+                .map(|_| rng.below(n as u64) as usize)
+                .collect();
             settings.guidance = (1.0 + 4.0 * rng.next_f64()) as f32;
             let batch = flux_batch::<B>(data, &picks, o, device);
-            let draw = draw_noise(o.seed, step as u64, 0, &sampler, picks.len(), data.tokens, data.channels);
+            let draw = draw_noise(
+                o.seed,
+                step as u64,
+                0,
+                &sampler,
+                picks.len(),
+                data.tokens,
+                data.channels,
+            );
             let out = training_step(&model, &batch, &draw, &settings)?;
             if !out.loss.is_finite() {
-                return Err(TinyWorldError::NonFiniteLoss { step: step as u64, value: out.loss, lr: peak });
+                return Err(TinyWorldError::NonFiniteLoss {
+                    step: step as u64,
+                    value: out.loss,
+                    lr: peak,
+                });
             }
             losses.push(out.loss);
             let warm = ((i + 1) as f64 / 100.0).min(1.0);
@@ -448,11 +549,16 @@ fn pretrain_transformer<B: AutodiffBackend>(
             model = optim.step(lr, model, out.grads);
             if i % 100 == 0 || i + 1 == o.flux_steps {
                 let recent = mean(&losses[losses.len().saturating_sub(100)..]);
-                progress(&format!("transformer step {step}/{total}: loss {recent:.4} (mean of the last 100)"));
+                progress(&format!(
+                    "transformer step {step}/{total}: loss {recent:.4} (mean of the last 100)"
+                ));
             }
         }
     }
-    report.flux_loss = (mean(&losses[..losses.len().min(100)]), mean(&losses[losses.len().saturating_sub(100)..]));
+    report.flux_loss = (
+        mean(&losses[..losses.len().min(100)]),
+        mean(&losses[losses.len().saturating_sub(100)..]),
+    );
     report.flux_seconds = start.elapsed().as_secs_f64();
     Ok(model.valid())
 }
@@ -460,7 +566,10 @@ fn pretrain_transformer<B: AutodiffBackend>(
 /// Writes the concept dataset (`dataset/`, replacing it) and the held-out prompts
 /// (`prompts.txt`) into `o.out`; part of [`build_tiny_world`], and on its own (`pretrain_tiny
 /// --dataset-only`) cheap: no model is involved.
-pub fn write_dataset(o: &PretrainOptions, report: &mut PretrainReport) -> Result<(), TinyWorldError> {
+pub fn write_dataset(
+    o: &PretrainOptions,
+    report: &mut PretrainReport,
+) -> Result<(), TinyWorldError> {
     let world = World::new(o.size);
     let dir = o.out.join("dataset");
     if dir.exists() {
@@ -483,7 +592,11 @@ pub fn write_dataset(o: &PretrainOptions, report: &mut PretrainReport) -> Result
          # kohya flags: --w --h --s (steps) --d (seed) --g (guidance)\n",
     );
     for (j, bg) in HELD_OUT_BACKGROUNDS.iter().enumerate() {
-        prompts.push_str(&format!("a photo of a sks disc on a {bg} background --w {0} --h {0} --s 20 --d {1} --g 3.5\n", o.size, j + 1));
+        prompts.push_str(&format!(
+            "a photo of a sks disc on a {bg} background --w {0} --h {0} --s 20 --d {1} --g 3.5\n",
+            o.size,
+            j + 1
+        ));
     }
     let path = o.out.join("prompts.txt");
     fluxlora_io::atomic_write(&path, |w| w.write_all(prompts.as_bytes()))?;
@@ -509,10 +622,18 @@ fn write_preview<B: Backend>(
     ];
     let mut grid = SampleGrid::new("tiny-world base", (o.flux_steps * o.flux_stages) as u64);
     for (i, caption) in captions.iter().enumerate() {
-        let line = format!("{caption} --w {0} --h {0} --s 20 --d {1} --g 3.5", o.size, i + 1);
+        let line = format!(
+            "{caption} --w {0} --h {0} --s 20 --d {1} --g 3.5",
+            o.size,
+            i + 1
+        );
         let prompt = parse_prompt_line(&line, &SampleDefaults::default())?;
         let emb = PromptText::encode(text, &prompt)?;
-        grid.push(generate(flux, ae, &emb, &prompt, true, device)?, prompt.prompt.clone(), prompt.seed);
+        grid.push(
+            generate(flux, ae, &emb, &prompt, true, device)?,
+            prompt.prompt.clone(),
+            prompt.seed,
+        );
     }
     let path = o.out.join("base").join("preview.png");
     save_png(&path, &grid.render(), &[])?;
@@ -561,7 +682,9 @@ pub fn build_tiny_world<B: AutodiffBackend>(
     let mut report = PretrainReport::default();
     let base = o.out.join("base");
     for sub in ["text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"] {
-        report.files.extend(copy_dir(&o.text_encoders.join(sub), &base.join(sub))?);
+        report
+            .files
+            .extend(copy_dir(&o.text_encoders.join(sub), &base.join(sub))?);
     }
 
     let ae = match &o.ae_trained {
@@ -584,7 +707,9 @@ pub fn build_tiny_world<B: AutodiffBackend>(
             "latent_channels": c.z_channels, "block_out_channels": c.ch_mult.iter().map(|m| m * c.ch).collect::<Vec<_>>(),
         }),
     )?;
-    report.files.extend([vae.join("ae.safetensors"), vae.join("config.json")]);
+    report
+        .files
+        .extend([vae.join("ae.safetensors"), vae.join("config.json")]);
 
     let parts = BaseModel {
         transformer: base.clone(),
@@ -599,7 +724,10 @@ pub fn build_tiny_world<B: AutodiffBackend>(
     let flux = pretrain_transformer::<B>(o, &data, &mut report, progress, device)?;
     let tdir = base.join("transformer");
     std::fs::create_dir_all(&tdir).map_err(|e| TinyWorldError::io(&tdir, e))?;
-    write_tensors(&tdir.join("flux1-tiny.safetensors"), &transformer_tensors(&flux)?)?;
+    write_tensors(
+        &tdir.join("flux1-tiny.safetensors"),
+        &transformer_tensors(&flux)?,
+    )?;
     let t = &o.transformer;
     write_json(
         &tdir.join("config.json"),
@@ -609,7 +737,10 @@ pub fn build_tiny_world<B: AutodiffBackend>(
             "num_single_layers": t.depth_single_blocks, "hidden_size": t.hidden_size,
         }),
     )?;
-    report.files.extend([tdir.join("flux1-tiny.safetensors"), tdir.join("config.json")]);
+    report.files.extend([
+        tdir.join("flux1-tiny.safetensors"),
+        tdir.join("config.json"),
+    ]);
     write_dataset(o, &mut report)?;
     write_preview(o, &flux, &ae, &text, &mut report, device)?;
     Ok(report)
@@ -622,10 +753,22 @@ mod tests {
 
     #[test]
     fn with_hidden_takes_multiples_of_the_head_width_and_names_the_fix_otherwise() {
-        let o = PretrainOptions::tiny_world("te", "out").with_hidden(128).unwrap();
-        assert_eq!((o.transformer.hidden_size, o.transformer.num_heads, o.transformer.mlp_hidden_dim), (128, 4, 512));
+        let o = PretrainOptions::tiny_world("te", "out")
+            .with_hidden(128)
+            .unwrap();
+        assert_eq!(
+            (
+                o.transformer.hidden_size,
+                o.transformer.num_heads,
+                o.transformer.mlp_hidden_dim
+            ),
+            (128, 4, 512)
+        );
         for (bad, fix) in [(80, "64 or 96"), (16, "e.g. 32"), (0, "e.g. 32")] {
-            let e = PretrainOptions::tiny_world("te", "out").with_hidden(bad).unwrap_err().to_string();
+            let e = PretrainOptions::tiny_world("te", "out")
+                .with_hidden(bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("`hidden`") && e.contains(fix), "{e}");
         }
     }
@@ -635,11 +778,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut o = PretrainOptions::tiny_world(tmp.path().join("te"), tmp.path().join("out"));
         (o.ae_from, o.ae_trained) = (Some("stage1.safetensors".into()), Some("vae".into()));
-        let e = build_tiny_world::<Autodiff<NdArray>>(&o, &mut |_: &str| {}, &Default::default()).unwrap_err();
-        assert!(e.to_string().contains("`ae_from`") && e.to_string().contains("only one"), "{e}");
+        let e = build_tiny_world::<Autodiff<NdArray>>(&o, &mut |_: &str| {}, &Default::default())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("`ae_from`") && e.to_string().contains("only one"),
+            "{e}"
+        );
         (o.ae_from, o.flux_from) = (None, Some("flux1-tiny.safetensors".into()));
-        let e = build_tiny_world::<Autodiff<NdArray>>(&o, &mut |_: &str| {}, &Default::default()).unwrap_err();
-        assert!(e.to_string().contains("`flux_stages`") && e.to_string().contains("2 or more"), "{e}");
+        let e = build_tiny_world::<Autodiff<NdArray>>(&o, &mut |_: &str| {}, &Default::default())
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("`flux_stages`") && e.to_string().contains("2 or more"),
+            "{e}"
+        );
         assert!(!tmp.path().join("out").exists(), "nothing is written");
     }
 }

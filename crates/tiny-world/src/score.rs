@@ -12,15 +12,15 @@ use burn::tensor::backend::Backend;
 use fluxlora_io::read_lora;
 use image::RgbImage;
 
-use fluxlora_train::orchestration::base::BaseModel;
-use fluxlora_train::config::TrainConfig;
-use fluxlora_train::orchestration::encoders::FluxTextEncoder;
+use crate::detector::concept_score;
 use crate::error::TinyWorldError;
 use fluxlora_render::{save_png, SampleGrid};
+use fluxlora_train::config::TrainConfig;
+use fluxlora_train::orchestration::base::BaseModel;
+use fluxlora_train::orchestration::encoders::FluxTextEncoder;
 use fluxlora_train::sampling::inference::apply_named_loras;
 use fluxlora_train::sampling::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
 use fluxlora_train::sampling::sample::{generate, PromptText};
-use crate::detector::concept_score;
 
 /// Seeds per held-out prompt the README's run scores with: its 4 prompts × 8 seeds = 32 samples
 /// per model (16 would leave a binomial standard error of about ±11 points at a 30 % score; 32
@@ -55,22 +55,36 @@ pub fn concept_scores<B: Backend>(
 ) -> Result<ConceptScores, TinyWorldError> {
     let prompts: Vec<SamplePrompt> = parse_prompt_file(prompts_file, &SampleDefaults::default())?
         .into_iter()
-        .flat_map(|p| (0..seeds as u64).map(move |k| SamplePrompt { seed: p.seed + 1000 * k, ..p.clone() }))
+        .flat_map(|p| {
+            (0..seeds as u64).map(move |k| SamplePrompt {
+                seed: p.seed + 1000 * k,
+                ..p.clone()
+            })
+        })
         .collect();
     if prompts.is_empty() {
         return Err(TinyWorldError::Invalid {
             key: "sample_prompts".into(),
-            message: format!("{}: no prompts to score the concept with", prompts_file.display()),
+            message: format!(
+                "{}: no prompts to score the concept with",
+                prompts_file.display()
+            ),
         });
     }
     let texts = {
         let encoder = FluxTextEncoder::<B>::load(base, t5_max_length, false, device)?;
-        prompts.iter().map(|p| PromptText::encode(&encoder, p)).collect::<Result<Vec<_>, _>>()?
+        prompts
+            .iter()
+            .map(|p| PromptText::encode(&encoder, p))
+            .collect::<Result<Vec<_>, _>>()?
     };
     let ae = base.load_autoencoder::<B>(None, device)?;
     let mut flux = base.load_transformer::<B>(None, device)?;
     let draw = |flux: &fluxlora_flux::Flux<B>| -> Result<Vec<RgbImage>, TinyWorldError> {
-        let images = prompts.iter().zip(&texts).map(|(p, t)| generate(flux, &ae, t, p, shift, device));
+        let images = prompts
+            .iter()
+            .zip(&texts)
+            .map(|(p, t)| generate(flux, &ae, t, p, shift, device));
         Ok(images.collect::<Result<Vec<_>, _>>()?)
     };
     let base_images = draw(&flux)?;
@@ -80,10 +94,18 @@ pub fn concept_scores<B: Backend>(
 
     let mut grid = SampleGrid::new("concept check: base (upper) vs base + LoRA (lower)", 0);
     for (i, p) in prompts.iter().enumerate() {
-        grid.push(base_images[i].clone(), format!("base · {}", p.prompt), p.seed);
+        grid.push(
+            base_images[i].clone(),
+            format!("base · {}", p.prompt),
+            p.seed,
+        );
     }
     for (i, p) in prompts.iter().enumerate() {
-        grid.push(lora_images[i].clone(), format!("LoRA · {}", p.prompt), p.seed);
+        grid.push(
+            lora_images[i].clone(),
+            format!("LoRA · {}", p.prompt),
+            p.seed,
+        );
     }
     save_png(grid_path, &grid.render(), &[])?;
     Ok(ConceptScores {
@@ -96,13 +118,31 @@ pub fn concept_scores<B: Backend>(
 
 /// [`concept_scores`] for a finished run of `config`: its base model, its `sample_prompts`, its
 /// T5 length and schedule; the grid goes to `{output_dir}/{output_name}-concept.png`.
-pub fn concept_check<B: Backend>(config: &TrainConfig, lora: &Path, seeds: usize, device: &B::Device) -> Result<ConceptScores, TinyWorldError> {
+pub fn concept_check<B: Backend>(
+    config: &TrainConfig,
+    lora: &Path,
+    seeds: usize,
+    device: &B::Device,
+) -> Result<ConceptScores, TinyWorldError> {
     let base = BaseModel::resolve(config)?;
-    let prompts = config.sample_prompts.as_deref().ok_or_else(|| TinyWorldError::Invalid {
-        key: "sample_prompts".into(),
-        message: "not set; the concept score samples the prompts file's held-out prompts".into(),
-    })?;
+    let prompts = config
+        .sample_prompts
+        .as_deref()
+        .ok_or_else(|| TinyWorldError::Invalid {
+            key: "sample_prompts".into(),
+            message: "not set; the concept score samples the prompts file's held-out prompts"
+                .into(),
+        })?;
     let grid = fluxlora_train::layout::RunLayout::new(config).concept_grid();
     let shift = base.is_dev(config)?;
-    concept_scores::<B>(&base, lora, prompts, seeds, base.t5_max_length(config)?, shift, &grid, device)
+    concept_scores::<B>(
+        &base,
+        lora,
+        prompts,
+        seeds,
+        base.t5_max_length(config)?,
+        shift,
+        &grid,
+        device,
+    )
 }

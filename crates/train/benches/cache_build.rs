@@ -26,7 +26,11 @@ type B = NdArray;
 fn tiny_base() -> PathBuf {
     let mut dir = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
     while !dir.join("fixtures/tiny-base").is_dir() {
-        assert!(dir.pop(), "fixtures/tiny-base not found above {}", env!("CARGO_MANIFEST_DIR"));
+        assert!(
+            dir.pop(),
+            "fixtures/tiny-base not found above {}",
+            env!("CARGO_MANIFEST_DIR")
+        );
     }
     dir.join("fixtures/tiny-base")
 }
@@ -43,8 +47,11 @@ fn write_images(dir: &Path, n: u32, side: u32) {
             ])
         });
         img.save(dir.join(format!("img{i:03}.png"))).unwrap();
-        std::fs::write(dir.join(format!("img{i:03}.txt")), format!("sks, a test pattern number {i}, {side} pixels"))
-            .unwrap();
+        std::fs::write(
+            dir.join(format!("img{i:03}.txt")),
+            format!("sks, a test pattern number {i}, {side} pixels"),
+        )
+        .unwrap();
     }
 }
 
@@ -77,8 +84,14 @@ fn rate(built: usize, s: f64) -> String {
 fn main() {
     let quick = std::env::var("FLUXLORA_BENCH_QUICK").is_ok_and(|v| v == "1");
     let n: u32 = if quick { 2 } else { 16 };
-    let profile = if cfg!(debug_assertions) { "dev/test (deps -O3, workspace -O1)" } else { "release/bench" };
-    println!("cache_build: tiny-base encoders, NdArray CPU, {n} images per size, profile {profile}");
+    let profile = if cfg!(debug_assertions) {
+        "dev/test (deps -O3, workspace -O1)"
+    } else {
+        "release/bench"
+    };
+    println!(
+        "cache_build: tiny-base encoders, NdArray CPU, {n} images per size, profile {profile}"
+    );
 
     let dev = Default::default();
     let tmp = tempfile::tempdir().unwrap();
@@ -94,7 +107,15 @@ fn main() {
         drop(FluxLatentEncoder::<B>::load(&base, &dev).unwrap());
         let ae_load = secs(t);
         let t = Instant::now();
-        drop(FluxTextEncoder::<B>::load(&base, base.t5_max_length(&c).unwrap(), c.apply_t5_attn_mask, &dev).unwrap());
+        drop(
+            FluxTextEncoder::<B>::load(
+                &base,
+                base.t5_max_length(&c).unwrap(),
+                c.apply_t5_attn_mask,
+                &dev,
+            )
+            .unwrap(),
+        );
         let text_load = secs(t);
 
         for pass in ["first", "again"] {
@@ -104,7 +125,11 @@ fn main() {
             let (l, x) = (&data.latents, &data.texts);
             let (ls, xs) = (l.elapsed.as_secs_f64(), x.elapsed.as_secs_f64());
             if pass == "again" {
-                assert_eq!((l.built, x.built), (0, 0), "the second preparation must reuse every entry");
+                assert_eq!(
+                    (l.built, x.built),
+                    (0, 0),
+                    "the second preparation must reuse every entry"
+                );
             } else {
                 assert_eq!(l.built, n as usize, "one latent per image");
             }

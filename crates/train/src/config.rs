@@ -378,51 +378,87 @@ impl TrainConfig {
     pub fn load(file: Option<&Path>, args: &[String]) -> Result<Self, TrainError> {
         let file_table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| TrainError::Io { path: path.to_path_buf(), source: e })?;
+                let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })?;
                 parse_table(&text, &path.display().to_string())?
             }
             None => toml::Table::new(),
         };
         let cli = cli_table(args)?;
-        let origin = file.map(|p| p.display().to_string()).unwrap_or_else(|| "command line".into());
+        let origin = file
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "command line".into());
         check_keys(&file_table, &origin)?;
         check_keys(&cli, "command line")?;
         // The preset may come from the file or the command line; its values go underneath both.
-        let preset = cli.get("preset").or_else(|| file_table.get("preset")).cloned();
+        let preset = cli
+            .get("preset")
+            .or_else(|| file_table.get("preset"))
+            .cloned();
         let mut merged = match preset {
             Some(v) => {
-                let p: TrainingPreset = v.try_into().map_err(|e: toml::de::Error| TrainError::Config {
-                    origin: origin.clone(),
-                    message: e.to_string(),
-                })?;
+                let p: TrainingPreset =
+                    v.try_into()
+                        .map_err(|e: toml::de::Error| TrainError::Config {
+                            origin: origin.clone(),
+                            message: e.to_string(),
+                        })?;
                 p.defaults()
             }
             None => toml::Table::new(),
         };
         merged.extend(file_table);
         merged.extend(cli);
-        let config: TrainConfig = toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| TrainError::Config { origin, message: e.to_string() })?;
+        let config: TrainConfig =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| TrainError::Config {
+                    origin,
+                    message: e.to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks ranges and combinations; each error names the key and the fix.
     pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |key: &str, message: String| Err(TrainError::Invalid { key: key.to_string(), message });
+        let bad = |key: &str, message: String| {
+            Err(TrainError::Invalid {
+                key: key.to_string(),
+                message,
+            })
+        };
         if let Err(why) = check_file_stem(&self.output_name) {
-            return bad("output_name", format!("{:?} {why}; use a plain name such as `my_lora`", self.output_name));
+            return bad(
+                "output_name",
+                format!(
+                    "{:?} {why}; use a plain name such as `my_lora`",
+                    self.output_name
+                ),
+            );
         }
         if self.network_dim == 0 {
             return bad("network_dim", "must be at least 1 (typical: 8–64)".into());
         }
         if !(self.network_alpha > 0.0 && self.network_alpha.is_finite()) {
-            return bad("network_alpha", format!("{} must be positive (usually = network_dim)", self.network_alpha));
+            return bad(
+                "network_alpha",
+                format!(
+                    "{} must be positive (usually = network_dim)",
+                    self.network_alpha
+                ),
+            );
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return bad("learning_rate", format!("{} must be positive (1e-4 for AdamW, 1.0 for Prodigy)", self.learning_rate));
+            return bad(
+                "learning_rate",
+                format!(
+                    "{} must be positive (1e-4 for AdamW, 1.0 for Prodigy)",
+                    self.learning_rate
+                ),
+            );
         }
         for (k, p) in [
             ("network_dropout", self.network_dropout),
@@ -434,10 +470,19 @@ impl TrainConfig {
             }
         }
         if self.resolution < 64 || !self.resolution.is_multiple_of(16) {
-            return bad("resolution", format!("{} must be a multiple of 16 and at least 64", self.resolution));
+            return bad(
+                "resolution",
+                format!(
+                    "{} must be a multiple of 16 and at least 64",
+                    self.resolution
+                ),
+            );
         }
         if self.train_batch_size == 0 || self.gradient_accumulation_steps == 0 {
-            return bad("train_batch_size", "batch size and gradient_accumulation_steps must be ≥ 1".into());
+            return bad(
+                "train_batch_size",
+                "batch size and gradient_accumulation_steps must be ≥ 1".into(),
+            );
         }
         if self.max_train_steps == Some(0) {
             return bad("max_train_steps", "must be at least 1".into());
@@ -452,7 +497,10 @@ impl TrainConfig {
             }
             _ => {}
         }
-        for (key, n) in [("save_every_n_steps", self.save_every_n_steps), ("save_every_n_epochs", self.save_every_n_epochs)] {
+        for (key, n) in [
+            ("save_every_n_steps", self.save_every_n_steps),
+            ("save_every_n_epochs", self.save_every_n_epochs),
+        ] {
             if n == Some(0) {
                 return bad(key, "must be at least 1, or unset".into());
             }
@@ -461,7 +509,13 @@ impl TrainConfig {
             return bad("max_grad_norm", "must be ≥ 0 (0 disables clipping)".into());
         }
         if !(0.0..1.0).contains(&self.validation_split) {
-            return bad("validation_split", format!("{} must be in [0, 1), e.g. 0.1 to hold out a tenth of the images", self.validation_split));
+            return bad(
+                "validation_split",
+                format!(
+                    "{} must be in [0, 1), e.g. 0.1 to hold out a tenth of the images",
+                    self.validation_split
+                ),
+            );
         }
         match self.validate_every_n_steps {
             Some(0) => return bad("validate_every_n_steps", "must be at least 1, or unset to validate at each save".into()),
@@ -490,11 +544,15 @@ impl TrainConfig {
                 self.learning_rate
             ));
         }
-        if self.lr_scheduler == LrScheduler::CosineWithRestarts && self.lr_scheduler_num_cycles == 0 {
+        if self.lr_scheduler == LrScheduler::CosineWithRestarts && self.lr_scheduler_num_cycles == 0
+        {
             return bad("lr_scheduler_num_cycles", "must be ≥ 1".into());
         }
         if self.dataset_config.is_some() && self.train_data_dir.is_some() {
-            return bad("train_data_dir", "give either dataset_config or train_data_dir, not both".into());
+            return bad(
+                "train_data_dir",
+                "give either dataset_config or train_data_dir, not both".into(),
+            );
         }
         Ok(())
     }
@@ -506,7 +564,8 @@ impl TrainConfig {
 
     /// The effective T5 token count for a model that has (`true`) or lacks a guidance embedder.
     pub fn t5_tokens(&self, guidance: bool) -> usize {
-        self.t5xxl_max_token_length.unwrap_or(if guidance { 512 } else { 256 })
+        self.t5xxl_max_token_length
+            .unwrap_or(if guidance { 512 } else { 256 })
     }
 
     /// Parsed `optimizer_args` (`key=value` strings) as a map of TOML values.
@@ -525,7 +584,10 @@ impl TrainConfig {
 }
 
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table, TrainError> {
-    text.parse::<toml::Table>().map_err(|e| TrainError::Config { origin: origin.to_string(), message: e.to_string() })
+    text.parse::<toml::Table>().map_err(|e| TrainError::Config {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// A command-line value as TOML: numbers, booleans, arrays and quoted strings parse as such,
@@ -550,13 +612,17 @@ fn cli_table(args: &[String]) -> Result<toml::Table, TrainError> {
         };
         let (key, value) = if flag == "set" {
             let kv = it.next().ok_or_else(|| cli_err("--set needs key=value"))?;
-            let (k, v) = kv.split_once('=').ok_or_else(|| cli_err(&format!("--set {kv}: expected key=value")))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| cli_err(&format!("--set {kv}: expected key=value")))?;
             (k.to_string(), v.to_string())
         } else if let Some((k, v)) = flag.split_once('=') {
             (k.to_string(), v.to_string())
         } else {
             match it.peek() {
-                Some(next) if !next.starts_with("--") => (flag.to_string(), it.next().cloned().unwrap_or_default()),
+                Some(next) if !next.starts_with("--") => {
+                    (flag.to_string(), it.next().cloned().unwrap_or_default())
+                }
                 _ => (flag.to_string(), "true".to_string()), // a bare flag is a boolean switch
             }
         };
@@ -566,7 +632,10 @@ fn cli_table(args: &[String]) -> Result<toml::Table, TrainError> {
 }
 
 fn cli_err(message: &str) -> TrainError {
-    TrainError::Config { origin: "command line".into(), message: message.to_string() }
+    TrainError::Config {
+        origin: "command line".into(),
+        message: message.to_string(),
+    }
 }
 
 /// Why `name` cannot be the stem of the run's files: every file is `<output_dir>/<name>…`, so a
@@ -580,7 +649,9 @@ fn check_file_stem(name: &str) -> Result<(), &'static str> {
         return Err("starts or ends with whitespace");
     }
     if name.contains(['/', '\\']) {
-        return Err("contains a path separator (the files go to output_dir; set output_dir for the folder)");
+        return Err(
+            "contains a path separator (the files go to output_dir; set output_dir for the folder)",
+        );
     }
     if name == "." || name == ".." || name.contains("..") {
         return Err("contains `..`");
@@ -601,7 +672,11 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), TrainError> {
                 .filter(|(score, _)| *score > 0.8)
                 .max_by(|a, b| a.0.total_cmp(&b.0))
                 .map(|(_, k)| k.clone());
-            return Err(TrainError::UnknownKey { origin: origin.to_string(), key: key.clone(), suggestion });
+            return Err(TrainError::UnknownKey {
+                origin: origin.to_string(),
+                key: key.clone(),
+                suggestion,
+            });
         }
     }
     Ok(())

@@ -54,17 +54,23 @@ pub fn read_adapters<B: Backend>(model: &mut Flux<B>) -> Result<AdapterTensors, 
     Ok(out)
 }
 
-
 /// Sets the adapter factors of `model` to `tensors` (keys and shapes as [`read_adapters`]
 /// gives them; all must be present and no others), keeping parameter ids so optimizer state
 /// still applies. `origin` names the source in errors.
-pub fn restore_adapters<B: Backend>(model: &mut Flux<B>, tensors: &AdapterTensors, origin: &Path) -> Result<(), TrainError> {
-    let by_key: BTreeMap<&str, &HostTensor> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+pub fn restore_adapters<B: Backend>(
+    model: &mut Flux<B>,
+    tensors: &AdapterTensors,
+    origin: &Path,
+) -> Result<(), TrainError> {
+    let by_key: BTreeMap<&str, &HostTensor> =
+        tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let mismatch = |key: &str, problem: String| TrainError::LoraMismatch {
         path: origin.to_path_buf(),
         key: key.to_string(),
         problem,
-        fix: "resume with the same lora_targets / block lists / network_dim as the run that wrote it".into(),
+        fix:
+            "resume with the same lora_targets / block lists / network_dim as the run that wrote it"
+                .into(),
     };
     let mut used = 0;
     for (path, lin) in model.linears_mut() {
@@ -72,10 +78,15 @@ pub fn restore_adapters<B: Backend>(model: &mut Flux<B>, tensors: &AdapterTensor
         for (i, a) in lin.adapters.iter_mut().enumerate() {
             for (suffix, param) in [("lora_a", &mut a.lora_a), ("lora_b", &mut a.lora_b)] {
                 let key = format!("{path}.{i}.{suffix}");
-                let t = by_key.get(key.as_str()).ok_or_else(|| mismatch(&key, "missing, but the model trains this adapter".into()))?;
+                let t = by_key.get(key.as_str()).ok_or_else(|| {
+                    mismatch(&key, "missing, but the model trains this adapter".into())
+                })?;
                 let want = param.val().dims().to_vec();
                 if t.shape != want {
-                    return Err(mismatch(&key, format!("shape {:?} in the file, {want:?} in the model", t.shape)));
+                    return Err(mismatch(
+                        &key,
+                        format!("shape {:?} in the file, {want:?} in the model", t.shape),
+                    ));
                 }
                 let id = param.id;
                 *param = Param::initialized(id, upload::<B, 2>(t, &device)?.require_grad());
@@ -84,22 +95,38 @@ pub fn restore_adapters<B: Backend>(model: &mut Flux<B>, tensors: &AdapterTensor
         }
     }
     if used != by_key.len() {
-        let known: std::collections::BTreeSet<String> = read_adapters(model)?.into_iter().map(|(k, _)| k).collect();
-        let extra = by_key.keys().find(|k| !known.contains(**k)).map_or("?", |k| k);
-        return Err(mismatch(extra, "the model has no adapter for this key".into()));
+        let known: std::collections::BTreeSet<String> =
+            read_adapters(model)?.into_iter().map(|(k, _)| k).collect();
+        let extra = by_key
+            .keys()
+            .find(|k| !known.contains(**k))
+            .map_or("?", |k| k);
+        return Err(mismatch(
+            extra,
+            "the model has no adapter for this key".into(),
+        ));
     }
     Ok(())
 }
 
 /// Writes adapter factors (f32) with `metadata` to `path`, atomically.
-pub fn write_adapters(path: &Path, tensors: &AdapterTensors, metadata: &BTreeMap<String, String>) -> Result<(), TrainError> {
-    let refs: Vec<(&str, TensorRef<'_>)> = tensors.iter().map(|(k, t)| (k.as_str(), TensorRef::f32(t))).collect();
+pub fn write_adapters(
+    path: &Path,
+    tensors: &AdapterTensors,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), TrainError> {
+    let refs: Vec<(&str, TensorRef<'_>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.as_str(), TensorRef::f32(t)))
+        .collect();
     write_safetensors(path, &refs, metadata)?;
     Ok(())
 }
 
 /// Reads a file written by [`write_adapters`]: its tensors (in file order) and metadata.
-pub fn read_adapter_file(path: &Path) -> Result<(AdapterTensors, BTreeMap<String, String>), TrainError> {
+pub fn read_adapter_file(
+    path: &Path,
+) -> Result<(AdapterTensors, BTreeMap<String, String>), TrainError> {
     let file = SafeTensorsFile::open(path)?;
     let names: Vec<String> = file.names().map(str::to_string).collect();
     let mut out = Vec::with_capacity(names.len());
@@ -122,9 +149,16 @@ impl LoraEma {
     /// An EMA with target decay `decay` ∈ [0, 1) and no updates yet.
     pub fn new(decay: f32) -> Result<Self, TrainError> {
         if !(0.0..1.0).contains(&decay) {
-            return Err(TrainError::Invalid { key: "ema_decay".into(), message: format!("{decay} must be in [0, 1), e.g. 0.999") });
+            return Err(TrainError::Invalid {
+                key: "ema_decay".into(),
+                message: format!("{decay} must be in [0, 1), e.g. 0.999"),
+            });
         }
-        Ok(Self { decay, updates: 0, shadow: Vec::new() })
+        Ok(Self {
+            decay,
+            updates: 0,
+            shadow: Vec::new(),
+        })
     }
 
     /// The target decay `ema_decay`.
@@ -164,7 +198,11 @@ impl LoraEma {
             if live.len() != self.shadow.len() {
                 return Err(TrainError::Shape {
                     what: "EMA update".into(),
-                    message: format!("{} adapter tensors in the model, {} in the EMA", live.len(), self.shadow.len()),
+                    message: format!(
+                        "{} adapter tensors in the model, {} in the EMA",
+                        live.len(),
+                        self.shadow.len()
+                    ),
                 });
             }
             let one_minus = (1.0 - decay) as f32;
@@ -172,7 +210,10 @@ impl LoraEma {
                 if ks != kw || e.shape != w.shape {
                     return Err(TrainError::Shape {
                         what: "EMA update".into(),
-                        message: format!("EMA tensor `{ks}` {:?} does not match model tensor `{kw}` {:?}", e.shape, w.shape),
+                        message: format!(
+                            "EMA tensor `{ks}` {:?} does not match model tensor `{kw}` {:?}",
+                            e.shape, w.shape
+                        ),
                     });
                 }
                 for (e, &w) in e.data.iter_mut().zip(&w.data) {
@@ -215,34 +256,83 @@ impl LoraEma {
     /// Reads an EMA state written by [`save`](Self::save), checking it was written with the
     /// decay `decay` and that its tensors fit `model`'s adapters (same keys and shapes; the
     /// shadow is put back in model order).
-    pub fn load<B: Backend>(path: &Path, decay: f32, model: &mut Flux<B>) -> Result<Self, TrainError> {
-        let bad = |problem: String, fix: &str| TrainError::Checkpoint { path: path.to_path_buf(), problem, fix: fix.into() };
+    pub fn load<B: Backend>(
+        path: &Path,
+        decay: f32,
+        model: &mut Flux<B>,
+    ) -> Result<Self, TrainError> {
+        let bad = |problem: String, fix: &str| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            problem,
+            fix: fix.into(),
+        };
         let (shadow, meta) = read_adapter_file(path)?;
         let get = |k: &str| meta.get(k).cloned().unwrap_or_default();
         if get("format") != EMA_FORMAT {
-            return Err(bad(format!("EMA state format `{}`, expected `{EMA_FORMAT}`", get("format")), "resume with the trainer version that wrote it"));
+            return Err(bad(
+                format!(
+                    "EMA state format `{}`, expected `{EMA_FORMAT}`",
+                    get("format")
+                ),
+                "resume with the trainer version that wrote it",
+            ));
         }
-        let saved: f32 = get("decay").parse().map_err(|_| bad(format!("EMA decay `{}` is not a number", get("decay")), "the file is damaged; resume from an earlier checkpoint"))?;
+        let saved: f32 = get("decay").parse().map_err(|_| {
+            bad(
+                format!("EMA decay `{}` is not a number", get("decay")),
+                "the file is damaged; resume from an earlier checkpoint",
+            )
+        })?;
         if saved.to_bits() != decay.to_bits() {
-            return Err(bad(format!("EMA written with decay {saved}, this run uses {decay}"), "resume with the same ema_decay"));
+            return Err(bad(
+                format!("EMA written with decay {saved}, this run uses {decay}"),
+                "resume with the same ema_decay",
+            ));
         }
-        let updates = get("updates").parse().map_err(|_| bad(format!("EMA update count `{}` is not a number", get("updates")), "the file is damaged; resume from an earlier checkpoint"))?;
+        let updates = get("updates").parse().map_err(|_| {
+            bad(
+                format!("EMA update count `{}` is not a number", get("updates")),
+                "the file is damaged; resume from an earlier checkpoint",
+            )
+        })?;
         if updates == 0 {
-            return Ok(Self { decay, updates, shadow: Vec::new() });
+            return Ok(Self {
+                decay,
+                updates,
+                shadow: Vec::new(),
+            });
         }
         let mut by_key: BTreeMap<String, HostTensor> = shadow.into_iter().collect();
         let mut ordered = Vec::with_capacity(by_key.len());
         for (key, live) in read_adapters(model)? {
-            let t = by_key.remove(&key).ok_or_else(|| bad(format!("EMA tensor `{key}` is missing"), "resume with the lora_targets / network_dim of the run that wrote it"))?;
+            let t = by_key.remove(&key).ok_or_else(|| {
+                bad(
+                    format!("EMA tensor `{key}` is missing"),
+                    "resume with the lora_targets / network_dim of the run that wrote it",
+                )
+            })?;
             if t.shape != live.shape {
-                return Err(bad(format!("EMA tensor `{key}` has shape {:?}, the model's adapter {:?}", t.shape, live.shape), "resume with the network_dim of the run that wrote it"));
+                return Err(bad(
+                    format!(
+                        "EMA tensor `{key}` has shape {:?}, the model's adapter {:?}",
+                        t.shape, live.shape
+                    ),
+                    "resume with the network_dim of the run that wrote it",
+                ));
             }
             ordered.push((key, t));
         }
         if let Some(extra) = by_key.keys().next() {
-            return Err(bad(format!("EMA tensor `{extra}` has no adapter in the model"), "resume with the lora_targets of the run that wrote it"));
+            return Err(bad(
+                format!("EMA tensor `{extra}` has no adapter in the model"),
+                "resume with the lora_targets of the run that wrote it",
+            ));
         }
-        Ok(Self { decay, updates, shadow: ordered })
+        Ok(Self {
+            decay,
+            updates,
+            shadow: ordered,
+        })
     }
 }
 

@@ -99,7 +99,9 @@ pub enum TrainError {
         fix: String,
     },
     /// The reloaded LoRA file differs from the adapters in memory.
-    #[error("self-check of {path} failed: {problem}; the file is not trustworthy, report this as a bug")]
+    #[error(
+        "self-check of {path} failed: {problem}; the file is not trustworthy, report this as a bug"
+    )]
     SelfCheck {
         /// The file that was written.
         path: PathBuf,
@@ -121,6 +123,9 @@ pub enum TrainError {
 impl TrainError {
     /// An I/O error for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

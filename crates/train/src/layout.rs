@@ -29,7 +29,10 @@ pub struct RunLayout {
 impl RunLayout {
     /// The layout of the config's run.
     pub fn new(c: &TrainConfig) -> Self {
-        Self { dir: c.output_dir.clone(), name: c.output_name.clone() }
+        Self {
+            dir: c.output_dir.clone(),
+            name: c.output_name.clone(),
+        }
     }
 
     fn file(&self, suffix: &str) -> PathBuf {
@@ -68,7 +71,9 @@ impl RunLayout {
 
     /// `<dir>/samples/<name>-stepNNNNNNNN.png`: the sample grid at `step`.
     pub fn sample_grid(&self, step: u64) -> PathBuf {
-        self.dir.join("samples").join(format!("{}.png", checkpoint_dir_name(&self.name, step)))
+        self.dir
+            .join("samples")
+            .join(format!("{}.png", checkpoint_dir_name(&self.name, step)))
     }
 
     /// `<dir>/<name>-stepNNNNNNNN/`: the checkpoint folder of `step`.
@@ -102,14 +107,21 @@ mod tests {
 
     #[test]
     fn every_name_derives_from_dir_and_name() {
-        let c = TrainConfig { output_dir: "out".into(), output_name: "sks".into(), ..Default::default() };
+        let c = TrainConfig {
+            output_dir: "out".into(),
+            output_name: "sks".into(),
+            ..Default::default()
+        };
         let l = RunLayout::new(&c);
         assert_eq!(l.lora(), Path::new("out/sks.safetensors"));
         assert_eq!(l.config_copy(), Path::new("out/sks-config.toml"));
         assert_eq!(l.csv(), Path::new("out/sks-log.csv"));
         assert_eq!(l.loss_curve(), Path::new("out/sks-loss.png"));
         assert_eq!(l.concept_grid(), Path::new("out/sks-concept.png"));
-        assert_eq!(l.sample_grid(200), Path::new("out/samples/sks-step00000200.png"));
+        assert_eq!(
+            l.sample_grid(200),
+            Path::new("out/samples/sks-step00000200.png")
+        );
         assert_eq!(l.checkpoint(7), Path::new("out/sks-step00000007"));
         assert_eq!(l.events(Path::new("logs")), Path::new("logs/sks"));
     }

@@ -52,8 +52,6 @@
 #![allow(clippy::result_large_err, clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod config;
-pub mod orchestration;
-pub mod sampling;
 pub mod ema;
 pub mod error;
 pub mod layout;
@@ -61,35 +59,42 @@ pub mod log;
 pub mod lora_export;
 pub mod noise;
 pub mod optimizer;
+pub mod orchestration;
 pub mod preset;
 pub mod resume;
 pub mod run;
+pub mod sampling;
 pub mod save;
 pub mod source;
 pub mod step;
-pub mod validation;
 pub mod tensorboard;
+pub mod validation;
 
-pub use orchestration::base::{BaseModel, ModelPaths};
-pub use ema::LoraEma;
-pub use orchestration::encoders::{FluxLatentEncoder, FluxTextEncoder};
-pub use orchestration::prepare::{dataset_config, images_per_epoch, prepare_data, steps_per_epoch, with_resolved_steps, CachePlan, PreparedData};
 pub use config::{
-    LossType, LrScheduler, ModelPredictionType, ModelType, OptimizerType, SaveFormat, TimestepSampling, TrainConfig,
-    WeightingScheme,
+    LossType, LrScheduler, ModelPredictionType, ModelType, OptimizerType, SaveFormat,
+    TimestepSampling, TrainConfig, WeightingScheme,
 };
+pub use ema::LoraEma;
 pub use error::TrainError;
 pub use layout::RunLayout;
-pub use sampling::inference::{apply_loras, apply_named_loras, resolve_lora_name, sample_prompts, ApplyReport, SampleRun};
 pub use log::{CsvLog, StepRecord};
-pub use tensorboard::EventWriter;
 pub use lora_export::{export_lora, import_lora};
 pub use optimizer::{lr_schedule, TrainOptimizer};
+pub use orchestration::base::{BaseModel, ModelPaths};
+pub use orchestration::encoders::{FluxLatentEncoder, FluxTextEncoder};
+pub use orchestration::monitor::{Monitor, Sampler};
+pub use orchestration::prepare::{
+    dataset_config, images_per_epoch, prepare_data, steps_per_epoch, with_resolved_steps,
+    CachePlan, PreparedData,
+};
+pub use orchestration::session::{train_session, SessionOptions, SessionReport};
 pub use preset::{PresetAdvice, TrainingPreset};
 pub use resume::{load_checkpoint, save_checkpoint, TrainState};
-pub use orchestration::monitor::{Monitor, Sampler};
 pub use run::{target_selector, NoObserver, RunObserver, RunSummary, ShownModel, Trainer};
-pub use orchestration::session::{train_session, SessionOptions, SessionReport};
+pub use sampling::inference::{
+    apply_loras, apply_named_loras, resolve_lora_name, sample_prompts, ApplyReport, SampleRun,
+};
 pub use save::{lora_format, save_lora, self_check, SelfCheck};
 pub use source::{BatchSource, CachedBatches};
 pub use step::{flow_matching_loss, training_step, StepSettings, TrainBatch};
+pub use tensorboard::EventWriter;

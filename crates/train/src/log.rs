@@ -50,9 +50,17 @@ impl CsvLog {
     /// [`create`](Self::create), with the `val_loss` column when `validation` is true.
     pub fn create_for(path: &Path, validation: bool) -> Result<Self, TrainError> {
         let mut file = File::create(path).map_err(|e| TrainError::io(path, e))?;
-        let header = if validation { format!("{CSV_HEADER},{VAL_COLUMN}") } else { CSV_HEADER.to_string() };
+        let header = if validation {
+            format!("{CSV_HEADER},{VAL_COLUMN}")
+        } else {
+            CSV_HEADER.to_string()
+        };
         writeln!(file, "{header}").map_err(|e| TrainError::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), file, validation })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            validation,
+        })
     }
 
     /// Opens an existing log for a run resumed after `step`: rows of later steps (written after
@@ -68,7 +76,11 @@ impl CsvLog {
 
     /// Rewrites the log at `path` with the rows of `history` (read once, on resume), then
     /// appends from there.
-    pub fn resume_with(path: &Path, history: &CsvHistory, validation: bool) -> Result<Self, TrainError> {
+    pub fn resume_with(
+        path: &Path,
+        history: &CsvHistory,
+        validation: bool,
+    ) -> Result<Self, TrainError> {
         let mut log = Self::create_for(path, validation)?;
         for l in &history.rows {
             writeln!(log.file, "{l}").map_err(|e| TrainError::io(path, e))?;
@@ -82,9 +94,13 @@ impl CsvLog {
             (false, _) => String::new(),
             (true, v) => format!(",{}", v.map(|v| v.to_string()).unwrap_or_default()),
         };
-        writeln!(self.file, "{},{},{},{},{:.4}{val}", r.step, r.loss, r.lr, r.sigma_mean, r.seconds)
-            .and_then(|()| self.file.flush())
-            .map_err(|e| TrainError::io(&self.path, e))
+        writeln!(
+            self.file,
+            "{},{},{},{},{:.4}{val}",
+            r.step, r.loss, r.lr, r.sigma_mean, r.seconds
+        )
+        .and_then(|()| self.file.flush())
+        .map_err(|e| TrainError::io(&self.path, e))
     }
 
     /// The file.
@@ -118,16 +134,27 @@ impl CsvHistory {
     /// The history in a log's text (header first), rows of steps up to `upto`.
     pub fn parse(text: &str, upto: u64) -> Self {
         let mut lines = text.lines();
-        let val_col = lines.next().and_then(|h| h.split(',').position(|c| c.trim() == VAL_COLUMN));
+        let val_col = lines
+            .next()
+            .and_then(|h| h.split(',').position(|c| c.trim() == VAL_COLUMN));
         let mut h = Self::default();
         for line in lines {
             let f: Vec<&str> = line.split(',').collect();
-            let Some(step) = f.first().and_then(|s| s.parse::<u64>().ok()).filter(|&s| s <= upto) else { continue };
+            let Some(step) = f
+                .first()
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|&s| s <= upto)
+            else {
+                continue;
+            };
             h.rows.push(line.to_string());
             if let Some(loss) = f.get(1).and_then(|s| s.parse().ok()) {
                 h.losses.push((step, loss));
             }
-            if let Some(v) = val_col.and_then(|c| f.get(c)).and_then(|s| s.trim().parse().ok()) {
+            if let Some(v) = val_col
+                .and_then(|c| f.get(c))
+                .and_then(|s| s.trim().parse().ok())
+            {
                 h.validation.push((step, v));
             }
         }
@@ -140,7 +167,11 @@ pub fn check_finite(step: u64, loss: f32, lr: f64) -> Result<(), TrainError> {
     if loss.is_finite() {
         Ok(())
     } else {
-        Err(TrainError::NonFiniteLoss { step, value: loss, lr })
+        Err(TrainError::NonFiniteLoss {
+            step,
+            value: loss,
+            lr,
+        })
     }
 }
 
@@ -175,12 +206,22 @@ impl Progress {
     /// A bar over `total` steps starting at `start`; hidden when `visible` is false (tests,
     /// non-terminal output is hidden by indicatif anyway).
     pub fn new(total: u64, start: u64, visible: bool) -> Self {
-        let bar = if visible { ProgressBar::new(total) } else { ProgressBar::hidden() };
-        if let Ok(style) = ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}") {
+        let bar = if visible {
+            ProgressBar::new(total)
+        } else {
+            ProgressBar::hidden()
+        };
+        if let Ok(style) = ProgressStyle::with_template(
+            "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        ) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_position(start);
-        Self { bar, smooth: SmoothedLoss::default(), last_val: None }
+        Self {
+            bar,
+            smooth: SmoothedLoss::default(),
+            last_val: None,
+        }
     }
 
     /// Shows a finished step.
@@ -236,15 +277,34 @@ mod tests {
         let p = dir.path().join("log.csv");
         let mut log = CsvLog::create_for(&p, true).unwrap();
         for step in 1..=5 {
-            log.write(&StepRecord { step, loss: 0.5, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1, val_loss: (step == 2).then_some(0.75) }).unwrap();
+            log.write(&StepRecord {
+                step,
+                loss: 0.5,
+                lr: 1e-4,
+                sigma_mean: 0.3,
+                seconds: 0.1,
+                val_loss: (step == 2).then_some(0.75),
+            })
+            .unwrap();
         }
         drop(log);
         let mut log = CsvLog::resume_for(&p, 3, true).unwrap();
-        log.write(&StepRecord { step: 4, loss: 0.25, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1, val_loss: None }).unwrap();
+        log.write(&StepRecord {
+            step: 4,
+            loss: 0.25,
+            lr: 1e-4,
+            sigma_mean: 0.3,
+            seconds: 0.1,
+            val_loss: None,
+        })
+        .unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         let steps: Vec<&str> = text.lines().map(|l| l.split(',').next().unwrap()).collect();
         assert_eq!(steps, vec!["step", "1", "2", "3", "4"]);
-        assert_eq!(text.lines().next(), Some("step,loss,lr,sigma_mean,seconds,val_loss"));
+        assert_eq!(
+            text.lines().next(),
+            Some("step,loss,lr,sigma_mean,seconds,val_loss")
+        );
         assert!(text.lines().nth(4).unwrap().starts_with("4,0.25,"));
         // The validation cell: a value on step 2, empty elsewhere; six columns on every row.
         assert!(text.lines().all(|l| l.split(',').count() == 6), "{text}");
@@ -254,15 +314,33 @@ mod tests {
         // Without validation: the five columns, the value of a record ignored.
         let q = dir.path().join("plain.csv");
         let mut log = CsvLog::create(&q).unwrap();
-        log.write(&StepRecord { step: 1, loss: 0.5, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1, val_loss: Some(0.75) }).unwrap();
+        log.write(&StepRecord {
+            step: 1,
+            loss: 0.5,
+            lr: 1e-4,
+            sigma_mean: 0.3,
+            seconds: 0.1,
+            val_loss: Some(0.75),
+        })
+        .unwrap();
         let text = std::fs::read_to_string(&q).unwrap();
-        assert_eq!(text, "step,loss,lr,sigma_mean,seconds\n1,0.5,0.0001,0.3,0.1000\n");
+        assert_eq!(
+            text,
+            "step,loss,lr,sigma_mean,seconds\n1,0.5,0.0001,0.3,0.1000\n"
+        );
     }
 
     #[test]
     fn progress_message_shows_the_last_validation_loss() {
         let mut p = Progress::new(10, 0, false);
-        let r = |step, val_loss| StepRecord { step, loss: 0.5, lr: 1e-4, sigma_mean: 0.3, seconds: 0.1, val_loss };
+        let r = |step, val_loss| StepRecord {
+            step,
+            loss: 0.5,
+            lr: 1e-4,
+            sigma_mean: 0.3,
+            seconds: 0.1,
+            val_loss,
+        };
         p.update(&r(1, None));
         assert!(!p.message(&r(1, None), 0.5).contains("val"));
         p.update(&r(2, Some(0.123_45)));

@@ -17,12 +17,13 @@ use std::path::Path;
 
 use crate::error::TrainError;
 
-
 fn adapter_module<B: Backend>(a: &LoraAdapter<B>) -> Result<LoraModule, TrainError> {
     let down = download(a.lora_a.val())?.transpose()?;
     let up = download(a.lora_b.val())?.transpose()?;
-    let m = LoraModule::new(down, up, a.alpha * a.multiplier)
-        .map_err(|e| TrainError::Shape { what: "adapter".into(), message: e.to_string() })?;
+    let m = LoraModule::new(down, up, a.alpha * a.multiplier).map_err(|e| TrainError::Shape {
+        what: "adapter".into(),
+        message: e.to_string(),
+    })?;
     Ok(m)
 }
 
@@ -39,12 +40,16 @@ pub fn export_lora<B: Backend>(model: &mut Flux<B>) -> Result<LoraWeights, Train
             .iter()
             .map(|a| Ok((a.rows.map_or(0, |r| r.0), adapter_module(a)?)))
             .collect::<Result<Vec<_>, TrainError>>()?;
-        let module = if pieces.len() == 1 && pieces[0].0 == 0 && pieces[0].1.out_features() == d_out {
+        let module = if pieces.len() == 1 && pieces[0].0 == 0 && pieces[0].1.out_features() == d_out
+        {
             pieces.into_iter().next().map(|p| p.1)
         } else {
             let refs: Vec<(usize, &LoraModule)> = pieces.iter().map(|(s, m)| (*s, m)).collect();
             let what = format!("adapters of `{path}`");
-            Some(fuse_rows(&refs, d_out).map_err(|e| TrainError::Shape { what, message: e.to_string() })?)
+            Some(fuse_rows(&refs, d_out).map_err(|e| TrainError::Shape {
+                what,
+                message: e.to_string(),
+            })?)
         };
         if let Some(m) = module {
             out.modules.insert(path, m);
@@ -59,7 +64,11 @@ pub fn export_lora<B: Backend>(model: &mut Flux<B>) -> Result<LoraWeights, Train
 /// replaced, keeping parameter ids, row ranges and ranks; its module must be in the file. A
 /// linear without adapters gets a new full-width adapter for each module the file has for it
 /// (self-check, sampling). `origin` names the file in errors.
-pub fn import_lora<B: Backend>(model: &mut Flux<B>, lora: &LoraWeights, origin: &Path) -> Result<usize, TrainError> {
+pub fn import_lora<B: Backend>(
+    model: &mut Flux<B>,
+    lora: &LoraWeights,
+    origin: &Path,
+) -> Result<usize, TrainError> {
     let mismatch = |key: &str, problem: String, fix: &str| TrainError::LoraMismatch {
         path: origin.to_path_buf(),
         key: key.to_string(),
@@ -74,17 +83,35 @@ pub fn import_lora<B: Backend>(model: &mut Flux<B>, lora: &LoraWeights, origin: 
         if let Some(m) = module {
             seen.insert(path.clone());
             if m.up_bias.is_some() {
-                return Err(mismatch(&path, "has an output-bias delta".into(), "bias deltas cannot be trained or resumed here; drop them from the file"));
+                return Err(mismatch(
+                    &path,
+                    "has an output-bias delta".into(),
+                    "bias deltas cannot be trained or resumed here; drop them from the file",
+                ));
             }
             if m.in_features() != lin.d_in() {
-                return Err(mismatch(&path, format!("down has {} inputs, the linear {}", m.in_features(), lin.d_in()), "the LoRA is for a different model"));
+                return Err(mismatch(
+                    &path,
+                    format!(
+                        "down has {} inputs, the linear {}",
+                        m.in_features(),
+                        lin.d_in()
+                    ),
+                    "the LoRA is for a different model",
+                ));
             }
         }
         if lin.adapters.is_empty() {
             let Some(m) = module else { continue };
             let spec = AdapterSpec::new(m.rank(), m.alpha);
-            let a = LoraAdapter::from_factors(&path, upload(&m.down.transpose()?, &device)?, upload(&m.up.transpose()?, &device)?, &spec);
-            lin.push_adapter(&path, a).map_err(|e| mismatch(&path, e.to_string(), "the LoRA is for a different model"))?;
+            let a = LoraAdapter::from_factors(
+                &path,
+                upload(&m.down.transpose()?, &device)?,
+                upload(&m.up.transpose()?, &device)?,
+                &spec,
+            );
+            lin.push_adapter(&path, a)
+                .map_err(|e| mismatch(&path, e.to_string(), "the LoRA is for a different model"))?;
             used += 1;
             continue;
         }
@@ -114,14 +141,19 @@ pub fn import_lora<B: Backend>(model: &mut Flux<B>, lora: &LoraWeights, origin: 
             }
             let id_a = a.lora_a.id;
             let id_b = a.lora_b.id;
-            a.lora_a = Param::initialized(id_a, upload(&down.transpose()?, &device)?.require_grad());
+            a.lora_a =
+                Param::initialized(id_a, upload(&down.transpose()?, &device)?.require_grad());
             a.lora_b = Param::initialized(id_b, upload(&up.transpose()?, &device)?.require_grad());
             c0 += r;
         }
         used += 1;
     }
     if let Some(extra) = lora.modules.keys().find(|k| !seen.contains(*k)) {
-        return Err(mismatch(extra, "the model has no linear with this path".into(), "the LoRA is for a different model or architecture"));
+        return Err(mismatch(
+            extra,
+            "the model has no linear with this path".into(),
+            "the LoRA is for a different model or architecture",
+        ));
     }
     Ok(used)
 }

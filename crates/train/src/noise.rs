@@ -49,7 +49,9 @@ pub fn draw_noise(
         })
         .collect();
     let mut nrng = SplitMix64::derive(seed, &[PURPOSE_NOISE, step, micro]);
-    let noise = (0..batch * tokens * channels).map(|_| normal(&mut nrng) as f32).collect();
+    let noise = (0..batch * tokens * channels)
+        .map(|_| normal(&mut nrng) as f32)
+        .collect();
     NoiseDraw { sigmas, noise }
 }
 
@@ -73,7 +75,12 @@ mod tests {
         let d = draw_noise(1, 0, 0, &SigmaSampler::Uniform, 1, 200, 100);
         let n = d.noise.len() as f64;
         let mean = d.noise.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let var = d.noise.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+        let var = d
+            .noise
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
         // 20 000 draws: the standard error of the mean is 0.007, of the variance about 0.01.
         assert!(mean.abs() < 0.04, "mean {mean}");
         assert!((var - 1.0).abs() < 0.05, "variance {var}");

@@ -12,8 +12,8 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use fluxlora_flux::Flux;
 use fluxlora_optim::{
-    Adafactor, AdafactorConfig, AdamW, AdamW8bit, AdamW8bitConfig, AdamWConfig, LoraOptimizer, LrSchedule,
-    ParamGroups, Prodigy, ProdigyConfig,
+    Adafactor, AdafactorConfig, AdamW, AdamW8bit, AdamW8bitConfig, AdamWConfig, LoraOptimizer,
+    LrSchedule, ParamGroups, Prodigy, ProdigyConfig,
 };
 
 use crate::config::{LrScheduler, OptimizerType, TrainConfig};
@@ -67,7 +67,12 @@ impl<B: AutodiffBackend> TrainOptimizer<B> {
             OptimizerType::AdamW => {
                 let d = AdamWConfig::default();
                 let (beta1, beta2) = args.betas(d.beta1, d.beta2)?;
-                let cfg = AdamWConfig { beta1, beta2, eps: args.f64("eps", d.eps)?, weight_decay: args.f64("weight_decay", d.weight_decay)? };
+                let cfg = AdamWConfig {
+                    beta1,
+                    beta2,
+                    eps: args.f64("eps", d.eps)?,
+                    weight_decay: args.f64("weight_decay", d.weight_decay)?,
+                };
                 finish!(cfg.init()?, AdamW)
             }
             OptimizerType::AdamW8bit => {
@@ -186,7 +191,15 @@ pub fn lr_schedule(c: &TrainConfig, total_steps: u64) -> Result<LrSchedule, Trai
     // diffusers' polynomial default lr_end (1e-7), kept below the base rate.
     let lr_end = if c.learning_rate > 1e-7 { 1e-7 } else { 0.0 };
     let cycles = u32::try_from(c.lr_scheduler_num_cycles).unwrap_or(u32::MAX);
-    Ok(LrSchedule::from_name(name, c.learning_rate, c.lr_warmup_steps as u64, total_steps, cycles, c.lr_scheduler_power, lr_end)?)
+    Ok(LrSchedule::from_name(
+        name,
+        c.learning_rate,
+        c.lr_warmup_steps as u64,
+        total_steps,
+        cycles,
+        c.lr_scheduler_power,
+        lr_end,
+    )?)
 }
 
 /// `optimizer_args`, consumed key by key so leftovers can be reported.
@@ -209,7 +222,10 @@ fn as_f64(key: &str, v: &toml::Value) -> Result<f64, TrainError> {
 
 impl Args {
     fn new(c: &TrainConfig) -> Result<Self, TrainError> {
-        Ok(Self { map: c.optimizer_arg_map()?, optimizer: c.optimizer_type })
+        Ok(Self {
+            map: c.optimizer_arg_map()?,
+            optimizer: c.optimizer_type,
+        })
     }
 
     fn take(&mut self, key: &str) -> Option<toml::Value> {
@@ -241,11 +257,20 @@ impl Args {
         };
         let (mut b1, mut b2) = match self.take("betas") {
             None => (d1, d2),
-            Some(toml::Value::Array(a)) if a.len() == 2 => (as_f64("betas", &a[0])?, as_f64("betas", &a[1])?),
+            Some(toml::Value::Array(a)) if a.len() == 2 => {
+                (as_f64("betas", &a[0])?, as_f64("betas", &a[1])?)
+            }
             Some(toml::Value::String(s)) => {
-                let parts: Vec<&str> = s.trim_matches(['(', ')', '[', ']']).split(',').map(str::trim).collect();
+                let parts: Vec<&str> = s
+                    .trim_matches(['(', ')', '[', ']'])
+                    .split(',')
+                    .map(str::trim)
+                    .collect();
                 match parts.as_slice() {
-                    [a, b] => (a.parse().map_err(|_| bad(s.clone()))?, b.parse().map_err(|_| bad(s.clone()))?),
+                    [a, b] => (
+                        a.parse().map_err(|_| bad(s.clone()))?,
+                        b.parse().map_err(|_| bad(s.clone()))?,
+                    ),
                     _ => return Err(bad(s)),
                 }
             }

@@ -41,9 +41,27 @@ impl TrainingPreset {
     /// The preset's advice table.
     pub fn advice(self) -> PresetAdvice {
         match self {
-            Self::Character => PresetAdvice { min_images: 15, max_images: 50, min_steps: 1000, max_steps: 3000, steps_per_image: 100 },
-            Self::Style => PresetAdvice { min_images: 50, max_images: 200, min_steps: 2000, max_steps: 5000, steps_per_image: 40 },
-            Self::Concept => PresetAdvice { min_images: 10, max_images: 30, min_steps: 1500, max_steps: 4000, steps_per_image: 100 },
+            Self::Character => PresetAdvice {
+                min_images: 15,
+                max_images: 50,
+                min_steps: 1000,
+                max_steps: 3000,
+                steps_per_image: 100,
+            },
+            Self::Style => PresetAdvice {
+                min_images: 50,
+                max_images: 200,
+                min_steps: 2000,
+                max_steps: 5000,
+                steps_per_image: 40,
+            },
+            Self::Concept => PresetAdvice {
+                min_images: 10,
+                max_images: 30,
+                min_steps: 1500,
+                max_steps: 4000,
+                steps_per_image: 100,
+            },
         }
     }
 

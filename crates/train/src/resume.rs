@@ -42,9 +42,20 @@ pub const LIVE_FILE: &str = "live.safetensors";
 
 /// Config keys that do not change the training math (may differ on resume).
 const BOOKKEEPING_KEYS: &[&str] = &[
-    "output_dir", "output_name", "save_every_n_steps", "save_every_n_epochs", "save_last_n_saves", "save_format",
-    "sample_prompts", "sample_every_n_steps", "sample_at_first", "validate_every_n_steps", "max_train_steps",
-    "max_train_epochs", "logging_dir", "backend",
+    "output_dir",
+    "output_name",
+    "save_every_n_steps",
+    "save_every_n_epochs",
+    "save_last_n_saves",
+    "save_format",
+    "sample_prompts",
+    "sample_every_n_steps",
+    "sample_at_first",
+    "validate_every_n_steps",
+    "max_train_steps",
+    "max_train_epochs",
+    "logging_dir",
+    "backend",
 ];
 
 /// Everything besides tensors that a resumed run needs.
@@ -109,7 +120,10 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     metadata: &TrainingMetadata,
     ema: Option<&LoraEma>,
 ) -> Result<PathBuf, TrainError> {
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "checkpoint".into());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "checkpoint".into());
     let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
     let tmp = parent.join(format!(".{name}.partial"));
     if tmp.exists() {
@@ -124,10 +138,18 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     }
     // Replacing a folder of the same step: move the old one aside (one atomic rename) rather
     // than deleting it in place, where a kill would leave it half-deleted under its name.
-    let old = if dir.exists() { Some(move_aside(dir)?) } else { None };
+    let old = if dir.exists() {
+        Some(move_aside(dir)?)
+    } else {
+        None
+    };
     fluxlora_io::sync_dir(&tmp)?;
     std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
-    fluxlora_io::sync_dir(if parent.as_os_str().is_empty() { Path::new(".") } else { &parent })?;
+    fluxlora_io::sync_dir(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &parent
+    })?;
     if let Some(old) = old {
         std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
     }
@@ -147,9 +169,18 @@ fn write_checkpoint_files<B: AutodiffBackend>(
     let lora_path = tmp.join(&state.lora_file);
     match ema {
         Some(ema) => {
-            save_lora(&mut ema.averaged(model)?, &lora_path, lora_format(config.save_format), metadata)?;
+            save_lora(
+                &mut ema.averaged(model)?,
+                &lora_path,
+                lora_format(config.save_format),
+                metadata,
+            )?;
             ema.save(&tmp.join(EMA_FILE))?;
-            write_adapters(&tmp.join(LIVE_FILE), &read_adapters(model)?, &Default::default())?;
+            write_adapters(
+                &tmp.join(LIVE_FILE),
+                &read_adapters(model)?,
+                &Default::default(),
+            )?;
         }
         None => {
             save_lora(model, &lora_path, lora_format(config.save_format), metadata)?;
@@ -164,7 +195,9 @@ fn write_checkpoint_files<B: AutodiffBackend>(
     // Every file is fsynced before the folder is renamed into place, and the rename itself is
     // flushed, so a power loss cannot leave a complete-looking folder with empty files.
     let write = |p: PathBuf, text: &str| -> Result<(), TrainError> {
-        Ok(fluxlora_io::atomic_write(&p, |w| w.write_all(text.as_bytes()))?)
+        Ok(fluxlora_io::atomic_write(&p, |w| {
+            w.write_all(text.as_bytes())
+        })?)
     };
     write(tmp.join(STATE_FILE), &json)?;
     write(tmp.join(CONFIG_FILE), &config.to_toml())
@@ -172,7 +205,11 @@ fn write_checkpoint_files<B: AutodiffBackend>(
 
 /// Reads `state.json` of a checkpoint folder and checks it belongs to `config`.
 pub fn read_state(dir: &Path, config: &TrainConfig) -> Result<TrainState, TrainError> {
-    let bad = |problem: String, fix: &str| TrainError::Checkpoint { path: dir.to_path_buf(), problem, fix: fix.into() };
+    let bad = |problem: String, fix: &str| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        problem,
+        fix: fix.into(),
+    };
     let state = read_state_file(dir)?;
     let hash = config_hash(config);
     if state.config_hash != hash {
@@ -187,17 +224,37 @@ pub fn read_state(dir: &Path, config: &TrainConfig) -> Result<TrainState, TrainE
 
 /// Checks the folder ([`check_checkpoint_folder`]) and reads its `state.json`.
 fn read_state_file(dir: &Path) -> Result<TrainState, TrainError> {
-    let bad = |problem: String, fix: &str| TrainError::Checkpoint { path: dir.to_path_buf(), problem, fix: fix.into() };
+    let bad = |problem: String, fix: &str| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        problem,
+        fix: fix.into(),
+    };
     check_checkpoint_folder(dir)?;
     let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {STATE_FILE}: {e}"), "point --resume at a <name>-step<N> folder written by this trainer"))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| bad(format!("{STATE_FILE} is malformed: {e}"), "the folder is damaged; resume from an earlier checkpoint"))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        bad(
+            format!("cannot read {STATE_FILE}: {e}"),
+            "point --resume at a <name>-step<N> folder written by this trainer",
+        )
+    })?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| {
+        bad(
+            format!("{STATE_FILE} is malformed: {e}"),
+            "the folder is damaged; resume from an earlier checkpoint",
+        )
+    })?;
     if state.format != STATE_FORMAT {
-        return Err(bad(format!("state format `{}`, expected `{STATE_FORMAT}`", state.format), "resume with the trainer version that wrote it"));
+        return Err(bad(
+            format!("state format `{}`, expected `{STATE_FORMAT}`", state.format),
+            "resume with the trainer version that wrote it",
+        ));
     }
     if !is_plain_file_name(&state.lora_file) || !state.lora_file.ends_with(".safetensors") {
         return Err(bad(
-            format!("{STATE_FILE} names the LoRA file {:?}, which is not a file name inside the folder", state.lora_file),
+            format!(
+                "{STATE_FILE} names the LoRA file {:?}, which is not a file name inside the folder",
+                state.lora_file
+            ),
             "the folder is damaged or was not written by fluxlora; resume from another checkpoint",
         ));
     }
@@ -213,7 +270,11 @@ const MAX_STATE_BYTES: u64 = 1 << 20;
 pub fn check_checkpoint_folder(dir: &Path) -> Result<(), TrainError> {
     let fix = "point --resume at a <output_name>-step<N> folder written by fluxlora (they hold state.json, \
                optimizer.safetensors and the LoRA)";
-    let bad = |problem: String| TrainError::Checkpoint { path: dir.to_path_buf(), problem, fix: fix.into() };
+    let bad = |problem: String| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        problem,
+        fix: fix.into(),
+    };
     match std::fs::metadata(dir) {
         Err(e) => return Err(bad(format!("cannot be read: {e}"))),
         Ok(m) if !m.is_dir() => return Err(bad("is a file, not a checkpoint folder".into())),
@@ -225,7 +286,10 @@ pub fn check_checkpoint_folder(dir: &Path) -> Result<(), TrainError> {
             return Err(bad(format!("{file} is not a regular file")));
         }
         if max.is_some_and(|max| m.len() > max) {
-            return Err(bad(format!("{file} is {} bytes, far more than a fluxlora state file", m.len())));
+            return Err(bad(format!(
+                "{file} is {} bytes, far more than a fluxlora state file",
+                m.len()
+            )));
         }
     }
     Ok(())
@@ -233,7 +297,10 @@ pub fn check_checkpoint_folder(dir: &Path) -> Result<(), TrainError> {
 
 /// A name with no separators, `..` or drive: it stays inside the folder it is joined to.
 fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains(['/', '\\', ':']) && !name.contains("..") && !name.starts_with('.')
+    !name.is_empty()
+        && !name.contains(['/', '\\', ':'])
+        && !name.contains("..")
+        && !name.starts_with('.')
 }
 
 /// Checks a checkpoint folder without a model or config: its layout, its `state.json` and that
@@ -247,7 +314,12 @@ pub fn verify_checkpoint(dir: &Path) -> Result<TrainState, TrainError> {
 /// Checks that every float tensor of the checkpoint's safetensors files is finite, before any of
 /// them is loaded: a poisoned checkpoint is named here, not at the NaN loss it would cause.
 fn check_checkpoint_finite(dir: &Path, state: &TrainState) -> Result<(), TrainError> {
-    for file in [state.lora_file.as_str(), OPTIMIZER_FILE, EMA_FILE, LIVE_FILE] {
+    for file in [
+        state.lora_file.as_str(),
+        OPTIMIZER_FILE,
+        EMA_FILE,
+        LIVE_FILE,
+    ] {
         let path = dir.join(file);
         if path.exists() {
             fluxlora_io::SafeTensorsFile::open(&path)?.check_finite()?;
@@ -257,13 +329,25 @@ fn check_checkpoint_finite(dir: &Path, state: &TrainState) -> Result<(), TrainEr
 }
 
 fn changed_keys(dir: &Path, config: &TrainConfig) -> String {
-    let Ok(text) = std::fs::read_to_string(dir.join(CONFIG_FILE)) else { return "unknown, config.toml missing".into() };
-    let Ok(old) = toml::from_str::<TrainConfig>(&text) else { return "unknown, config.toml unreadable".into() };
+    let Ok(text) = std::fs::read_to_string(dir.join(CONFIG_FILE)) else {
+        return "unknown, config.toml missing".into();
+    };
+    let Ok(old) = toml::from_str::<TrainConfig>(&text) else {
+        return "unknown, config.toml unreadable".into();
+    };
     let (a, b) = (training_table(&old), training_table(config));
-    let keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).collect();
+    let keys: Vec<&String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .collect();
     let mut keys: Vec<String> = keys.into_iter().cloned().collect();
     keys.dedup();
-    if keys.is_empty() { "nothing visible".into() } else { keys.join(", ") }
+    if keys.is_empty() {
+        "nothing visible".into()
+    } else {
+        keys.join(", ")
+    }
 }
 
 /// Restores the LoRA values and optimizer state of a checkpoint into `model` / `optimizer`
@@ -281,7 +365,11 @@ pub fn load_checkpoint<B: AutodiffBackend>(
     if state.optimizer != optimizer.name() {
         return Err(TrainError::Checkpoint {
             path: dir.to_path_buf(),
-            problem: format!("written by optimizer {}, this run uses {}", state.optimizer, optimizer.name()),
+            problem: format!(
+                "written by optimizer {}, this run uses {}",
+                state.optimizer,
+                optimizer.name()
+            ),
             fix: "resume with the same optimizer_type".into(),
         });
     }
@@ -290,7 +378,9 @@ pub fn load_checkpoint<B: AutodiffBackend>(
             let missing = |f: &str| TrainError::Checkpoint {
                 path: dir.to_path_buf(),
                 problem: format!("{f} is missing, but this run has ema_decay set"),
-                fix: "resume with the ema_decay of the run that wrote it (none), or start a new run".into(),
+                fix:
+                    "resume with the ema_decay of the run that wrote it (none), or start a new run"
+                        .into(),
             };
             let (ema_path, live_path) = (dir.join(EMA_FILE), dir.join(LIVE_FILE));
             if !ema_path.exists() {
@@ -303,7 +393,11 @@ pub fn load_checkpoint<B: AutodiffBackend>(
             if loaded.updates() != state.step {
                 return Err(TrainError::Checkpoint {
                     path: dir.to_path_buf(),
-                    problem: format!("{EMA_FILE} has {} updates but the checkpoint is at step {}", loaded.updates(), state.step),
+                    problem: format!(
+                        "{EMA_FILE} has {} updates but the checkpoint is at step {}",
+                        loaded.updates(),
+                        state.step
+                    ),
                     fix: "the folder is inconsistent; resume from another checkpoint".into(),
                 });
             }
@@ -329,9 +423,16 @@ mod tests {
     fn hash_ignores_bookkeeping_but_not_training_keys() {
         let base = TrainConfig::default();
         let h = config_hash(&base);
-        let moved = TrainConfig { output_dir: "elsewhere".into(), max_train_steps: Some(99), ..base.clone() };
+        let moved = TrainConfig {
+            output_dir: "elsewhere".into(),
+            max_train_steps: Some(99),
+            ..base.clone()
+        };
         assert_eq!(config_hash(&moved), h);
-        let other = TrainConfig { learning_rate: 2e-4, ..base };
+        let other = TrainConfig {
+            learning_rate: 2e-4,
+            ..base
+        };
         assert_ne!(config_hash(&other), h);
     }
 }

@@ -41,11 +41,13 @@ use fluxlora_optim::{GradientMean, LrSchedule};
 use crate::config::TrainConfig;
 use crate::ema::LoraEma;
 use crate::error::TrainError;
+use crate::layout::RunLayout;
 use crate::log::{check_finite, CsvHistory, CsvLog, Progress, StepRecord};
 use crate::noise::draw_noise;
 use crate::optimizer::{lr_schedule, TrainOptimizer};
-use crate::resume::{config_hash, load_checkpoint, lora_file_name, save_checkpoint, TrainState, STATE_FORMAT};
-use crate::layout::RunLayout;
+use crate::resume::{
+    config_hash, load_checkpoint, lora_file_name, save_checkpoint, TrainState, STATE_FORMAT,
+};
 use crate::save::{lora_format, prune_checkpoints, save_lora, training_metadata, SelfCheck};
 use crate::source::BatchSource;
 use crate::step::{training_step, StepSettings};
@@ -54,14 +56,26 @@ use crate::validation::{BestCheckpoint, ValidationHistory, ValidationSet};
 
 /// The LoRA targets a config asks for (`lora_targets`, block lists, rank, alpha, dropouts).
 pub fn target_selector(c: &TrainConfig) -> Result<TargetSelector, TrainError> {
-    let invalid = |key: &str, e: fluxlora_lora::LoraError| TrainError::Invalid { key: key.into(), message: e.to_string() };
-    let preset: Preset = c.lora_targets.parse().map_err(|e| invalid("lora_targets", e))?;
+    let invalid = |key: &str, e: fluxlora_lora::LoraError| TrainError::Invalid {
+        key: key.into(),
+        message: e.to_string(),
+    };
+    let preset: Preset = c
+        .lora_targets
+        .parse()
+        .map_err(|e| invalid("lora_targets", e))?;
     let mut s = TargetSelector::new(preset, c.network_dim, c.network_alpha);
     s.dropout = c.network_dropout;
     s.rank_dropout = c.rank_dropout;
     s.module_dropout = c.module_dropout;
-    s.double_blocks = c.train_double_block_indices.parse::<BlockList>().map_err(|e| invalid("train_double_block_indices", e))?;
-    s.single_blocks = c.train_single_block_indices.parse::<BlockList>().map_err(|e| invalid("train_single_block_indices", e))?;
+    s.double_blocks = c
+        .train_double_block_indices
+        .parse::<BlockList>()
+        .map_err(|e| invalid("train_double_block_indices", e))?;
+    s.single_blocks = c
+        .train_single_block_indices
+        .parse::<BlockList>()
+        .map_err(|e| invalid("train_single_block_indices", e))?;
     Ok(s)
 }
 
@@ -109,12 +123,18 @@ impl<'a, B: AutodiffBackend> ShownModel<'a, B> {
 
     /// `live`, shown through `ema`'s averages when there is one.
     fn new(live: &'a Flux<B>, ema: Option<&'a LoraEma>) -> Self {
-        Self { live, ema, averaged: std::cell::OnceCell::new() }
+        Self {
+            live,
+            ema,
+            averaged: std::cell::OnceCell::new(),
+        }
     }
 
     /// The model to look at (sample, score, export).
     pub fn get(&self) -> Result<&Flux<B>, TrainError> {
-        let Some(ema) = self.ema else { return Ok(self.live) };
+        let Some(ema) = self.ema else {
+            return Ok(self.live);
+        };
         if let Some(m) = self.averaged.get() {
             return Ok(m);
         }
@@ -132,7 +152,11 @@ pub trait RunObserver<B: AutodiffBackend> {
         Ok(())
     }
     /// After each optimizer step. Returns lines to print above the progress bar.
-    fn on_step(&mut self, _record: &StepRecord, _model: &ShownModel<'_, B>) -> Result<Vec<String>, TrainError> {
+    fn on_step(
+        &mut self,
+        _record: &StepRecord,
+        _model: &ShownModel<'_, B>,
+    ) -> Result<Vec<String>, TrainError> {
         Ok(Vec::new())
     }
     /// After each checkpoint folder is written (`dir`), including the last one.
@@ -145,7 +169,11 @@ pub trait RunObserver<B: AutodiffBackend> {
         Ok(Vec::new())
     }
     /// At the end of the run, with its summary.
-    fn on_end(&mut self, _summary: &RunSummary, _model: &ShownModel<'_, B>) -> Result<(), TrainError> {
+    fn on_end(
+        &mut self,
+        _summary: &RunSummary,
+        _model: &ShownModel<'_, B>,
+    ) -> Result<(), TrainError> {
         Ok(())
     }
 }
@@ -184,7 +212,11 @@ fn mix(seed: u64, step: u64, micro: u64) -> u64 {
 impl<B: AutodiffBackend> Trainer<B> {
     /// Validates the config, freezes `model`'s base and adds the configured adapters, and builds
     /// the optimizer and schedule. `max_train_steps` must be set.
-    pub fn new(config: TrainConfig, mut model: Flux<B>, device: B::Device) -> Result<Self, TrainError> {
+    pub fn new(
+        config: TrainConfig,
+        mut model: Flux<B>,
+        device: B::Device,
+    ) -> Result<Self, TrainError> {
         config.validate()?;
         let total = config.max_train_steps.ok_or_else(|| TrainError::Invalid {
             key: "max_train_steps".into(),
@@ -197,7 +229,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         if chosen.is_empty() {
             return Err(TrainError::Invalid {
                 key: "lora_targets".into(),
-                message: "no linear of the model was selected; check lora_targets and the block lists".into(),
+                message:
+                    "no linear of the model was selected; check lora_targets and the block lists"
+                        .into(),
             });
         }
         let settings = StepSettings::from_config(&config)?;
@@ -245,10 +279,14 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The validation loss of the current weights (the EMA weights with `ema_decay`), forward
     /// only on the inner backend.
     pub fn validation_loss(&self) -> Result<f32, TrainError> {
-        let set = self.validation.as_ref().ok_or_else(|| TrainError::Invalid {
-            key: "validation_split".into(),
-            message: "no validation set was given to the trainer (Trainer::with_validation)".into(),
-        })?;
+        let set = self
+            .validation
+            .as_ref()
+            .ok_or_else(|| TrainError::Invalid {
+                key: "validation_split".into(),
+                message: "no validation set was given to the trainer (Trainer::with_validation)"
+                    .into(),
+            })?;
         let model = self.model_ref();
         let valid = match &self.ema {
             Some(ema) => ema.averaged(model)?.valid(),
@@ -302,21 +340,38 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The model (with its adapters).
     pub fn model_mut(&mut self) -> &mut Flux<B> {
-        self.model.as_mut().expect("the model is only taken during an optimizer step")
+        self.model
+            .as_mut()
+            .expect("the model is only taken during an optimizer step")
     }
 
     /// Ends training and returns the model.
     pub fn into_model(mut self) -> Flux<B> {
-        self.model.take().expect("the model is only taken during an optimizer step")
+        self.model
+            .take()
+            .expect("the model is only taken during an optimizer step")
     }
 
     /// Restores a checkpoint folder (LoRA, optimizer state, step, RNG counter, source position).
-    pub fn resume(&mut self, dir: &std::path::Path, source: &mut dyn BatchSource<B>) -> Result<TrainState, TrainError> {
+    pub fn resume(
+        &mut self,
+        dir: &std::path::Path,
+        source: &mut dyn BatchSource<B>,
+    ) -> Result<TrainState, TrainError> {
         let model = self.model.as_mut().expect("model present between steps");
-        let state = load_checkpoint(dir, model, &mut self.optimizer, &self.config, self.ema.as_mut())?;
+        let state = load_checkpoint(
+            dir,
+            model,
+            &mut self.optimizer,
+            &self.config,
+            self.ema.as_mut(),
+        )?;
         source.restore(&state.source)?;
         self.step = state.step;
-        self.history = Some((state.step, CsvHistory::read(&RunLayout::new(&self.config).csv(), state.step)?));
+        self.history = Some((
+            state.step,
+            CsvHistory::read(&RunLayout::new(&self.config).csv(), state.step)?,
+        ));
         Ok(state)
     }
 
@@ -339,7 +394,15 @@ impl<B: AutodiffBackend> Trainer<B> {
             for m in 0..micro as u64 {
                 let batch = source.next_batch(&self.device)?;
                 let [b, l, c] = batch.dims()?;
-                let draw = draw_noise(self.config.seed, self.step, m, &self.settings.sampler, b, l, c);
+                let draw = draw_noise(
+                    self.config.seed,
+                    self.step,
+                    m,
+                    &self.settings.sampler,
+                    b,
+                    l,
+                    c,
+                );
                 B::seed(&self.device, mix(self.config.seed, self.step, m));
                 let out = training_step(&model, &batch, &draw, &self.settings)?;
                 check_finite(self.step + 1, out.loss, lr)?;
@@ -400,7 +463,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         let dir = RunLayout::new(&self.config).checkpoint(self.step);
         let meta = self.metadata(state.epoch);
         let model = self.model.as_mut().expect("model present between steps");
-        let path = save_checkpoint(&dir, model, &self.optimizer, &state, &self.config, &meta, self.ema.as_ref())?;
+        let path = save_checkpoint(
+            &dir,
+            model,
+            &self.optimizer,
+            &state,
+            &self.config,
+            &meta,
+            self.ema.as_ref(),
+        )?;
         Ok(path)
     }
 
@@ -477,8 +548,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             let epochs_before = source.epochs_completed();
             let mut rec = self.step_once(source)?;
             let epochs = source.epochs_completed();
-            let by_steps = c.save_every_n_steps.is_some_and(|n| self.step.is_multiple_of(n as u64));
-            let by_epochs = c.save_every_n_epochs.is_some_and(|n| epochs / n as u64 > epochs_before / n as u64);
+            let by_steps = c
+                .save_every_n_steps
+                .is_some_and(|n| self.step.is_multiple_of(n as u64));
+            let by_epochs = c
+                .save_every_n_epochs
+                .is_some_and(|n| epochs / n as u64 > epochs_before / n as u64);
             let saves = (by_steps || by_epochs) && self.step < self.total_steps;
             let last = self.step >= self.total_steps || self.stop.load(Ordering::Relaxed);
             if self.validates_at(self.step, saves, last) {
@@ -499,7 +574,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                 let dir = self.save_checkpoint(source)?;
                 self.val_history.pair(self.step, dir.clone());
                 self.prune()?;
-                let at = if by_epochs { format!("step {} (end of epoch {epochs})", self.step) } else { format!("step {}", self.step) };
+                let at = if by_epochs {
+                    format!("step {} (end of epoch {epochs})", self.step)
+                } else {
+                    format!("step {}", self.step)
+                };
                 progress.println(&format!("saved {at} to {}", dir.display()));
                 for line in observer.on_checkpoint(self.step, &dir, &self.shown())? {
                     progress.println(&line);
@@ -520,13 +599,22 @@ impl<B: AutodiffBackend> Trainer<B> {
             let meta = self.metadata(source.epochs_completed());
             let model = self.model.as_mut().expect("model present between steps");
             self.last_check = Some(match &self.ema {
-                Some(ema) => save_lora(&mut ema.averaged(model)?, &path, lora_format(c.save_format), &meta)?,
+                Some(ema) => save_lora(
+                    &mut ema.averaged(model)?,
+                    &path,
+                    lora_format(c.save_format),
+                    &meta,
+                )?,
                 None => save_lora(model, &path, lora_format(c.save_format), &meta)?,
             });
             self.val_history.pair(self.step, path.clone());
             lora = Some(path);
         }
-        progress.finish(if stopped { "stopped; resumable checkpoint saved" } else { "done" });
+        progress.finish(if stopped {
+            "stopped; resumable checkpoint saved"
+        } else {
+            "done"
+        });
         let summary = RunSummary {
             steps: self.step,
             stopped,
@@ -548,8 +636,18 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// validation loss so far.
     fn prune(&self) -> Result<(), TrainError> {
         if let Some(keep) = self.config.save_last_n_saves {
-            let best: Vec<PathBuf> = self.val_history.best().map(|b| b.path).into_iter().collect();
-            prune_checkpoints(&self.config.output_dir, &self.config.output_name, keep.max(1), &best)?;
+            let best: Vec<PathBuf> = self
+                .val_history
+                .best()
+                .map(|b| b.path)
+                .into_iter()
+                .collect();
+            prune_checkpoints(
+                &self.config.output_dir,
+                &self.config.output_name,
+                keep.max(1),
+                &best,
+            )?;
         }
         Ok(())
     }

@@ -25,9 +25,22 @@ pub fn lora_format(f: SaveFormat) -> LoraFormat {
 }
 
 /// kohya-style metadata for a save at `step` (`started_at`: Unix seconds of the run start).
-pub fn training_metadata(c: &TrainConfig, guidance_model: bool, step: u64, epoch: u64, started_at: f64) -> TrainingMetadata {
-    let variant = if guidance_model { FluxVariant::Dev } else { FluxVariant::Schnell };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+pub fn training_metadata(
+    c: &TrainConfig,
+    guidance_model: bool,
+    step: u64,
+    epoch: u64,
+    started_at: f64,
+) -> TrainingMetadata {
+    let variant = if guidance_model {
+        FluxVariant::Dev
+    } else {
+        FluxVariant::Schnell
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let dim = u32::try_from(c.network_dim).unwrap_or(u32::MAX);
     let mut m = TrainingMetadata::flux_lora(variant, dim, c.network_alpha);
     m.output_name = Some(c.output_name.clone());
@@ -49,8 +62,12 @@ pub fn training_metadata(c: &TrainConfig, guidance_model: bool, step: u64, epoch
     m.modelspec_resolution = Some((c.resolution, c.resolution));
     m.network_args = Some(vec![("lora_targets".into(), c.lora_targets.clone())]);
     if let Some(d) = c.ema_decay {
-        m.extra.insert(crate::ema::EMA_METADATA_KEY.into(), d.to_string());
-        m.extra.insert(crate::ema::EMA_WARMUP_METADATA_KEY.into(), "diffusers".into());
+        m.extra
+            .insert(crate::ema::EMA_METADATA_KEY.into(), d.to_string());
+        m.extra.insert(
+            crate::ema::EMA_WARMUP_METADATA_KEY.into(),
+            "diffusers".into(),
+        );
     }
     m
 }
@@ -75,10 +92,18 @@ pub fn save_lora<B: Backend>(
     let weights = export_lora(model)?;
     // The NaN guard runs before the save: a diverged run never leaves a poisoned LoRA behind.
     for (key, m) in &weights.modules {
-        let tensors = [("down", Some(&m.down)), ("up", Some(&m.up)), ("bias", m.up_bias.as_ref())];
+        let tensors = [
+            ("down", Some(&m.down)),
+            ("up", Some(&m.up)),
+            ("bias", m.up_bias.as_ref()),
+        ];
         for (role, t) in tensors.into_iter().filter_map(|(r, t)| t.map(|t| (r, t))) {
             if let Some(value) = t.data.iter().find(|v| !v.is_finite()) {
-                return Err(TrainError::NonFiniteWeights { path: path.to_path_buf(), key: format!("{key}.{role}"), value: *value });
+                return Err(TrainError::NonFiniteWeights {
+                    path: path.to_path_buf(),
+                    key: format!("{key}.{role}"),
+                    value: *value,
+                });
             }
         }
     }
@@ -93,21 +118,32 @@ pub fn save_lora<B: Backend>(
 /// `[r, in]` / `[out, r]` that fit each linear, and ΔW within 1e-5 relative (PEFT folds the
 /// scale into the factors, so only ΔW is format-independent).
 pub fn self_check<B: Backend>(model: &mut Flux<B>, path: &Path) -> Result<SelfCheck, TrainError> {
-    let fail = |problem: String| TrainError::SelfCheck { path: path.to_path_buf(), problem };
+    let fail = |problem: String| TrainError::SelfCheck {
+        path: path.to_path_buf(),
+        problem,
+    };
     let (file, _) = read_lora(path)?;
     let mut count = 0;
     let mut max_diff = 0.0f32;
     for (key, lin) in model.linears_mut() {
         if lin.adapters.is_empty() {
             if file.modules.contains_key(&key) {
-                return Err(fail(format!("module `{key}` is in the file but has no adapter in memory")));
+                return Err(fail(format!(
+                    "module `{key}` is in the file but has no adapter in memory"
+                )));
             }
             continue;
         }
         count += 1;
-        let m = file.modules.get(&key).ok_or_else(|| fail(format!("module `{key}` is missing from the file")))?;
+        let m = file
+            .modules
+            .get(&key)
+            .ok_or_else(|| fail(format!("module `{key}` is missing from the file")))?;
         let rank: usize = lin.adapters.iter().map(|a| a.rank()).sum();
-        if m.down.shape != [m.rank(), lin.d_in()] || m.up.shape != [lin.d_out(), m.rank()] || m.rank() > rank {
+        if m.down.shape != [m.rank(), lin.d_in()]
+            || m.up.shape != [lin.d_out(), m.rank()]
+            || m.rank() > rank
+        {
             return Err(fail(format!(
                 "module `{key}`: down {:?} / up {:?} do not fit a {}→{} linear with adapters of total rank {rank}",
                 m.down.shape, m.up.shape, lin.d_in(), lin.d_out()
@@ -118,21 +154,32 @@ pub fn self_check<B: Backend>(model: &mut Flux<B>, path: &Path) -> Result<SelfCh
         let diff = got.max_abs_diff(&want)?;
         let tol = 1e-5 * want.max_abs().max(1e-3);
         if !(diff <= tol) {
-            return Err(fail(format!("module `{key}`: ΔW differs by {diff:e} (tolerance {tol:e})")));
+            return Err(fail(format!(
+                "module `{key}`: ΔW differs by {diff:e} (tolerance {tol:e})"
+            )));
         }
         max_diff = max_diff.max(diff);
     }
     if file.modules.len() != count {
-        return Err(fail(format!("{} modules in the file, {count} adapters in memory", file.modules.len())));
+        return Err(fail(format!(
+            "{} modules in the file, {count} adapters in memory",
+            file.modules.len()
+        )));
     }
-    Ok(SelfCheck { modules: count, max_abs_diff: max_diff })
+    Ok(SelfCheck {
+        modules: count,
+        max_abs_diff: max_diff,
+    })
 }
 
 pub use crate::layout::checkpoint_dir_name;
 use crate::layout::checkpoint_step;
 
 /// The checkpoint folders of run `output_name` in `output_dir`, oldest step first.
-pub fn list_checkpoints(output_dir: &Path, output_name: &str) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+pub fn list_checkpoints(
+    output_dir: &Path,
+    output_name: &str,
+) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(output_dir) {
         Ok(e) => e,
@@ -159,7 +206,10 @@ const DELETING_SUFFIX: &str = ".deleting";
 /// one), a name [`list_checkpoints`] ignores; returns the new path. One rename is atomic, so a
 /// kill leaves the folder either complete under its name or gone from the listing.
 pub fn move_aside(dir: &Path) -> Result<PathBuf, TrainError> {
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let aside = dir.with_file_name(format!(".{name}{DELETING_SUFFIX}"));
     if aside.exists() {
         std::fs::remove_dir_all(&aside).map_err(|e| TrainError::io(&aside, e))?;
@@ -178,7 +228,12 @@ pub fn remove_checkpoint_dir(dir: &Path) -> Result<(), TrainError> {
 /// Deletes all but the newest `keep` checkpoint folders of the run — sparing those in `protect`
 /// (the save with the lowest validation loss) — and any of its folders left moved aside by an
 /// interrupted deletion; returns the deleted checkpoints.
-pub fn prune_checkpoints(output_dir: &Path, output_name: &str, keep: usize, protect: &[PathBuf]) -> Result<Vec<PathBuf>, TrainError> {
+pub fn prune_checkpoints(
+    output_dir: &Path,
+    output_name: &str,
+    keep: usize,
+    protect: &[PathBuf],
+) -> Result<Vec<PathBuf>, TrainError> {
     let all = list_checkpoints(output_dir, output_name)?;
     let excess = all.len().saturating_sub(keep);
     let mut removed = Vec::new();
@@ -192,8 +247,11 @@ pub fn prune_checkpoints(output_dir: &Path, output_name: &str, keep: usize, prot
     for entry in std::fs::read_dir(output_dir).map_err(|e| TrainError::io(output_dir, e))? {
         let entry = entry.map_err(|e| TrainError::io(output_dir, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        let inner = name.strip_prefix('.').and_then(|n| n.strip_suffix(DELETING_SUFFIX));
-        if inner.is_some_and(|n| checkpoint_step(output_name, n).is_some()) && entry.path().is_dir() {
+        let inner = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(DELETING_SUFFIX));
+        if inner.is_some_and(|n| checkpoint_step(output_name, n).is_some()) && entry.path().is_dir()
+        {
             std::fs::remove_dir_all(entry.path()).map_err(|e| TrainError::io(entry.path(), e))?;
         }
     }
@@ -223,7 +281,11 @@ mod tests {
         std::fs::create_dir(dir.path().join("other-step00000001")).unwrap();
         let removed = prune_checkpoints(dir.path(), "run", 2, &[]).unwrap();
         assert_eq!(removed.len(), 2);
-        let left: Vec<u64> = list_checkpoints(dir.path(), "run").unwrap().into_iter().map(|p| p.0).collect();
+        let left: Vec<u64> = list_checkpoints(dir.path(), "run")
+            .unwrap()
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
         assert_eq!(left, vec![15, 20]);
         assert!(dir.path().join("other-step00000001").exists());
     }
@@ -236,8 +298,15 @@ mod tests {
         }
         let best = dir.path().join(checkpoint_dir_name("run", 5));
         let removed = prune_checkpoints(dir.path(), "run", 2, std::slice::from_ref(&best)).unwrap();
-        assert_eq!(removed, vec![dir.path().join(checkpoint_dir_name("run", 10))]);
-        let left: Vec<u64> = list_checkpoints(dir.path(), "run").unwrap().into_iter().map(|p| p.0).collect();
+        assert_eq!(
+            removed,
+            vec![dir.path().join(checkpoint_dir_name("run", 10))]
+        );
+        let left: Vec<u64> = list_checkpoints(dir.path(), "run")
+            .unwrap()
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
         assert_eq!(left, vec![5, 15, 20]);
     }
 
@@ -253,13 +322,21 @@ mod tests {
         let aside = move_aside(&dir.path().join("run-step00000005")).unwrap();
         assert_eq!(aside, dir.path().join(".run-step00000005.deleting"));
         assert!(aside.join("state.json").exists());
-        let steps = |d: &Path| list_checkpoints(d, "run").unwrap().into_iter().map(|p| p.0).collect::<Vec<_>>();
+        let steps = |d: &Path| {
+            list_checkpoints(d, "run")
+                .unwrap()
+                .into_iter()
+                .map(|p| p.0)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(steps(dir.path()), vec![6]);
         // Hidden folders that are not this run's deletions stay.
         for keep in [".other-step00000001.deleting", ".run-step00000007.partial"] {
             std::fs::create_dir(dir.path().join(keep)).unwrap();
         }
-        assert!(prune_checkpoints(dir.path(), "run", 5, &[]).unwrap().is_empty());
+        assert!(prune_checkpoints(dir.path(), "run", 5, &[])
+            .unwrap()
+            .is_empty());
         assert!(!aside.exists());
         assert!(dir.path().join(".other-step00000001.deleting").exists());
         assert!(dir.path().join(".run-step00000007.partial").exists());

@@ -35,7 +35,11 @@ pub struct CachedBatches {
 impl CachedBatches {
     /// A source over `loader` (built caches required: see `LatentCache::build` / `TextCache::build`).
     pub fn new(loader: Loader, latents: LatentCache, texts: TextCache) -> Self {
-        Self { loader, latents, texts }
+        Self {
+            loader,
+            latents,
+            texts,
+        }
     }
 
     /// The loader.
@@ -58,10 +62,17 @@ fn missing(what: &str, name: String) -> TrainError {
     TrainError::Shape { what: format!("{what} cache"), message: format!("no entry for {name}; build the caches before training (the dataset or encoder changed since they were built)") }
 }
 
-fn stack<B: Backend, const D: usize>(parts: Vec<(Vec<usize>, Vec<f32>)>, what: &str, device: &B::Device) -> Result<Tensor<B, D>, TrainError> {
+fn stack<B: Backend, const D: usize>(
+    parts: Vec<(Vec<usize>, Vec<f32>)>,
+    what: &str,
+    device: &B::Device,
+) -> Result<Tensor<B, D>, TrainError> {
     let first = parts.first().map(|p| p.0.clone()).unwrap_or_default();
     if first.len() + 1 != D {
-        return Err(TrainError::Shape { what: what.into(), message: format!("entries have shape {first:?}, expected rank {}", D - 1) });
+        return Err(TrainError::Shape {
+            what: what.into(),
+            message: format!("entries have shape {first:?}, expected rank {}", D - 1),
+        });
     }
     let mut data = Vec::new();
     for (shape, d) in &parts {
@@ -84,12 +95,21 @@ pub fn cached_batch<B: Backend>(
     texts: &TextCache,
     device: &B::Device,
 ) -> Result<TrainBatch<B>, TrainError> {
-    let (mut lat, mut masks, mut t5, mut pooled, mut is_reg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut lat, mut masks, mut t5, mut pooled, mut is_reg) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for s in samples {
         let key = LatentKey::of(dataset, s);
-        let item_path = dataset.items.get(s.item).map(|i| i.path.display().to_string()).unwrap_or_default();
-        let cached = latents.load(&key).ok_or_else(|| missing("latent", item_path.clone()))?;
-        let text = texts.load(&s.caption).ok_or_else(|| missing("text", format!("the caption of {item_path}")))?;
+        let item_path = dataset
+            .items
+            .get(s.item)
+            .map(|i| i.path.display().to_string())
+            .unwrap_or_default();
+        let cached = latents
+            .load(&key)
+            .ok_or_else(|| missing("latent", item_path.clone()))?;
+        let text = texts
+            .load(&s.caption)
+            .ok_or_else(|| missing("text", format!("the caption of {item_path}")))?;
         masks.push(cached.mask.map(|m| (m.shape, m.data)));
         lat.push((cached.latent.shape, cached.latent.data));
         t5.push((text.t5.shape, text.t5.data));
@@ -101,7 +121,10 @@ pub fn cached_batch<B: Backend>(
     let tokens = latents::pack(x)?;
     let mask = if masks.iter().any(Option::is_some) {
         // Samples without a mask train on every element (mask 1).
-        let parts = masks.into_iter().map(|m| m.unwrap_or_else(|| (vec![1, hh, ww], vec![1.0; hh * ww]))).collect();
+        let parts = masks
+            .into_iter()
+            .map(|m| m.unwrap_or_else(|| (vec![1, hh, ww], vec![1.0; hh * ww])))
+            .collect();
         let m: Tensor<B, 4> = stack(parts, "alpha masks", device)?;
         // The mask at latent resolution, repeated over channels and packed like the latents:
         // the same per-element weights kohya applies to unpacked latents.
@@ -131,10 +154,11 @@ impl<B: Backend> BatchSource<B> for CachedBatches {
     }
 
     fn restore(&mut self, position: &serde_json::Value) -> Result<(), TrainError> {
-        let state: LoaderState = serde_json::from_value(position.clone()).map_err(|e| TrainError::Shape {
-            what: "saved loader position".into(),
-            message: format!("{e}; the checkpoint was written with a different batch source"),
-        })?;
+        let state: LoaderState =
+            serde_json::from_value(position.clone()).map_err(|e| TrainError::Shape {
+                what: "saved loader position".into(),
+                message: format!("{e}; the checkpoint was written with a different batch source"),
+            })?;
         self.loader = Loader::resume(self.loader.dataset().clone(), state)?;
         Ok(())
     }

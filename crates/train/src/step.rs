@@ -24,7 +24,9 @@ use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
 use fluxlora_flux::schedule::{LossWeighting, SigmaSampler, BASE_SHIFT, MAX_SHIFT};
 use fluxlora_flux::{forward_backward, host, latents, Checkpointing, Flux, FluxInputs};
 
-use crate::config::{LossType, ModelPredictionType, TimestepSampling, TrainConfig, WeightingScheme};
+use crate::config::{
+    LossType, ModelPredictionType, TimestepSampling, TrainConfig, WeightingScheme,
+};
 use crate::error::TrainError;
 use crate::noise::NoiseDraw;
 
@@ -49,9 +51,18 @@ impl<B: Backend> TrainBatch<B> {
     /// Batch size, tokens and channels, after checking the parts agree.
     pub fn dims(&self) -> Result<[usize; 3], TrainError> {
         let [b, l, c] = self.latents.dims();
-        let bad = |message: String| Err(TrainError::Shape { what: "training batch".into(), message });
+        let bad = |message: String| {
+            Err(TrainError::Shape {
+                what: "training batch".into(),
+                message,
+            })
+        };
         if self.grid.0 * self.grid.1 != l {
-            return bad(format!("grid {:?} has {} tokens but the latents have {l}", self.grid, self.grid.0 * self.grid.1));
+            return bad(format!(
+                "grid {:?} has {} tokens but the latents have {l}",
+                self.grid,
+                self.grid.0 * self.grid.1
+            ));
         }
         if self.txt.dims()[0] != b || self.y.dims()[0] != b || self.is_reg.len() != b {
             return bad(format!(
@@ -64,7 +75,10 @@ impl<B: Backend> TrainBatch<B> {
         if let Some(m) = &self.mask {
             let [mb, ml, mc] = m.dims();
             if mb != b || ml != l || (mc != 1 && mc != c) {
-                return bad(format!("mask {:?} must be [{b}, {l}, 1] or [{b}, {l}, {c}]", m.dims()));
+                return bad(format!(
+                    "mask {:?} must be [{b}, {l}, 1] or [{b}, {l}, {c}]",
+                    m.dims()
+                ));
             }
         }
         Ok([b, l, c])
@@ -118,18 +132,26 @@ impl StepSettings {
         let sampler = match c.timestep_sampling {
             TimestepSampling::Uniform => SigmaSampler::Uniform,
             TimestepSampling::Sigmoid => SigmaSampler::Sigmoid { scale },
-            TimestepSampling::LogitNormal => {
-                SigmaSampler::LogitNormal { mean: f64::from(c.logit_mean), std: f64::from(c.logit_std) }
-            }
+            TimestepSampling::LogitNormal => SigmaSampler::LogitNormal {
+                mean: f64::from(c.logit_mean),
+                std: f64::from(c.logit_std),
+            },
             TimestepSampling::Shift => SigmaSampler::Shift {
-                shift: c.discrete_flow_shift.map(f64::from).unwrap_or_else(|| bfl_shift(c.resolution)),
+                shift: c
+                    .discrete_flow_shift
+                    .map(f64::from)
+                    .unwrap_or_else(|| bfl_shift(c.resolution)),
                 sigmoid_scale: scale,
             },
-            TimestepSampling::FluxShift => {
-                SigmaSampler::FluxShift { sigmoid_scale: scale, base_shift: BASE_SHIFT, max_shift: MAX_SHIFT }
-            }
+            TimestepSampling::FluxShift => SigmaSampler::FluxShift {
+                sigmoid_scale: scale,
+                base_shift: BASE_SHIFT,
+                max_shift: MAX_SHIFT,
+            },
             TimestepSampling::Sigma => SigmaSampler::Discrete {
-                shift: c.discrete_flow_shift.map_or(KOHYA_DISCRETE_FLOW_SHIFT, f64::from),
+                shift: c
+                    .discrete_flow_shift
+                    .map_or(KOHYA_DISCRETE_FLOW_SHIFT, f64::from),
                 num_train_timesteps: NUM_TRAIN_TIMESTEPS,
             },
         };
@@ -148,7 +170,11 @@ impl StepSettings {
                 prior_loss_weight: c.prior_loss_weight,
             },
             guidance: c.guidance_scale,
-            checkpointing: if c.gradient_checkpointing { Checkpointing::Blocks } else { Checkpointing::Off },
+            checkpointing: if c.gradient_checkpointing {
+                Checkpointing::Blocks
+            } else {
+                Checkpointing::Off
+            },
         })
     }
 }
@@ -178,7 +204,10 @@ pub fn flow_matching_loss<B: Backend>(
         LossType::L1 => diff.abs(),
         LossType::Huber => {
             let hc = f64::from(s.huber_c);
-            ((diff.clone() * diff) + hc * hc).sqrt().sub_scalar(hc).mul_scalar(2.0 * hc)
+            ((diff.clone() * diff) + hc * hc)
+                .sqrt()
+                .sub_scalar(hc)
+                .mul_scalar(2.0 * hc)
         }
     };
     if s.weighting != LossWeighting::None {
@@ -202,7 +231,6 @@ pub struct StepOutput {
     pub grads: GradientsParams,
 }
 
-
 /// The model inputs and loss terms of one micro-batch under its draws.
 struct Prepared<B: Backend> {
     inputs: FluxInputs<B>,
@@ -215,12 +243,21 @@ struct Prepared<B: Backend> {
 
 /// x_t = (1 − σ)·x0 + σ·ε, the target ε − x0, the per-sample weights and the model inputs (t = σ,
 /// the guidance value when the model has a guidance embedder).
-fn prepare<B: Backend>(guidance_embed: bool, batch: &TrainBatch<B>, draw: &NoiseDraw, s: &StepSettings) -> Result<Prepared<B>, TrainError> {
+fn prepare<B: Backend>(
+    guidance_embed: bool,
+    batch: &TrainBatch<B>,
+    draw: &NoiseDraw,
+    s: &StepSettings,
+) -> Result<Prepared<B>, TrainError> {
     let [b, l, c] = batch.dims()?;
     if draw.sigmas.len() != b || draw.noise.len() != b * l * c {
         return Err(TrainError::Shape {
             what: "noise draw".into(),
-            message: format!("{} σ and {} ε values do not fit a [{b}, {l}, {c}] batch", draw.sigmas.len(), draw.noise.len()),
+            message: format!(
+                "{} σ and {} ε values do not fit a [{b}, {l}, {c}] batch",
+                draw.sigmas.len(),
+                draw.noise.len()
+            ),
         });
     }
     let device = batch.latents.device();
@@ -230,8 +267,11 @@ fn prepare<B: Backend>(guidance_embed: bool, batch: &TrainBatch<B>, draw: &Noise
     let sig3 = sigmas.clone().reshape([b, 1, 1]);
     let x_t = x0.clone() * (sig3.clone().neg() + 1.0) + noise.clone() * sig3;
     let target = noise - x0;
-    let weights: Vec<f32> =
-        batch.is_reg.iter().map(|&r| if r { s.loss.prior_loss_weight } else { 1.0 }).collect();
+    let weights: Vec<f32> = batch
+        .is_reg
+        .iter()
+        .map(|&r| if r { s.loss.prior_loss_weight } else { 1.0 })
+        .collect();
     let weights: Tensor<B, 1> = host::tensor(weights, [b], &device);
     let txt_len = batch.txt.dims()[1];
     let inputs = FluxInputs {
@@ -243,13 +283,28 @@ fn prepare<B: Backend>(guidance_embed: bool, batch: &TrainBatch<B>, draw: &Noise
         y: batch.y.clone().detach(),
         guidance: guidance_embed.then(|| Tensor::full([b], s.guidance, &device)),
     };
-    Ok(Prepared { inputs, target, x_t, sigmas, weights, mask: batch.mask.clone() })
+    Ok(Prepared {
+        inputs,
+        target,
+        x_t,
+        sigmas,
+        weights,
+        mask: batch.mask.clone(),
+    })
 }
 
 /// The first value of a loss tensor, on the host.
 pub fn scalar<B: Backend>(loss: Tensor<B, 1>) -> Result<f32, TrainError> {
-    let loss = loss.into_data().convert::<f32>().to_vec::<f32>().ok().and_then(|v| v.first().copied());
-    loss.ok_or_else(|| TrainError::Shape { what: "loss".into(), message: "the loss tensor is empty".into() })
+    let loss = loss
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .ok()
+        .and_then(|v| v.first().copied());
+    loss.ok_or_else(|| TrainError::Shape {
+        what: "loss".into(),
+        message: "the loss tensor is empty".into(),
+    })
 }
 
 /// Runs one training forward + backward on `batch` with the draws `draw`.
@@ -262,11 +317,23 @@ pub fn training_step<B: AutodiffBackend>(
     let b = batch.dims()?[0];
     let p = prepare(model.config.guidance_embed, batch, draw, s)?;
     let out = forward_backward(model, &p.inputs, s.checkpointing, |pred| {
-        flow_matching_loss(pred, p.target.clone(), p.x_t.clone(), p.sigmas.clone(), p.mask.clone(), p.weights.clone(), &s.loss)
+        flow_matching_loss(
+            pred,
+            p.target.clone(),
+            p.x_t.clone(),
+            p.sigmas.clone(),
+            p.mask.clone(),
+            p.weights.clone(),
+            &s.loss,
+        )
     })?;
     let loss = scalar(out.loss)?;
     let sigma_mean = draw.sigmas.iter().sum::<f32>() / b as f32;
-    Ok(StepOutput { loss, sigma_mean, grads: out.grads })
+    Ok(StepOutput {
+        loss,
+        sigma_mean,
+        grads: out.grads,
+    })
 }
 
 /// The loss [`training_step`] would report for `batch` under `draw`, forward only: for a model
@@ -280,7 +347,9 @@ pub fn evaluation_loss<B: Backend>(
 ) -> Result<f32, TrainError> {
     let p = prepare(model.config.guidance_embed, batch, draw, s)?;
     let pred = model.forward(&p.inputs)?;
-    scalar(flow_matching_loss(pred, p.target, p.x_t, p.sigmas, p.mask, p.weights, &s.loss))
+    scalar(flow_matching_loss(
+        pred, p.target, p.x_t, p.sigmas, p.mask, p.weights, &s.loss,
+    ))
 }
 
 #[cfg(test)]
@@ -293,8 +362,14 @@ mod tests {
     /// Independent host reference of the loss, written from the formulas in the module docs.
     #[allow(clippy::too_many_arguments)]
     fn host_loss(
-        pred: &[f64], target: &[f64], xt: &[f64], sig: &[f64], mask: Option<&[f64]>, w: &[f64],
-        dims: [usize; 3], s: &LossSettings,
+        pred: &[f64],
+        target: &[f64],
+        xt: &[f64],
+        sig: &[f64],
+        mask: Option<&[f64]>,
+        w: &[f64],
+        dims: [usize; 3],
+        s: &LossSettings,
     ) -> f64 {
         let [b, l, c] = dims;
         let mut total = 0.0;
@@ -318,7 +393,10 @@ mod tests {
                     e *= match s.weighting {
                         LossWeighting::None => 1.0,
                         LossWeighting::SigmaSqrt => sig[i].powi(-2),
-                        LossWeighting::CosMap => 2.0 / (std::f64::consts::PI * (1.0 - 2.0 * sig[i] + 2.0 * sig[i] * sig[i])),
+                        LossWeighting::CosMap => {
+                            2.0 / (std::f64::consts::PI
+                                * (1.0 - 2.0 * sig[i] + 2.0 * sig[i] * sig[i]))
+                        }
                     };
                     if let Some(m) = mask {
                         e *= m[i * l + t];
@@ -348,20 +426,45 @@ mod tests {
         let t3 = |v: &Vec<f32>| host::tensor::<B, 3>(v.clone(), dims, &dev);
         let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
         for loss_type in [LossType::L2, LossType::L1, LossType::Huber] {
-            for prediction in [ModelPredictionType::Raw, ModelPredictionType::Additive, ModelPredictionType::SigmaScaled] {
-                for weighting in [LossWeighting::None, LossWeighting::SigmaSqrt, LossWeighting::CosMap] {
+            for prediction in [
+                ModelPredictionType::Raw,
+                ModelPredictionType::Additive,
+                ModelPredictionType::SigmaScaled,
+            ] {
+                for weighting in [
+                    LossWeighting::None,
+                    LossWeighting::SigmaSqrt,
+                    LossWeighting::CosMap,
+                ] {
                     for masked in [false, true] {
-                        let s = LossSettings { loss_type, huber_c: 0.3, prediction, weighting, prior_loss_weight: 0.4 };
-                        let m = masked.then(|| host::tensor::<B, 3>(mask.to_vec(), [2, 3, 1], &dev));
+                        let s = LossSettings {
+                            loss_type,
+                            huber_c: 0.3,
+                            prediction,
+                            weighting,
+                            prior_loss_weight: 0.4,
+                        };
+                        let m =
+                            masked.then(|| host::tensor::<B, 3>(mask.to_vec(), [2, 3, 1], &dev));
                         let got = flow_matching_loss(
-                            t3(&pred), t3(&target), t3(&xt),
-                            host::tensor::<B, 1>(sig.to_vec(), [2], &dev), m,
-                            host::tensor::<B, 1>(w.to_vec(), [2], &dev), &s,
+                            t3(&pred),
+                            t3(&target),
+                            t3(&xt),
+                            host::tensor::<B, 1>(sig.to_vec(), [2], &dev),
+                            m,
+                            host::tensor::<B, 1>(w.to_vec(), [2], &dev),
+                            &s,
                         )
                         .into_scalar();
                         let want = host_loss(
-                            &f64s(&pred), &f64s(&target), &f64s(&xt), &f64s(&sig),
-                            masked.then(|| f64s(&mask)).as_deref(), &f64s(&w), dims, &s,
+                            &f64s(&pred),
+                            &f64s(&target),
+                            &f64s(&xt),
+                            &f64s(&sig),
+                            masked.then(|| f64s(&mask)).as_deref(),
+                            &f64s(&w),
+                            dims,
+                            &s,
                         );
                         assert!(
                             (f64::from(got) - want).abs() <= 1e-5 * want.abs().max(1.0),
@@ -376,7 +479,10 @@ mod tests {
     /// `fixtures/train/flow_match_sigmas.json`, written by diffusers
     /// (`fixtures/train/make_flow_match_sigmas.py`).
     fn diffusers_tables() -> serde_json::Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/train/flow_match_sigmas.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/train/flow_match_sigmas.json"
+        );
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
@@ -387,11 +493,20 @@ mod tests {
         assert_eq!(tables.len(), 3);
         for t in tables {
             let shift = t["shift"].as_f64().unwrap();
-            let want: Vec<f32> = t["sigmas"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let want: Vec<f32> = t["sigmas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
             let got = fluxlora_flux::schedule::flow_match_sigmas(NUM_TRAIN_TIMESTEPS, shift);
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g.to_bits(), w.to_bits(), "shift {shift} index {i}: {g} vs diffusers {w}");
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "shift {shift} index {i}: {g} vs diffusers {w}"
+                );
             }
             // kohya's timesteps[indices] → get_sigmas path lands on the same entries.
             let config = TrainConfig {
@@ -406,20 +521,35 @@ mod tests {
                 let u = (i as f64 + 0.5) / NUM_TRAIN_TIMESTEPS as f64;
                 let got = sampler.sigma(u, 0.0, 4096) as f32;
                 // The config stores the shift as f32, so compare at f32 precision of the shift.
-                assert!((f64::from(got) - k.as_f64().unwrap()).abs() < 1e-6, "index {i}: {got} vs {k}");
+                assert!(
+                    (f64::from(got) - k.as_f64().unwrap()).abs() < 1e-6,
+                    "index {i}: {got} vs {k}"
+                );
             }
         }
     }
 
     #[test]
     fn sigma_sampling_defaults_to_kohyas_shift_of_three() {
-        let config = TrainConfig { timestep_sampling: TimestepSampling::Sigma, ..TrainConfig::default() };
+        let config = TrainConfig {
+            timestep_sampling: TimestepSampling::Sigma,
+            ..TrainConfig::default()
+        };
         let s = StepSettings::from_config(&config).unwrap().sampler;
-        assert_eq!(s, SigmaSampler::Discrete { shift: 3.0, num_train_timesteps: 1000 });
+        assert_eq!(
+            s,
+            SigmaSampler::Discrete {
+                shift: 3.0,
+                num_train_timesteps: 1000
+            }
+        );
         // The draws are seeded per (seed, step, micro-batch) and only take table values.
         let a = crate::noise::draw_noise(9, 4, 1, &s, 64, 1, 1);
         assert_eq!(a, crate::noise::draw_noise(9, 4, 1, &s, 64, 1, 1));
-        assert_ne!(a.sigmas, crate::noise::draw_noise(9, 5, 1, &s, 64, 1, 1).sigmas);
+        assert_ne!(
+            a.sigmas,
+            crate::noise::draw_noise(9, 5, 1, &s, 64, 1, 1).sigmas
+        );
         let table = fluxlora_flux::schedule::flow_match_sigmas(1000, 3.0);
         assert!(a.sigmas.iter().all(|v| table.contains(v)), "{:?}", a.sigmas);
     }

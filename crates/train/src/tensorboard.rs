@@ -36,10 +36,17 @@ impl EventWriter {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let now = unix_seconds();
         for n in 0u32.. {
-            let path = dir.join(format!("events.out.tfevents.{:010}.fluxlora.{}.{n}", now as u64, std::process::id()));
+            let path = dir.join(format!(
+                "events.out.tfevents.{:010}.fluxlora.{}.{n}",
+                now as u64,
+                std::process::id()
+            ));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
-                    let mut w = Self { path, file: BufWriter::new(file) };
+                    let mut w = Self {
+                        path,
+                        file: BufWriter::new(file),
+                    };
                     w.file_version(now)?;
                     w.flush()?;
                     return Ok(w);
@@ -55,7 +62,10 @@ impl EventWriter {
     /// event: for writing a given sequence of events.
     pub fn create_file(path: &Path) -> Result<Self, TrainError> {
         let file = File::create(path).map_err(|e| TrainError::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), file: BufWriter::new(file) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: BufWriter::new(file),
+        })
     }
 
     /// The file written.
@@ -69,7 +79,13 @@ impl EventWriter {
     }
 
     /// One scalar point of the series `tag`.
-    pub fn scalar(&mut self, tag: &str, value: f32, step: u64, wall_time: f64) -> Result<(), TrainError> {
+    pub fn scalar(
+        &mut self,
+        tag: &str,
+        value: f32,
+        step: u64,
+        wall_time: f64,
+    ) -> Result<(), TrainError> {
         self.write_event(wall_time, step, Body::Scalar { tag, value })
     }
 
@@ -98,13 +114,18 @@ impl EventWriter {
 
     fn write_event(&mut self, wall_time: f64, step: u64, body: Body<'_>) -> Result<(), TrainError> {
         let rec = record(&event(wall_time, step, body));
-        self.file.write_all(&rec).map_err(|e| TrainError::io(&self.path, e))
+        self.file
+            .write_all(&rec)
+            .map_err(|e| TrainError::io(&self.path, e))
     }
 }
 
 /// Seconds since the Unix epoch (TensorBoard's `wall_time`; 0 if the clock is before 1970).
 pub fn unix_seconds() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// What an event carries besides its time and step.
@@ -192,7 +213,11 @@ const fn crc32c_table() -> [u32; 256] {
         let mut k = 0;
         while k < 8 {
             // Castagnoli polynomial 0x1EDC6F41, bit-reflected.
-            c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         table[i] = c;
@@ -205,7 +230,9 @@ static CRC32C: [u32; 256] = crc32c_table();
 
 /// CRC-32C (Castagnoli) of `data`.
 pub fn crc32c(data: &[u8]) -> u32 {
-    !data.iter().fold(!0u32, |c, &b| CRC32C[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8))
+    !data.iter().fold(!0u32, |c, &b| {
+        CRC32C[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
+    })
 }
 
 /// The masked CRC-32C TFRecord files store: rotated right by 15 bits plus 0xa282ead8.

@@ -40,10 +40,35 @@ const PURPOSE_SLOTS: u64 = 0x534c_4f54;
 /// Φ⁻¹, the standard normal quantile function (Acklam's rational approximation, relative error
 /// below 1.2·10⁻⁹ on (0, 1)). Returns ∓∞ at 0 and 1.
 pub fn normal_quantile(p: f64) -> f64 {
-    const A: [f64; 6] = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.383_577_518_672_69e2, -3.066479806614716e1, 2.506628277459239];
-    const B: [f64; 5] = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
-    const C: [f64; 6] = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
-    const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383_577_518_672_69e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
     const P_LOW: f64 = 0.02425;
     if p <= 0.0 {
         return f64::NEG_INFINITY;
@@ -68,13 +93,32 @@ pub fn normal_quantile(p: f64) -> f64 {
 }
 
 /// The fixed draws of held-out item `index` of `count`, with `tokens × channels` packed latents.
-pub fn fixed_draw(seed: u64, index: usize, count: usize, sampler: &SigmaSampler, tokens: usize, channels: usize) -> NoiseDraw {
+pub fn fixed_draw(
+    seed: u64,
+    index: usize,
+    count: usize,
+    sampler: &SigmaSampler,
+    tokens: usize,
+    channels: usize,
+) -> NoiseDraw {
     let mut slots: Vec<usize> = (0..count.max(1)).collect();
     SplitMix64::derive(seed, &[PURPOSE_SLOTS, count as u64]).shuffle(&mut slots);
     let u = (slots[index.min(slots.len() - 1)] as f64 + 0.5) / slots.len() as f64;
     let sigma = sampler.sigma(u, normal_quantile(u), tokens) as f32;
-    let noise = draw_noise(seed, VALIDATION_STREAM, index as u64, sampler, 1, tokens, channels).noise;
-    NoiseDraw { sigmas: vec![sigma], noise }
+    let noise = draw_noise(
+        seed,
+        VALIDATION_STREAM,
+        index as u64,
+        sampler,
+        1,
+        tokens,
+        channels,
+    )
+    .noise;
+    NoiseDraw {
+        sigmas: vec![sigma],
+        noise,
+    }
 }
 
 /// One held-out item: its cached inputs (host copies, batch of 1) and its fixed draws.
@@ -119,13 +163,21 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> TensorData {
 impl ValidationSet {
     /// Every sample of `batches` (named `name/k`) becomes one item, numbered in order; its draws
     /// come from `seed` (the config's `validation_seed`) and its number.
-    pub fn from_batches<B: Backend>(named: Vec<(String, TrainBatch<B>)>, sampler: &SigmaSampler, seed: u64) -> Result<Self, TrainError> {
+    pub fn from_batches<B: Backend>(
+        named: Vec<(String, TrainBatch<B>)>,
+        sampler: &SigmaSampler,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
         let mut parts = Vec::new();
         for (name, batch) in named {
             let [b, _, _] = batch.dims()?;
             for i in 0..b {
                 let one = |t: Tensor<B, 3>| t.narrow(0, i, 1);
-                let label = if b == 1 { name.clone() } else { format!("{name}/{i}") };
+                let label = if b == 1 {
+                    name.clone()
+                } else {
+                    format!("{name}/{i}")
+                };
                 parts.push((
                     label,
                     host(one(batch.latents.clone())),
@@ -144,7 +196,16 @@ impl ValidationSet {
             .map(|(index, (name, latents, grid, txt, y, mask, is_reg))| {
                 let (l, c) = (latents.shape[1], latents.shape[2]);
                 let draw = fixed_draw(seed, index, count, sampler, l, c);
-                ValidationItem { name, latents, grid, txt, y, mask, is_reg, draw }
+                ValidationItem {
+                    name,
+                    latents,
+                    grid,
+                    txt,
+                    y,
+                    mask,
+                    is_reg,
+                    draw,
+                }
             })
             .collect();
         Ok(Self { items })
@@ -186,16 +247,27 @@ impl ValidationSet {
     }
 
     /// The mean loss over the items for `model` (a plain-backend model, e.g. `model.valid()`).
-    pub fn loss<B: Backend>(&self, model: &Flux<B>, settings: &StepSettings, device: &B::Device) -> Result<f32, TrainError> {
+    pub fn loss<B: Backend>(
+        &self,
+        model: &Flux<B>,
+        settings: &StepSettings,
+        device: &B::Device,
+    ) -> Result<f32, TrainError> {
         if self.items.is_empty() {
             return Err(TrainError::Invalid {
                 key: "validation_split".into(),
-                message: "the validation set is empty; raise validation_split or set it to 0".into(),
+                message: "the validation set is empty; raise validation_split or set it to 0"
+                    .into(),
             });
         }
         let mut sum = 0.0f64;
         for item in &self.items {
-            sum += f64::from(evaluation_loss(model, &item.batch::<B>(device), &item.draw, settings)?);
+            sum += f64::from(evaluation_loss(
+                model,
+                &item.batch::<B>(device),
+                &item.draw,
+                settings,
+            )?);
         }
         Ok((sum / self.items.len() as f64) as f32)
     }
@@ -214,7 +286,13 @@ pub struct BestCheckpoint {
 
 impl std::fmt::Display for BestCheckpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (step {}, validation loss {:.5})", self.path.display(), self.step, self.val_loss)
+        write!(
+            f,
+            "{} (step {}, validation loss {:.5})",
+            self.path.display(),
+            self.step,
+            self.val_loss
+        )
     }
 }
 
@@ -243,10 +321,18 @@ impl ValidationHistory {
     pub fn best(&self) -> Option<BestCheckpoint> {
         self.entries
             .iter()
-            .filter_map(|(step, loss, path)| path.as_ref().filter(|p| p.exists()).map(|p| (*step, *loss, p)))
+            .filter_map(|(step, loss, path)| {
+                path.as_ref()
+                    .filter(|p| p.exists())
+                    .map(|p| (*step, *loss, p))
+            })
             .filter(|(_, loss, _)| loss.is_finite())
             .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
-            .map(|(step, val_loss, path)| BestCheckpoint { step, val_loss, path: path.clone() })
+            .map(|(step, val_loss, path)| BestCheckpoint {
+                step,
+                val_loss,
+                path: path.clone(),
+            })
     }
 
     /// The last validation loss.
@@ -272,7 +358,10 @@ mod tests {
             (0.841344746068543, 1.0),
         ] {
             let got = normal_quantile(p);
-            assert!((got - z).abs() < 1e-8 * z.abs().max(1.0), "Φ⁻¹({p}) = {got}, want {z}");
+            assert!(
+                (got - z).abs() < 1e-8 * z.abs().max(1.0),
+                "Φ⁻¹({p}) = {got}, want {z}"
+            );
         }
         assert_eq!(normal_quantile(0.0), f64::NEG_INFINITY);
         assert_eq!(normal_quantile(1.0), f64::INFINITY);
@@ -282,22 +371,40 @@ mod tests {
     fn fixed_sigmas_are_the_quantiles_of_the_distribution() {
         // Uniform: σ = u, so the n items take exactly (k + ½)/n, each once.
         let n = 8;
-        let mut s: Vec<f32> = (0..n).map(|i| fixed_draw(3, i, n, &SigmaSampler::Uniform, 4, 2).sigmas[0]).collect();
+        let mut s: Vec<f32> = (0..n)
+            .map(|i| fixed_draw(3, i, n, &SigmaSampler::Uniform, 4, 2).sigmas[0])
+            .collect();
         s.sort_by(f32::total_cmp);
-        let want: Vec<f32> = (0..n).map(|k| ((k as f64 + 0.5) / n as f64) as f32).collect();
+        let want: Vec<f32> = (0..n)
+            .map(|k| ((k as f64 + 0.5) / n as f64) as f32)
+            .collect();
         assert_eq!(s, want);
         // Sigmoid(scale·n): the median item (one item, u = ½) sits at σ = ½ for any scale.
-        assert_eq!(fixed_draw(3, 0, 1, &SigmaSampler::Sigmoid { scale: 2.5 }, 4, 2).sigmas, vec![0.5]);
+        assert_eq!(
+            fixed_draw(3, 0, 1, &SigmaSampler::Sigmoid { scale: 2.5 }, 4, 2).sigmas,
+            vec![0.5]
+        );
         // Logit-normal quantile: sigmoid(mean + std·Φ⁻¹(u)); with u = 0.9 of 5 items.
-        let ln = SigmaSampler::LogitNormal { mean: 0.3, std: 1.2 };
-        let all: Vec<f32> = (0..5).map(|i| fixed_draw(9, i, 5, &ln, 4, 2).sigmas[0]).collect();
+        let ln = SigmaSampler::LogitNormal {
+            mean: 0.3,
+            std: 1.2,
+        };
+        let all: Vec<f32> = (0..5)
+            .map(|i| fixed_draw(9, i, 5, &ln, 4, 2).sigmas[0])
+            .collect();
         let want = (1.0 / (1.0 + (-(0.3 + 1.2 * 1.2815515655446004f64)).exp())) as f32;
-        assert!(all.iter().any(|&v| (v - want).abs() < 1e-6), "{all:?} lacks {want}");
+        assert!(
+            all.iter().any(|&v| (v - want).abs() < 1e-6),
+            "{all:?} lacks {want}"
+        );
     }
 
     #[test]
     fn fixed_draws_repeat_and_differ_between_items_and_seeds() {
-        let s = SigmaSampler::Shift { shift: 3.0, sigmoid_scale: 1.0 };
+        let s = SigmaSampler::Shift {
+            shift: 3.0,
+            sigmoid_scale: 1.0,
+        };
         let a = fixed_draw(7, 1, 4, &s, 6, 4);
         assert_eq!(a, fixed_draw(7, 1, 4, &s, 6, 4));
         assert_eq!(a.noise.len(), 24);
@@ -327,7 +434,10 @@ mod tests {
         h.push(8, 0.4);
         h.pair(8, dir(8));
         let best = h.best().unwrap();
-        assert_eq!((best.step, best.val_loss, best.path.clone()), (4, 0.3, d.path().join("s4")));
+        assert_eq!(
+            (best.step, best.val_loss, best.path.clone()),
+            (4, 0.3, d.path().join("s4"))
+        );
         assert!(best.to_string().contains("step 4") && best.to_string().contains("0.30000"));
         assert_eq!(h.last(), Some((8, 0.4)));
     }

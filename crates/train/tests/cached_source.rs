@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use common::*;
 use fluxlora_data::{
-    BuildOptions, DataError, Dataset, DatasetConfig, LatentCache, LatentEncoder, LatentKey, Loader, Progress, TextCache,
-    TextEmbedding, TextEncoder,
+    BuildOptions, DataError, Dataset, DatasetConfig, LatentCache, LatentEncoder, LatentKey, Loader,
+    Progress, TextCache, TextEmbedding, TextEncoder,
 };
 use fluxlora_io::HostTensor;
 use fluxlora_train::{BatchSource, CachedBatches, Trainer};
@@ -35,7 +35,10 @@ impl LatentEncoder for Pool4 {
                 }
             }
         }
-        Ok(HostTensor { shape: vec![4, lh, lw], data: out })
+        Ok(HostTensor {
+            shape: vec![4, lh, lw],
+            data: out,
+        })
     }
 }
 
@@ -47,10 +50,21 @@ impl TextEncoder for Bytes8 {
         "bytes8/test".into()
     }
     fn encode(&self, caption: &str) -> Result<TextEmbedding, DataError> {
-        let b: Vec<f32> = caption.bytes().cycle().take(32).map(|v| f32::from(v) / 255.0).collect();
+        let b: Vec<f32> = caption
+            .bytes()
+            .cycle()
+            .take(32)
+            .map(|v| f32::from(v) / 255.0)
+            .collect();
         Ok(TextEmbedding {
-            t5: HostTensor { shape: vec![3, 8], data: b[..24].to_vec() },
-            clip_pooled: HostTensor { shape: vec![8], data: b[24..].to_vec() },
+            t5: HostTensor {
+                shape: vec![3, 8],
+                data: b[..24].to_vec(),
+            },
+            clip_pooled: HostTensor {
+                shape: vec![8],
+                data: b[24..].to_vec(),
+            },
         })
     }
 }
@@ -64,7 +78,13 @@ fn write_dataset_with(dir: &Path, alpha: bool) -> Arc<Dataset> {
     let imgs = dir.join("imgs");
     std::fs::create_dir_all(&imgs).unwrap();
     for i in 0..4u32 {
-        let rgb = |x: u32, y: u32| [((x * (i + 3) + y) % 256) as u8, ((y * 7 + i * 40) % 256) as u8, ((x ^ y) * 4 % 256) as u8];
+        let rgb = |x: u32, y: u32| {
+            [
+                ((x * (i + 3) + y) % 256) as u8,
+                ((y * 7 + i * 40) % 256) as u8,
+                ((x ^ y) * 4 % 256) as u8,
+            ]
+        };
         let img = if alpha {
             DynamicImage::ImageRgba8(ImageBuffer::from_fn(64, 64, |x, y| {
                 let [r, g, b] = rgb(x, y);
@@ -74,7 +94,11 @@ fn write_dataset_with(dir: &Path, alpha: bool) -> Arc<Dataset> {
             DynamicImage::ImageRgb8(ImageBuffer::from_fn(64, 64, |x, y| Rgb(rgb(x, y))))
         };
         img.save(imgs.join(format!("img{i}.png"))).unwrap();
-        std::fs::write(imgs.join(format!("img{i}.txt")), format!("sks shape number {i}")).unwrap();
+        std::fs::write(
+            imgs.join(format!("img{i}.txt")),
+            format!("sks shape number {i}"),
+        )
+        .unwrap();
     }
     let text = format!(
         "[general]\nresolution = 64\nmin_bucket_reso = 64\nmax_bucket_reso = 128\n[[datasets]]\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = {:?}\nalpha_mask = {alpha}\n",
@@ -88,9 +112,20 @@ fn source(dir: &Path, dataset: &Arc<Dataset>, seed: u64) -> CachedBatches {
     let loader = Loader::new(dataset.clone(), seed);
     let latents = LatentCache::open(&dir.join("lat"), &Pool4.identity()).unwrap();
     let texts = TextCache::open(&dir.join("txt"), &Bytes8.identity()).unwrap();
-    let samples: Vec<_> = (0..3).flat_map(|e| fluxlora_data::epoch_plan(dataset, seed, e)).flat_map(|b| b.samples).collect();
-    latents.build(dataset, &samples, &Pool4, &BuildOptions::default()).unwrap();
-    texts.build(&loader.captions_for_epochs(0..3), &Bytes8, &BuildOptions::default()).unwrap();
+    let samples: Vec<_> = (0..3)
+        .flat_map(|e| fluxlora_data::epoch_plan(dataset, seed, e))
+        .flat_map(|b| b.samples)
+        .collect();
+    latents
+        .build(dataset, &samples, &Pool4, &BuildOptions::default())
+        .unwrap();
+    texts
+        .build(
+            &loader.captions_for_epochs(0..3),
+            &Bytes8,
+            &BuildOptions::default(),
+        )
+        .unwrap();
     CachedBatches::new(loader, latents, texts)
 }
 
@@ -126,10 +161,20 @@ fn batches_are_the_packed_cache_entries_and_resume_exactly() {
 
     // Position → restore continues with the same next batch.
     let pos = BatchSource::<AB>::position(&src);
-    let next: Vec<f32> = BatchSource::<AB>::next_batch(&mut src, &dev).unwrap().latents.into_data().to_vec().unwrap();
+    let next: Vec<f32> = BatchSource::<AB>::next_batch(&mut src, &dev)
+        .unwrap()
+        .latents
+        .into_data()
+        .to_vec()
+        .unwrap();
     let mut again = source(tmp.path(), &ds, 3);
     BatchSource::<AB>::restore(&mut again, &pos).unwrap();
-    let resumed: Vec<f32> = BatchSource::<AB>::next_batch(&mut again, &dev).unwrap().latents.into_data().to_vec().unwrap();
+    let resumed: Vec<f32> = BatchSource::<AB>::next_batch(&mut again, &dev)
+        .unwrap()
+        .latents
+        .into_data()
+        .to_vec()
+        .unwrap();
     assert_eq!(next, resumed);
 }
 
@@ -140,14 +185,25 @@ fn a_short_run_trains_on_cached_data() {
     let ds = write_dataset(tmp.path());
     let mut src = source(tmp.path(), &ds, 5);
     let cfg = tiny_train_config(&tmp.path().join("out"), 3);
-    let mut t = Trainer::new(cfg, tiny_flux(5), Default::default()).unwrap().with_progress(false);
+    let mut t = Trainer::new(cfg, tiny_flux(5), Default::default())
+        .unwrap()
+        .with_progress(false);
     let s = t.run(&mut src).unwrap();
     assert_eq!(s.steps, 3);
     assert!(s.last_loss.unwrap().is_finite());
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(s.checkpoint.unwrap().join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(s.checkpoint.unwrap().join("state.json")).unwrap(),
+    )
+    .unwrap();
     // 4 images in batches of 2: three steps end in epoch 1, at its batch 1.
-    assert_eq!((state["epoch"].as_u64(), state["source"]["epoch"].as_u64(), state["source"]["batch"].as_u64()), (Some(1), Some(1), Some(1)));
+    assert_eq!(
+        (
+            state["epoch"].as_u64(),
+            state["source"]["epoch"].as_u64(),
+            state["source"]["batch"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
 }
 
 #[test]
@@ -167,7 +223,11 @@ fn alpha_masks_become_per_element_weights_on_the_packed_tokens() {
             for c in 0..4 {
                 for k in 0..16 {
                     let want = if c < 2 { 0.0 } else { 1.0 };
-                    assert_eq!(m[((i * 16) + r * 4 + c) * 16 + k], want, "sample {i} token ({r},{c}) ch {k}");
+                    assert_eq!(
+                        m[((i * 16) + r * 4 + c) * 16 + k],
+                        want,
+                        "sample {i} token ({r},{c}) ch {k}"
+                    );
                 }
             }
         }

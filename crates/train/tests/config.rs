@@ -17,7 +17,10 @@ fn file(text: &str) -> tempfile::NamedTempFile {
 #[test]
 fn defaults_are_the_safe_flux_defaults() {
     let c = TrainConfig::load(None, &[]).unwrap();
-    assert_eq!((c.network_dim, c.network_alpha, c.learning_rate), (16, 16.0, 1e-4));
+    assert_eq!(
+        (c.network_dim, c.network_alpha, c.learning_rate),
+        (16, 16.0, 1e-4)
+    );
     assert_eq!(c.optimizer_type, OptimizerType::AdamW8bit);
     assert_eq!(c.guidance_scale, 1.0);
     assert_eq!(c.timestep_sampling, TimestepSampling::Shift);
@@ -29,14 +32,25 @@ fn defaults_are_the_safe_flux_defaults() {
 #[test]
 fn file_then_command_line_override_in_that_order() {
     let f = file("network_dim = 8\nlearning_rate = 2e-4\noptimizer_type = \"Prodigy\"\n");
-    let c = TrainConfig::load(Some(f.path()), &args("--network-dim 32 --learning_rate=1.0 --gradient_checkpointing")).unwrap();
+    let c = TrainConfig::load(
+        Some(f.path()),
+        &args("--network-dim 32 --learning_rate=1.0 --gradient_checkpointing"),
+    )
+    .unwrap();
     assert_eq!(c.network_dim, 32);
     assert_eq!(c.learning_rate, 1.0);
     assert_eq!(c.optimizer_type, OptimizerType::Prodigy);
     assert!(c.gradient_checkpointing);
-    let c = TrainConfig::load(None, &args("--set output_name=my_lora --set optimizer_args=[\"weight_decay=0.01\"]")).unwrap();
+    let c = TrainConfig::load(
+        None,
+        &args("--set output_name=my_lora --set optimizer_args=[\"weight_decay=0.01\"]"),
+    )
+    .unwrap();
     assert_eq!(c.output_name, "my_lora");
-    assert_eq!(c.optimizer_arg_map().unwrap()["weight_decay"].as_float(), Some(0.01));
+    assert_eq!(
+        c.optimizer_arg_map().unwrap()["weight_decay"].as_float(),
+        Some(0.01)
+    );
 }
 
 #[test]
@@ -50,7 +64,9 @@ fn preset_values_sit_under_file_and_flags() {
     assert_eq!(TrainingPreset::Character.steps_for(20), 2000);
     assert_eq!(TrainingPreset::Character.steps_for(5), 1000);
     assert_eq!(TrainingPreset::Style.steps_for(500), 5000);
-    assert!(TrainingPreset::Character.dataset_advice(20, 1024).is_empty());
+    assert!(TrainingPreset::Character
+        .dataset_advice(20, 1024)
+        .is_empty());
     let advice = TrainingPreset::Style.dataset_advice(12, 512);
     assert_eq!(advice.len(), 2);
     assert!(advice[0].contains("add 38 more"));
@@ -60,9 +76,14 @@ fn preset_values_sit_under_file_and_flags() {
 fn unknown_keys_get_a_did_you_mean() {
     let f = file("netwrk_dim = 8\n");
     let err = TrainConfig::load(Some(f.path()), &[]).unwrap_err();
-    assert!(matches!(&err, TrainError::UnknownKey { suggestion: Some(s), .. } if s == "network_dim"), "{err}");
+    assert!(
+        matches!(&err, TrainError::UnknownKey { suggestion: Some(s), .. } if s == "network_dim"),
+        "{err}"
+    );
     assert!(err.to_string().contains(&f.path().display().to_string()));
-    let err = TrainConfig::load(None, &args("--learnig-rate 1e-3")).unwrap_err().to_string();
+    let err = TrainConfig::load(None, &args("--learnig-rate 1e-3"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("learning_rate"), "{err}");
 }
 
@@ -72,35 +93,63 @@ fn bad_values_are_rejected_with_the_key_named() {
         ("--network_dim 0", "network_dim"),
         ("--learning_rate -1", "learning_rate"),
         ("--resolution 1000", "resolution"),
-        ("--optimizer_type Prodigy --learning_rate 1e-4", "learning_rate"),
+        (
+            "--optimizer_type Prodigy --learning_rate 1e-4",
+            "learning_rate",
+        ),
         ("--ema_decay 1.5", "ema_decay"),
         ("--network_dropout 1.0", "network_dropout"),
     ] {
         let err = TrainConfig::load(None, &args(flags)).unwrap_err();
-        assert!(matches!(&err, TrainError::Invalid { key: k, .. } if k == key), "{flags}: {err}");
+        assert!(
+            matches!(&err, TrainError::Invalid { key: k, .. } if k == key),
+            "{flags}: {err}"
+        );
     }
-    let err = TrainConfig::load(None, &args("--optimizer_type SGD")).unwrap_err().to_string();
+    let err = TrainConfig::load(None, &args("--optimizer_type SGD"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("AdamW8bit"), "{err}");
     assert!(TrainConfig::load(None, &args("stray")).is_err());
 }
 
 #[test]
 fn an_output_name_that_would_leave_output_dir_is_refused() {
-    for name in ["../../escape", "sub/dir", "a\\b", "/etc/passwd", "..", "  ", "", "C:evil", " pad"] {
+    for name in [
+        "../../escape",
+        "sub/dir",
+        "a\\b",
+        "/etc/passwd",
+        "..",
+        "  ",
+        "",
+        "C:evil",
+        " pad",
+    ] {
         let f = file(&format!("output_name = {name:?}\n"));
         let err = TrainConfig::load(Some(f.path()), &[]).unwrap_err();
-        assert!(matches!(&err, TrainError::Invalid { key, .. } if key == "output_name"), "{name:?}: {err}");
+        assert!(
+            matches!(&err, TrainError::Invalid { key, .. } if key == "output_name"),
+            "{name:?}: {err}"
+        );
         assert!(err.to_string().contains("plain name"), "{err}");
     }
     for name in ["my_lora", "sks-v2.1", "ümlaut lora"] {
         let f = file(&format!("output_name = {name:?}\n"));
-        assert_eq!(TrainConfig::load(Some(f.path()), &[]).unwrap().output_name, name);
+        assert_eq!(
+            TrainConfig::load(Some(f.path()), &[]).unwrap().output_name,
+            name
+        );
     }
 }
 
 #[test]
 fn effective_config_round_trips_through_toml() {
-    let c = TrainConfig::load(None, &args("--network_dim 4 --trigger_word sks --discrete_flow_shift 3.1582")).unwrap();
+    let c = TrainConfig::load(
+        None,
+        &args("--network_dim 4 --trigger_word sks --discrete_flow_shift 3.1582"),
+    )
+    .unwrap();
     let f = file(&c.to_toml());
     assert_eq!(TrainConfig::load(Some(f.path()), &[]).unwrap(), c);
 }
@@ -114,33 +163,80 @@ fn a_preset_without_max_train_steps_takes_its_steps_from_the_dataset_size() {
     let dir = tmp.path().join("images").join("2_sks");
     std::fs::create_dir_all(&dir).unwrap();
     for i in 0..6u32 {
-        let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([((x * 7 + i * 40) % 256) as u8, ((y * 3 + i * 11) % 256) as u8, 90]));
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([
+                ((x * 7 + i * 40) % 256) as u8,
+                ((y * 3 + i * 11) % 256) as u8,
+                90,
+            ])
+        });
         img.save(dir.join(format!("img{i}.png"))).unwrap();
         std::fs::write(dir.join(format!("img{i}.txt")), format!("sks number {i}")).unwrap();
     }
     let c = TrainConfig::load(None, &args("--preset character --resolution 64")).unwrap();
-    let c = TrainConfig { train_data_dir: Some(tmp.path().join("images")), ..c };
+    let c = TrainConfig {
+        train_data_dir: Some(tmp.path().join("images")),
+        ..c
+    };
     assert_eq!(c.max_train_steps, None);
-    let dataset = std::sync::Arc::new(fluxlora_data::Dataset::open(&dataset_config(&c).unwrap(), &Default::default()).unwrap());
+    let dataset = std::sync::Arc::new(
+        fluxlora_data::Dataset::open(&dataset_config(&c).unwrap(), &Default::default()).unwrap(),
+    );
     // Character: 100 steps per image seen in an epoch, within 1000–3000.
     let advice = TrainingPreset::Character.advice();
-    assert_eq!((advice.steps_per_image, advice.min_steps, advice.max_steps), (100, 1000, 3000));
-    assert_eq!(with_resolved_steps(&c, &dataset).unwrap().max_train_steps, Some(1200));
+    assert_eq!(
+        (advice.steps_per_image, advice.min_steps, advice.max_steps),
+        (100, 1000, 3000)
+    );
+    assert_eq!(
+        with_resolved_steps(&c, &dataset).unwrap().max_train_steps,
+        Some(1200)
+    );
     // The config's own value wins; with neither, the error names the key and both fixes.
-    let own = TrainConfig { max_train_steps: Some(7), ..c.clone() };
-    assert_eq!(with_resolved_steps(&own, &dataset).unwrap().max_train_steps, Some(7));
+    let own = TrainConfig {
+        max_train_steps: Some(7),
+        ..c.clone()
+    };
+    assert_eq!(
+        with_resolved_steps(&own, &dataset).unwrap().max_train_steps,
+        Some(7)
+    );
     // Epochs (kohya's max_train_epochs) win over the preset: 12 images per epoch in batches of 4
     // are 3 micro-batches, 2 optimizer steps with 2 accumulated per step; 3 epochs are 6 steps.
-    let by_epochs = TrainConfig { max_train_epochs: Some(3), train_batch_size: 4, gradient_accumulation_steps: 2, ..c.clone() };
-    let batched = std::sync::Arc::new(fluxlora_data::Dataset::open(&dataset_config(&by_epochs).unwrap(), &Default::default()).unwrap());
+    let by_epochs = TrainConfig {
+        max_train_epochs: Some(3),
+        train_batch_size: 4,
+        gradient_accumulation_steps: 2,
+        ..c.clone()
+    };
+    let batched = std::sync::Arc::new(
+        fluxlora_data::Dataset::open(&dataset_config(&by_epochs).unwrap(), &Default::default())
+            .unwrap(),
+    );
     assert_eq!(fluxlora_train::steps_per_epoch(&by_epochs, &batched), 2);
-    assert_eq!(with_resolved_steps(&by_epochs, &batched).unwrap().max_train_steps, Some(6));
-    let single = TrainConfig { max_train_epochs: Some(3), ..c.clone() };
-    assert_eq!(with_resolved_steps(&single, &dataset).unwrap().max_train_steps, Some(36));
+    assert_eq!(
+        with_resolved_steps(&by_epochs, &batched)
+            .unwrap()
+            .max_train_steps,
+        Some(6)
+    );
+    let single = TrainConfig {
+        max_train_epochs: Some(3),
+        ..c.clone()
+    };
+    assert_eq!(
+        with_resolved_steps(&single, &dataset)
+            .unwrap()
+            .max_train_steps,
+        Some(36)
+    );
     match with_resolved_steps(&TrainConfig { preset: None, ..c }, &dataset) {
         Err(TrainError::Invalid { key, message }) => {
             assert_eq!(key, "max_train_steps");
-            assert!(message.contains("--max_train_steps") && message.contains("--preset"), "{message}");
+            assert!(
+                message.contains("--max_train_steps") && message.contains("--preset"),
+                "{message}"
+            );
         }
         other => panic!("expected an invalid key, got {other:?}"),
     }
@@ -148,25 +244,54 @@ fn a_preset_without_max_train_steps_takes_its_steps_from_the_dataset_size() {
 
 #[test]
 fn run_length_and_save_intervals_are_checked() {
-    let err = TrainConfig::load(None, &args("--max_train_steps 100 --max_train_epochs 4")).unwrap_err();
-    assert!(matches!(&err, TrainError::Invalid { key, message } if key == "max_train_epochs" && message.contains("keep one")), "{err}");
-    for flags in ["--max_train_epochs 0", "--save_every_n_epochs 0", "--save_every_n_steps 0"] {
+    let err =
+        TrainConfig::load(None, &args("--max_train_steps 100 --max_train_epochs 4")).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Invalid { key, message } if key == "max_train_epochs" && message.contains("keep one")),
+        "{err}"
+    );
+    for flags in [
+        "--max_train_epochs 0",
+        "--save_every_n_epochs 0",
+        "--save_every_n_steps 0",
+    ] {
         let err = TrainConfig::load(None, &args(flags)).unwrap_err();
-        let key = flags.split_whitespace().next().unwrap().trim_start_matches("--");
-        assert!(matches!(&err, TrainError::Invalid { key: k, .. } if k == key), "{flags}: {err}");
+        let key = flags
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches("--");
+        assert!(
+            matches!(&err, TrainError::Invalid { key: k, .. } if k == key),
+            "{flags}: {err}"
+        );
     }
-    let ok = TrainConfig::load(None, &args("--max_train_epochs 4 --save_every_n_epochs 2")).unwrap();
-    assert_eq!((ok.max_train_epochs, ok.save_every_n_epochs), (Some(4), Some(2)));
+    let ok =
+        TrainConfig::load(None, &args("--max_train_epochs 4 --save_every_n_epochs 2")).unwrap();
+    assert_eq!(
+        (ok.max_train_epochs, ok.save_every_n_epochs),
+        (Some(4), Some(2))
+    );
 }
 
 #[test]
 fn image_limits_reach_a_plain_image_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    image::RgbImage::new(64, 64).save(tmp.path().join("a.png")).unwrap();
+    image::RgbImage::new(64, 64)
+        .save(tmp.path().join("a.png"))
+        .unwrap();
     let c = TrainConfig::load(None, &args("--max_image_pixels 4096 --max_image_side 80")).unwrap();
-    let c = TrainConfig { train_data_dir: Some(tmp.path().to_path_buf()), ..c };
+    let c = TrainConfig {
+        train_data_dir: Some(tmp.path().to_path_buf()),
+        ..c
+    };
     let limits = fluxlora_train::dataset_config(&c).unwrap().image_limits;
     assert_eq!((limits.max_pixels, limits.max_side), (4096, 80));
-    let defaults = fluxlora_train::dataset_config(&TrainConfig { max_image_pixels: None, max_image_side: None, ..c }).unwrap();
+    let defaults = fluxlora_train::dataset_config(&TrainConfig {
+        max_image_pixels: None,
+        max_image_side: None,
+        ..c
+    })
+    .unwrap();
     assert_eq!(defaults.image_limits, fluxlora_data::ImageLimits::default());
 }

@@ -1,7 +1,7 @@
 //! All integration tests of fluxlora-train, compiled as one test binary (one link instead of one per file).
 
-mod common;
 mod cached_source;
+mod common;
 mod config;
 mod ema;
 mod kill_during_save;

@@ -30,7 +30,12 @@ const TAG: &str = "kill-child:";
 /// Checkpoints the child keeps (as `save_last_n_saves` would).
 const KEEP: usize = 2;
 /// The four files of a complete checkpoint folder (LoRA named after `output_name` "tiny").
-const CHECKPOINT_FILES: [&str; 4] = ["config.toml", "optimizer.safetensors", "state.json", "tiny.safetensors"];
+const CHECKPOINT_FILES: [&str; 4] = [
+    "config.toml",
+    "optimizer.safetensors",
+    "state.json",
+    "tiny.safetensors",
+];
 /// The child gives up after this long, so a parent that died early leaves no runaway process.
 const CHILD_LIFETIME: Duration = Duration::from_secs(60);
 /// How long the parent waits for any one line of the child.
@@ -39,15 +44,23 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Rank 64 on the tiny model: a LoRA of ~0.5 MB plus ~1 MB of AdamW moments, so a save takes
 /// milliseconds and the kills land inside it.
 fn config(out: &Path) -> TrainConfig {
-    TrainConfig { network_dim: 64, network_alpha: 32.0, ..tiny_train_config(out, 1_000_000) }
+    TrainConfig {
+        network_dim: 64,
+        network_alpha: 32.0,
+        ..tiny_train_config(out, 1_000_000)
+    }
 }
 
 /// The child's loop; does nothing unless [`CHILD_ENV`] is set, so it passes as a normal test.
 #[test]
 fn child() {
-    let Some(out) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else { return };
+    let Some(out) = std::env::var_os(CHILD_ENV).map(PathBuf::from) else {
+        return;
+    };
     let born = Instant::now();
-    let mut t = Trainer::new(config(&out), tiny_flux(7), Default::default()).unwrap().with_progress(false);
+    let mut t = Trainer::new(config(&out), tiny_flux(7), Default::default())
+        .unwrap()
+        .with_progress(false);
     let mut src = RandomBatches::new(7);
     let newest = list_checkpoints(&out, "tiny").unwrap().pop();
     match newest {
@@ -101,7 +114,12 @@ impl ChildRun {
     fn spawn(out: &Path) -> Self {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new(exe)
-            .args(["kill_during_save::child", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "kill_during_save::child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, out)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -126,18 +144,27 @@ impl ChildRun {
             let _ = err.read_to_string(&mut s);
             s
         });
-        Self { child, events, stderr }
+        Self {
+            child,
+            events,
+            stderr,
+        }
     }
 
     /// The next event, or a panic with the child's stderr when it died or hung.
     fn next(&mut self) -> Event {
         match self.events.recv_timeout(LINE_TIMEOUT) {
             Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => panic!("the child printed nothing for {LINE_TIMEOUT:?}"),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("the child printed nothing for {LINE_TIMEOUT:?}")
+            }
             Err(RecvTimeoutError::Disconnected) => {
                 let status = self.child.wait().unwrap();
                 let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-                panic!("the child ended early ({status}); its stderr:\n{}", stderr.join().unwrap_or_default());
+                panic!(
+                    "the child ended early ({status}); its stderr:\n{}",
+                    stderr.join().unwrap_or_default()
+                );
             }
         }
     }
@@ -165,8 +192,18 @@ struct KillPoint {
     name: &'static str,
 }
 
-const fn at(saves: usize, name: &'static str, trigger: fn(Event) -> bool, micros: u64) -> KillPoint {
-    KillPoint { saves, trigger, delay: Duration::from_micros(micros), name }
+const fn at(
+    saves: usize,
+    name: &'static str,
+    trigger: fn(Event) -> bool,
+    micros: u64,
+) -> KillPoint {
+    KillPoint {
+        saves,
+        trigger,
+        delay: Duration::from_micros(micros),
+        name,
+    }
 }
 
 fn is_saving(e: Event) -> bool {
@@ -211,14 +248,22 @@ fn run_and_kill(out: &Path, point: KillPoint) -> (u64, u64) {
 /// Checks the folder after a kill; returns the newest complete step.
 fn check_after_kill(out: &Path, last_saved: u64, round: &str) -> u64 {
     let listed = list_checkpoints(out, "tiny").unwrap();
-    let newest = listed.last().map(|c| c.0).unwrap_or_else(|| panic!("{round}: no complete checkpoint left"));
-    assert!(newest >= last_saved, "{round}: newest complete checkpoint is step {newest}, the child had saved {last_saved}");
+    let newest = listed
+        .last()
+        .map(|c| c.0)
+        .unwrap_or_else(|| panic!("{round}: no complete checkpoint left"));
+    assert!(
+        newest >= last_saved,
+        "{round}: newest complete checkpoint is step {newest}, the child had saved {last_saved}"
+    );
 
     // Everything in the folder is a listed checkpoint, the run's files, or a dot-named leftover
     // that list_checkpoints ignores.
     for entry in std::fs::read_dir(out).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
-        let known = listed.iter().any(|(_, p)| p.file_name().unwrap().to_string_lossy() == name);
+        let known = listed
+            .iter()
+            .any(|(_, p)| p.file_name().unwrap().to_string_lossy() == name);
         assert!(
             known || name.starts_with('.') || name == "tiny-config.toml" || name == "tiny-log.csv",
             "{round}: unexpected `{name}` in the output folder"
@@ -227,15 +272,26 @@ fn check_after_kill(out: &Path, last_saved: u64, round: &str) -> u64 {
 
     let _g = backend_rng_lock();
     for (step, dir) in &listed {
-        let mut files: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
         files.sort();
-        assert_eq!(files, CHECKPOINT_FILES, "{round}: {} is not a complete checkpoint", dir.display());
+        assert_eq!(
+            files,
+            CHECKPOINT_FILES,
+            "{round}: {} is not a complete checkpoint",
+            dir.display()
+        );
         let lora = dir.join("tiny.safetensors");
         let (weights, _) = fluxlora_io::read_lora(&lora).unwrap_or_else(|e| panic!("{round}: {e}"));
         assert_eq!(weights.len(), 13, "{round}: {}", lora.display());
-        let mut t = Trainer::new(config(out), tiny_flux(7), Default::default()).unwrap().with_progress(false);
-        let state = t.resume(dir, &mut RandomBatches::new(7)).unwrap_or_else(|e| panic!("{round}: {e}"));
+        let mut t = Trainer::new(config(out), tiny_flux(7), Default::default())
+            .unwrap()
+            .with_progress(false);
+        let state = t
+            .resume(dir, &mut RandomBatches::new(7))
+            .unwrap_or_else(|e| panic!("{round}: {e}"));
         assert_eq!(state.step, *step, "{round}: {}", dir.display());
         let check = self_check(t.model_mut(), &lora).unwrap_or_else(|e| panic!("{round}: {e}"));
         assert_eq!(check.modules, 13);
@@ -262,32 +318,60 @@ fn a_kill_during_save_leaves_the_previous_checkpoint_intact() {
     for (i, point) in points.iter().enumerate() {
         let round = format!("round {i} ({})", point.name);
         let (resumed, last_saved) = run_and_kill(&out, *point);
-        assert_eq!(resumed, newest, "{round}: the child must resume from the newest complete checkpoint");
+        assert_eq!(
+            resumed, newest,
+            "{round}: the child must resume from the newest complete checkpoint"
+        );
         let now = check_after_kill(&out, last_saved, &round);
-        assert!(now >= newest && now > resumed, "{round}: no progress (newest {now}, resumed from {resumed})");
+        assert!(
+            now >= newest && now > resumed,
+            "{round}: no progress (newest {now}, resumed from {resumed})"
+        );
         newest = now;
-        leftovers += std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).count();
+        leftovers += std::fs::read_dir(&out)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .count();
     }
     eprintln!("kill_during_save: {} rounds, newest step {newest}, {leftovers} leftover(s) seen after kills", points.len());
 
     // A fresh run resumes from the newest complete checkpoint and continues.
     let _g = backend_rng_lock();
     let (step, dir) = list_checkpoints(&out, "tiny").unwrap().pop().unwrap();
-    let mut t = Trainer::new(config(&out), tiny_flux(7), Default::default()).unwrap().with_progress(false);
+    let mut t = Trainer::new(config(&out), tiny_flux(7), Default::default())
+        .unwrap()
+        .with_progress(false);
     let mut src = RandomBatches::new(7);
     assert_eq!(t.resume(&dir, &mut src).unwrap().step, step);
     assert!(t.step_once(&mut src).unwrap().loss.is_finite());
     let next = t.save_checkpoint(&src).unwrap();
-    assert_eq!(list_checkpoints(&out, "tiny").unwrap().pop().unwrap(), (step + 1, next.clone()));
+    assert_eq!(
+        list_checkpoints(&out, "tiny").unwrap().pop().unwrap(),
+        (step + 1, next.clone())
+    );
     // Saving the same step again replaces the folder and leaves nothing aside.
     let again = t.save_checkpoint(&src).unwrap();
     assert_eq!(again, next);
-    let mut t2 = Trainer::new(config(&out), tiny_flux(7), Default::default()).unwrap().with_progress(false);
-    assert_eq!(t2.resume(&again, &mut RandomBatches::new(7)).unwrap().step, step + 1);
+    let mut t2 = Trainer::new(config(&out), tiny_flux(7), Default::default())
+        .unwrap()
+        .with_progress(false);
+    assert_eq!(
+        t2.resume(&again, &mut RandomBatches::new(7)).unwrap().step,
+        step + 1
+    );
     let hidden: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .filter(|n| n.contains(&format!("step{:08}", step + 1)) && n.starts_with('.'))
         .collect();
-    assert!(hidden.is_empty(), "left beside the replaced checkpoint: {hidden:?}");
+    assert!(
+        hidden.is_empty(),
+        "left beside the replaced checkpoint: {hidden:?}"
+    );
 }

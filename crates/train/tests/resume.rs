@@ -27,7 +27,9 @@ fn straight_vs_resumed(optimizer: OptimizerType, lr: f64) {
 
     // 4 steps straight.
     let d1 = tempfile::tempdir().unwrap();
-    let mut straight = Trainer::new(config(d1.path(), optimizer, lr), base.clone(), dev).unwrap().with_progress(false);
+    let mut straight = Trainer::new(config(d1.path(), optimizer, lr), base.clone(), dev)
+        .unwrap()
+        .with_progress(false);
     let mut src = RandomBatches::new(5);
     let a = straight.run(&mut src).unwrap();
     assert_eq!(a.steps, 4);
@@ -35,7 +37,9 @@ fn straight_vs_resumed(optimizer: OptimizerType, lr: f64) {
     // 2 steps, checkpoint, then a fresh trainer resumes and runs to 4.
     let d2 = tempfile::tempdir().unwrap();
     let cfg = config(d2.path(), optimizer, lr);
-    let mut first = Trainer::new(cfg.clone(), base.clone(), dev).unwrap().with_progress(false);
+    let mut first = Trainer::new(cfg.clone(), base.clone(), dev)
+        .unwrap()
+        .with_progress(false);
     let mut src2 = RandomBatches::new(5);
     first.step_once(&mut src2).unwrap();
     first.step_once(&mut src2).unwrap();
@@ -46,11 +50,18 @@ fn straight_vs_resumed(optimizer: OptimizerType, lr: f64) {
     let mut second = Trainer::new(cfg, base, dev).unwrap().with_progress(false);
     let mut src3 = RandomBatches::new(5);
     let state = second.resume(&ckpt, &mut src3).unwrap();
-    assert_eq!((state.step, src3.next), (2, 4), "2 steps × 2 micro-batches consumed");
+    assert_eq!(
+        (state.step, src3.next),
+        (2, 4),
+        "2 steps × 2 micro-batches consumed"
+    );
     let b = second.run(&mut src3).unwrap();
     assert_eq!(b.steps, 4);
 
-    let (va, vb) = (adapter_values(&mut straight.into_model()), adapter_values(&mut second.into_model()));
+    let (va, vb) = (
+        adapter_values(&mut straight.into_model()),
+        adapter_values(&mut second.into_model()),
+    );
     assert!(!va.is_empty());
     assert_eq!(va.len(), vb.len());
     for ((pa, aa, ba), (pb, ab, bb)) in va.iter().zip(&vb) {
@@ -64,7 +75,12 @@ fn straight_vs_resumed(optimizer: OptimizerType, lr: f64) {
 
     // The logged loss and LR of steps 3 and 4 agree too (the resumed log only has those).
     let rows = |p: &std::path::Path| -> Vec<String> {
-        std::fs::read_to_string(p).unwrap().lines().skip(1).map(|l| l.split(',').take(3).collect::<Vec<_>>().join(",")).collect()
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').take(3).collect::<Vec<_>>().join(","))
+            .collect()
     };
     let (ra, rb) = (rows(&a.csv), rows(&b.csv));
     assert_eq!(ra.len(), 4);
@@ -87,12 +103,17 @@ fn resume_refuses_a_changed_config_and_names_the_key() {
     let dev = Default::default();
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_train_config(d.path(), 2);
-    let mut t = Trainer::new(cfg.clone(), tiny_flux(1), dev).unwrap().with_progress(false);
+    let mut t = Trainer::new(cfg.clone(), tiny_flux(1), dev)
+        .unwrap()
+        .with_progress(false);
     let mut src = RandomBatches::new(1);
     t.step_once(&mut src).unwrap();
     let ckpt = t.save_checkpoint(&src).unwrap();
 
-    let changed = TrainConfig { learning_rate: 5e-3, ..cfg.clone() };
+    let changed = TrainConfig {
+        learning_rate: 5e-3,
+        ..cfg.clone()
+    };
     let mut t2 = Trainer::new(changed, tiny_flux(1), dev).unwrap();
     let err = t2.resume(&ckpt, &mut RandomBatches::new(1)).unwrap_err();
     assert!(matches!(err, TrainError::Checkpoint { .. }), "{err}");
@@ -100,9 +121,16 @@ fn resume_refuses_a_changed_config_and_names_the_key() {
 
     // Bookkeeping keys (here max_train_steps and output_dir) may change.
     let d2 = tempfile::tempdir().unwrap();
-    let longer = TrainConfig { max_train_steps: Some(3), output_dir: d2.path().to_path_buf(), ..cfg };
+    let longer = TrainConfig {
+        max_train_steps: Some(3),
+        output_dir: d2.path().to_path_buf(),
+        ..cfg
+    };
     let mut t3 = Trainer::new(longer, tiny_flux(1), dev).unwrap();
-    assert_eq!(t3.resume(&ckpt, &mut RandomBatches::new(1)).unwrap().step, 1);
+    assert_eq!(
+        t3.resume(&ckpt, &mut RandomBatches::new(1)).unwrap().step,
+        1
+    );
 }
 
 #[test]
@@ -111,7 +139,9 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_usable() {
     let dev = Default::default();
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_train_config(d.path(), 4);
-    let mut t = Trainer::new(cfg.clone(), tiny_flux(2), dev).unwrap().with_progress(false);
+    let mut t = Trainer::new(cfg.clone(), tiny_flux(2), dev)
+        .unwrap()
+        .with_progress(false);
     let mut src = RandomBatches::new(2);
     t.step_once(&mut src).unwrap();
     let good = t.save_checkpoint(&src).unwrap();
@@ -122,7 +152,9 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_usable() {
 
     let listed = fluxlora_train::save::list_checkpoints(d.path(), "tiny").unwrap();
     assert_eq!(listed, vec![(1, good.clone())]);
-    let mut t2 = Trainer::new(cfg, tiny_flux(2), dev).unwrap().with_progress(false);
+    let mut t2 = Trainer::new(cfg, tiny_flux(2), dev)
+        .unwrap()
+        .with_progress(false);
     let mut src2 = RandomBatches::new(2);
     assert_eq!(t2.resume(&good, &mut src2).unwrap().step, 1);
     // The next save of step 2 replaces the leftover.
@@ -158,8 +190,10 @@ fn poison(path: &std::path::Path) -> String {
     }
     let meta = f.metadata().clone();
     drop(f);
-    let refs: Vec<(&str, TensorRef)> =
-        parts.iter().map(|(n, d, s, b)| (n.as_str(), TensorRef::raw(*d, s, b))).collect();
+    let refs: Vec<(&str, TensorRef)> = parts
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), TensorRef::raw(*d, s, b)))
+        .collect();
     fluxlora_io::write_safetensors(path, &refs, &meta).unwrap();
     poisoned.expect("a float tensor to poison")
 }
@@ -170,22 +204,40 @@ fn a_poisoned_checkpoint_is_named_before_any_step() {
     let dev = Default::default();
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_train_config(d.path(), 4);
-    let mut t = Trainer::new(cfg.clone(), tiny_flux(4), dev).unwrap().with_progress(false);
+    let mut t = Trainer::new(cfg.clone(), tiny_flux(4), dev)
+        .unwrap()
+        .with_progress(false);
     let mut src = RandomBatches::new(4);
     t.step_once(&mut src).unwrap();
     let lora_ckpt = t.save_checkpoint(&src).unwrap();
     t.step_once(&mut src).unwrap();
     let optim_ckpt = t.save_checkpoint(&src).unwrap();
 
-    for (dir, file) in [(&lora_ckpt, "tiny.safetensors"), (&optim_ckpt, "optimizer.safetensors")] {
+    for (dir, file) in [
+        (&lora_ckpt, "tiny.safetensors"),
+        (&optim_ckpt, "optimizer.safetensors"),
+    ] {
         let tensor = poison(&dir.join(file));
-        let mut fresh = Trainer::new(cfg.clone(), tiny_flux(4), dev).unwrap().with_progress(false);
+        let mut fresh = Trainer::new(cfg.clone(), tiny_flux(4), dev)
+            .unwrap()
+            .with_progress(false);
         let err = fresh.resume(dir, &mut RandomBatches::new(4)).unwrap_err();
         let text = err.to_string();
-        assert!(matches!(err, TrainError::LoraFile(fluxlora_io::IoError::NonFinite { .. })), "{text}");
-        assert!(text.contains(file) && text.contains(&tensor) && text.contains("NaN"), "{text}");
+        assert!(
+            matches!(
+                err,
+                TrainError::LoraFile(fluxlora_io::IoError::NonFinite { .. })
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(file) && text.contains(&tensor) && text.contains("NaN"),
+            "{text}"
+        );
         assert_eq!(fresh.step(), 0, "nothing was restored");
-        let verified = fluxlora_train::resume::verify_checkpoint(dir).unwrap_err().to_string();
+        let verified = fluxlora_train::resume::verify_checkpoint(dir)
+            .unwrap_err()
+            .to_string();
         assert_eq!(verified, text);
     }
 }
@@ -198,27 +250,39 @@ fn resume_checks_the_folder_before_reading_it() {
     let cfg = tiny_train_config(d.path(), 2);
     let resume = |dir: &std::path::Path| {
         let mut t = Trainer::new(cfg.clone(), tiny_flux(1), dev).unwrap();
-        t.resume(dir, &mut RandomBatches::new(1)).unwrap_err().to_string()
+        t.resume(dir, &mut RandomBatches::new(1))
+            .unwrap_err()
+            .to_string()
     };
     let empty = d.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    assert!(resume(&empty).contains("has no state.json"), "{}", resume(&empty));
+    assert!(
+        resume(&empty).contains("has no state.json"),
+        "{}",
+        resume(&empty)
+    );
     let file = d.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     assert!(resume(&file).contains("is a file"), "{}", resume(&file));
     assert!(resume(&d.path().join("missing")).contains("cannot be read"));
 
     // A state.json that names a LoRA outside the folder is refused before that file is opened.
-    let mut t = Trainer::new(cfg.clone(), tiny_flux(1), dev).unwrap().with_progress(false);
+    let mut t = Trainer::new(cfg.clone(), tiny_flux(1), dev)
+        .unwrap()
+        .with_progress(false);
     let mut src = RandomBatches::new(1);
     t.step_once(&mut src).unwrap();
     let ckpt = t.save_checkpoint(&src).unwrap();
     let state_path = ckpt.join("state.json");
-    let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
     state["lora_file"] = "../../escape.safetensors".into();
     std::fs::write(&state_path, state.to_string()).unwrap();
     let err = resume(&ckpt);
-    assert!(err.contains("not a file name inside the folder") && err.contains("escape"), "{err}");
+    assert!(
+        err.contains("not a file name inside the folder") && err.contains("escape"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -226,7 +290,9 @@ fn the_nan_guard_runs_before_a_save() {
     let _guard = backend_rng_lock();
     let dev = Default::default();
     let d = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(tiny_train_config(d.path(), 2), tiny_flux(5), dev).unwrap().with_progress(false);
+    let mut t = Trainer::new(tiny_train_config(d.path(), 2), tiny_flux(5), dev)
+        .unwrap()
+        .with_progress(false);
     let mut src = RandomBatches::new(5);
     t.step_once(&mut src).unwrap();
     // Weights that diverged while the loss still looked finite.
@@ -236,7 +302,10 @@ fn the_nan_guard_runs_before_a_save() {
     module.up.data[0] = f32::INFINITY;
     fluxlora_train::import_lora(t.model_mut(), &weights, std::path::Path::new("test")).unwrap();
     let err = t.save_checkpoint(&src).unwrap_err();
-    assert!(matches!(&err, TrainError::NonFiniteWeights { key: k, .. } if k.starts_with(&key)), "{err}");
+    assert!(
+        matches!(&err, TrainError::NonFiniteWeights { key: k, .. } if k.starts_with(&key)),
+        "{err}"
+    );
     assert!(err.to_string().contains("inf"), "{err}");
     // No checkpoint folder, complete or partial, was left behind.
     let left: Vec<String> = std::fs::read_dir(d.path())

@@ -11,8 +11,8 @@ use fluxlora_io::{read_lora, LoraFormat};
 use fluxlora_train::noise::draw_noise;
 use fluxlora_train::save::list_checkpoints;
 use fluxlora_train::{
-    export_lora, import_lora, lr_schedule, training_step, BatchSource, LrScheduler, SaveFormat, StepSettings,
-    TrainConfig, TrainError, TrainOptimizer, Trainer,
+    export_lora, import_lora, lr_schedule, training_step, BatchSource, LrScheduler, SaveFormat,
+    StepSettings, TrainConfig, TrainError, TrainOptimizer, Trainer,
 };
 
 #[test]
@@ -25,7 +25,9 @@ fn a_run_writes_config_log_lora_and_keeps_the_last_checkpoints() {
         optimizer_type: fluxlora_train::OptimizerType::AdamW8bit,
         ..tiny_train_config(d.path(), 5)
     };
-    let mut t = Trainer::new(cfg, tiny_flux(4), Default::default()).unwrap().with_progress(false);
+    let mut t = Trainer::new(cfg, tiny_flux(4), Default::default())
+        .unwrap()
+        .with_progress(false);
     let s = t.run(&mut RandomBatches::new(4)).unwrap();
     assert_eq!((s.steps, s.stopped), (5, false));
     assert!(d.path().join("tiny-config.toml").exists());
@@ -36,10 +38,19 @@ fn a_run_writes_config_log_lora_and_keeps_the_last_checkpoints() {
     for (i, l) in lines[1..].iter().enumerate() {
         let f: Vec<f64> = l.split(',').map(|v| v.parse().unwrap()).collect();
         assert_eq!(f[0] as usize, i + 1);
-        assert!(f[1].is_finite() && f[1] > 0.0 && (f[2] - 1e-2).abs() < 1e-12 && (0.0..1.0).contains(&f[3]));
+        assert!(
+            f[1].is_finite()
+                && f[1] > 0.0
+                && (f[2] - 1e-2).abs() < 1e-12
+                && (0.0..1.0).contains(&f[3])
+        );
     }
     // Retention: only the newest checkpoint folder (the final step) is left.
-    let kept: Vec<u64> = list_checkpoints(d.path(), "tiny").unwrap().into_iter().map(|c| c.0).collect();
+    let kept: Vec<u64> = list_checkpoints(d.path(), "tiny")
+        .unwrap()
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
     assert_eq!(kept, vec![5]);
     let lora = s.lora.unwrap();
     let (w, fmt) = read_lora(&lora).unwrap();
@@ -47,11 +58,20 @@ fn a_run_writes_config_log_lora_and_keeps_the_last_checkpoints() {
     // kohya targets: 10 linears of the double block + 3 of the single block.
     assert_eq!(w.len(), 13);
     assert_eq!(s.self_check.unwrap().modules, 13);
-    assert_eq!(w.metadata.get("ss_network_dim").map(String::as_str), Some("4"));
-    assert_eq!(w.metadata.get("ss_network_module").map(String::as_str), Some("networks.lora_flux"));
+    assert_eq!(
+        w.metadata.get("ss_network_dim").map(String::as_str),
+        Some("4")
+    );
+    assert_eq!(
+        w.metadata.get("ss_network_module").map(String::as_str),
+        Some("networks.lora_flux")
+    );
     assert!(w.metadata.contains_key("modelspec.architecture"));
     let m = &w.modules["double_blocks.0.img_attn.qkv"];
-    assert_eq!((m.down.shape.clone(), m.up.shape.clone(), m.alpha), (vec![4, 32], vec![96, 4], 2.0));
+    assert_eq!(
+        (m.down.shape.clone(), m.up.shape.clone(), m.alpha),
+        (vec![4, 32], vec![96, 4], 2.0)
+    );
 }
 
 #[test]
@@ -60,15 +80,24 @@ fn epoch_saves_come_at_the_step_that_ends_the_epoch() {
     // 3 micro-batches per step and 4 per epoch: epochs 1, 2 and 3 end during steps 2, 3 and 4.
     let run = |every: usize| {
         let d = tempfile::tempdir().unwrap();
-        let cfg = TrainConfig { save_every_n_epochs: Some(every), gradient_accumulation_steps: 3, ..tiny_train_config(d.path(), 5) };
-        let mut t = Trainer::new(cfg, tiny_flux(4), Default::default()).unwrap().with_progress(false);
+        let cfg = TrainConfig {
+            save_every_n_epochs: Some(every),
+            gradient_accumulation_steps: 3,
+            ..tiny_train_config(d.path(), 5)
+        };
+        let mut t = Trainer::new(cfg, tiny_flux(4), Default::default())
+            .unwrap()
+            .with_progress(false);
         t.run(&mut RandomBatches::new(4)).unwrap();
         let saves = list_checkpoints(d.path(), "tiny").unwrap();
         let epoch_of = |dir: &std::path::Path| {
             let (w, _) = read_lora(dir.join("tiny.safetensors")).unwrap();
             w.metadata["ss_epoch"].parse::<u64>().unwrap()
         };
-        saves.iter().map(|(step, dir)| (*step, epoch_of(dir))).collect::<Vec<_>>()
+        saves
+            .iter()
+            .map(|(step, dir)| (*step, epoch_of(dir)))
+            .collect::<Vec<_>>()
     };
     assert_eq!(BATCHES_PER_EPOCH, 4);
     // (step, whole epochs read); the last save is the end of the run (15 micro-batches).
@@ -79,10 +108,18 @@ fn epoch_saves_come_at_the_step_that_ends_the_epoch() {
 #[test]
 fn every_save_format_reloads_to_the_trained_delta() {
     let _g = backend_rng_lock();
-    for (format, want) in [(SaveFormat::Peft, LoraFormat::Peft), (SaveFormat::Comfyui, LoraFormat::ComfyUi)] {
+    for (format, want) in [
+        (SaveFormat::Peft, LoraFormat::Peft),
+        (SaveFormat::Comfyui, LoraFormat::ComfyUi),
+    ] {
         let d = tempfile::tempdir().unwrap();
-        let cfg = TrainConfig { save_format: format, ..tiny_train_config(d.path(), 2) };
-        let mut t = Trainer::new(cfg, tiny_flux(6), Default::default()).unwrap().with_progress(false);
+        let cfg = TrainConfig {
+            save_format: format,
+            ..tiny_train_config(d.path(), 2)
+        };
+        let mut t = Trainer::new(cfg, tiny_flux(6), Default::default())
+            .unwrap()
+            .with_progress(false);
         let s = t.run(&mut RandomBatches::new(6)).unwrap();
         let path = s.lora.unwrap();
         let (w, fmt) = read_lora(&path).unwrap();
@@ -92,13 +129,19 @@ fn every_save_format_reloads_to_the_trained_delta() {
         assert_eq!(import_lora(&mut fresh, &w, &path).unwrap(), 13);
         let mut trained = t.into_model();
         let deltas = |m: &mut fluxlora_flux::Flux<AB>| -> Vec<Vec<f32>> {
-            m.linears_mut().into_iter().map(|(_, l)| l.delta_weight().into_data().to_vec::<f32>().unwrap()).collect()
+            m.linears_mut()
+                .into_iter()
+                .map(|(_, l)| l.delta_weight().into_data().to_vec::<f32>().unwrap())
+                .collect()
         };
         let (a, b) = (deltas(&mut trained), deltas(&mut fresh));
         let max = a.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
         assert!(max > 0.0, "the adapters must have trained");
         for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
-            assert!((x - y).abs() <= 1e-6 * max.max(1.0), "{format:?}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-6 * max.max(1.0),
+                "{format:?}: {x} vs {y}"
+            );
         }
     }
 }
@@ -107,8 +150,13 @@ fn every_save_format_reloads_to_the_trained_delta() {
 fn split_adapters_export_fused_and_import_back_exactly() {
     let _g = backend_rng_lock();
     let d = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig { lora_targets: "aitoolkit".into(), ..tiny_train_config(d.path(), 2) };
-    let mut t = Trainer::new(cfg.clone(), tiny_flux(8), Default::default()).unwrap().with_progress(false);
+    let cfg = TrainConfig {
+        lora_targets: "aitoolkit".into(),
+        ..tiny_train_config(d.path(), 2)
+    };
+    let mut t = Trainer::new(cfg.clone(), tiny_flux(8), Default::default())
+        .unwrap()
+        .with_progress(false);
     t.run(&mut RandomBatches::new(8)).unwrap();
     let mut trained = t.into_model();
     let w = export_lora(&mut trained).unwrap();
@@ -118,7 +166,10 @@ fn split_adapters_export_fused_and_import_back_exactly() {
     // A second trainer with the same targets receives the values back unchanged.
     let mut other = Trainer::new(cfg, tiny_flux(8), Default::default()).unwrap();
     import_lora(other.model_mut(), &w, std::path::Path::new("<memory>")).unwrap();
-    assert_eq!(adapter_values(&mut trained), adapter_values(other.model_mut()));
+    assert_eq!(
+        adapter_values(&mut trained),
+        adapter_values(other.model_mut())
+    );
 }
 
 /// The step's loss equals an independent computation: the same draws applied on the host, the
@@ -127,7 +178,10 @@ fn split_adapters_export_fused_and_import_back_exactly() {
 fn step_loss_matches_an_independent_forward_and_checkpointing_agrees() {
     let _g = backend_rng_lock();
     let d = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig { guidance_scale: 3.5, ..tiny_train_config(d.path(), 1) };
+    let cfg = TrainConfig {
+        guidance_scale: 3.5,
+        ..tiny_train_config(d.path(), 1)
+    };
     let t = Trainer::new(cfg.clone(), tiny_flux(9), Default::default()).unwrap();
     let mut model = t.into_model();
     // Give B non-zero values so the adapters matter.
@@ -138,7 +192,10 @@ fn step_loss_matches_an_independent_forward_and_checkpointing_agrees() {
         }
     }
     let dev = Default::default();
-    let mut src = RandomBatches { with_mask: false, ..RandomBatches::new(9) };
+    let mut src = RandomBatches {
+        with_mask: false,
+        ..RandomBatches::new(9)
+    };
     let batch = BatchSource::<AB>::next_batch(&mut src, &dev).unwrap();
     let [b, l, c] = batch.dims().unwrap();
     let settings = StepSettings::from_config(&cfg).unwrap();
@@ -164,27 +221,57 @@ fn step_loss_matches_an_independent_forward_and_checkpointing_agrees() {
         y: batch.y.clone().inner(),
         guidance: Some(Tensor::from_data(inner(vec![3.5; b], vec![b]), &dev)),
     };
-    let pred: Vec<f32> = valid.forward(&inputs).unwrap().into_data().to_vec().unwrap();
+    let pred: Vec<f32> = valid
+        .forward(&inputs)
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
     let mut want = 0.0f64;
     for i in 0..b {
-        let w = if batch.is_reg[i] { f64::from(cfg.prior_loss_weight) } else { 1.0 };
+        let w = if batch.is_reg[i] {
+            f64::from(cfg.prior_loss_weight)
+        } else {
+            1.0
+        };
         let n = l * c;
-        let se: f64 = (0..n).map(|j| (f64::from(pred[i * n + j]) - f64::from(target[i * n + j])).powi(2)).sum();
+        let se: f64 = (0..n)
+            .map(|j| (f64::from(pred[i * n + j]) - f64::from(target[i * n + j])).powi(2))
+            .sum();
         want += se / n as f64 * w;
     }
     want /= b as f64;
-    assert!((f64::from(out.loss) - want).abs() < 1e-5 * want.max(1.0), "{} vs {want}", out.loss);
+    assert!(
+        (f64::from(out.loss) - want).abs() < 1e-5 * want.max(1.0),
+        "{} vs {want}",
+        out.loss
+    );
 
     // Block checkpointing gives the same loss and gradients.
-    let ck = StepSettings { checkpointing: Checkpointing::Blocks, ..settings };
+    let ck = StepSettings {
+        checkpointing: Checkpointing::Blocks,
+        ..settings
+    };
     let out2 = training_step(&model, &batch, &draw, &ck).unwrap();
     assert!((out.loss - out2.loss).abs() < 1e-6);
     let mut n_grads = 0;
     for (_, lin) in model.linears_mut() {
         for a in &lin.adapters {
             for p in [&a.lora_a, &a.lora_b] {
-                let g1 = out.grads.get::<burn::backend::NdArray, 2>(p.id).unwrap().into_data().to_vec::<f32>().unwrap();
-                let g2 = out2.grads.get::<burn::backend::NdArray, 2>(p.id).unwrap().into_data().to_vec::<f32>().unwrap();
+                let g1 = out
+                    .grads
+                    .get::<burn::backend::NdArray, 2>(p.id)
+                    .unwrap()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
+                let g2 = out2
+                    .grads
+                    .get::<burn::backend::NdArray, 2>(p.id)
+                    .unwrap()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
                 for (x, y) in g1.iter().zip(&g2) {
                     assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-2), "{x} vs {y}");
                 }
@@ -199,8 +286,17 @@ fn step_loss_matches_an_independent_forward_and_checkpointing_agrees() {
 fn a_nan_loss_stops_the_run_at_its_step() {
     let _g = backend_rng_lock();
     let d = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(tiny_train_config(d.path(), 3), tiny_flux(1), Default::default()).unwrap().with_progress(false);
-    let mut src = RandomBatches { poison: true, ..RandomBatches::new(1) };
+    let mut t = Trainer::new(
+        tiny_train_config(d.path(), 3),
+        tiny_flux(1),
+        Default::default(),
+    )
+    .unwrap()
+    .with_progress(false);
+    let mut src = RandomBatches {
+        poison: true,
+        ..RandomBatches::new(1)
+    };
     match t.run(&mut src) {
         Err(TrainError::NonFiniteLoss { step, .. }) => assert_eq!(step, 1),
         other => panic!("expected a NaN error, got {other:?}"),
@@ -210,21 +306,44 @@ fn a_nan_loss_stops_the_run_at_its_step() {
 #[test]
 fn optimizer_args_are_parsed_and_unknown_ones_rejected() {
     let d = tempfile::tempdir().unwrap();
-    let ok = TrainConfig { optimizer_args: vec!["betas=0.8,0.99".into(), "weight_decay=0".into()], ..tiny_train_config(d.path(), 1) };
+    let ok = TrainConfig {
+        optimizer_args: vec!["betas=0.8,0.99".into(), "weight_decay=0".into()],
+        ..tiny_train_config(d.path(), 1)
+    };
     let o = TrainOptimizer::<AB>::from_config(&ok).unwrap();
     assert_eq!(o.name(), "AdamW");
-    let bad = TrainConfig { optimizer_args: vec!["d_coef=2".into()], ..ok.clone() };
-    let e = TrainOptimizer::<AB>::from_config(&bad).err().unwrap().to_string();
+    let bad = TrainConfig {
+        optimizer_args: vec!["d_coef=2".into()],
+        ..ok.clone()
+    };
+    let e = TrainOptimizer::<AB>::from_config(&bad)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("d_coef") && e.contains("weight_decay"), "{e}");
-    let prodigy = TrainConfig { optimizer_type: fluxlora_train::OptimizerType::Prodigy, learning_rate: 1.0, ..bad };
-    assert_eq!(TrainOptimizer::<AB>::from_config(&prodigy).unwrap().name(), "Prodigy");
+    let prodigy = TrainConfig {
+        optimizer_type: fluxlora_train::OptimizerType::Prodigy,
+        learning_rate: 1.0,
+        ..bad
+    };
+    assert_eq!(
+        TrainOptimizer::<AB>::from_config(&prodigy).unwrap().name(),
+        "Prodigy"
+    );
 }
 
 #[test]
 fn constant_schedule_honours_warmup() {
     let d = tempfile::tempdir().unwrap();
-    let c = TrainConfig { lr_scheduler: LrScheduler::Constant, lr_warmup_steps: 4, ..tiny_train_config(d.path(), 10) };
+    let c = TrainConfig {
+        lr_scheduler: LrScheduler::Constant,
+        lr_warmup_steps: 4,
+        ..tiny_train_config(d.path(), 10)
+    };
     let s = lr_schedule(&c, 10).unwrap();
     // diffusers constant_with_warmup: lr·step/warmup, then lr.
-    assert_eq!([s.lr(0), s.lr(2), s.lr(4), s.lr(9)], [0.0, 0.5e-2, 1e-2, 1e-2]);
+    assert_eq!(
+        [s.lr(0), s.lr(2), s.lr(4), s.lr(9)],
+        [0.0, 0.5e-2, 1e-2, 1e-2]
+    );
 }

@@ -189,20 +189,29 @@ fn triple(v: Option<&Value>) -> Option<[f32; 3]> {
 impl TimmConfig {
     /// Reads a timm `config.json`.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| CaptionError::io(path, "reading the timm config", e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CaptionError::io(path, "reading the timm config", e))?;
         Self::parse(path, &text)
     }
 
     /// Parses a timm `config.json` text (`path` names it in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        let bad = |message: String| CaptionError::ModelConfig { path: path.to_path_buf(), message };
+        let bad = |message: String| CaptionError::ModelConfig {
+            path: path.to_path_buf(),
+            message,
+        };
         let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON ({e}); restore the config.json that ships with the weights or delete it")))?;
         let args = v.get("model_args").cloned().unwrap_or(Value::Null);
         let cfg = v.get("pretrained_cfg").cloned().unwrap_or(Value::Null);
         let usize_of = |x: Option<&Value>| x.and_then(Value::as_u64).map(|n| n as usize);
         let img_size = match args.get("img_size") {
             Some(Value::Array(a)) if a.len() == 2 && a[0] == a[1] => usize_of(a.first()),
-            Some(Value::Array(_)) => return Err(bad("model_args.img_size is not square; only square ViT inputs are supported".into())),
+            Some(Value::Array(_)) => {
+                return Err(bad(
+                    "model_args.img_size is not square; only square ViT inputs are supported"
+                        .into(),
+                ))
+            }
             other => usize_of(other),
         };
         let string_of = |x: Option<&Value>| x.and_then(Value::as_str).map(str::to_string);
@@ -213,7 +222,8 @@ impl TimmConfig {
             img_size,
             class_token: args.get("class_token").and_then(Value::as_bool),
             no_embed_class: args.get("no_embed_class").and_then(Value::as_bool),
-            global_pool: string_of(args.get("global_pool")).or_else(|| string_of(v.get("global_pool"))),
+            global_pool: string_of(args.get("global_pool"))
+                .or_else(|| string_of(v.get("global_pool"))),
             act_layer: string_of(args.get("act_layer")),
             mean: triple(cfg.get("mean")),
             std: triple(cfg.get("std")),
@@ -252,7 +262,11 @@ fn isqrt_exact(n: usize) -> Option<usize> {
 }
 
 /// Infers the configuration from the weights, completed by `timm` and `overrides`.
-pub fn infer_config(file: &SafeTensorsFile, timm: Option<&TimmConfig>, overrides: &VitOverrides) -> Result<VitConfig> {
+pub fn infer_config(
+    file: &SafeTensorsFile,
+    timm: Option<&TimmConfig>,
+    overrides: &VitOverrides,
+) -> Result<VitConfig> {
     let path = file.path().to_path_buf();
     let bad_shape = |name: &str, expected: &str, found: &[usize]| CaptionError::TensorShape {
         path: path.clone(),
@@ -261,12 +275,21 @@ pub fn infer_config(file: &SafeTensorsFile, timm: Option<&TimmConfig>, overrides
         found: found.to_vec(),
     };
     let config_path = timm.map_or_else(|| path.clone(), |t| t.path.clone());
-    let bad_config = |message: String| CaptionError::ModelConfig { path: config_path.clone(), message };
+    let bad_config = |message: String| CaptionError::ModelConfig {
+        path: config_path.clone(),
+        message,
+    };
 
     let patch = require(file, "patch_embed.proj.weight")?;
     let (embed_dim, patch_size) = match *patch {
         [d, 3, p, q] if p == q && p > 0 && d > 0 => (d, p),
-        _ => return Err(bad_shape("patch_embed.proj.weight", "[dim, 3, p, p]", patch)),
+        _ => {
+            return Err(bad_shape(
+                "patch_embed.proj.weight",
+                "[dim, 3, p, p]",
+                patch,
+            ))
+        }
     };
     let mut depth = 0;
     while file.contains(&format!("blocks.{depth}.norm1.weight")) {
@@ -278,12 +301,24 @@ pub fn infer_config(file: &SafeTensorsFile, timm: Option<&TimmConfig>, overrides
     let fc1 = require(file, "blocks.0.mlp.fc1.weight")?;
     let mlp_hidden = match *fc1 {
         [h, d] if d == embed_dim => h,
-        _ => return Err(bad_shape("blocks.0.mlp.fc1.weight", &format!("[hidden, {embed_dim}]"), fc1)),
+        _ => {
+            return Err(bad_shape(
+                "blocks.0.mlp.fc1.weight",
+                &format!("[hidden, {embed_dim}]"),
+                fc1,
+            ))
+        }
     };
     let head = require(file, "head.weight")?;
     let num_classes = match *head {
         [c, d] if d == embed_dim && c > 0 => c,
-        _ => return Err(bad_shape("head.weight", &format!("[classes, {embed_dim}]"), head)),
+        _ => {
+            return Err(bad_shape(
+                "head.weight",
+                &format!("[classes, {embed_dim}]"),
+                head,
+            ))
+        }
     };
     let class_token = file.contains("cls_token");
     if let Some(expected) = timm.and_then(|t| t.class_token) {
@@ -303,15 +338,29 @@ pub fn infer_config(file: &SafeTensorsFile, timm: Option<&TimmConfig>, overrides
     let pos = require(file, "pos_embed")?;
     let pos_len = match *pos {
         [1, l, d] if d == embed_dim => l,
-        _ => return Err(bad_shape("pos_embed", &format!("[1, tokens, {embed_dim}]"), pos)),
+        _ => {
+            return Err(bad_shape(
+                "pos_embed",
+                &format!("[1, tokens, {embed_dim}]"),
+                pos,
+            ))
+        }
     };
     let with_prefix = pos_len.checked_sub(prefix).and_then(isqrt_exact);
     let without_prefix = isqrt_exact(pos_len);
-    let (grid, no_embed_class) = match (timm.and_then(|t| t.no_embed_class), with_prefix, without_prefix) {
+    let (grid, no_embed_class) = match (
+        timm.and_then(|t| t.no_embed_class),
+        with_prefix,
+        without_prefix,
+    ) {
         (Some(false) | None, Some(g), _) => (g, false),
         (Some(true) | None, _, Some(g)) => (g, true),
         _ => {
-            return Err(bad_shape("pos_embed", &format!("a square grid of patches plus {prefix} prefix token(s)"), pos));
+            return Err(bad_shape(
+                "pos_embed",
+                &format!("a square grid of patches plus {prefix} prefix token(s)"),
+                pos,
+            ));
         }
     };
     let img_size = grid * patch_size;
@@ -327,38 +376,57 @@ pub fn infer_config(file: &SafeTensorsFile, timm: Option<&TimmConfig>, overrides
     let num_heads = overrides
         .num_heads
         .or_else(|| timm.and_then(|t| t.num_heads))
-        .or_else(|| timm.and_then(|t| t.architecture.as_deref()).and_then(heads_from_architecture))
-        .or_else(|| q_norm.filter(|&w| w > 0 && embed_dim % w == 0).map(|w| embed_dim / w))
+        .or_else(|| {
+            timm.and_then(|t| t.architecture.as_deref())
+                .and_then(heads_from_architecture)
+        })
+        .or_else(|| {
+            q_norm
+                .filter(|&w| w > 0 && embed_dim % w == 0)
+                .map(|w| embed_dim / w)
+        })
         .unwrap_or_else(|| (embed_dim / 64).max(1));
     if num_heads == 0 || embed_dim % num_heads != 0 {
-        return Err(bad_config(format!("{num_heads} heads do not divide the width {embed_dim}; set the head count explicitly")));
+        return Err(bad_config(format!(
+            "{num_heads} heads do not divide the width {embed_dim}; set the head count explicitly"
+        )));
     }
 
     let global_pool = match overrides.global_pool {
         Some(p) => p,
         None => match timm.and_then(|t| t.global_pool.as_deref()) {
             Some(name) => GlobalPool::parse(name).ok_or_else(|| {
-                bad_config(format!("global_pool `{name}` is not supported (token, avg, max, avgmax are)"))
+                bad_config(format!(
+                    "global_pool `{name}` is not supported (token, avg, max, avgmax are)"
+                ))
             })?,
             None if class_token => GlobalPool::Token,
             None => GlobalPool::Avg,
         },
     };
     if global_pool == GlobalPool::Token && !class_token {
-        return Err(bad_config("global_pool `token` needs a class token, and the weights have no `cls_token`; use avg".into()));
+        return Err(bad_config(
+            "global_pool `token` needs a class token, and the weights have no `cls_token`; use avg"
+                .into(),
+        ));
     }
     let activation = match overrides.activation {
         Some(a) => a,
         None => match timm.and_then(|t| t.act_layer.as_deref()) {
-            Some(name) => Activation::parse(name)
-                .ok_or_else(|| bad_config(format!("act_layer `{name}` is not supported (gelu, gelu_tanh are)")))?,
+            Some(name) => Activation::parse(name).ok_or_else(|| {
+                bad_config(format!(
+                    "act_layer `{name}` is not supported (gelu, gelu_tanh are)"
+                ))
+            })?,
             None => Activation::Gelu,
         },
     };
     let mean = timm.and_then(|t| t.mean).unwrap_or([0.5; 3]);
     let std = timm.and_then(|t| t.std).unwrap_or([0.5; 3]);
     if std.iter().any(|s| !s.is_finite() || *s <= 0.0) || mean.iter().any(|m| !m.is_finite()) {
-        return Err(bad_config(format!("pretrained_cfg mean {mean:?} / std {std:?} are not usable")));
+        return Err(bad_config(format!(
+            "pretrained_cfg mean {mean:?} / std {std:?} are not usable"
+        )));
     }
 
     Ok(VitConfig {
@@ -404,15 +472,24 @@ mod tests {
         assert_eq!(c.mean, Some([0.5; 3]));
         assert_eq!(c.num_heads, None);
         assert_eq!(heads_from_architecture("vit_base_patch16_224"), Some(12));
-        assert_eq!(heads_from_architecture("vit_large_patch14_clip_224"), Some(16));
+        assert_eq!(
+            heads_from_architecture("vit_large_patch14_clip_224"),
+            Some(16)
+        );
         assert_eq!(heads_from_architecture("swinv2_base"), None);
     }
 
     #[test]
     fn bad_config_json_names_the_file() {
-        let err = TimmConfig::parse(Path::new("dir/config.json"), "{nope").unwrap_err().to_string();
+        let err = TimmConfig::parse(Path::new("dir/config.json"), "{nope")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dir/config.json"), "{err}");
-        let err = TimmConfig::parse(Path::new("c.json"), r#"{"model_args": {"img_size": [448, 224]}}"#).unwrap_err();
+        let err = TimmConfig::parse(
+            Path::new("c.json"),
+            r#"{"model_args": {"img_size": [448, 224]}}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("not square"), "{err}");
     }
 

@@ -77,39 +77,69 @@ fn split_record(line: &str) -> Option<Vec<String>> {
 impl Labels {
     /// Reads `selected_tags.csv`.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| CaptionError::io(path, "reading the tag list", e))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| CaptionError::Labels { path: path.into(), line: 0, message: "not UTF-8 text".into() })?;
+        let bytes =
+            std::fs::read(path).map_err(|e| CaptionError::io(path, "reading the tag list", e))?;
+        let text = String::from_utf8(bytes).map_err(|_| CaptionError::Labels {
+            path: path.into(),
+            line: 0,
+            message: "not UTF-8 text".into(),
+        })?;
         Self::parse(path, &text)
     }
 
     /// Parses the CSV text (`path` names it in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        let err = |line: usize, message: String| CaptionError::Labels { path: path.into(), line, message };
-        let mut lines = text.trim_start_matches('\u{feff}').lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-        let (_, header) = lines.next().ok_or_else(|| err(1, "the file is empty".into()))?;
-        let header = split_record(header).ok_or_else(|| err(1, "unbalanced quotes in the header".into()))?;
+        let err = |line: usize, message: String| CaptionError::Labels {
+            path: path.into(),
+            line,
+            message,
+        };
+        let mut lines = text
+            .trim_start_matches('\u{feff}')
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
+        let (_, header) = lines
+            .next()
+            .ok_or_else(|| err(1, "the file is empty".into()))?;
+        let header =
+            split_record(header).ok_or_else(|| err(1, "unbalanced quotes in the header".into()))?;
         let column = |name: &str| header.iter().position(|h| h.trim() == name);
         let (Some(name_col), Some(cat_col)) = (column("name"), column("category")) else {
-            return Err(err(1, format!("the header {header:?} lacks a `name` or `category` column")));
+            return Err(err(
+                1,
+                format!("the header {header:?} lacks a `name` or `category` column"),
+            ));
         };
         let mut labels = Vec::new();
         for (i, line) in lines {
             let n = i + 1;
             let fields = split_record(line).ok_or_else(|| err(n, "unbalanced quotes".into()))?;
             let (Some(name), Some(cat)) = (fields.get(name_col), fields.get(cat_col)) else {
-                return Err(err(n, format!("{} fields, the header has {}", fields.len(), header.len())));
+                return Err(err(
+                    n,
+                    format!("{} fields, the header has {}", fields.len(), header.len()),
+                ));
             };
-            let code: u32 = cat.trim().parse().map_err(|_| err(n, format!("category {cat:?} is not a number")))?;
+            let code: u32 = cat
+                .trim()
+                .parse()
+                .map_err(|_| err(n, format!("category {cat:?} is not a number")))?;
             if name.is_empty() {
                 return Err(err(n, "empty tag name".into()));
             }
-            labels.push(Label { name: name.clone(), category: TagCategory::from_code(code) });
+            labels.push(Label {
+                name: name.clone(),
+                category: TagCategory::from_code(code),
+            });
         }
         if labels.is_empty() {
             return Err(err(1, "no tags after the header".into()));
         }
-        Ok(Labels { path: path.into(), labels })
+        Ok(Labels {
+            path: path.into(),
+            labels,
+        })
     }
 
     /// Number of labels (must equal the classifier's outputs).
@@ -133,7 +163,11 @@ mod tests {
     #[test]
     fn parses_categories_and_quotes() {
         let labels = Labels::parse(Path::new("selected_tags.csv"), CSV).unwrap();
-        let got: Vec<(&str, TagCategory)> = labels.labels.iter().map(|l| (l.name.as_str(), l.category)).collect();
+        let got: Vec<(&str, TagCategory)> = labels
+            .labels
+            .iter()
+            .map(|l| (l.name.as_str(), l.category))
+            .collect();
         assert_eq!(
             got,
             [

@@ -52,16 +52,27 @@ pub struct TaggerOptions {
 
 impl Default for TaggerOptions {
     fn default() -> Self {
-        Self { general_threshold: 0.35, character_threshold: 0.85, underscores_to_spaces: true, overrides: VitOverrides::default() }
+        Self {
+            general_threshold: 0.35,
+            character_threshold: 0.85,
+            underscores_to_spaces: true,
+            overrides: VitOverrides::default(),
+        }
     }
 }
 
 impl TaggerOptions {
     /// Checks the thresholds lie in [0, 1].
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [("general_threshold", self.general_threshold), ("character_threshold", self.character_threshold)] {
+        for (name, v) in [
+            ("general_threshold", self.general_threshold),
+            ("character_threshold", self.character_threshold),
+        ] {
             if !(0.0..=1.0).contains(&v) {
-                return Err(CaptionError::InvalidOption { name, message: format!("{v} is outside [0, 1]; 0.35 is typical") });
+                return Err(CaptionError::InvalidOption {
+                    name,
+                    message: format!("{v} is outside [0, 1]; 0.35 is typical"),
+                });
             }
         }
         Ok(())
@@ -99,11 +110,20 @@ impl<B: Backend> WdTagger<B> {
         let (dir, weights) = if path.is_dir() {
             (path.to_path_buf(), path.join(WEIGHTS_FILE))
         } else {
-            (path.parent().map(Path::to_path_buf).unwrap_or_default(), path.to_path_buf())
+            (
+                path.parent().map(Path::to_path_buf).unwrap_or_default(),
+                path.to_path_buf(),
+            )
         };
         let config = dir.join(CONFIG_FILE);
         let config = config.is_file().then_some(config);
-        Self::from_files(&weights, &dir.join(LABELS_FILE), config.as_deref(), options, device)
+        Self::from_files(
+            &weights,
+            &dir.join(LABELS_FILE),
+            config.as_deref(),
+            options,
+            device,
+        )
     }
 
     /// Loads from explicit paths.
@@ -126,8 +146,20 @@ impl<B: Backend> WdTagger<B> {
                 classes: c.num_classes,
             });
         }
-        let preprocess = Preprocess { size: c.img_size as u32, mean: c.mean, std: c.std, bgr: true };
-        Ok(Self { model, labels, options, preprocess, device: device.clone(), weights_path: weights.to_path_buf() })
+        let preprocess = Preprocess {
+            size: c.img_size as u32,
+            mean: c.mean,
+            std: c.std,
+            bgr: true,
+        };
+        Ok(Self {
+            model,
+            labels,
+            options,
+            preprocess,
+            device: device.clone(),
+            weights_path: weights.to_path_buf(),
+        })
     }
 
     /// The model's settings.
@@ -149,7 +181,10 @@ impl<B: Backend> WdTagger<B> {
     pub fn probabilities(&self, pixels: Vec<f32>) -> Result<Vec<f32>> {
         let s = self.preprocess.size as usize;
         if pixels.len() != 3 * s * s {
-            return Err(CaptionError::InputShape { found: vec![pixels.len()], size: s });
+            return Err(CaptionError::InputShape {
+                found: vec![pixels.len()],
+                size: s,
+            });
         }
         let input = Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, s, s]), &self.device);
         let logits = self.model.forward(input)?.into_data();
@@ -163,7 +198,12 @@ impl<B: Backend> WdTagger<B> {
     /// The tags of a decoded RGB image.
     pub fn predict_rgb(&self, image: &RgbImage) -> Result<TagPrediction> {
         let probs = self.probabilities(preprocess_rgb(image, &self.preprocess))?;
-        Ok(select_tags(&self.labels, &probs, self.options.general_threshold, self.options.character_threshold))
+        Ok(select_tags(
+            &self.labels,
+            &probs,
+            self.options.general_threshold,
+            self.options.character_threshold,
+        ))
     }
 
     /// The tags of an image file.
@@ -189,6 +229,8 @@ where
     }
 
     fn caption(&self, image: &Path) -> Result<String> {
-        Ok(self.predict(image)?.caption(self.options.underscores_to_spaces))
+        Ok(self
+            .predict(image)?
+            .caption(self.options.underscores_to_spaces))
     }
 }

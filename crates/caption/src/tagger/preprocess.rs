@@ -36,7 +36,12 @@ pub fn pad_square_white(image: &RgbImage) -> RgbImage {
         return image.clone();
     }
     let mut canvas = RgbImage::from_pixel(side, side, Rgb([255, 255, 255]));
-    overlay(&mut canvas, image, i64::from((side - w) / 2), i64::from((side - h) / 2));
+    overlay(
+        &mut canvas,
+        image,
+        i64::from((side - w) / 2),
+        i64::from((side - h) / 2),
+    );
     canvas
 }
 
@@ -59,7 +64,11 @@ pub fn preprocess_rgb(image: &RgbImage, p: &Preprocess) -> Vec<f32> {
         image
     };
     let square = pad_square_white(image);
-    let sized = if square.width() == p.size { square } else { resize(&square, p.size, p.size, FilterType::CatmullRom) };
+    let sized = if square.width() == p.size {
+        square
+    } else {
+        resize(&square, p.size, p.size, FilterType::CatmullRom)
+    };
     let plane = (p.size as usize) * (p.size as usize);
     let mut out = vec![0.0f32; 3 * plane];
     for (i, px) in sized.pixels().enumerate() {
@@ -77,7 +86,12 @@ mod tests {
     use super::*;
 
     fn wd(size: u32) -> Preprocess {
-        Preprocess { size, mean: [0.5; 3], std: [0.5; 3], bgr: true }
+        Preprocess {
+            size,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            bgr: true,
+        }
     }
 
     #[test]
@@ -107,7 +121,13 @@ mod tests {
         assert_eq!(&v[0..4], &[-1.0, -1.0, 1.0, 1.0]);
         assert_eq!(&v[4..8], &[-1.0, 1.0, -1.0, 1.0]);
         assert_eq!(&v[8..12], &[1.0; 4]);
-        let rgb = preprocess_rgb(&img, &Preprocess { bgr: false, ..wd(2) });
+        let rgb = preprocess_rgb(
+            &img,
+            &Preprocess {
+                bgr: false,
+                ..wd(2)
+            },
+        );
         assert_eq!(&rgb[0..4], &[1.0; 4]);
     }
 
@@ -130,6 +150,10 @@ mod tests {
         // A nearly square grey image stays grey in the middle.
         let v = preprocess_rgb(&RgbImage::from_pixel(40, 38, Rgb([128, 128, 128])), &wd(8));
         let mid = 4 * 8 + 4;
-        assert!((v[mid] - (128.0 / 255.0 - 0.5) / 0.5).abs() < 0.02, "{}", v[mid]);
+        assert!(
+            (v[mid] - (128.0 / 255.0 - 0.5) / 0.5).abs() < 0.02,
+            "{}",
+            v[mid]
+        );
     }
 }

@@ -28,7 +28,12 @@ fn sorted(mut v: Vec<(usize, String, f32)>) -> Vec<(String, f32)> {
 
 /// Picks the tags whose probability exceeds their category's threshold. `probs` must have one
 /// entry per label (the caller checks sizes when loading).
-pub fn select_tags(labels: &Labels, probs: &[f32], general_threshold: f32, character_threshold: f32) -> TagPrediction {
+pub fn select_tags(
+    labels: &Labels,
+    probs: &[f32],
+    general_threshold: f32,
+    character_threshold: f32,
+) -> TagPrediction {
     let (mut general, mut character, mut rating) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (label, &p)) in labels.labels.iter().zip(probs).enumerate() {
         let item = (i, label.name.clone(), p);
@@ -39,7 +44,11 @@ pub fn select_tags(labels: &Labels, probs: &[f32], general_threshold: f32, chara
             _ => {}
         }
     }
-    TagPrediction { general: sorted(general), character: sorted(character), rating: sorted(rating) }
+    TagPrediction {
+        general: sorted(general),
+        character: sorted(character),
+        rating: sorted(rating),
+    }
 }
 
 impl TagPrediction {
@@ -63,7 +72,13 @@ impl TagPrediction {
         let tags: Vec<String> = self
             .tags()
             .into_iter()
-            .map(|(n, _)| if underscores_as_spaces { underscores_to_spaces(n) } else { n.to_string() })
+            .map(|(n, _)| {
+                if underscores_as_spaces {
+                    underscores_to_spaces(n)
+                } else {
+                    n.to_string()
+                }
+            })
             .collect();
         join_tags(&tags)
     }
@@ -92,7 +107,10 @@ mod tests {
     fn thresholds_categories_and_order() {
         let probs = [0.9, 0.1, 0.6, 0.8, 0.35, 0.7, 0.2, 0.99];
         let pred = select_tags(&labels(), &probs, 0.35, 0.65);
-        assert_eq!(pred.general, [("^_^".to_string(), 0.8), ("long_hair".to_string(), 0.6)]);
+        assert_eq!(
+            pred.general,
+            [("^_^".to_string(), 0.8), ("long_hair".to_string(), 0.6)]
+        );
         assert_eq!(pred.character, [("hatsune_miku".to_string(), 0.7)]);
         assert_eq!(pred.top_rating(), Some(("general", 0.9)));
         assert_eq!(pred.caption(true), "^_^, hatsune miku, long hair");

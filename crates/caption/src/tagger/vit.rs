@@ -32,7 +32,8 @@ impl<B: Backend> Loader<'_, B> {
             return Err(CaptionError::MissingTensor {
                 path: self.file.path().to_path_buf(),
                 name: name.into(),
-                fix: "the file is not a complete timm ViT checkpoint; re-download model.safetensors",
+                fix:
+                    "the file is not a complete timm ViT checkpoint; re-download model.safetensors",
             });
         }
         let t = self.file.read_f32(name)?;
@@ -50,10 +51,17 @@ impl<B: Backend> Loader<'_, B> {
 
     fn tensor<const D: usize>(&self, name: &str, expected: [usize; D]) -> Result<Tensor<B, D>> {
         let t = self.host(name, &expected)?;
-        Ok(Tensor::from_data(TensorData::new(t.data, expected), self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(t.data, expected),
+            self.device,
+        ))
     }
 
-    fn optional<const D: usize>(&self, name: &str, expected: [usize; D]) -> Result<Option<Tensor<B, D>>> {
+    fn optional<const D: usize>(
+        &self,
+        name: &str,
+        expected: [usize; D],
+    ) -> Result<Option<Tensor<B, D>>> {
         if self.file.contains(name) {
             self.tensor(name, expected).map(Some)
         } else {
@@ -63,7 +71,9 @@ impl<B: Backend> Loader<'_, B> {
 
     /// A linear `prefix.weight [out, in]` (+ optional `prefix.bias`).
     fn linear(&self, prefix: &str, d_in: usize, d_out: usize) -> Result<Linear<B>> {
-        let w = self.host(&format!("{prefix}.weight"), &[d_out, d_in])?.transpose()?;
+        let w = self
+            .host(&format!("{prefix}.weight"), &[d_out, d_in])?
+            .transpose()?;
         Ok(Linear {
             weight: Tensor::from_data(TensorData::new(w.data, [d_in, d_out]), self.device),
             bias: self.optional(&format!("{prefix}.bias"), [d_out])?,
@@ -190,8 +200,16 @@ impl<B: Backend> VitClassifier<B> {
         Ok(Self {
             patch_weight,
             patch_bias: l.optional("patch_embed.proj.bias", [d])?,
-            cls_token: if c.class_token { Some(l.tensor("cls_token", [1, 1, d])?) } else { None },
-            reg_token: if c.reg_tokens > 0 { Some(l.tensor("reg_token", [1, c.reg_tokens, d])?) } else { None },
+            cls_token: if c.class_token {
+                Some(l.tensor("cls_token", [1, 1, d])?)
+            } else {
+                None
+            },
+            reg_token: if c.reg_tokens > 0 {
+                Some(l.tensor("reg_token", [1, c.reg_tokens, d])?)
+            } else {
+                None
+            },
             pos_embed: l.tensor("pos_embed", [1, c.pos_embed_len(), d])?,
             norm_pre: norm_if("norm_pre", c.pre_norm)?,
             blocks,
@@ -213,11 +231,17 @@ impl<B: Backend> VitClassifier<B> {
         let c = &self.config;
         let [b, ch, h, w] = pixels.dims();
         if b == 0 || ch != 3 || h != c.img_size || w != c.img_size {
-            return Err(CaptionError::InputShape { found: vec![b, ch, h, w], size: c.img_size });
+            return Err(CaptionError::InputShape {
+                found: vec![b, ch, h, w],
+                size: c.img_size,
+            });
         }
         let (p, g, d) = (c.patch_size, c.grid(), c.embed_dim);
         // Conv with kernel = stride = p ≡ per-patch matmul over (c, kh, kw), patches row-major.
-        let patches = pixels.reshape([b, 3, g, p, g, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b * g * g, 3 * p * p]);
+        let patches = pixels
+            .reshape([b, 3, g, p, g, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b * g * g, 3 * p * p]);
         let mut x = patches.matmul(self.patch_weight.clone());
         if let Some(bias) = &self.patch_bias {
             x = x + bias.clone().unsqueeze::<2>();
@@ -258,7 +282,10 @@ impl<B: Backend> VitClassifier<B> {
             None => pooled,
         };
         let [b, d] = pooled.dims();
-        Ok(self.head.forward(pooled.reshape([b, 1, d])).reshape([b, c.num_classes]))
+        Ok(self
+            .head
+            .forward(pooled.reshape([b, 1, d]))
+            .reshape([b, c.num_classes]))
     }
 
     fn block(&self, blk: &Block<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -285,7 +312,11 @@ impl<B: Backend> VitClassifier<B> {
         let [b, n, d] = x.dims();
         let heads = self.config.num_heads;
         let hd = self.config.head_dim();
-        let qkv = blk.qkv.forward(x).reshape([b, n, 3, heads, hd]).permute([2, 0, 3, 1, 4]);
+        let qkv = blk
+            .qkv
+            .forward(x)
+            .reshape([b, n, 3, heads, hd])
+            .permute([2, 0, 3, 1, 4]);
         let part = |i: usize| qkv.clone().narrow(0, i, 1).reshape([b, heads, n, hd]);
         let (mut q, mut k, v) = (part(0), part(1), part(2));
         if let Some(qn) = &blk.q_norm {
@@ -295,7 +326,10 @@ impl<B: Backend> VitClassifier<B> {
             k = kn.forward(k);
         }
         let scores = (q * (hd as f64).powf(-0.5)).matmul(k.swap_dims(2, 3));
-        let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([b, n, d]);
+        let out = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, n, d]);
         blk.proj.forward(out)
     }
 

@@ -94,8 +94,11 @@ pub fn endpoint(base_url: &str) -> String {
 
 /// The wait before retry number `retry` (1-based).
 pub fn backoff_delay(config: &VlmConfig, retry: u32, retry_after: Option<Duration>) -> Duration {
-    let exp = config.initial_backoff.saturating_mul(1u32 << (retry.saturating_sub(1)).min(20));
-    exp.max(retry_after.unwrap_or_default()).min(config.max_backoff)
+    let exp = config
+        .initial_backoff
+        .saturating_mul(1u32 << (retry.saturating_sub(1)).min(20));
+    exp.max(retry_after.unwrap_or_default())
+        .min(config.max_backoff)
 }
 
 /// A connected-on-demand client.
@@ -110,7 +113,10 @@ fn is_timeout(t: &ureq::Transport) -> bool {
     let mut source = std::error::Error::source(t);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(io.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) {
                 return true;
             }
         }
@@ -128,28 +134,46 @@ struct Retryable {
 impl VlmCaptioner {
     /// Checks the settings and builds the HTTP agent.
     pub fn new(config: VlmConfig) -> Result<Self> {
-        let bad = |name: &'static str, message: String| Err(CaptionError::InvalidOption { name, message });
+        let bad = |name: &'static str, message: String| {
+            Err(CaptionError::InvalidOption { name, message })
+        };
         let url = config.base_url.trim();
         if url.starts_with("https://") && !cfg!(feature = "https") {
             return bad("vlm_url", format!("{url}: https needs fluxlora-caption's `https` feature; rebuild with it or use the server's http address"));
         }
         if !url.starts_with("http://") && !url.starts_with("https://") {
-            return bad("vlm_url", format!("{url:?} is not an http:// URL; e.g. http://127.0.0.1:8080"));
+            return bad(
+                "vlm_url",
+                format!("{url:?} is not an http:// URL; e.g. http://127.0.0.1:8080"),
+            );
         }
         if config.max_tokens == 0 {
             return bad("max_tokens", "must be at least 1".into());
         }
         if !(0.0..=2.0).contains(&config.temperature) {
-            return bad("temperature", format!("{} is outside [0, 2]", config.temperature));
+            return bad(
+                "temperature",
+                format!("{} is outside [0, 2]", config.temperature),
+            );
         }
         if config.timeout.is_zero() {
             return bad("timeout", "must be positive".into());
         }
         if config.max_side < 16 {
-            return bad("max_side", format!("{} px is too small for a vision model; 768–1024 is typical", config.max_side));
+            return bad(
+                "max_side",
+                format!(
+                    "{} px is too small for a vision model; 768–1024 is typical",
+                    config.max_side
+                ),
+            );
         }
         let agent = ureq::AgentBuilder::new().timeout(config.timeout).build();
-        Ok(Self { endpoint: endpoint(url), config, agent })
+        Ok(Self {
+            endpoint: endpoint(url),
+            config,
+            agent,
+        })
     }
 
     /// The URL requests go to.
@@ -160,7 +184,15 @@ impl VlmCaptioner {
     /// Captions an image already encoded as a data URL (`image` names it in errors).
     pub fn caption_data_url(&self, image: &Path, data_url: &str) -> Result<String> {
         let c = &self.config;
-        let body = request_body(&c.model, c.system_prompt.as_deref(), &c.prompt, data_url, c.max_tokens, c.temperature).to_string();
+        let body = request_body(
+            &c.model,
+            c.system_prompt.as_deref(),
+            &c.prompt,
+            data_url,
+            c.max_tokens,
+            c.temperature,
+        )
+        .to_string();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -179,30 +211,59 @@ impl VlmCaptioner {
     /// One request: the caption, a retryable failure, or a final error.
     fn attempt(&self, image: &Path, body: &str, attempt: u32) -> Result<String, Result<Retryable>> {
         let url = self.endpoint.clone();
-        let timeout = || CaptionError::Timeout { image: image.into(), url: url.clone(), seconds: self.config.timeout.as_secs().max(1) };
-        let mut request = self.agent.post(&self.endpoint).set("Content-Type", "application/json");
+        let timeout = || CaptionError::Timeout {
+            image: image.into(),
+            url: url.clone(),
+            seconds: self.config.timeout.as_secs().max(1),
+        };
+        let mut request = self
+            .agent
+            .post(&self.endpoint)
+            .set("Content-Type", "application/json");
         if let Some(key) = &self.config.api_key {
             request = request.set("Authorization", &format!("Bearer {key}"));
         }
         match request.send_string(body) {
             Ok(response) => {
                 let text = response.into_string().map_err(|e| {
-                    Err(if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
-                        timeout()
-                    } else {
-                        let source = Box::new(CaptionError::ResponseUnreadable { source: e });
-                        CaptionError::BadResponse { image: image.into(), url: url.clone(), source }
-                    })
+                    Err(
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                        ) {
+                            timeout()
+                        } else {
+                            let source = Box::new(CaptionError::ResponseUnreadable { source: e });
+                            CaptionError::BadResponse {
+                                image: image.into(),
+                                url: url.clone(),
+                                source,
+                            }
+                        },
+                    )
                 })?;
                 caption_from_response(&text).map_err(|e| {
                     let source = Box::new(e);
-                    Err(CaptionError::BadResponse { image: image.into(), url: url.clone(), source })
+                    Err(CaptionError::BadResponse {
+                        image: image.into(),
+                        url: url.clone(),
+                        source,
+                    })
                 })
             }
             Err(ureq::Error::Status(status, response)) => {
-                let retry_after = response.header("Retry-After").and_then(|s| s.trim().parse::<u64>().ok()).map(Duration::from_secs);
+                let retry_after = response
+                    .header("Retry-After")
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
                 let text = response.into_string().unwrap_or_default();
-                let error = CaptionError::HttpStatus { image: image.into(), url: url.clone(), status, attempts: attempt, body: excerpt(&text) };
+                let error = CaptionError::HttpStatus {
+                    image: image.into(),
+                    url: url.clone(),
+                    status,
+                    attempts: attempt,
+                    body: excerpt(&text),
+                };
                 if status == 429 || status >= 500 {
                     Err(Ok(Retryable { error, retry_after }))
                 } else {
@@ -211,12 +272,20 @@ impl VlmCaptioner {
             }
             Err(ureq::Error::Transport(t)) if is_timeout(&t) => Err(Err(timeout())),
             Err(ureq::Error::Transport(t)) => {
-                let error = CaptionError::Unreachable { image: image.into(), url: url.clone(), attempts: attempt, reason: t.to_string() };
+                let error = CaptionError::Unreachable {
+                    image: image.into(),
+                    url: url.clone(),
+                    attempts: attempt,
+                    reason: t.to_string(),
+                };
                 match t.kind() {
-                    ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme | ureq::ErrorKind::InsecureRequestHttpsOnly => {
-                        Err(Err(error))
-                    }
-                    _ => Err(Ok(Retryable { error, retry_after: None })),
+                    ureq::ErrorKind::InvalidUrl
+                    | ureq::ErrorKind::UnknownScheme
+                    | ureq::ErrorKind::InsecureRequestHttpsOnly => Err(Err(error)),
+                    _ => Err(Ok(Retryable {
+                        error,
+                        retry_after: None,
+                    })),
                 }
             }
         }
@@ -240,31 +309,67 @@ mod tests {
 
     #[test]
     fn endpoint_accepts_common_spellings() {
-        for base in ["http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/", "http://h:1/v1/chat/completions"] {
+        for base in [
+            "http://h:1",
+            "http://h:1/",
+            "http://h:1/v1",
+            "http://h:1/v1/",
+            "http://h:1/v1/chat/completions",
+        ] {
             assert_eq!(endpoint(base), "http://h:1/v1/chat/completions", "{base}");
         }
     }
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let c = VlmConfig { initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_millis(350), ..VlmConfig::default() };
-        let d: Vec<u128> = (1..=4).map(|r| backoff_delay(&c, r, None).as_millis()).collect();
+        let c = VlmConfig {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(350),
+            ..VlmConfig::default()
+        };
+        let d: Vec<u128> = (1..=4)
+            .map(|r| backoff_delay(&c, r, None).as_millis())
+            .collect();
         assert_eq!(d, [100, 200, 350, 350]);
-        assert_eq!(backoff_delay(&c, 1, Some(Duration::from_millis(300))).as_millis(), 300);
-        assert_eq!(backoff_delay(&c, 1, Some(Duration::from_secs(60))).as_millis(), 350);
+        assert_eq!(
+            backoff_delay(&c, 1, Some(Duration::from_millis(300))).as_millis(),
+            300
+        );
+        assert_eq!(
+            backoff_delay(&c, 1, Some(Duration::from_secs(60))).as_millis(),
+            350
+        );
         assert!(backoff_delay(&c, 1000, None) <= c.max_backoff);
     }
 
     #[test]
     fn bad_settings_are_rejected() {
         for c in [
-            VlmConfig { base_url: "127.0.0.1:8080".into(), ..VlmConfig::default() },
-            VlmConfig { max_tokens: 0, ..VlmConfig::default() },
-            VlmConfig { temperature: -1.0, ..VlmConfig::default() },
-            VlmConfig { timeout: Duration::ZERO, ..VlmConfig::default() },
-            VlmConfig { max_side: 4, ..VlmConfig::default() },
+            VlmConfig {
+                base_url: "127.0.0.1:8080".into(),
+                ..VlmConfig::default()
+            },
+            VlmConfig {
+                max_tokens: 0,
+                ..VlmConfig::default()
+            },
+            VlmConfig {
+                temperature: -1.0,
+                ..VlmConfig::default()
+            },
+            VlmConfig {
+                timeout: Duration::ZERO,
+                ..VlmConfig::default()
+            },
+            VlmConfig {
+                max_side: 4,
+                ..VlmConfig::default()
+            },
         ] {
-            assert!(matches!(VlmCaptioner::new(c), Err(CaptionError::InvalidOption { .. })));
+            assert!(matches!(
+                VlmCaptioner::new(c),
+                Err(CaptionError::InvalidOption { .. })
+            ));
         }
         assert!(VlmCaptioner::new(VlmConfig::default()).is_ok());
     }

@@ -44,17 +44,27 @@ pub fn caption_from_response(body: &str) -> Result<String> {
         excerpt: excerpt(body),
     })?;
     if let Some(err) = v.get("error") {
-        return Err(CaptionError::ResponseServerError { error: excerpt(&err.to_string()) });
+        return Err(CaptionError::ResponseServerError {
+            error: excerpt(&err.to_string()),
+        });
     }
-    let content = v
-        .pointer("/choices/0/message/content")
-        .ok_or_else(|| CaptionError::ResponseNoContent { excerpt: excerpt(body) })?;
+    let content =
+        v.pointer("/choices/0/message/content")
+            .ok_or_else(|| CaptionError::ResponseNoContent {
+                excerpt: excerpt(body),
+            })?;
     let text = match content {
         Value::String(s) => s.clone(),
-        Value::Array(parts) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(" "),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
         Value::Null => String::new(),
         other => {
-            return Err(CaptionError::ResponseContentNotText { content: other.to_string() })
+            return Err(CaptionError::ResponseContentNotText {
+                content: other.to_string(),
+            })
         }
     };
     let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -81,7 +91,14 @@ mod tests {
 
     #[test]
     fn body_has_the_openai_shape() {
-        let b = request_body("m", Some("sys"), "describe", "data:image/jpeg;base64,AAAA", 77, 0.2);
+        let b = request_body(
+            "m",
+            Some("sys"),
+            "describe",
+            "data:image/jpeg;base64,AAAA",
+            77,
+            0.2,
+        );
         assert_eq!(b["model"], "m");
         assert_eq!(b["max_tokens"], 77);
         assert_eq!(b["stream"], false);
@@ -89,15 +106,27 @@ mod tests {
         let user = &b["messages"][1];
         assert_eq!(user["role"], "user");
         assert_eq!(user["content"][0]["text"], "describe");
-        assert_eq!(user["content"][1]["image_url"]["url"], "data:image/jpeg;base64,AAAA");
+        assert_eq!(
+            user["content"][1]["image_url"]["url"],
+            "data:image/jpeg;base64,AAAA"
+        );
         assert!((b["temperature"].as_f64().unwrap() - 0.2).abs() < 1e-6);
-        assert_eq!(request_body("m", None, "p", "u", 1, 0.0)["messages"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            request_body("m", None, "p", "u", 1, 0.0)["messages"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn parses_string_and_part_contents() {
         let s = r#"{"choices":[{"message":{"role":"assistant","content":"  \"A red car\nparked outside.\"  "}}]}"#;
-        assert_eq!(caption_from_response(s).unwrap(), "A red car parked outside.");
+        assert_eq!(
+            caption_from_response(s).unwrap(),
+            "A red car parked outside."
+        );
         let parts = r#"{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}}]}"#;
         assert_eq!(caption_from_response(parts).unwrap(), "a b");
     }

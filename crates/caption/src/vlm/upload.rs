@@ -37,14 +37,20 @@ pub fn encode_jpeg(path: &Path, image: &RgbImage, max_side: u32, quality: u8) ->
     let mut bytes = Vec::new();
     JpegEncoder::new_with_quality(Cursor::new(&mut bytes), quality.clamp(1, 100))
         .encode_image(image)
-        .map_err(|e| CaptionError::Image { path: path.to_path_buf(), reason: format!("JPEG re-encoding failed: {e}") })?;
+        .map_err(|e| CaptionError::Image {
+            path: path.to_path_buf(),
+            reason: format!("JPEG re-encoding failed: {e}"),
+        })?;
     Ok(bytes)
 }
 
 /// The image file as a base64 JPEG data URL.
 pub fn image_data_url(path: &Path, max_side: u32, quality: u8) -> Result<String> {
     let jpeg = encode_jpeg(path, &load_rgb(path)?, max_side, quality)?;
-    Ok(format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(jpeg)))
+    Ok(format!(
+        "data:image/jpeg;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(jpeg)
+    ))
 }
 
 #[cfg(test)]
@@ -64,10 +70,16 @@ mod tests {
     fn data_url_decodes_to_a_fitted_jpeg() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.png");
-        RgbImage::from_fn(64, 32, |x, _| image::Rgb([x as u8 * 4, 100, 50])).save(&path).unwrap();
+        RgbImage::from_fn(64, 32, |x, _| image::Rgb([x as u8 * 4, 100, 50]))
+            .save(&path)
+            .unwrap();
         let url = image_data_url(&path, 16, 90).unwrap();
-        let b64 = url.strip_prefix("data:image/jpeg;base64,").expect(&url[..40]);
-        let jpeg = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let b64 = url
+            .strip_prefix("data:image/jpeg;base64,")
+            .expect(&url[..40]);
+        let jpeg = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         let img = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg).unwrap();
         assert_eq!((img.width(), img.height()), (16, 8));
     }

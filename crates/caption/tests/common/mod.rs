@@ -11,7 +11,11 @@ use std::time::Duration;
 
 /// Writes a `w × h` gradient image (format from the extension).
 pub fn write_image(path: &Path, w: u32, h: u32) {
-    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 30) as u8, (y * 30) as u8, 90])).save(path).unwrap();
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 30) as u8, (y * 30) as u8, 90])
+    })
+    .save(path)
+    .unwrap();
 }
 
 /// A file's text.
@@ -31,12 +35,16 @@ pub struct Recorded {
 impl Recorded {
     /// A header's value (case-insensitive name).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("request body is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("request body is not JSON ({e}): {}", self.body))
     }
 }
 
@@ -57,7 +65,12 @@ impl Reply {
             "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
         });
-        Reply { status: 200, body: body.to_string(), delay: Duration::ZERO, headers: Vec::new() }
+        Reply {
+            status: 200,
+            body: body.to_string(),
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
     }
 
     /// An error status with a JSON error body.
@@ -94,7 +107,8 @@ impl TestServer {
         let recorded = requests.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (script, counter, recorded) = (script.clone(), counter.clone(), recorded.clone());
+                let (script, counter, recorded) =
+                    (script.clone(), counter.clone(), recorded.clone());
                 std::thread::spawn(move || serve(stream, &*script, &counter, &recorded));
             }
         });
@@ -106,7 +120,12 @@ impl TestServer {
     }
 }
 
-fn serve(stream: TcpStream, script: &Script, counter: &AtomicUsize, recorded: &Mutex<Vec<Recorded>>) {
+fn serve(
+    stream: TcpStream,
+    script: &Script,
+    counter: &AtomicUsize,
+    recorded: &Mutex<Vec<Recorded>>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -134,7 +153,12 @@ fn serve(stream: TcpStream, script: &Script, counter: &AtomicUsize, recorded: &M
     if reader.read_exact(&mut body).is_err() {
         return;
     }
-    let request = Recorded { method, path, headers, body: String::from_utf8_lossy(&body).into_owned() };
+    let request = Recorded {
+        method,
+        path,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
     let index = counter.fetch_add(1, Ordering::SeqCst);
     recorded.lock().unwrap().push(request.clone());
     let reply = script(index, &request);

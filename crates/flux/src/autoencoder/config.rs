@@ -63,7 +63,11 @@ impl AutoencoderConfig {
     /// Checks what the forward pass relies on (non-empty levels, group-divisible widths).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(FluxError::Config(format!("autoencoder: {m}")));
-        if self.ch_mult.is_empty() || self.ch == 0 || self.num_res_blocks == 0 || self.z_channels == 0 {
+        if self.ch_mult.is_empty()
+            || self.ch == 0
+            || self.num_res_blocks == 0
+            || self.z_channels == 0
+        {
             return bad(format!(
                 "ch {} / ch_mult {:?} / num_res_blocks {} / z_channels {} must all be non-empty and non-zero",
                 self.ch, self.ch_mult, self.num_res_blocks, self.z_channels
@@ -82,8 +86,14 @@ impl AutoencoderConfig {
                 ));
             }
         }
-        if !(self.scale_factor.is_finite() && self.scale_factor != 0.0 && self.shift_factor.is_finite()) {
-            return bad(format!("scale {} / shift {} must be finite, scale non-zero", self.scale_factor, self.shift_factor));
+        if !(self.scale_factor.is_finite()
+            && self.scale_factor != 0.0
+            && self.shift_factor.is_finite())
+        {
+            return bad(format!(
+                "scale {} / shift {} must be finite, scale non-zero",
+                self.scale_factor, self.shift_factor
+            ));
         }
         Ok(())
     }
@@ -92,7 +102,10 @@ impl AutoencoderConfig {
     /// BFL-named tensor (`None` when absent); the values that are not stored in the weights
     /// (`norm_groups`, `scale_factor`, `shift_factor`) are taken from `base`. Autoencoders with
     /// `quant_conv` / `post_quant_conv` (Stable Diffusion's) are rejected: Flux's has neither.
-    pub fn infer(shape: impl Fn(&str) -> Option<Vec<usize>>, base: &AutoencoderConfig) -> Result<Self> {
+    pub fn infer(
+        shape: impl Fn(&str) -> Option<Vec<usize>>,
+        base: &AutoencoderConfig,
+    ) -> Result<Self> {
         let need = |key: &str, rank: usize| -> Result<Vec<usize>> {
             match shape(key) {
                 Some(s) if s.len() == rank => Ok(s),
@@ -115,7 +128,10 @@ impl AutoencoderConfig {
         let conv_in = need("encoder.conv_in.weight", 4)?;
         let (ch, in_channels) = (conv_in[0], conv_in[1]);
         let mut ch_mult = Vec::new();
-        while let Some(s) = shape(&format!("encoder.down.{}.block.0.conv1.weight", ch_mult.len())) {
+        while let Some(s) = shape(&format!(
+            "encoder.down.{}.block.0.conv1.weight",
+            ch_mult.len()
+        )) {
             if ch == 0 || s.first().is_none_or(|&c| c % ch != 0) {
                 return Err(FluxError::Config(format!(
                     "autoencoder level {} has width {:?}, not a multiple of ch {ch}",
@@ -125,7 +141,9 @@ impl AutoencoderConfig {
             }
             ch_mult.push(s[0] / ch);
         }
-        let num_res_blocks = (0..).take_while(|j| shape(&format!("encoder.down.0.block.{j}.conv1.weight")).is_some()).count();
+        let num_res_blocks = (0..)
+            .take_while(|j| shape(&format!("encoder.down.0.block.{j}.conv1.weight")).is_some())
+            .count();
         let dec_in = need("decoder.conv_in.weight", 4)?;
         let dec_out = need("decoder.conv_out.weight", 4)?;
         let config = Self {
@@ -154,12 +172,16 @@ mod tests {
         s.insert("encoder.conv_in.weight".into(), vec![128, 3, 3, 3]);
         for (i, w) in [128, 256, 512, 512].into_iter().enumerate() {
             for j in 0..2 {
-                s.insert(format!("encoder.down.{i}.block.{j}.conv1.weight"), vec![w, w, 3, 3]);
+                s.insert(
+                    format!("encoder.down.{i}.block.{j}.conv1.weight"),
+                    vec![w, w, 3, 3],
+                );
             }
         }
         s.insert("decoder.conv_in.weight".into(), vec![512, 16, 3, 3]);
         s.insert("decoder.conv_out.weight".into(), vec![3, 128, 3, 3]);
-        let c = AutoencoderConfig::infer(|k| s.get(k).cloned(), &AutoencoderConfig::flux()).unwrap();
+        let c =
+            AutoencoderConfig::infer(|k| s.get(k).cloned(), &AutoencoderConfig::flux()).unwrap();
         assert_eq!(c, AutoencoderConfig::flux());
         assert_eq!(c.downscale(), 8);
         assert!(AutoencoderConfig::infer(|_| None, &AutoencoderConfig::flux()).is_err());
@@ -167,8 +189,17 @@ mod tests {
 
     #[test]
     fn rejects_widths_not_divisible_by_groups() {
-        let c = AutoencoderConfig { ch: 8, ch_mult: vec![1, 2], ..AutoencoderConfig::flux() };
+        let c = AutoencoderConfig {
+            ch: 8,
+            ch_mult: vec![1, 2],
+            ..AutoencoderConfig::flux()
+        };
         assert!(c.validate().is_err());
-        assert!(AutoencoderConfig { norm_groups: 4, ..c }.validate().is_ok());
+        assert!(AutoencoderConfig {
+            norm_groups: 4,
+            ..c
+        }
+        .validate()
+        .is_ok());
     }
 }

@@ -52,11 +52,24 @@ impl<B: Backend> Decoder<B> {
             let block_out = c.ch * mult;
             let mut block = Vec::with_capacity(c.num_res_blocks + 1);
             for j in 0..=c.num_res_blocks {
-                block.push(ResnetBlock::load(&format!("decoder.up.{i}.block.{j}"), block_in, block_out, g, w)?);
+                block.push(ResnetBlock::load(
+                    &format!("decoder.up.{i}.block.{j}"),
+                    block_in,
+                    block_out,
+                    g,
+                    w,
+                )?);
                 block_in = block_out;
             }
-            let upsample =
-                if i != 0 { Some(Upsample::load(&format!("decoder.up.{i}.upsample"), block_in, w)?) } else { None };
+            let upsample = if i != 0 {
+                Some(Upsample::load(
+                    &format!("decoder.up.{i}.upsample"),
+                    block_in,
+                    w,
+                )?)
+            } else {
+                None
+            };
             up.push(UpLevel { block, upsample });
         }
         up.reverse();
@@ -74,7 +87,9 @@ impl<B: Backend> Decoder<B> {
     /// Unscaled latent → image.
     pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
         let h = self.conv_in.forward(z, 1);
-        let mut h = self.mid_block_2.forward(self.mid_attn_1.forward(self.mid_block_1.forward(h)));
+        let mut h = self
+            .mid_block_2
+            .forward(self.mid_attn_1.forward(self.mid_block_1.forward(h)));
         for level in self.up.iter().rev() {
             for block in &level.block {
                 h = block.forward(h);

@@ -46,11 +46,21 @@ impl<B: Backend> Encoder<B> {
             let block_out = c.ch * mult;
             let mut block = Vec::with_capacity(c.num_res_blocks);
             for j in 0..c.num_res_blocks {
-                block.push(ResnetBlock::load(&format!("encoder.down.{i}.block.{j}"), block_in, block_out, g, w)?);
+                block.push(ResnetBlock::load(
+                    &format!("encoder.down.{i}.block.{j}"),
+                    block_in,
+                    block_out,
+                    g,
+                    w,
+                )?);
                 block_in = block_out;
             }
             let downsample = if i + 1 != c.ch_mult.len() {
-                Some(Downsample::load(&format!("encoder.down.{i}.downsample"), block_in, w)?)
+                Some(Downsample::load(
+                    &format!("encoder.down.{i}.downsample"),
+                    block_in,
+                    w,
+                )?)
             } else {
                 None
             };
@@ -78,7 +88,9 @@ impl<B: Backend> Encoder<B> {
                 h = down.forward(h);
             }
         }
-        let h = self.mid_block_2.forward(self.mid_attn_1.forward(self.mid_block_1.forward(h)));
+        let h = self
+            .mid_block_2
+            .forward(self.mid_attn_1.forward(self.mid_block_1.forward(h)));
         self.conv_out.forward(silu(self.norm_out.forward(h)), 1)
     }
 }

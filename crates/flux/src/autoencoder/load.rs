@@ -30,7 +30,12 @@ pub struct AutoencoderLoadOptions {
 
 impl Default for AutoencoderLoadOptions {
     fn default() -> Self {
-        Self { dtype: None, norm_groups: 32, scale_factor: FLUX_SCALE_FACTOR, shift_factor: FLUX_SHIFT_FACTOR }
+        Self {
+            dtype: None,
+            norm_groups: 32,
+            scale_factor: FLUX_SCALE_FACTOR,
+            shift_factor: FLUX_SHIFT_FACTOR,
+        }
     }
 }
 
@@ -57,20 +62,33 @@ impl<B: Backend> Autoencoder<B> {
         let mut w = RandomLayers::<B>::new(device);
         let encoder = Encoder::load(&config, &mut w)?;
         let decoder = Decoder::load(&config, &mut w)?;
-        Ok(Self { encoder, decoder, config })
+        Ok(Self {
+            encoder,
+            decoder,
+            config,
+        })
     }
 
     /// Loads an autoencoder (see [`resolve_autoencoder_path`] for what `path` may be). The
     /// architecture is inferred from the tensor shapes; every tensor is checked and a tensor the
     /// inferred architecture does not use is an error.
-    pub fn load(path: impl AsRef<Path>, options: &AutoencoderLoadOptions, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        path: impl AsRef<Path>,
+        options: &AutoencoderLoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         let path = resolve_autoencoder_path(path.as_ref());
         let ckpt = open_checkpoint(&path)?;
         Self::from_checkpoint(&ckpt, &path, options, device)
     }
 
     /// Loads from an opened checkpoint (`path` is used in messages).
-    pub fn from_checkpoint(ckpt: &Checkpoint, path: &Path, options: &AutoencoderLoadOptions, device: &B::Device) -> Result<Self> {
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        path: &Path,
+        options: &AutoencoderLoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         let layout = detect_layout(ckpt.names()).ok_or_else(|| FluxError::UnknownModelFormat {
             path: path.into(),
             model: "Flux autoencoder",
@@ -84,15 +102,24 @@ impl<B: Backend> Autoencoder<B> {
             shift_factor: options.shift_factor,
             ..AutoencoderConfig::flux()
         };
-        let shape_of = |bfl: &str| ckpt.info(&file_key(&layout, bfl)).ok().map(|(_, s)| s.to_vec());
+        let shape_of = |bfl: &str| {
+            ckpt.info(&file_key(&layout, bfl))
+                .ok()
+                .map(|(_, s)| s.to_vec())
+        };
         let config = AutoencoderConfig::infer(shape_of, &base)?;
         let lay: AeKeyLayout = layout.clone();
-        let mut w = WeightReader::<B>::new(ckpt, path, move |bfl| file_key(&lay, bfl), device, dtype);
+        let mut w =
+            WeightReader::<B>::new(ckpt, path, move |bfl| file_key(&lay, bfl), device, dtype);
         let encoder = Encoder::load(&config, &mut w)?;
         let decoder = Decoder::load(&config, &mut w)?;
         for part in ["encoder.", "decoder."] {
             w.ensure_all_used(&format!("{}{part}", layout.prefix), "autoencoder")?;
         }
-        Ok(Self { encoder, decoder, config })
+        Ok(Self {
+            encoder,
+            decoder,
+            config,
+        })
     }
 }

@@ -79,7 +79,11 @@ impl<B: Backend> Autoencoder<B> {
         if c != self.config.z_channels || h == 0 || w == 0 {
             return Err(FluxError::Input {
                 name: "latent".into(),
-                message: format!("shape {:?}: expected [B, {}, h, w] with h, w > 0", z.dims(), self.config.z_channels),
+                message: format!(
+                    "shape {:?}: expected [B, {}, h, w] with h, w > 0",
+                    z.dims(),
+                    self.config.z_channels
+                ),
             });
         }
         Ok(())

@@ -24,9 +24,18 @@ pub struct GroupNorm<B: Backend> {
 }
 
 impl<B: Backend> GroupNorm<B> {
-    pub(crate) fn load(name: &str, channels: usize, groups: usize, w: &mut impl LayerSource<B>) -> Result<Self> {
+    pub(crate) fn load(
+        name: &str,
+        channels: usize,
+        groups: usize,
+        w: &mut impl LayerSource<B>,
+    ) -> Result<Self> {
         let (gamma, beta) = w.norm_affine(name, channels)?;
-        Ok(Self { gamma, beta, groups })
+        Ok(Self {
+            gamma,
+            beta,
+            groups,
+        })
     }
 
     /// Normalises each group of `C / groups` channels over channels × height × width.
@@ -59,13 +68,23 @@ pub struct ResnetBlock<B: Backend> {
 }
 
 impl<B: Backend> ResnetBlock<B> {
-    pub(crate) fn load(name: &str, c_in: usize, c_out: usize, groups: usize, w: &mut impl LayerSource<B>) -> Result<Self> {
+    pub(crate) fn load(
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        groups: usize,
+        w: &mut impl LayerSource<B>,
+    ) -> Result<Self> {
         Ok(Self {
             norm1: GroupNorm::load(&format!("{name}.norm1"), c_in, groups, w)?,
             conv1: w.conv2d(&format!("{name}.conv1"), c_in, c_out, 3)?,
             norm2: GroupNorm::load(&format!("{name}.norm2"), c_out, groups, w)?,
             conv2: w.conv2d(&format!("{name}.conv2"), c_out, c_out, 3)?,
-            nin_shortcut: if c_in != c_out { Some(w.conv2d(&format!("{name}.nin_shortcut"), c_in, c_out, 1)?) } else { None },
+            nin_shortcut: if c_in != c_out {
+                Some(w.conv2d(&format!("{name}.nin_shortcut"), c_in, c_out, 1)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -98,20 +117,40 @@ pub struct AttnBlock<B: Backend> {
 }
 
 impl<B: Backend> AttnBlock<B> {
-    pub(crate) fn load(name: &str, c: usize, groups: usize, w: &mut impl LayerSource<B>) -> Result<Self> {
+    pub(crate) fn load(
+        name: &str,
+        c: usize,
+        groups: usize,
+        w: &mut impl LayerSource<B>,
+    ) -> Result<Self> {
         let mut lin = |n: &str| w.linear(&format!("{name}.{n}"), c, c, true, true);
         let (q, k, v, proj_out) = (lin("q")?, lin("k")?, lin("v")?, lin("proj_out")?);
-        Ok(Self { norm: GroupNorm::load(&format!("{name}.norm"), c, groups, w)?, q, k, v, proj_out })
+        Ok(Self {
+            norm: GroupNorm::load(&format!("{name}.norm"), c, groups, w)?,
+            q,
+            k,
+            v,
+            proj_out,
+        })
     }
 
     /// `x + proj_out(attention(norm(x)))`, shape-preserving.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, wd] = x.dims();
-        let tokens = self.norm.forward(x.clone()).reshape([b, c, h * wd]).swap_dims(1, 2);
+        let tokens = self
+            .norm
+            .forward(x.clone())
+            .reshape([b, c, h * wd])
+            .swap_dims(1, 2);
         let heads = |l: &Linear<B>| l.forward(tokens.clone()).unsqueeze_dim::<4>(1);
         let (q, k, v) = (heads(&self.q), heads(&self.k), heads(&self.v));
-        let o: Tensor<B, 3> = attention(q, k, v, None, None, AttentionModuleOptions::default()).squeeze_dim(1);
-        let o = self.proj_out.forward(o).swap_dims(1, 2).reshape([b, c, h, wd]);
+        let o: Tensor<B, 3> =
+            attention(q, k, v, None, None, AttentionModuleOptions::default()).squeeze_dim(1);
+        let o = self
+            .proj_out
+            .forward(o)
+            .swap_dims(1, 2)
+            .reshape([b, c, h, wd]);
         x + o
     }
 }
@@ -125,7 +164,9 @@ pub struct Downsample<B: Backend> {
 
 impl<B: Backend> Downsample<B> {
     pub(crate) fn load(name: &str, c: usize, w: &mut impl LayerSource<B>) -> Result<Self> {
-        Ok(Self { conv: w.conv2d(&format!("{name}.conv"), c, c, 3)? })
+        Ok(Self {
+            conv: w.conv2d(&format!("{name}.conv"), c, c, 3)?,
+        })
     }
 
     /// `[B, C, H, W]` → `[B, C, ⌈H/2⌉, ⌈W/2⌉]` (exactly half for even sizes).
@@ -143,7 +184,9 @@ pub struct Upsample<B: Backend> {
 
 impl<B: Backend> Upsample<B> {
     pub(crate) fn load(name: &str, c: usize, w: &mut impl LayerSource<B>) -> Result<Self> {
-        Ok(Self { conv: w.conv2d(&format!("{name}.conv"), c, c, 3)? })
+        Ok(Self {
+            conv: w.conv2d(&format!("{name}.conv"), c, c, 3)?,
+        })
     }
 
     /// `[B, C, H, W]` → `[B, C, 2H, 2W]`.
@@ -155,7 +198,9 @@ impl<B: Backend> Upsample<B> {
 /// Nearest-neighbour ×2 upsampling: every pixel becomes a 2×2 block.
 pub fn nearest_2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w])
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
 }
 
 #[cfg(test)]
@@ -167,7 +212,10 @@ mod tests {
     #[test]
     fn nearest_2x_repeats_each_pixel_into_a_block() {
         let dev = Default::default();
-        let x = Tensor::<NdArray, 4>::from_data(TensorData::new(vec![1.0f32, 2., 3., 4., 5., 6.], [1, 1, 2, 3]), &dev);
+        let x = Tensor::<NdArray, 4>::from_data(
+            TensorData::new(vec![1.0f32, 2., 3., 4., 5., 6.], [1, 1, 2, 3]),
+            &dev,
+        );
         let y = nearest_2x(x).into_data().to_vec::<f32>().unwrap();
         #[rustfmt::skip]
         let expected = vec![
@@ -183,11 +231,19 @@ mod tests {
     fn group_norm_matches_direct_formula() {
         // 4 channels, 2 groups: each group of 2 channels × 3 pixels normalised to mean 0, var 1.
         let dev = Default::default();
-        let vals: Vec<f32> = (0..12).map(|i| (i as f32 * 0.7).sin() * 3.0 + i as f32).collect();
+        let vals: Vec<f32> = (0..12)
+            .map(|i| (i as f32 * 0.7).sin() * 3.0 + i as f32)
+            .collect();
         let x = Tensor::<NdArray, 4>::from_data(TensorData::new(vals.clone(), [1, 4, 1, 3]), &dev);
         let gn = GroupNorm {
-            gamma: Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32, 2., 3., 4.], [4]), &dev)),
-            beta: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.5f32, 0., -1., 0.], [4]), &dev)),
+            gamma: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![1.0f32, 2., 3., 4.], [4]),
+                &dev,
+            )),
+            beta: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![0.5f32, 0., -1., 0.], [4]),
+                &dev,
+            )),
             groups: 2,
         };
         let y = gn.forward(x).into_data().to_vec::<f32>().unwrap();
@@ -199,7 +255,11 @@ mod tests {
                 let ch = g * 2 + i / 3;
                 let (gamma, beta) = ([1.0, 2., 3., 4.][ch], [0.5, 0., -1., 0.][ch]);
                 let want = (grp[i] as f64 - mean) / (var + GROUP_NORM_EPS).sqrt() * gamma + beta;
-                assert!((y[g * 6 + i] as f64 - want).abs() < 1e-5, "{} vs {want}", y[g * 6 + i]);
+                assert!(
+                    (y[g * 6 + i] as f64 - want).abs() < 1e-5,
+                    "{} vs {want}",
+                    y[g * 6 + i]
+                );
             }
         }
     }

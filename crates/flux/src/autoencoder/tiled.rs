@@ -30,7 +30,10 @@ pub struct TileOptions {
 impl Default for TileOptions {
     /// diffusers' Flux defaults: 1024-pixel tiles, 25 % overlap.
     fn default() -> Self {
-        Self { sample_size: 1024, overlap_factor: 0.25 }
+        Self {
+            sample_size: 1024,
+            overlap_factor: 0.25,
+        }
     }
 }
 
@@ -124,7 +127,10 @@ fn tiled_map<B: Backend>(
         let mut left: Option<Tensor<B, 4>> = None;
         let (mut crops, mut strips) = (Vec::new(), Vec::new());
         for (jdx, j) in (0..w).step_by(stride).enumerate() {
-            let tile = input.clone().slice([0..n, 0..c, i..(i + in_tile).min(h), j..(j + in_tile).min(w)]);
+            let tile =
+                input
+                    .clone()
+                    .slice([0..n, 0..c, i..(i + in_tile).min(h), j..(j + in_tile).min(w)]);
             let mut t = f(tile);
             if let Some(a) = above.get(jdx) {
                 t = blend_rows(a.clone(), t, blend);
@@ -133,9 +139,15 @@ fn tiled_map<B: Backend>(
                 t = blend_cols(a, t, blend);
             }
             let [tn, tc, th, tw] = t.dims();
-            crops.push(t.clone().slice([0..tn, 0..tc, 0..th.min(row_limit), 0..tw.min(row_limit)]));
+            crops.push(
+                t.clone()
+                    .slice([0..tn, 0..tc, 0..th.min(row_limit), 0..tw.min(row_limit)]),
+            );
             if blend > 0 {
-                strips.push(t.clone().slice([0..tn, 0..tc, th - th.min(blend)..th, 0..tw]));
+                strips.push(
+                    t.clone()
+                        .slice([0..tn, 0..tc, th - th.min(blend)..th, 0..tw]),
+                );
                 left = Some(t.slice([0..tn, 0..tc, 0..th, tw - tw.min(blend)..tw]));
             }
         }
@@ -150,7 +162,12 @@ fn ramps<B: Backend>(e: usize, like: &Tensor<B, 4>) -> (Tensor<B, 1>, Tensor<B, 
     let take: Vec<f32> = (0..e).map(|k| (k as f64 / e as f64) as f32).collect();
     let keep: Vec<f32> = (0..e).map(|k| (1.0 - k as f64 / e as f64) as f32).collect();
     let dev = like.device();
-    let mk = |v: Vec<f32>| cast_to(Tensor::<B, 1>::from_data(TensorData::new(v, [e]), &dev), like.dtype());
+    let mk = |v: Vec<f32>| {
+        cast_to(
+            Tensor::<B, 1>::from_data(TensorData::new(v, [e]), &dev),
+            like.dtype(),
+        )
+    };
     (mk(keep), mk(take))
 }
 
@@ -210,6 +227,11 @@ mod tests {
         let x = t(vec![1.5; 2 * 23 * 17], [1, 2, 23, 17]);
         let y = tiled_map(x, 8, 6, 2, 8, |t| t);
         assert_eq!(y.dims(), [1, 2, 23, 17]);
-        assert!(y.into_data().to_vec::<f32>().unwrap().iter().all(|&v| (v - 1.5).abs() < 1e-6));
+        assert!(y
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .all(|&v| (v - 1.5).abs() < 1e-6));
     }
 }

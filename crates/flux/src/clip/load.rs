@@ -11,7 +11,9 @@ use fluxlora_io::Checkpoint;
 
 use crate::clip::{ClipActivation, ClipConfig, ClipLayer, ClipPooling, ClipTextModel};
 use crate::error::{FluxError, Result};
-use crate::frozen::{model_subfolder, open_checkpoint, storage_dtype, text_encoder_prefix, WeightReader};
+use crate::frozen::{
+    model_subfolder, open_checkpoint, storage_dtype, text_encoder_prefix, WeightReader,
+};
 
 /// How to load a CLIP text model. The defaults are CLIP-L's (what Flux uses).
 #[derive(Debug, Clone)]
@@ -49,22 +51,35 @@ pub fn resolve_clip_path(path: &Path) -> PathBuf {
 impl<B: Backend> ClipTextModel<B> {
     /// Loads a CLIP text model; the architecture is inferred from the tensor shapes (heads from
     /// `options`).
-    pub fn load(path: impl AsRef<Path>, options: &ClipLoadOptions, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        path: impl AsRef<Path>,
+        options: &ClipLoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         let path = resolve_clip_path(path.as_ref());
         let ckpt = open_checkpoint(&path)?;
         Self::from_checkpoint(&ckpt, &path, options, device)
     }
 
     /// Loads from an opened checkpoint (`path` is used in messages).
-    pub fn from_checkpoint(ckpt: &Checkpoint, path: &Path, options: &ClipLoadOptions, device: &B::Device) -> Result<Self> {
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        path: &Path,
+        options: &ClipLoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         let prefix = text_encoder_prefix(ckpt, path, &CLIP_KEYS)?;
         let dtype = storage_dtype::<B>(device, options.dtype)?;
         let pre = prefix.clone();
         let mut w = WeightReader::<B>::new(ckpt, path, move |n| format!("{pre}{n}"), device, dtype);
         let config = infer_config(&w, options)?;
         let (d, f) = (config.hidden_size, config.intermediate_size);
-        let token_embedding = w.tensor("embeddings.token_embedding.weight", [config.vocab_size, d])?;
-        let position_embedding = w.tensor("embeddings.position_embedding.weight", [config.max_positions, d])?;
+        let token_embedding =
+            w.tensor("embeddings.token_embedding.weight", [config.vocab_size, d])?;
+        let position_embedding = w.tensor(
+            "embeddings.position_embedding.weight",
+            [config.max_positions, d],
+        )?;
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let p = format!("encoder.layers.{i}");
@@ -80,20 +95,41 @@ impl<B: Backend> ClipTextModel<B> {
             });
         }
         let final_layer_norm = norm(&mut w, "final_layer_norm", d)?;
-        Ok(Self { token_embedding, position_embedding, layers, final_layer_norm, config })
+        Ok(Self {
+            token_embedding,
+            position_embedding,
+            layers,
+            final_layer_norm,
+            config,
+        })
     }
 }
 
-fn norm<B: Backend>(w: &mut WeightReader<'_, B>, name: &str, d: usize) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
-    Ok((w.tensor(&format!("{name}.weight"), [d])?, w.tensor(&format!("{name}.bias"), [d])?))
+fn norm<B: Backend>(
+    w: &mut WeightReader<'_, B>,
+    name: &str,
+    d: usize,
+) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
+    Ok((
+        w.tensor(&format!("{name}.weight"), [d])?,
+        w.tensor(&format!("{name}.bias"), [d])?,
+    ))
 }
 
-fn infer_config<B: Backend>(w: &WeightReader<'_, B>, options: &ClipLoadOptions) -> Result<ClipConfig> {
+fn infer_config<B: Backend>(
+    w: &WeightReader<'_, B>,
+    options: &ClipLoadOptions,
+) -> Result<ClipConfig> {
     let need = |name: &str| w.require_shape(name, 2, "CLIP text model");
     let tok = need("embeddings.token_embedding.weight")?;
     let pos = need("embeddings.position_embedding.weight")?;
     let fc1 = need("encoder.layers.0.mlp.fc1.weight")?;
-    let num_layers = (0..).take_while(|i| w.shape(&format!("encoder.layers.{i}.mlp.fc1.weight")).is_some()).count();
+    let num_layers = (0..)
+        .take_while(|i| {
+            w.shape(&format!("encoder.layers.{i}.mlp.fc1.weight"))
+                .is_some()
+        })
+        .count();
     let hidden = tok[1];
     let num_heads = match options.num_heads {
         Some(h) => h,
@@ -105,7 +141,9 @@ fn infer_config<B: Backend>(w: &WeightReader<'_, B>, options: &ClipLoadOptions) 
         }
     };
     if num_heads == 0 || hidden % num_heads != 0 {
-        return Err(FluxError::Config(format!("CLIP width {hidden} is not divisible by {num_heads} heads")));
+        return Err(FluxError::Config(format!(
+            "CLIP width {hidden} is not divisible by {num_heads} heads"
+        )));
     }
     Ok(ClipConfig {
         vocab_size: tok[0],

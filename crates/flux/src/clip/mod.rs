@@ -124,11 +124,18 @@ impl<B: Backend> ClipTextModel<B> {
         if b == 0 || l == 0 || l > c.max_positions {
             return Err(FluxError::Input {
                 name: "input_ids".into(),
-                message: format!("shape [{b}, {l}]: expected a non-empty batch of at most {} tokens", c.max_positions),
+                message: format!(
+                    "shape [{b}, {l}]: expected a non-empty batch of at most {} tokens",
+                    c.max_positions
+                ),
             });
         }
         let ids = host_ids(&input_ids, c.vocab_size)?;
-        let pos = self.position_embedding.clone().narrow(0, 0, l).unsqueeze_dim::<3>(0);
+        let pos = self
+            .position_embedding
+            .clone()
+            .narrow(0, 0, l)
+            .unsqueeze_dim::<3>(0);
         let mut x = embedding(self.token_embedding.clone(), input_ids) + pos;
         for layer in &self.layers {
             x = self.layer_forward(layer, x);
@@ -150,13 +157,32 @@ impl<B: Backend> ClipTextModel<B> {
         let c = &self.config;
         let [b, l, d] = x.dims();
         let (h, hd) = (c.num_heads, d / c.num_heads);
-        let n = layer_norm(x.clone(), &layer.layer_norm1.0, &layer.layer_norm1.1, c.layer_norm_eps);
+        let n = layer_norm(
+            x.clone(),
+            &layer.layer_norm1.0,
+            &layer.layer_norm1.1,
+            c.layer_norm_eps,
+        );
         let split = |t: Tensor<B, 3>| t.reshape([b, l, h, hd]).swap_dims(1, 2);
-        let (q, k, v) = (split(layer.q_proj.forward(n.clone())), split(layer.k_proj.forward(n.clone())), split(layer.v_proj.forward(n)));
-        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
-        let a = attention(q, k, v, None, None, options).swap_dims(1, 2).reshape([b, l, d]);
+        let (q, k, v) = (
+            split(layer.q_proj.forward(n.clone())),
+            split(layer.k_proj.forward(n.clone())),
+            split(layer.v_proj.forward(n)),
+        );
+        let options = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
+        let a = attention(q, k, v, None, None, options)
+            .swap_dims(1, 2)
+            .reshape([b, l, d]);
         let x = x + layer.out_proj.forward(a);
-        let n = layer_norm(x.clone(), &layer.layer_norm2.0, &layer.layer_norm2.1, c.layer_norm_eps);
+        let n = layer_norm(
+            x.clone(),
+            &layer.layer_norm2.0,
+            &layer.layer_norm2.1,
+            c.layer_norm_eps,
+        );
         let m = layer.fc1.forward(n);
         let m = match c.activation {
             ClipActivation::QuickGelu => m.clone() * activation::sigmoid(m * 1.702),

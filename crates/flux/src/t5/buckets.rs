@@ -22,11 +22,18 @@ pub fn relative_position_bucket(relative: i64, num_buckets: usize, max_distance:
 }
 
 /// The `[query_len, key_len]` bucket table, row-major.
-pub fn bucket_table(query_len: usize, key_len: usize, num_buckets: usize, max_distance: usize) -> Vec<i64> {
+pub fn bucket_table(
+    query_len: usize,
+    key_len: usize,
+    num_buckets: usize,
+    max_distance: usize,
+) -> Vec<i64> {
     let mut out = Vec::with_capacity(query_len * key_len);
     for q in 0..query_len {
         for k in 0..key_len {
-            out.push(relative_position_bucket(k as i64 - q as i64, num_buckets, max_distance) as i64);
+            out.push(
+                relative_position_bucket(k as i64 - q as i64, num_buckets, max_distance) as i64,
+            );
         }
     }
     out

@@ -9,7 +9,9 @@ use fluxlora_io::text_encoder_keys::T5_KEYS;
 use fluxlora_io::Checkpoint;
 
 use crate::error::{FluxError, Result};
-use crate::frozen::{model_subfolder, open_checkpoint, storage_dtype, text_encoder_prefix, WeightReader};
+use crate::frozen::{
+    model_subfolder, open_checkpoint, storage_dtype, text_encoder_prefix, WeightReader,
+};
 use crate::t5::{T5Block, T5Config, T5Encoder};
 
 /// How to load a T5 encoder. The defaults are T5 v1.1's (what Flux uses).
@@ -26,7 +28,11 @@ pub struct T5LoadOptions {
 
 impl Default for T5LoadOptions {
     fn default() -> Self {
-        Self { dtype: None, max_distance: 128, eps: 1e-6 }
+        Self {
+            dtype: None,
+            max_distance: 128,
+            eps: 1e-6,
+        }
     }
 }
 
@@ -37,21 +43,34 @@ pub fn resolve_t5_path(path: &Path) -> PathBuf {
 
 impl<B: Backend> T5Encoder<B> {
     /// Loads a T5 encoder; the architecture is inferred from the tensor shapes.
-    pub fn load(path: impl AsRef<Path>, options: &T5LoadOptions, device: &B::Device) -> Result<Self> {
+    pub fn load(
+        path: impl AsRef<Path>,
+        options: &T5LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         let path = resolve_t5_path(path.as_ref());
         let ckpt = open_checkpoint(&path)?;
         Self::from_checkpoint(&ckpt, &path, options, device)
     }
 
     /// Loads from an opened checkpoint (`path` is used in messages).
-    pub fn from_checkpoint(ckpt: &Checkpoint, path: &Path, options: &T5LoadOptions, device: &B::Device) -> Result<Self> {
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        path: &Path,
+        options: &T5LoadOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
         let prefix = text_encoder_prefix(ckpt, path, &T5_KEYS)?;
         let dtype = storage_dtype::<B>(device, options.dtype)?;
         let pre = prefix.clone();
         let mut w = WeightReader::<B>::new(ckpt, path, move |n| format!("{pre}{n}"), device, dtype);
         // `shared.weight` and `encoder.embed_tokens.weight` are the same tied tensor; files keep
         // either or both.
-        let embed = if w.shape("shared.weight").is_some() { "shared.weight" } else { "encoder.embed_tokens.weight" };
+        let embed = if w.shape("shared.weight").is_some() {
+            "shared.weight"
+        } else {
+            "encoder.embed_tokens.weight"
+        };
         let config = infer_config(&w, embed, options)?;
         let (d, inner, ff) = (config.d_model, config.num_heads * config.d_kv, config.d_ff);
         let shared = w.tensor(embed, [config.vocab_size, d])?;
@@ -84,17 +103,31 @@ impl<B: Backend> T5Encoder<B> {
             });
         }
         let final_layer_norm = w.tensor("encoder.final_layer_norm.weight", [d])?;
-        Ok(Self { shared, relative_attention_bias, blocks, final_layer_norm, config })
+        Ok(Self {
+            shared,
+            relative_attention_bias,
+            blocks,
+            final_layer_norm,
+            config,
+        })
     }
 }
 
-fn infer_config<B: Backend>(w: &WeightReader<'_, B>, embed: &str, options: &T5LoadOptions) -> Result<T5Config> {
+fn infer_config<B: Backend>(
+    w: &WeightReader<'_, B>,
+    embed: &str,
+    options: &T5LoadOptions,
+) -> Result<T5Config> {
     let need = |name: &str| w.require_shape(name, 2, "T5 encoder");
     let shared = need(embed)?;
     let q = need("encoder.block.0.layer.0.SelfAttention.q.weight")?;
     let rel = need("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")?;
-    let num_layers =
-        (0..).take_while(|i| w.shape(&format!("encoder.block.{i}.layer.0.SelfAttention.q.weight")).is_some()).count();
+    let num_layers = (0..)
+        .take_while(|i| {
+            w.shape(&format!("encoder.block.{i}.layer.0.SelfAttention.q.weight"))
+                .is_some()
+        })
+        .count();
     let ff = w
         .shape("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")
         .or_else(|| w.shape("encoder.block.0.layer.1.DenseReluDense.wi.weight"))

@@ -96,11 +96,18 @@ impl<B: Backend> T5Encoder<B> {
 
     /// The last hidden state `[B, L, d_model]` (f32) of token ids `[B, L]`. `attention_mask`
     /// (`[B, L]`, 1 = token, 0 = padding) hides padding keys; Flux passes `None`.
-    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Option<Tensor<B, 2, Int>>) -> Result<Tensor<B, 3>> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Result<Tensor<B, 3>> {
         let c = &self.config;
         let [b, l] = input_ids.dims();
         if b == 0 || l == 0 {
-            return Err(FluxError::Input { name: "input_ids".into(), message: format!("shape [{b}, {l}] is empty") });
+            return Err(FluxError::Input {
+                name: "input_ids".into(),
+                message: format!("shape [{b}, {l}] is empty"),
+            });
         }
         host_ids(&input_ids, c.vocab_size)?;
         let device = input_ids.device();
@@ -110,7 +117,10 @@ impl<B: Backend> T5Encoder<B> {
             if mask.dims() != [b, l] {
                 return Err(FluxError::Input {
                     name: "attention_mask".into(),
-                    message: format!("shape {:?}, expected [{b}, {l}] like input_ids", mask.dims()),
+                    message: format!(
+                        "shape {:?}, expected [{b}, {l}] like input_ids",
+                        mask.dims()
+                    ),
                 });
             }
             // transformers adds finfo(f32).min at padding keys.
@@ -131,17 +141,34 @@ impl<B: Backend> T5Encoder<B> {
         let table = buckets::bucket_table(l, l, c.num_buckets, c.max_distance);
         let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(table, [1, l * l]), device);
         let values = embedding(to_f32(self.relative_attention_bias.clone()), idx); // [1, L·L, H]
-        values.reshape([l, l, c.num_heads]).permute([2, 0, 1]).unsqueeze_dim(0)
+        values
+            .reshape([l, l, c.num_heads])
+            .permute([2, 0, 1])
+            .unsqueeze_dim(0)
     }
 
-    fn block_forward(&self, blk: &T5Block<B>, x: Tensor<B, 3>, bias: &Tensor<B, 4>) -> Tensor<B, 3> {
+    fn block_forward(
+        &self,
+        blk: &T5Block<B>,
+        x: Tensor<B, 3>,
+        bias: &Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
         let c = &self.config;
         let [b, l, _] = x.dims();
         let n = rms_norm(x.clone(), &blk.attn_norm, c.eps);
         let split = |t: Tensor<B, 3>| t.reshape([b, l, c.num_heads, c.d_kv]).swap_dims(1, 2);
-        let (q, k, v) = (split(blk.q.forward(n.clone())), split(blk.k.forward(n.clone())), split(blk.v.forward(n)));
-        let options = AttentionModuleOptions { scale: Some(1.0), ..Default::default() };
-        let a = attention(q, k, v, None, Some(bias.clone()), options).swap_dims(1, 2).reshape([b, l, c.num_heads * c.d_kv]);
+        let (q, k, v) = (
+            split(blk.q.forward(n.clone())),
+            split(blk.k.forward(n.clone())),
+            split(blk.v.forward(n)),
+        );
+        let options = AttentionModuleOptions {
+            scale: Some(1.0),
+            ..Default::default()
+        };
+        let a = attention(q, k, v, None, Some(bias.clone()), options)
+            .swap_dims(1, 2)
+            .reshape([b, l, c.num_heads * c.d_kv]);
         let x = x + blk.o.forward(a);
         let n = rms_norm(x.clone(), &blk.ff_norm, c.eps);
         let gated = gelu_new(blk.wi_0.forward(n.clone())) * blk.wi_1.forward(n);
@@ -150,7 +177,11 @@ impl<B: Backend> T5Encoder<B> {
 }
 
 /// T5 LayerNorm: `weight · x / √(mean(x²) + eps)`, statistics in f32, result in `x`'s dtype.
-fn rms_norm<B: Backend, const D: usize>(x: Tensor<B, D>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, D> {
+fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: &Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
     let dtype = x.dtype();
     let xf = to_f32(x);
     let rrms = (xf.clone().square().mean_dim(D - 1) + eps).sqrt().recip();

@@ -56,7 +56,10 @@ impl FluxConfig {
 
     /// FLUX.1-schnell: as dev without the guidance embedder.
     pub fn schnell() -> Self {
-        Self { guidance_embed: false, ..Self::dev() }
+        Self {
+            guidance_embed: false,
+            ..Self::dev()
+        }
     }
 
     /// Head dimension `hidden_size / num_heads`.
@@ -73,7 +76,10 @@ impl FluxConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(FluxError::Config(m));
         if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
-            return bad(format!("hidden_size {} is not a multiple of num_heads {}", self.hidden_size, self.num_heads));
+            return bad(format!(
+                "hidden_size {} is not a multiple of num_heads {}",
+                self.hidden_size, self.num_heads
+            ));
         }
         let sum: usize = self.axes_dim.iter().sum();
         if sum != self.head_dim() {
@@ -83,8 +89,14 @@ impl FluxConfig {
                 self.head_dim()
             ));
         }
-        if self.axes_dim.iter().any(|d| d % 2 != 0) || self.axes_dim.is_empty() || self.axes_dim.len() > 3 {
-            return bad(format!("axes_dim {:?} must be 1 to 3 even numbers (one per id axis)", self.axes_dim));
+        if self.axes_dim.iter().any(|d| d % 2 != 0)
+            || self.axes_dim.is_empty()
+            || self.axes_dim.len() > 3
+        {
+            return bad(format!(
+                "axes_dim {:?} must be 1 to 3 even numbers (one per id axis)",
+                self.axes_dim
+            ));
         }
         if self.depth + self.depth_single_blocks == 0 {
             return bad("the model has no blocks".into());
@@ -95,12 +107,19 @@ impl FluxConfig {
     /// Infers the whole configuration from tensor shapes given in BFL key names (PyTorch layout,
     /// `[out, in]`). `axes_dim` is the one field no weight determines; without it `[16, 56, 56]`
     /// is used for head dimension 128 and other head dimensions are an error.
-    pub fn infer(shape_of: impl Fn(&str) -> Option<Vec<usize>>, axes_dim: Option<Vec<usize>>) -> Result<Self> {
+    pub fn infer(
+        shape_of: impl Fn(&str) -> Option<Vec<usize>>,
+        axes_dim: Option<Vec<usize>>,
+    ) -> Result<Self> {
         let need = |key: &str, rank: usize| -> Result<Vec<usize>> {
             match shape_of(key) {
                 Some(s) if s.len() == rank => Ok(s),
-                Some(s) => Err(FluxError::Config(format!("`{key}` has shape {s:?}, expected a rank-{rank} tensor"))),
-                None => Err(FluxError::Config(format!("cannot infer the configuration: `{key}` is missing"))),
+                Some(s) => Err(FluxError::Config(format!(
+                    "`{key}` has shape {s:?}, expected a rank-{rank} tensor"
+                ))),
+                None => Err(FluxError::Config(format!(
+                    "cannot infer the configuration: `{key}` is missing"
+                ))),
             }
         };
         let img_in = need("img_in.weight", 2)?;
@@ -108,7 +127,8 @@ impl FluxConfig {
         let context_in_dim = need("txt_in.weight", 2)?[1];
         let vec_in_dim = need("vector_in.in_layer.weight", 2)?[1];
         let out_channels = need("final_layer.linear.weight", 2)?[0];
-        let count = |f: &dyn Fn(usize) -> String| (0..).take_while(|&i| shape_of(&f(i)).is_some()).count();
+        let count =
+            |f: &dyn Fn(usize) -> String| (0..).take_while(|&i| shape_of(&f(i)).is_some()).count();
         let depth = count(&|i| format!("double_blocks.{i}.img_attn.qkv.weight"));
         let depth_single_blocks = count(&|i| format!("single_blocks.{i}.linear1.weight"));
         let (head_dim, mlp_hidden_dim, qkv_bias) = if depth > 0 {
@@ -189,13 +209,23 @@ mod tests {
             lin(&format!("double_blocks.{i}.img_mlp.0"), c.mlp_hidden_dim, h);
         }
         for i in 0..c.depth_single_blocks {
-            lin(&format!("single_blocks.{i}.linear1"), 3 * h + c.mlp_hidden_dim, h);
+            lin(
+                &format!("single_blocks.{i}.linear1"),
+                3 * h + c.mlp_hidden_dim,
+                h,
+            );
         }
         for i in 0..c.depth {
-            m.insert(format!("double_blocks.{i}.img_attn.norm.query_norm.scale"), vec![c.head_dim()]);
+            m.insert(
+                format!("double_blocks.{i}.img_attn.norm.query_norm.scale"),
+                vec![c.head_dim()],
+            );
         }
         for i in 0..c.depth_single_blocks {
-            m.insert(format!("single_blocks.{i}.norm.query_norm.scale"), vec![c.head_dim()]);
+            m.insert(
+                format!("single_blocks.{i}.norm.query_norm.scale"),
+                vec![c.head_dim()],
+            );
         }
         m
     }
@@ -221,8 +251,14 @@ mod tests {
             ..FluxConfig::schnell()
         };
         let s = shapes(&c);
-        assert!(matches!(FluxConfig::infer(|k| s.get(k).cloned(), None), Err(FluxError::Config(_))));
-        assert_eq!(FluxConfig::infer(|k| s.get(k).cloned(), Some(vec![8, 12, 12])).unwrap(), c);
+        assert!(matches!(
+            FluxConfig::infer(|k| s.get(k).cloned(), None),
+            Err(FluxError::Config(_))
+        ));
+        assert_eq!(
+            FluxConfig::infer(|k| s.get(k).cloned(), Some(vec![8, 12, 12])).unwrap(),
+            c
+        );
         let bad = FluxConfig::infer(|k| s.get(k).cloned(), Some(vec![8, 8, 8])).unwrap_err();
         assert!(bad.to_string().contains("sums to 24"), "{bad}");
     }

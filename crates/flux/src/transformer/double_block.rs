@@ -21,7 +21,13 @@ pub struct SelfAttention<B: Backend> {
 }
 
 impl<B: Backend> SelfAttention<B> {
-    fn new(path: &str, hidden: usize, head_dim: usize, qkv_bias: bool, w: &mut impl WeightSource<B>) -> Result<Self> {
+    fn new(
+        path: &str,
+        hidden: usize,
+        head_dim: usize,
+        qkv_bias: bool,
+        w: &mut impl WeightSource<B>,
+    ) -> Result<Self> {
         Ok(Self {
             qkv: w.linear(&format!("{path}.qkv"), hidden, 3 * hidden, qkv_bias)?,
             norm: QkNorm::new(&format!("{path}.norm"), head_dim, w)?,
@@ -36,11 +42,20 @@ impl<B: Backend> SelfAttention<B> {
 }
 
 /// `B L (K H D) -> K B H L D`, then QK RMSNorm on q and k.
-pub(crate) fn split_qkv<B: Backend>(qkv: Tensor<B, 3>, heads: usize, norm: &QkNorm<B>) -> [Tensor<B, 4>; 3] {
+pub(crate) fn split_qkv<B: Backend>(
+    qkv: Tensor<B, 3>,
+    heads: usize,
+    norm: &QkNorm<B>,
+) -> [Tensor<B, 4>; 3] {
     let [b, l, three_hidden] = qkv.dims();
     let hidden = three_hidden / 3;
     let d = hidden / heads;
-    let part = |i: usize| qkv.clone().narrow(2, i * hidden, hidden).reshape([b, l, heads, d]).swap_dims(1, 2);
+    let part = |i: usize| {
+        qkv.clone()
+            .narrow(2, i * hidden, hidden)
+            .reshape([b, l, heads, d])
+            .swap_dims(1, 2)
+    };
     let (q, k, v) = (part(0), part(1), part(2));
     [norm.query_norm.forward(q), norm.key_norm.forward(k), v]
 }
@@ -126,8 +141,14 @@ impl<B: Backend> DoubleStreamBlock<B> {
         let (im1, im2) = (&img_mod[0], &img_mod[1]);
         let (tm1, tm2) = (&txt_mod[0], &txt_mod[1]);
 
-        let [iq, ik, iv] = self.img_attn.qkv(modulate(img.clone(), &im1.shift, &im1.scale), self.num_heads);
-        let [tq, tk, tv] = self.txt_attn.qkv(modulate(txt.clone(), &tm1.shift, &tm1.scale), self.num_heads);
+        let [iq, ik, iv] = self.img_attn.qkv(
+            modulate(img.clone(), &im1.shift, &im1.scale),
+            self.num_heads,
+        );
+        let [tq, tk, tv] = self.txt_attn.qkv(
+            modulate(txt.clone(), &tm1.shift, &tm1.scale),
+            self.num_heads,
+        );
         let l_txt = txt.dims()[1];
         let l_img = img.dims()[1];
         let q = Tensor::cat(vec![tq, iq], 2);
@@ -138,9 +159,11 @@ impl<B: Backend> DoubleStreamBlock<B> {
         let img_attn = attn.narrow(1, l_txt, l_img);
 
         let img = img + im1.gate.clone() * linear(&self.img_attn.proj, img_attn);
-        let img = img.clone() + im2.gate.clone() * self.img_mlp.forward(modulate(img, &im2.shift, &im2.scale));
+        let img = img.clone()
+            + im2.gate.clone() * self.img_mlp.forward(modulate(img, &im2.shift, &im2.scale));
         let txt = txt + tm1.gate.clone() * linear(&self.txt_attn.proj, txt_attn);
-        let txt = txt.clone() + tm2.gate.clone() * self.txt_mlp.forward(modulate(txt, &tm2.shift, &tm2.scale));
+        let txt = txt.clone()
+            + tm2.gate.clone() * self.txt_mlp.forward(modulate(txt, &tm2.shift, &tm2.scale));
         (img, txt)
     }
 }

@@ -26,7 +26,9 @@ pub fn timestep_embedding<B: Backend>(t: Tensor<B, 1>, dim: usize) -> Tensor<B, 
     let device = t.device();
     let half = dim / 2;
     let neg_log = -(MAX_PERIOD.ln()) as f32;
-    let freqs: Vec<f32> = (0..half).map(|i| (neg_log * i as f32 / half as f32).exp()).collect();
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| (neg_log * i as f32 / half as f32).exp())
+        .collect();
     let ts = t
         .into_data()
         .convert::<f32>()
@@ -55,7 +57,12 @@ pub struct MlpEmbedder<B: Backend> {
 }
 
 impl<B: Backend> MlpEmbedder<B> {
-    pub(crate) fn new(path: &str, in_dim: usize, hidden: usize, w: &mut impl WeightSource<B>) -> Result<Self> {
+    pub(crate) fn new(
+        path: &str,
+        in_dim: usize,
+        hidden: usize,
+        w: &mut impl WeightSource<B>,
+    ) -> Result<Self> {
         Ok(Self {
             in_layer: w.linear(&format!("{path}.in_layer"), in_dim, hidden, true)?,
             out_layer: w.linear(&format!("{path}.out_layer"), hidden, hidden, true)?,
@@ -77,12 +84,21 @@ mod tests {
     fn embedding_matches_the_formula() {
         let dev = Default::default();
         let t = Tensor::<NdArray, 1>::from_floats([0.25, 0.9], &dev);
-        let e = timestep_embedding(t, 8).into_data().into_vec::<f32>().unwrap();
+        let e = timestep_embedding(t, 8)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
         for (b, tv) in [0.25f64, 0.9].iter().enumerate() {
             for i in 0..4 {
                 let arg = 1000.0 * tv * (-(10000f64.ln()) * i as f64 / 4.0).exp();
-                assert!((e[b * 8 + i] as f64 - arg.cos()).abs() < 1e-3, "cos {b} {i}");
-                assert!((e[b * 8 + 4 + i] as f64 - arg.sin()).abs() < 1e-3, "sin {b} {i}");
+                assert!(
+                    (e[b * 8 + i] as f64 - arg.cos()).abs() < 1e-3,
+                    "cos {b} {i}"
+                );
+                assert!(
+                    (e[b * 8 + 4 + i] as f64 - arg.sin()).abs() < 1e-3,
+                    "sin {b} {i}"
+                );
             }
         }
     }

@@ -31,7 +31,11 @@ pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 /// `(1 + scale)·LayerNorm(x) + shift`, the adaLN modulation of every Flux block.
-pub fn modulate<B: Backend>(x: Tensor<B, 3>, shift: &Tensor<B, 3>, scale: &Tensor<B, 3>) -> Tensor<B, 3> {
+pub fn modulate<B: Backend>(
+    x: Tensor<B, 3>,
+    shift: &Tensor<B, 3>,
+    scale: &Tensor<B, 3>,
+) -> Tensor<B, 3> {
     layer_norm(x) * (scale.clone() + 1.0) + shift.clone()
 }
 
@@ -54,14 +58,22 @@ pub struct RmsNorm<B: Backend> {
 impl<B: Backend> RmsNorm<B> {
     pub(crate) fn new(path: &str, dim: usize, w: &mut impl WeightSource<B>) -> Result<Self> {
         // The source decides whether the scale trains (random init) or is frozen (loaded base).
-        Ok(Self { scale: Param::initialized(ParamId::new(), w.vector(&format!("{path}.scale"), dim)?) })
+        Ok(Self {
+            scale: Param::initialized(ParamId::new(), w.vector(&format!("{path}.scale"), dim)?),
+        })
     }
 
     /// Normalises the last dimension of `x`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let rrms = (x.clone().square().mean_dim(D - 1) + NORM_EPS).sqrt().recip();
+        let rrms = (x.clone().square().mean_dim(D - 1) + NORM_EPS)
+            .sqrt()
+            .recip();
         let scale = self.scale.val();
-        let scale = if scale.dtype() != x.dtype() { scale.cast(x.dtype()) } else { scale };
+        let scale = if scale.dtype() != x.dtype() {
+            scale.cast(x.dtype())
+        } else {
+            scale
+        };
         x * rrms * scale.unsqueeze::<D>()
     }
 }
@@ -103,9 +115,16 @@ pub struct Modulation<B: Backend> {
 }
 
 impl<B: Backend> Modulation<B> {
-    pub(crate) fn new(path: &str, hidden: usize, double: bool, w: &mut impl WeightSource<B>) -> Result<Self> {
+    pub(crate) fn new(
+        path: &str,
+        hidden: usize,
+        double: bool,
+        w: &mut impl WeightSource<B>,
+    ) -> Result<Self> {
         let mult = if double { 6 } else { 3 };
-        Ok(Self { lin: w.linear(&format!("{path}.lin"), hidden, mult * hidden, true)? })
+        Ok(Self {
+            lin: w.linear(&format!("{path}.lin"), hidden, mult * hidden, true)?,
+        })
     }
 
     /// The triples for `vec: [B, hidden]`, in checkpoint order (shift, scale, gate)×n.
@@ -115,7 +134,11 @@ impl<B: Backend> Modulation<B> {
         let triples = self.lin.d_out() / (3 * hidden);
         let part = |i: usize| out.clone().narrow(2, i * hidden, hidden);
         (0..triples)
-            .map(|t| ModulationOut { shift: part(3 * t), scale: part(3 * t + 1), gate: part(3 * t + 2) })
+            .map(|t| ModulationOut {
+                shift: part(3 * t),
+                scale: part(3 * t + 1),
+                gate: part(3 * t + 2),
+            })
             .collect()
     }
 }
@@ -130,16 +153,26 @@ pub struct LastLayer<B: Backend> {
 }
 
 impl<B: Backend> LastLayer<B> {
-    pub(crate) fn new(hidden: usize, out_channels: usize, w: &mut impl WeightSource<B>) -> Result<Self> {
+    pub(crate) fn new(
+        hidden: usize,
+        out_channels: usize,
+        w: &mut impl WeightSource<B>,
+    ) -> Result<Self> {
         Ok(Self {
             linear: w.linear("final_layer.linear", hidden, out_channels, true)?,
-            ada_ln_modulation: w.linear("final_layer.adaLN_modulation.1", hidden, 2 * hidden, true)?,
+            ada_ln_modulation: w.linear(
+                "final_layer.adaLN_modulation.1",
+                hidden,
+                2 * hidden,
+                true,
+            )?,
         })
     }
 
     /// `x: [B, L, hidden]`, `vec: [B, hidden]` → `[B, L, out_channels]`.
     pub fn forward(&self, x: Tensor<B, 3>, vec: Tensor<B, 2>) -> Tensor<B, 3> {
-        let m: Tensor<B, 3> = linear(&self.ada_ln_modulation, activation::silu(vec)).unsqueeze_dim(1);
+        let m: Tensor<B, 3> =
+            linear(&self.ada_ln_modulation, activation::silu(vec)).unsqueeze_dim(1);
         let hidden = self.ada_ln_modulation.d_in();
         let shift = m.clone().narrow(2, 0, hidden);
         let scale = m.narrow(2, hidden, hidden);

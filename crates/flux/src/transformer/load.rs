@@ -18,14 +18,20 @@ use crate::transformer::model::Flux;
 
 pub use fluxlora_io::flux_keys;
 
-pub use flux_keys::{FluxKeyFormat, FluxKeyLayout};
 use flux_keys::Recipe;
+pub use flux_keys::{FluxKeyFormat, FluxKeyLayout};
 
 /// Where parameters come from while a model is built. Paths are BFL module paths
 /// (`double_blocks.0.img_attn.qkv`); tensors are in Burn layout.
 pub trait WeightSource<B: Backend> {
     /// The linear `{path}` (`{path}.weight` `[d_out, d_in]` in the file, `{path}.bias` `[d_out]`).
-    fn linear(&mut self, path: &str, d_in: usize, d_out: usize, bias: bool) -> Result<LoraLinear<B>>;
+    fn linear(
+        &mut self,
+        path: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<LoraLinear<B>>;
     /// A 1-d parameter stored under `key` (RMSNorm scales; ones at random init), marked as
     /// requiring gradients or not.
     fn vector(&mut self, key: &str, len: usize) -> Result<Tensor<B, 1>>;
@@ -44,7 +50,13 @@ impl<'a, B: Backend> RandomInit<'a, B> {
 }
 
 impl<B: Backend> WeightSource<B> for RandomInit<'_, B> {
-    fn linear(&mut self, _path: &str, d_in: usize, d_out: usize, bias: bool) -> Result<LoraLinear<B>> {
+    fn linear(
+        &mut self,
+        _path: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<LoraLinear<B>> {
         Ok(LoraLinear::init(d_in, d_out, bias, self.device))
     }
     fn vector(&mut self, _key: &str, len: usize) -> Result<Tensor<B, 1>> {
@@ -82,12 +94,24 @@ impl FluxCheckpoint {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let sub = path.join("transformer");
-        let target = if path.is_dir() && sub.is_dir() { sub.as_path() } else { path };
-        let store = Checkpoint::open(target)
-            .map_err(|e| FluxError::Io { path: target.into(), source: e })?;
-        let layout = flux_keys::detect_layout(store.names())
-            .ok_or_else(|| FluxError::UnknownFormat { path: target.into() })?;
-        Ok(Self { path: target.into(), store, layout })
+        let target = if path.is_dir() && sub.is_dir() {
+            sub.as_path()
+        } else {
+            path
+        };
+        let store = Checkpoint::open(target).map_err(|e| FluxError::Io {
+            path: target.into(),
+            source: e,
+        })?;
+        let layout =
+            flux_keys::detect_layout(store.names()).ok_or_else(|| FluxError::UnknownFormat {
+                path: target.into(),
+            })?;
+        Ok(Self {
+            path: target.into(),
+            store,
+            layout,
+        })
     }
 
     /// The file or folder that was opened.
@@ -116,7 +140,11 @@ impl FluxCheckpoint {
 
     /// Reads BFL key `bfl_key` as f32, checking it has shape `expected`.
     pub fn read(&self, bfl_key: &str, expected: &[usize]) -> Result<HostTensor> {
-        let missing = || FluxError::MissingKey { path: self.path.clone(), key: bfl_key.into(), expected: expected.to_vec() };
+        let missing = || FluxError::MissingKey {
+            path: self.path.clone(),
+            key: bfl_key.into(),
+            expected: expected.to_vec(),
+        };
         let recipe = flux_keys::recipe(&self.layout, bfl_key).ok_or_else(missing)?;
         let display_key = || match &recipe {
             Recipe::Same(s) | Recipe::SwapHalves(s) => s.clone(),
@@ -125,7 +153,11 @@ impl FluxCheckpoint {
         // Every source must exist; name the first one that does not.
         for s in recipe.sources() {
             if self.source_shape(s).is_none() {
-                return Err(FluxError::MissingKey { path: self.path.clone(), key: s.into(), expected: expected.to_vec() });
+                return Err(FluxError::MissingKey {
+                    path: self.path.clone(),
+                    key: s.into(),
+                    expected: expected.to_vec(),
+                });
             }
         }
         let found = recipe.shape(|n| self.source_shape(n)).unwrap_or_default();
@@ -137,18 +169,28 @@ impl FluxCheckpoint {
                 found,
             });
         }
-        let io = |e: fluxlora_io::IoError| FluxError::Io { path: self.path.clone(), source: e };
+        let io = |e: fluxlora_io::IoError| FluxError::Io {
+            path: self.path.clone(),
+            source: e,
+        };
         match &recipe {
             Recipe::Same(s) => self.store.read_f32(s).map_err(io),
             Recipe::ConcatRows(v) => {
-                let parts = v.iter().map(|s| self.store.read_f32(s)).collect::<Result<Vec<_>, _>>().map_err(io)?;
+                let parts = v
+                    .iter()
+                    .map(|s| self.store.read_f32(s))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(io)?;
                 HostTensor::concat_rows(&parts.iter().collect::<Vec<_>>()).map_err(io)
             }
             Recipe::SwapHalves(s) => {
                 let t = self.store.read_f32(s).map_err(io)?;
                 let half = t.shape[0] / 2;
-                HostTensor::concat_rows(&[&t.rows(half, 2 * half).map_err(io)?, &t.rows(0, half).map_err(io)?])
-                    .map_err(io)
+                HostTensor::concat_rows(&[
+                    &t.rows(half, 2 * half).map_err(io)?,
+                    &t.rows(0, half).map_err(io)?,
+                ])
+                .map_err(io)
             }
         }
     }
@@ -164,24 +206,45 @@ struct CheckpointWeights<'a, B: Backend> {
 impl<B: Backend> CheckpointWeights<'_, B> {
     fn tensor<const D: usize>(&self, key: &str, shape: [usize; D]) -> Result<Tensor<B, D>> {
         let host = self.ckpt.read(key, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(host.data, shape), self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(host.data, shape),
+            self.device,
+        ))
     }
 }
 
 impl<B: Backend> WeightSource<B> for CheckpointWeights<'_, B> {
-    fn linear(&mut self, path: &str, d_in: usize, d_out: usize, bias: bool) -> Result<LoraLinear<B>> {
-        let mut w = self.tensor(&format!("{path}.weight"), [d_out, d_in])?.transpose();
-        let mut b = if bias { Some(self.tensor(&format!("{path}.bias"), [d_out])?) } else { None };
+    fn linear(
+        &mut self,
+        path: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<LoraLinear<B>> {
+        let mut w = self
+            .tensor(&format!("{path}.weight"), [d_out, d_in])?
+            .transpose();
+        let mut b = if bias {
+            Some(self.tensor(&format!("{path}.bias"), [d_out])?)
+        } else {
+            None
+        };
         if let Some(dtype) = self.options.base_dtype {
             w = w.cast(dtype);
             b = b.map(|b| b.cast(dtype));
         }
         let lin = LoraLinear::from_weights(w, b);
-        Ok(if self.options.trainable_base { lin } else { lin.freeze_base() })
+        Ok(if self.options.trainable_base {
+            lin
+        } else {
+            lin.freeze_base()
+        })
     }
 
     fn vector(&mut self, key: &str, len: usize) -> Result<Tensor<B, 1>> {
-        Ok(self.tensor(key, [len])?.set_require_grad(self.options.trainable_base))
+        Ok(self
+            .tensor(key, [len])?
+            .set_require_grad(self.options.trainable_base))
     }
 }
 
@@ -208,7 +271,11 @@ impl<B: Backend> Flux<B> {
                 )));
             }
         }
-        let mut w = CheckpointWeights { ckpt, device, options };
+        let mut w = CheckpointWeights {
+            ckpt,
+            device,
+            options,
+        };
         Self::build(config, &mut w)
     }
 }

@@ -7,7 +7,9 @@ use burn::tensor::{backend::Backend, Tensor};
 use fluxlora_lora::{LoraLinear, TargetSelector};
 
 use crate::error::Result;
-use fluxlora_io::flux_linears::{double, double_block_path, outer, single, single_block_path, FluxLinear};
+use fluxlora_io::flux_linears::{
+    double, double_block_path, outer, single, single_block_path, FluxLinear,
+};
 
 use crate::transformer::double_block::DoubleStreamBlock;
 use crate::transformer::embed::MlpEmbedder;
@@ -18,7 +20,11 @@ use crate::transformer::single_block::SingleStreamBlock;
 /// `(BFL path, linear)` pairs, in the model's order.
 type Linears<'a, B> = Vec<(String, &'a mut LoraLinear<B>)>;
 
-fn double_linears<'a, B: Backend>(v: &mut Linears<'a, B>, i: usize, b: &'a mut DoubleStreamBlock<B>) {
+fn double_linears<'a, B: Backend>(
+    v: &mut Linears<'a, B>,
+    i: usize,
+    b: &'a mut DoubleStreamBlock<B>,
+) {
     let path = |l: &FluxLinear| double_block_path(i, l);
     v.push((path(&double::IMG_MOD), &mut b.img_mod.lin));
     v.push((path(&double::IMG_QKV), &mut b.img_attn.qkv));
@@ -32,14 +38,22 @@ fn double_linears<'a, B: Backend>(v: &mut Linears<'a, B>, i: usize, b: &'a mut D
     v.push((path(&double::TXT_MLP_2), &mut b.txt_mlp.layer2));
 }
 
-fn single_linears<'a, B: Backend>(v: &mut Linears<'a, B>, i: usize, b: &'a mut SingleStreamBlock<B>) {
+fn single_linears<'a, B: Backend>(
+    v: &mut Linears<'a, B>,
+    i: usize,
+    b: &'a mut SingleStreamBlock<B>,
+) {
     let path = |l: &FluxLinear| single_block_path(i, l);
     v.push((path(&single::LINEAR1), &mut b.linear1));
     v.push((path(&single::LINEAR2), &mut b.linear2));
     v.push((path(&single::MODULATION), &mut b.modulation.lin));
 }
 
-fn embedder_linears<'a, B: Backend>(v: &mut Linears<'a, B>, [first, second]: [FluxLinear; 2], m: &'a mut MlpEmbedder<B>) {
+fn embedder_linears<'a, B: Backend>(
+    v: &mut Linears<'a, B>,
+    [first, second]: [FluxLinear; 2],
+    m: &'a mut MlpEmbedder<B>,
+) {
     v.push((first.bfl.to_string(), &mut m.in_layer));
     v.push((second.bfl.to_string(), &mut m.out_layer));
 }
@@ -56,7 +70,11 @@ impl<B: Backend> Flux<B> {
         let mut v = Vec::new();
         v.push((outer::IMG_IN.bfl.to_string(), &mut self.img_in));
         embedder_linears(&mut v, [outer::TIME_IN, outer::TIME_OUT], &mut self.time_in);
-        embedder_linears(&mut v, [outer::VECTOR_IN, outer::VECTOR_OUT], &mut self.vector_in);
+        embedder_linears(
+            &mut v,
+            [outer::VECTOR_IN, outer::VECTOR_OUT],
+            &mut self.vector_in,
+        );
         if let Some(g) = self.guidance_in.as_mut() {
             embedder_linears(&mut v, [outer::GUIDANCE_IN, outer::GUIDANCE_OUT], g);
         }
@@ -67,8 +85,14 @@ impl<B: Backend> Flux<B> {
         for (i, b) in self.single_blocks.iter_mut().enumerate() {
             single_linears(&mut v, i, b);
         }
-        v.push((outer::FINAL_LINEAR.bfl.to_string(), &mut self.final_layer.linear));
-        v.push((outer::FINAL_MODULATION.bfl.to_string(), &mut self.final_layer.ada_ln_modulation));
+        v.push((
+            outer::FINAL_LINEAR.bfl.to_string(),
+            &mut self.final_layer.linear,
+        ));
+        v.push((
+            outer::FINAL_MODULATION.bfl.to_string(),
+            &mut self.final_layer.ada_ln_modulation,
+        ));
         v
     }
 
@@ -102,7 +126,11 @@ impl<B: Backend> Flux<B> {
 
     /// Freezes the base and adds fresh LoRA adapters to every linear `selector` chooses.
     /// Returns the BFL paths that received adapters.
-    pub fn apply_lora(&mut self, selector: &TargetSelector, device: &B::Device) -> Result<Vec<String>> {
+    pub fn apply_lora(
+        &mut self,
+        selector: &TargetSelector,
+        device: &B::Device,
+    ) -> Result<Vec<String>> {
         self.freeze_base();
         let mut chosen = Vec::new();
         for (path, lin) in self.linears_mut() {
@@ -132,7 +160,11 @@ impl<B: Backend> Flux<B> {
     pub fn lora_param_count(&mut self) -> usize {
         self.linears_mut()
             .into_iter()
-            .flat_map(|(_, l)| l.adapters.iter().map(|a| a.lora_a.shape().num_elements() + a.lora_b.shape().num_elements()))
+            .flat_map(|(_, l)| {
+                l.adapters
+                    .iter()
+                    .map(|a| a.lora_a.shape().num_elements() + a.lora_b.shape().num_elements())
+            })
             .sum()
     }
 }

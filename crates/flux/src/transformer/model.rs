@@ -108,28 +108,53 @@ impl<B: Backend> Flux<B> {
         let c = &self.config;
         let [b, l_img, ci] = x.img.dims();
         let [bt, l_txt, ct] = x.txt.dims();
-        let bad = |name: &str, message: String| Err(FluxError::Input { name: name.into(), message });
+        let bad = |name: &str, message: String| {
+            Err(FluxError::Input {
+                name: name.into(),
+                message,
+            })
+        };
         if ci != c.in_channels {
-            return bad("img", format!("token width {ci}, the model takes {}", c.in_channels));
+            return bad(
+                "img",
+                format!("token width {ci}, the model takes {}", c.in_channels),
+            );
         }
         if ct != c.context_in_dim {
-            return bad("txt", format!("token width {ct}, the model takes {}", c.context_in_dim));
+            return bad(
+                "txt",
+                format!("token width {ct}, the model takes {}", c.context_in_dim),
+            );
         }
         if bt != b {
             return bad("txt", format!("batch {bt} differs from img's {b}"));
         }
         let n_axes = c.axes_dim.len();
-        if x.img_ids.dims()[0] != b || x.img_ids.dims()[1] != l_img || x.img_ids.dims()[2] < n_axes {
-            return bad("img_ids", format!("shape {:?}, expected [{b}, {l_img}, 3]", x.img_ids.dims()));
+        if x.img_ids.dims()[0] != b || x.img_ids.dims()[1] != l_img || x.img_ids.dims()[2] < n_axes
+        {
+            return bad(
+                "img_ids",
+                format!("shape {:?}, expected [{b}, {l_img}, 3]", x.img_ids.dims()),
+            );
         }
-        if x.txt_ids.dims()[0] != b || x.txt_ids.dims()[1] != l_txt || x.txt_ids.dims()[2] < n_axes {
-            return bad("txt_ids", format!("shape {:?}, expected [{b}, {l_txt}, 3]", x.txt_ids.dims()));
+        if x.txt_ids.dims()[0] != b || x.txt_ids.dims()[1] != l_txt || x.txt_ids.dims()[2] < n_axes
+        {
+            return bad(
+                "txt_ids",
+                format!("shape {:?}, expected [{b}, {l_txt}, 3]", x.txt_ids.dims()),
+            );
         }
         if x.timesteps.dims() != [b] {
-            return bad("timesteps", format!("shape {:?}, expected [{b}]", x.timesteps.dims()));
+            return bad(
+                "timesteps",
+                format!("shape {:?}, expected [{b}]", x.timesteps.dims()),
+            );
         }
         if x.y.dims() != [b, c.vec_in_dim] {
-            return bad("y", format!("shape {:?}, expected [{b}, {}]", x.y.dims(), c.vec_in_dim));
+            return bad(
+                "y",
+                format!("shape {:?}, expected [{b}, {}]", x.y.dims(), c.vec_in_dim),
+            );
         }
         match (&x.guidance, c.guidance_embed) {
             (None, true) => bad(
@@ -144,21 +169,33 @@ impl<B: Backend> Flux<B> {
     /// Embeds the inputs and builds the RoPE tables (everything before the first block).
     pub fn embed(&self, x: &FluxInputs<B>) -> (Embedded<B>, Rope<B>) {
         let img = linear(&self.img_in, x.img.clone());
-        let mut vec = self.time_in.forward(timestep_embedding(x.timesteps.clone(), TIMESTEP_DIM));
+        let mut vec = self
+            .time_in
+            .forward(timestep_embedding(x.timesteps.clone(), TIMESTEP_DIM));
         if let (Some(g_in), Some(g)) = (&self.guidance_in, &x.guidance) {
             vec = vec + g_in.forward(timestep_embedding(g.clone(), TIMESTEP_DIM));
         }
         vec = vec + self.vector_in.forward(x.y.clone());
         let txt = linear(&self.txt_in, x.txt.clone());
         let n_axes = self.config.axes_dim.len();
-        let ids = Tensor::cat(vec![x.txt_ids.clone().narrow(2, 0, n_axes), x.img_ids.clone().narrow(2, 0, n_axes)], 1);
+        let ids = Tensor::cat(
+            vec![
+                x.txt_ids.clone().narrow(2, 0, n_axes),
+                x.img_ids.clone().narrow(2, 0, n_axes),
+            ],
+            1,
+        );
         let rope = Rope::new(ids, &self.config.axes_dim, self.config.theta);
         (Embedded { img, txt, vec }, rope)
     }
 
     /// Runs the double blocks, then the single blocks over `txt ‖ img`; returns the image part.
     pub fn blocks(&self, e: Embedded<B>, rope: &Rope<B>) -> Tensor<B, 3> {
-        let Embedded { mut img, mut txt, vec } = e;
+        let Embedded {
+            mut img,
+            mut txt,
+            vec,
+        } = e;
         for block in &self.double_blocks {
             (img, txt) = block.forward(img, txt, vec.clone(), rope);
         }

@@ -33,17 +33,21 @@ impl<B: Backend> Rope<B> {
         let mut angles = Vec::with_capacity(axes_dim.len());
         for (axis, &d) in axes_dim.iter().enumerate() {
             // ω_j = 1 / θ^(2j/d), computed in f64 as the reference does.
-            let omega: Vec<f32> =
-                (0..d / 2).map(|j| (1.0 / theta.powf((2 * j) as f64 / d as f64)) as f32).collect();
+            let omega: Vec<f32> = (0..d / 2)
+                .map(|j| (1.0 / theta.powf((2 * j) as f64 / d as f64)) as f32)
+                .collect();
             let omega: Tensor<B, 3> =
                 Tensor::from_data(TensorData::new(omega, [1, 1, d / 2]), &device);
             let pos = ids.clone().narrow(2, axis, 1); // [B, L, 1]
             angles.push(pos * omega); // [B, L, d/2]
         }
         let angles = Tensor::cat(angles, 2); // [B, L, half]
-        // Repeat each pair angle twice: [B, L, half, 1] → [B, L, half, 2] → [B, L, 2·half].
+                                             // Repeat each pair angle twice: [B, L, half, 1] → [B, L, half, 2] → [B, L, 2·half].
         let angles: Tensor<B, 3> =
-            angles.unsqueeze_dim::<4>(3).repeat_dim(3, 2).reshape([b, l, 2 * half]);
+            angles
+                .unsqueeze_dim::<4>(3)
+                .repeat_dim(3, 2)
+                .reshape([b, l, 2 * half]);
         let angles: Tensor<B, 4> = angles.unsqueeze_dim(1);
         let dim = 2 * half;
         let mut p = vec![0.0f32; dim * dim];
@@ -133,13 +137,27 @@ mod tests {
         let (l, d) = (3, 4);
         let ids = Tensor::<B, 3>::zeros([1, l, 3], &dev);
         let rope = Rope::new(ids, &[2, 2], 10000.0);
-        let f = |s: f32| (0..l * d).map(|i| ((i as f32 + s) * 0.7).cos()).collect::<Vec<f32>>();
+        let f = |s: f32| {
+            (0..l * d)
+                .map(|i| ((i as f32 + s) * 0.7).cos())
+                .collect::<Vec<f32>>()
+        };
         let (q, k, v) = (f(0.0), f(1.0), f(2.0));
-        let t = |x: &Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(x.clone(), [1, 1, l, d]), &dev);
-        let got = attention(t(&q), t(&k), t(&v), &rope).into_data().into_vec::<f32>().unwrap();
+        let t = |x: &Vec<f32>| {
+            Tensor::<B, 4>::from_data(TensorData::new(x.clone(), [1, 1, l, d]), &dev)
+        };
+        let got = attention(t(&q), t(&k), t(&v), &rope)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
         for i in 0..l {
             let s: Vec<f64> = (0..l)
-                .map(|j| (0..d).map(|c| (q[i * d + c] * k[j * d + c]) as f64).sum::<f64>() / 2.0)
+                .map(|j| {
+                    (0..d)
+                        .map(|c| (q[i * d + c] * k[j * d + c]) as f64)
+                        .sum::<f64>()
+                        / 2.0
+                })
                 .collect();
             let z: f64 = s.iter().map(|x| x.exp()).sum();
             for c in 0..d {

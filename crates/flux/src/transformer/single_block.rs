@@ -37,7 +37,12 @@ impl<B: Backend> SingleStreamBlock<B> {
     ) -> Result<Self> {
         let p = format!("single_blocks.{index}");
         Ok(Self {
-            linear1: w.linear(&format!("{p}.linear1"), hidden, 3 * hidden + mlp_hidden, true)?,
+            linear1: w.linear(
+                &format!("{p}.linear1"),
+                hidden,
+                3 * hidden + mlp_hidden,
+                true,
+            )?,
             linear2: w.linear(&format!("{p}.linear2"), hidden + mlp_hidden, hidden, true)?,
             norm: QkNorm::new(&format!("{p}.norm"), hidden / num_heads, w)?,
             modulation: Modulation::new(&format!("{p}.modulation"), hidden, false, w)?,

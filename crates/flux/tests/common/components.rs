@@ -7,8 +7,16 @@ use super::{transformer, Case, Outcome};
 
 /// Components whose cases other suites run: the encoders in `parity_encoders.rs`
 /// (`common/encoders.rs`) and the tagger in `fluxlora-caption`'s `tests/parity.rs`.
-pub const OTHER_SUITES: &[&str] =
-    &["ae_encode", "ae_decode", "clip", "t5", "t5_buckets", "tokenize_clip", "tokenize_t5", "tagger"];
+pub const OTHER_SUITES: &[&str] = &[
+    "ae_encode",
+    "ae_decode",
+    "clip",
+    "t5",
+    "t5_buckets",
+    "tokenize_clip",
+    "tokenize_t5",
+    "tagger",
+];
 
 /// Runs `case` on backend `B`; an unknown component is an error, never a silent skip.
 pub fn run<B: Backend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> {

@@ -12,12 +12,23 @@ use fluxlora_flux::autoencoder::keys::{detect_layout, AeKeyFormat};
 use fluxlora_flux::clip::{ClipActivation, ClipPooling};
 use fluxlora_flux::t5::buckets::relative_position_bucket;
 use fluxlora_flux::tokenizer::{TextTokenizer, Tokens};
-use fluxlora_flux::{Autoencoder, AutoencoderLoadOptions, ClipLoadOptions, ClipTextModel, T5Encoder, T5LoadOptions, TileOptions};
+use fluxlora_flux::{
+    Autoencoder, AutoencoderLoadOptions, ClipLoadOptions, ClipTextModel, T5Encoder, T5LoadOptions,
+    TileOptions,
+};
 use fluxlora_io::{Checkpoint, HostTensor, SafeTensorsFile};
 use serde_json::Value;
 
 /// The components this module runs.
-pub const COMPONENTS: &[&str] = &["ae_encode", "ae_decode", "clip", "t5", "t5_buckets", "tokenize_clip", "tokenize_t5"];
+pub const COMPONENTS: &[&str] = &[
+    "ae_encode",
+    "ae_decode",
+    "clip",
+    "t5",
+    "t5_buckets",
+    "tokenize_clip",
+    "tokenize_t5",
+];
 
 /// One finished comparison: the worst `max |ours − ref|` and the bound it must not exceed
 /// (`tolerance · max(1, max |ref|)` for floats, 0 for ids), plus a per-output breakdown.
@@ -39,7 +50,8 @@ pub fn run_case<B: Backend>(dir: &Path, dev: &B::Device) -> Option<Result<Encode
 }
 
 fn read_json(dir: &Path) -> Result<Value, String> {
-    let text = std::fs::read_to_string(dir.join("case.json")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let text = std::fs::read_to_string(dir.join("case.json"))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: case.json: {e}", dir.display()))
 }
 
@@ -49,17 +61,27 @@ impl Io {
     fn get(&self, name: &str) -> Result<HostTensor, String> {
         self.0.read_f32(name).map_err(|e| e.to_string())
     }
-    fn float<B: Backend, const D: usize>(&self, name: &str, dev: &B::Device) -> Result<Tensor<B, D>, String> {
+    fn float<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        dev: &B::Device,
+    ) -> Result<Tensor<B, D>, String> {
         let h = self.get(name)?;
         if h.shape.len() != D {
-            return Err(format!("io.safetensors: `{name}` has shape {:?}, expected rank {D}", h.shape));
+            return Err(format!(
+                "io.safetensors: `{name}` has shape {:?}, expected rank {D}",
+                h.shape
+            ));
         }
         Ok(Tensor::from_data(TensorData::new(h.data, h.shape), dev))
     }
     fn ints<B: Backend>(&self, name: &str, dev: &B::Device) -> Result<Tensor<B, 2, Int>, String> {
         let h = self.get(name)?;
         if h.shape.len() != 2 {
-            return Err(format!("io.safetensors: `{name}` has shape {:?}, expected rank 2", h.shape));
+            return Err(format!(
+                "io.safetensors: `{name}` has shape {:?}, expected rank 2",
+                h.shape
+            ));
         }
         let v: Vec<i64> = h.data.iter().map(|&x| x as i64).collect();
         Ok(Tensor::from_data(TensorData::new(v, h.shape), dev))
@@ -74,32 +96,79 @@ fn u(spec: &Value, key: &str) -> Option<usize> {
     spec.get(key).and_then(Value::as_u64).map(|v| v as usize)
 }
 
-fn compare<B: Backend, const D: usize>(name: &str, ours: Tensor<B, D>, reference: &HostTensor, tol: f64) -> Result<EncoderOutcome, String> {
+fn compare<B: Backend, const D: usize>(
+    name: &str,
+    ours: Tensor<B, D>,
+    reference: &HostTensor,
+    tol: f64,
+) -> Result<EncoderOutcome, String> {
     let dims = ours.dims().to_vec();
     if dims != reference.shape {
-        return Err(format!("`{name}`: output shape {dims:?}, reference {:?}", reference.shape));
+        return Err(format!(
+            "`{name}`: output shape {dims:?}, reference {:?}",
+            reference.shape
+        ));
     }
-    let ours = ours.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
-    let max_err = ours.iter().zip(&reference.data).map(|(a, b)| (*a as f64 - *b as f64).abs()).fold(0.0, f64::max);
-    let max_ref = reference.data.iter().map(|v| (*v as f64).abs()).fold(0.0, f64::max);
-    let max_err = if ours.iter().any(|v| !v.is_finite()) { f64::INFINITY } else { max_err };
+    let ours = ours
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
+    let max_err = ours
+        .iter()
+        .zip(&reference.data)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .fold(0.0, f64::max);
+    let max_ref = reference
+        .data
+        .iter()
+        .map(|v| (*v as f64).abs())
+        .fold(0.0, f64::max);
+    let max_err = if ours.iter().any(|v| !v.is_finite()) {
+        f64::INFINITY
+    } else {
+        max_err
+    };
     let bound = tol * max_ref.max(1.0);
-    Ok(EncoderOutcome { max_err, bound, detail: format!("{name} {max_err:.3e}") })
+    Ok(EncoderOutcome {
+        max_err,
+        bound,
+        detail: format!("{name} {max_err:.3e}"),
+    })
 }
 
 /// The outcome of several outputs: the one closest to (or furthest past) its bound.
 fn worst(parts: Vec<EncoderOutcome>) -> EncoderOutcome {
-    let detail = parts.iter().map(|p| p.detail.clone()).collect::<Vec<_>>().join(", ");
-    let ratio = |p: &EncoderOutcome| if p.bound > 0.0 { p.max_err / p.bound } else if p.max_err > 0.0 { f64::INFINITY } else { 0.0 };
-    let w = parts.into_iter().fold(None::<EncoderOutcome>, |acc, p| match acc {
-        Some(a) if ratio(&a) >= ratio(&p) => Some(a),
-        _ => Some(p),
-    });
+    let detail = parts
+        .iter()
+        .map(|p| p.detail.clone())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ratio = |p: &EncoderOutcome| {
+        if p.bound > 0.0 {
+            p.max_err / p.bound
+        } else if p.max_err > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        }
+    };
+    let w = parts
+        .into_iter()
+        .fold(None::<EncoderOutcome>, |acc, p| match acc {
+            Some(a) if ratio(&a) >= ratio(&p) => Some(a),
+            _ => Some(p),
+        });
     let w = w.expect("at least one output");
     EncoderOutcome { detail, ..w }
 }
 
-fn run<B: Backend>(dir: &Path, component: &str, spec: &Value, dev: &B::Device) -> Result<EncoderOutcome, String> {
+fn run<B: Backend>(
+    dir: &Path,
+    component: &str,
+    spec: &Value,
+    dev: &B::Device,
+) -> Result<EncoderOutcome, String> {
     let io = Io(SafeTensorsFile::open(dir.join("io.safetensors")).map_err(|e| e.to_string())?);
     let tol = f(spec, "tolerance").unwrap_or(1e-4);
     let model = dir.join("model.safetensors");
@@ -128,12 +197,20 @@ fn run<B: Backend>(dir: &Path, component: &str, spec: &Value, dev: &B::Device) -
             compare("out", out, &io.get("out")?, tol)
         }
         "clip" => {
-            let activation = match spec.get("hidden_act").and_then(Value::as_str).unwrap_or("quick_gelu") {
+            let activation = match spec
+                .get("hidden_act")
+                .and_then(Value::as_str)
+                .unwrap_or("quick_gelu")
+            {
                 "quick_gelu" => ClipActivation::QuickGelu,
                 "gelu" => ClipActivation::Gelu,
                 other => return Err(format!("case.json: unknown hidden_act `{other}`")),
             };
-            let pooling = match spec.get("pooling").and_then(Value::as_str).unwrap_or("argmax") {
+            let pooling = match spec
+                .get("pooling")
+                .and_then(Value::as_str)
+                .unwrap_or("argmax")
+            {
                 "argmax" => ClipPooling::ArgmaxId,
                 other => return Err(format!("case.json: unknown pooling `{other}`")),
             };
@@ -152,19 +229,41 @@ fn run<B: Backend>(dir: &Path, component: &str, spec: &Value, dev: &B::Device) -
             ]))
         }
         "t5" => {
-            let options = T5LoadOptions { max_distance: u(spec, "max_distance").unwrap_or(128), ..Default::default() };
+            let options = T5LoadOptions {
+                max_distance: u(spec, "max_distance").unwrap_or(128),
+                ..Default::default()
+            };
             let t5 = T5Encoder::<B>::load(&model, &options, dev).map_err(e)?;
-            let masked = spec.get("attention_mask").and_then(Value::as_bool).unwrap_or(false);
-            let mask = if masked { Some(io.ints("attention_mask", dev)?) } else { None };
+            let masked = spec
+                .get("attention_mask")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let mask = if masked {
+                Some(io.ints("attention_mask", dev)?)
+            } else {
+                None
+            };
             let out = t5.forward(io.ints("input_ids", dev)?, mask).map_err(e)?;
             compare("out", out, &io.get("out")?, tol)
         }
         "t5_buckets" => {
-            let (nb, md) = (u(spec, "num_buckets").unwrap_or(32), u(spec, "max_distance").unwrap_or(128));
+            let (nb, md) = (
+                u(spec, "num_buckets").unwrap_or(32),
+                u(spec, "max_distance").unwrap_or(128),
+            );
             let rel = io.get("relative_position")?;
-            let ours: Vec<f32> = rel.data.iter().map(|&r| relative_position_bucket(r as i64, nb, md) as f32).collect();
+            let ours: Vec<f32> = rel
+                .data
+                .iter()
+                .map(|&r| relative_position_bucket(r as i64, nb, md) as f32)
+                .collect();
             let n = ours.len();
-            compare("out", Tensor::<B, 1>::from_data(TensorData::new(ours, [n]), dev), &io.get("out")?, 0.0)
+            compare(
+                "out",
+                Tensor::<B, 1>::from_data(TensorData::new(ours, [n]), dev),
+                &io.get("out")?,
+                0.0,
+            )
         }
         "tokenize_clip" | "tokenize_t5" => {
             let max_length = u(spec, "max_length").ok_or("case.json: missing `max_length`")?;
@@ -176,7 +275,10 @@ fn run<B: Backend>(dir: &Path, component: &str, spec: &Value, dev: &B::Device) -
             }
             .map_err(e)?;
             if tok.max_length() != max_length {
-                return Err(format!("tokenizer length {} but case.json says {max_length}", tok.max_length()));
+                return Err(format!(
+                    "tokenizer length {} but case.json says {max_length}",
+                    tok.max_length()
+                ));
             }
             let texts: Vec<&str> = spec
                 .get("texts")
@@ -208,10 +310,16 @@ fn check_ae_format(model: &Path, spec: &Value) -> Result<(), String> {
     let want = match spec.get("format").and_then(Value::as_str) {
         Some("bfl") => AeKeyFormat::Bfl,
         Some("diffusers") => AeKeyFormat::Diffusers,
-        other => return Err(format!("case.json: format {other:?} is not bfl or diffusers")),
+        other => {
+            return Err(format!(
+                "case.json: format {other:?} is not bfl or diffusers"
+            ))
+        }
     };
     if layout.format != want {
-        return Err(format!("detected layout {layout:?}, case.json says {want:?}"));
+        return Err(format!(
+            "detected layout {layout:?}, case.json says {want:?}"
+        ));
     }
     Ok(())
 }

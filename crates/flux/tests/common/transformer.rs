@@ -13,13 +13,26 @@ fn load_model<B: Backend>(case: &Case, dev: &B::Device) -> Result<Flux<B>, Strin
     let want = match case.format.as_str() {
         "bfl" => FluxKeyFormat::Bfl,
         "diffusers" => FluxKeyFormat::Diffusers,
-        other => return Err(format!("case.json: format `{other}` needs model weights (bfl or diffusers)")),
+        other => {
+            return Err(format!(
+                "case.json: format `{other}` needs model weights (bfl or diffusers)"
+            ))
+        }
     };
     if ckpt.layout().format != want {
-        return Err(format!("detected layout {:?}, case.json says {}", ckpt.layout(), case.format));
+        return Err(format!(
+            "detected layout {:?}, case.json says {}",
+            ckpt.layout(),
+            case.format
+        ));
     }
-    let config = ckpt.infer_config(case.axes_dim.clone()).map_err(|e| e.to_string())?;
-    let options = LoadOptions { axes_dim: case.axes_dim.clone(), ..Default::default() };
+    let config = ckpt
+        .infer_config(case.axes_dim.clone())
+        .map_err(|e| e.to_string())?;
+    let options = LoadOptions {
+        axes_dim: case.axes_dim.clone(),
+        ..Default::default()
+    };
     Flux::from_checkpoint(&ckpt, &config, &options, dev).map_err(|e| e.to_string())
 }
 
@@ -37,7 +50,10 @@ pub fn run<B: Backend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> 
                 txt_ids: io.tensor("txt_ids", dev)?,
                 timesteps: io.tensor("timesteps", dev)?,
                 y: io.tensor("y", dev)?,
-                guidance: io.opt("guidance")?.map(|g| to_tensor(g, "guidance", dev)).transpose()?,
+                guidance: io
+                    .opt("guidance")?
+                    .map(|g| to_tensor(g, "guidance", dev))
+                    .transpose()?,
             };
             let out = model.forward(&inputs).map_err(|e| e.to_string())?;
             compare(out, &expected, case.tolerance)
@@ -51,8 +67,14 @@ pub fn run<B: Backend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> 
                 y: io.tensor("y", dev)?,
                 guidance: io.opt("guidance")?.map(|g| g.data[0]),
             };
-            let ts: Vec<f64> = io.get("timesteps")?.data.iter().map(|&t| t as f64).collect();
-            let out = denoise(&model, io.tensor("noise", dev)?, &cond, &ts).map_err(|e| e.to_string())?;
+            let ts: Vec<f64> = io
+                .get("timesteps")?
+                .data
+                .iter()
+                .map(|&t| t as f64)
+                .collect();
+            let out =
+                denoise(&model, io.tensor("noise", dev)?, &cond, &ts).map_err(|e| e.to_string())?;
             compare(out, &expected, case.tolerance)
         }
         "schedule" => {
@@ -66,7 +88,11 @@ pub fn run<B: Backend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> 
             );
             let ours: Vec<f32> = s.iter().map(|&v| v as f32).collect();
             let n = ours.len();
-            compare(Tensor::<B, 1>::from_data(TensorData::new(ours, [n]), dev), &expected, case.tolerance)
+            compare(
+                Tensor::<B, 1>::from_data(TensorData::new(ours, [n]), dev),
+                &expected,
+                case.tolerance,
+            )
         }
         other => Err(format!("unknown component `{other}`")),
     }

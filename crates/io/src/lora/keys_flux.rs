@@ -13,8 +13,8 @@
 use std::ops::Range;
 
 use crate::flux_linears::{
-    double, double_block_path, outer, single, single_block_path, FluxLinear, DOUBLE_BLOCK_LINEARS, OUTER_LINEARS,
-    SINGLE_BLOCK_LINEARS,
+    double, double_block_path, outer, single, single_block_path, FluxLinear, DOUBLE_BLOCK_LINEARS,
+    OUTER_LINEARS, SINGLE_BLOCK_LINEARS,
 };
 
 /// Diffusers names that cover several segments of a fused BFL module (read-only aliases:
@@ -206,10 +206,22 @@ impl Target {
 /// Maps a diffusers transformer module name (no `transformer.` prefix) to its BFL target.
 pub fn bfl_from_diffusers(name: &str) -> Option<Target> {
     if let Some((i, rest)) = indexed(name, "transformer_blocks.", '.') {
-        return block_target(&DOUBLE_BLOCK_LINEARS, DOUBLE_FUSED_ALIASES, "double_blocks", i, rest);
+        return block_target(
+            &DOUBLE_BLOCK_LINEARS,
+            DOUBLE_FUSED_ALIASES,
+            "double_blocks",
+            i,
+            rest,
+        );
     }
     if let Some((i, rest)) = indexed(name, "single_transformer_blocks.", '.') {
-        return block_target(&SINGLE_BLOCK_LINEARS, SINGLE_FUSED_ALIASES, "single_blocks", i, rest);
+        return block_target(
+            &SINGLE_BLOCK_LINEARS,
+            SINGLE_FUSED_ALIASES,
+            "single_blocks",
+            i,
+            rest,
+        );
     }
     OUTER_LINEARS
         .iter()
@@ -253,11 +265,20 @@ fn block_target(
 /// whether the halves are swapped. `None` for paths this crate does not know.
 pub fn diffusers_names(bfl: &str) -> Option<(Vec<String>, bool)> {
     let (kind, linear) = bfl_linear(bfl)?;
-    let scoped = |prefix: &str, i: usize| linear.diffusers.iter().map(|p| format!("{prefix}.{i}.{p}")).collect();
+    let scoped = |prefix: &str, i: usize| {
+        linear
+            .diffusers
+            .iter()
+            .map(|p| format!("{prefix}.{i}.{p}"))
+            .collect()
+    };
     Some(match kind {
         BflKind::Double(i) => (scoped("transformer_blocks", i), false),
         BflKind::Single(i) => (scoped("single_transformer_blocks", i), false),
-        BflKind::NonBlock => (linear.diffusers.iter().map(|d| d.to_string()).collect(), linear.bfl == SWAPPED_MODULE),
+        BflKind::NonBlock => (
+            linear.diffusers.iter().map(|d| d.to_string()).collect(),
+            linear.bfl == SWAPPED_MODULE,
+        ),
     })
 }
 
@@ -284,20 +305,23 @@ pub fn bfl_from_underscored(s: &str) -> Option<String> {
 /// Inverse of `name.replace('.', '_')` for diffusers transformer names (OneTrainer's
 /// `lora_transformer_` names).
 pub fn diffusers_from_underscored(s: &str) -> Option<String> {
-    let block = |table: &[FluxLinear],
-                 aliases: &[(&str, &str)],
-                 prefix: &str,
-                 i: usize,
-                 rest: &str| {
-        table
-            .iter()
-            .flat_map(|l| l.diffusers.iter().copied())
-            .chain(aliases.iter().map(|(a, _)| *a))
-            .find(|p| p.replace('.', "_") == rest)
-            .map(|p| format!("{prefix}.{i}.{p}"))
-    };
+    let block =
+        |table: &[FluxLinear], aliases: &[(&str, &str)], prefix: &str, i: usize, rest: &str| {
+            table
+                .iter()
+                .flat_map(|l| l.diffusers.iter().copied())
+                .chain(aliases.iter().map(|(a, _)| *a))
+                .find(|p| p.replace('.', "_") == rest)
+                .map(|p| format!("{prefix}.{i}.{p}"))
+        };
     if let Some((i, rest)) = indexed(s, "transformer_blocks_", '_') {
-        return block(&DOUBLE_BLOCK_LINEARS, DOUBLE_FUSED_ALIASES, "transformer_blocks", i, rest);
+        return block(
+            &DOUBLE_BLOCK_LINEARS,
+            DOUBLE_FUSED_ALIASES,
+            "transformer_blocks",
+            i,
+            rest,
+        );
     }
     if let Some((i, rest)) = indexed(s, "single_transformer_blocks_", '_') {
         return block(

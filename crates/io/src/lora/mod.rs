@@ -260,11 +260,24 @@ mod tests {
             up_bias: None,
         };
         let e = m(vec![2, 3], vec![4, 1]).check().unwrap_err();
-        assert!(matches!(e, IoError::LoraRankMismatch { down_rank: 2, up_rank: 1, .. }));
-        assert_eq!(e.to_string(), "down [2, 3] has rank 2 but up [4, 1] has rank 1");
+        assert!(matches!(
+            e,
+            IoError::LoraRankMismatch {
+                down_rank: 2,
+                up_rank: 1,
+                ..
+            }
+        ));
+        assert_eq!(
+            e.to_string(),
+            "down [2, 3] has rank 2 but up [4, 1] has rank 1"
+        );
         let mut bad = m(vec![1, 2], vec![2, 1]);
         bad.down.data.pop();
         let e = bad.check().unwrap_err().to_string();
-        assert!(e.contains("down has shape [1, 2] but holds 1 values"), "{e}");
+        assert!(
+            e.contains("down has shape [1, 2] but holds 1 values"),
+            "{e}"
+        );
     }
 }

@@ -74,10 +74,7 @@ pub fn read_lora_from(file: &SafeTensorsFile, format: LoraFormat) -> Result<Lora
         if let Some(prev) = g.keys.insert(role.name(), key.to_string()) {
             return Err(key_err(
                 key,
-                format!(
-                    "gives the {} of the same module as `{prev}`",
-                    role.name()
-                ),
+                format!("gives the {} of the same module as `{prev}`", role.name()),
             ));
         }
     }
@@ -145,9 +142,7 @@ pub fn read_lora_from(file: &SafeTensorsFile, format: LoraFormat) -> Result<Lora
         asm.add(target, module, stem)
             .map_err(|(module, e)| module_err(&module, e))?;
     }
-    let modules = asm
-        .finish()
-        .map_err(|(module, e)| module_err(&module, e))?;
+    let modules = asm.finish().map_err(|(module, e)| module_err(&module, e))?;
     Ok(LoraWeights {
         modules,
         metadata: file.metadata().clone(),

@@ -22,10 +22,10 @@ pub struct Fixture {
 impl Fixture {
     pub fn load() -> Self {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|dir| dir.join("fixtures"))
-        .find(|dir| dir.is_dir())
-        .expect("a fixtures/ folder above the crate")
+            .ancestors()
+            .map(|dir| dir.join("fixtures"))
+            .find(|dir| dir.is_dir())
+            .expect("a fixtures/ folder above the crate")
             .join("optim/trajectories.safetensors");
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
@@ -40,7 +40,9 @@ impl Fixture {
     }
 
     fn raw(&self, key: &str) -> &(Vec<usize>, Vec<u8>, safetensors::Dtype) {
-        self.tensors.get(key).unwrap_or_else(|| panic!("fixture has no `{key}`"))
+        self.tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("fixture has no `{key}`"))
     }
 
     pub fn shape(&self, key: &str) -> Vec<usize> {
@@ -50,13 +52,17 @@ impl Fixture {
     pub fn f32s(&self, key: &str) -> Vec<f32> {
         let (_, b, d) = self.raw(key);
         assert_eq!(*d, safetensors::Dtype::F32, "{key}");
-        b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 
     pub fn f64s(&self, key: &str) -> Vec<f64> {
         let (_, b, d) = self.raw(key);
         assert_eq!(*d, safetensors::Dtype::F64, "{key}");
-        b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+        b.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
 
     pub fn u8s(&self, key: &str) -> Vec<u8> {
@@ -70,7 +76,10 @@ impl Fixture {
     }
 
     pub fn snapshots(&self) -> Vec<usize> {
-        self.meta["snapshots"].split(',').map(|s| s.parse().unwrap()).collect()
+        self.meta["snapshots"]
+            .split(',')
+            .map(|s| s.parse().unwrap())
+            .collect()
     }
 
     pub fn tensor<const D: usize, B: Backend>(&self, key: &str) -> Tensor<B, D> {

@@ -15,8 +15,8 @@ use burn::tensor::backend::Backend;
 use fluxlora_flux::clip::{ClipActivation, ClipPooling};
 use fluxlora_flux::tokenizer::{T5_MAX_LENGTH_DEV, T5_MAX_LENGTH_SCHNELL};
 use fluxlora_flux::{
-    Autoencoder, AutoencoderLoadOptions, ClipLoadOptions, ClipTextModel, Flux, FluxCheckpoint, LoadOptions,
-    T5Encoder, T5LoadOptions, TextTokenizer,
+    Autoencoder, AutoencoderLoadOptions, ClipLoadOptions, ClipTextModel, Flux, FluxCheckpoint,
+    LoadOptions, T5Encoder, T5LoadOptions, TextTokenizer,
 };
 use serde_json::Value;
 
@@ -67,7 +67,10 @@ impl From<&TrainConfig> for ModelPaths {
 }
 
 fn missing(key: &str, message: String) -> TrainError {
-    TrainError::Invalid { key: key.into(), message }
+    TrainError::Invalid {
+        key: key.into(),
+        message,
+    }
 }
 
 /// `folder/sub` when it exists.
@@ -76,10 +79,24 @@ fn sub(folder: Option<&Path>, name: &str) -> Option<PathBuf> {
 }
 
 /// The `tokenizer.json` for a text encoder: the model folder's `sub/`, else one beside `weights`.
-fn tokenizer(folder: Option<&Path>, sub_name: &str, weights: &Path, which: &str) -> Result<PathBuf, TrainError> {
-    let beside = if weights.is_dir() { weights.join("tokenizer.json") } else { weights.with_file_name("tokenizer.json") };
-    let candidates: Vec<PathBuf> =
-        [sub(folder, sub_name).map(|d| d.join("tokenizer.json")), Some(beside)].into_iter().flatten().collect();
+fn tokenizer(
+    folder: Option<&Path>,
+    sub_name: &str,
+    weights: &Path,
+    which: &str,
+) -> Result<PathBuf, TrainError> {
+    let beside = if weights.is_dir() {
+        weights.join("tokenizer.json")
+    } else {
+        weights.with_file_name("tokenizer.json")
+    };
+    let candidates: Vec<PathBuf> = [
+        sub(folder, sub_name).map(|d| d.join("tokenizer.json")),
+        Some(beside),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
         let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
         missing(
@@ -111,11 +128,17 @@ impl BaseModel {
         if !root.exists() {
             return Err(missing(
                 "pretrained_model_name_or_path",
-                format!("{} does not exist; give a Flux model folder or a transformer .safetensors", root.display()),
+                format!(
+                    "{} does not exist; give a Flux model folder or a transformer .safetensors",
+                    root.display()
+                ),
             ));
         }
         let folder = root.is_dir().then_some(root);
-        let part = |explicit: &Option<PathBuf>, folder_sub: &str, key: &str| -> Result<PathBuf, TrainError> {
+        let part = |explicit: &Option<PathBuf>,
+                    folder_sub: &str,
+                    key: &str|
+         -> Result<PathBuf, TrainError> {
             match explicit {
                 Some(p) if p.exists() => Ok(p.clone()),
                 Some(p) => Err(missing(key, format!("{} does not exist", p.display()))),
@@ -154,7 +177,9 @@ impl BaseModel {
         Ok(match model_type {
             ModelType::Dev => true,
             ModelType::Schnell => false,
-            ModelType::Auto => FluxCheckpoint::open(&self.transformer)?.shape("guidance_in.in_layer.weight").is_some(),
+            ModelType::Auto => FluxCheckpoint::open(&self.transformer)?
+                .shape("guidance_in.in_layer.weight")
+                .is_some(),
         })
     }
 
@@ -164,10 +189,18 @@ impl BaseModel {
     }
 
     /// T5 tokens: `explicit`, else 512 for dev and 256 for schnell.
-    pub fn t5_tokens(&self, explicit: Option<usize>, model_type: ModelType) -> Result<usize, TrainError> {
+    pub fn t5_tokens(
+        &self,
+        explicit: Option<usize>,
+        model_type: ModelType,
+    ) -> Result<usize, TrainError> {
         match explicit {
             Some(n) => Ok(n),
-            None => Ok(if self.is_dev_as(model_type)? { T5_MAX_LENGTH_DEV } else { T5_MAX_LENGTH_SCHNELL }),
+            None => Ok(if self.is_dev_as(model_type)? {
+                T5_MAX_LENGTH_DEV
+            } else {
+                T5_MAX_LENGTH_SCHNELL
+            }),
         }
     }
 
@@ -180,7 +213,11 @@ impl BaseModel {
         let axes_dim = read_config(&self.transformer, "transformer")?
             .and_then(|v| v.get("axes_dims_rope").cloned())
             .and_then(|v| serde_json::from_value::<Vec<usize>>(v).ok());
-        let options = LoadOptions { axes_dim, base_dtype, trainable_base: false };
+        let options = LoadOptions {
+            axes_dim,
+            base_dtype,
+            trainable_base: false,
+        };
         Ok(Flux::load(&self.transformer, &options, device)?)
     }
 
@@ -199,9 +236,15 @@ impl BaseModel {
         dtype: Option<burn::tensor::DType>,
         device: &B::Device,
     ) -> Result<ClipTextModel<B>, TrainError> {
-        let mut o = ClipLoadOptions { dtype, ..Default::default() };
+        let mut o = ClipLoadOptions {
+            dtype,
+            ..Default::default()
+        };
         if let Some(cfg) = read_config(&self.clip, "text_encoder")? {
-            o.num_heads = cfg.get("num_attention_heads").and_then(Value::as_u64).map(|h| h as usize);
+            o.num_heads = cfg
+                .get("num_attention_heads")
+                .and_then(Value::as_u64)
+                .map(|h| h as usize);
             if let Some(act) = cfg.get("hidden_act").and_then(Value::as_str) {
                 o.activation = match act {
                     "quick_gelu" => ClipActivation::QuickGelu,
@@ -209,7 +252,10 @@ impl BaseModel {
                     other => {
                         return Err(missing(
                             "clip_l",
-                            format!("{}: hidden_act `{other}` is not supported (quick_gelu or gelu)", self.clip.display()),
+                            format!(
+                                "{}: hidden_act `{other}` is not supported (quick_gelu or gelu)",
+                                self.clip.display()
+                            ),
                         ))
                     }
                 };
@@ -218,17 +264,31 @@ impl BaseModel {
                 o.layer_norm_eps = eps;
             }
             if let Some(eos) = cfg.get("eos_token_id").and_then(Value::as_u64) {
-                o.pooling = if eos == 2 { ClipPooling::ArgmaxId } else { ClipPooling::FirstId(eos as u32) };
+                o.pooling = if eos == 2 {
+                    ClipPooling::ArgmaxId
+                } else {
+                    ClipPooling::FirstId(eos as u32)
+                };
             }
         }
         Ok(ClipTextModel::load(&self.clip, &o, device)?)
     }
 
     /// Loads the T5 encoder.
-    pub fn load_t5<B: Backend>(&self, dtype: Option<burn::tensor::DType>, device: &B::Device) -> Result<T5Encoder<B>, TrainError> {
-        let mut o = T5LoadOptions { dtype, ..Default::default() };
+    pub fn load_t5<B: Backend>(
+        &self,
+        dtype: Option<burn::tensor::DType>,
+        device: &B::Device,
+    ) -> Result<T5Encoder<B>, TrainError> {
+        let mut o = T5LoadOptions {
+            dtype,
+            ..Default::default()
+        };
         if let Some(cfg) = read_config(&self.t5, "text_encoder_2")? {
-            if let Some(d) = cfg.get("relative_attention_max_distance").and_then(Value::as_u64) {
+            if let Some(d) = cfg
+                .get("relative_attention_max_distance")
+                .and_then(Value::as_u64)
+            {
                 o.max_distance = d as usize;
             }
             if let Some(eps) = cfg.get("layer_norm_epsilon").and_then(Value::as_f64) {
@@ -239,8 +299,14 @@ impl BaseModel {
     }
 
     /// The CLIP and T5 tokenizers (T5 padded to `t5_max_length`).
-    pub fn tokenizers(&self, t5_max_length: usize) -> Result<(TextTokenizer, TextTokenizer), TrainError> {
-        Ok((TextTokenizer::clip(&self.clip_tokenizer)?, TextTokenizer::t5(&self.t5_tokenizer, t5_max_length)?))
+    pub fn tokenizers(
+        &self,
+        t5_max_length: usize,
+    ) -> Result<(TextTokenizer, TextTokenizer), TrainError> {
+        Ok((
+            TextTokenizer::clip(&self.clip_tokenizer)?,
+            TextTokenizer::t5(&self.t5_tokenizer, t5_max_length)?,
+        ))
     }
 }
 
@@ -253,7 +319,10 @@ pub fn load_autoencoder<B: Backend>(
     dtype: Option<burn::tensor::DType>,
     device: &B::Device,
 ) -> Result<Autoencoder<B>, TrainError> {
-    let mut o = AutoencoderLoadOptions { dtype, ..Default::default() };
+    let mut o = AutoencoderLoadOptions {
+        dtype,
+        ..Default::default()
+    };
     if let Some(cfg) = read_config(ae, "vae")? {
         if let Some(g) = cfg.get("norm_num_groups").and_then(Value::as_u64) {
             o.norm_groups = g as usize;
@@ -270,17 +339,29 @@ pub fn load_autoencoder<B: Backend>(
 
 fn read_config(path: &Path, sub_name: &str) -> Result<Option<Value>, TrainError> {
     let candidates: Vec<PathBuf> = if path.is_dir() {
-        vec![path.join("config.json"), path.join(sub_name).join("config.json")]
-    } else if path.parent().and_then(Path::file_name).is_some_and(|n| n == sub_name) {
+        vec![
+            path.join("config.json"),
+            path.join(sub_name).join("config.json"),
+        ]
+    } else if path
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|n| n == sub_name)
+    {
         vec![path.with_file_name("config.json")]
     } else {
         Vec::new()
     };
-    let Some(file) = candidates.iter().find(|p| p.is_file()) else { return Ok(None) };
+    let Some(file) = candidates.iter().find(|p| p.is_file()) else {
+        return Ok(None);
+    };
     let text = std::fs::read_to_string(file).map_err(|e| TrainError::io(file, e))?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| TrainError::Config { origin: file.display().to_string(), message: format!("not valid JSON: {e}") })
+        .map_err(|e| TrainError::Config {
+            origin: file.display().to_string(),
+            message: format!("not valid JSON: {e}"),
+        })
 }
 
 #[cfg(test)]
@@ -307,7 +388,10 @@ mod tests {
             "tokenizer/tokenizer.json",
             "tokenizer_2/tokenizer.json",
         ]);
-        let c = TrainConfig { pretrained_model_name_or_path: Some(d.path().into()), ..Default::default() };
+        let c = TrainConfig {
+            pretrained_model_name_or_path: Some(d.path().into()),
+            ..Default::default()
+        };
         let b = BaseModel::resolve(&c).unwrap();
         assert_eq!(b.ae, d.path().join("vae"));
         assert_eq!(b.t5, d.path().join("text_encoder_2"));
@@ -316,9 +400,16 @@ mod tests {
 
     #[test]
     fn missing_parts_are_named_with_the_key_to_set() {
-        let d = folder_with(&["flux1-dev.safetensors", "clip_l.safetensors", "t5xxl.safetensors"]);
+        let d = folder_with(&[
+            "flux1-dev.safetensors",
+            "clip_l.safetensors",
+            "t5xxl.safetensors",
+        ]);
         let file = d.path().join("flux1-dev.safetensors");
-        let mut c = TrainConfig { pretrained_model_name_or_path: Some(file.clone()), ..Default::default() };
+        let mut c = TrainConfig {
+            pretrained_model_name_or_path: Some(file.clone()),
+            ..Default::default()
+        };
         let e = BaseModel::resolve(&c).unwrap_err().to_string();
         assert!(e.contains("`ae`") && e.contains("vae"), "{e}");
         c.ae = Some(d.path().join("ae.safetensors"));

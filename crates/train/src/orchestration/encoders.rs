@@ -16,8 +16,8 @@ use fluxlora_flux::tokenizer::{ids_tensor, mask_tensor};
 use fluxlora_flux::{Autoencoder, ClipTextModel, T5Encoder, TextTokenizer, TileOptions};
 use fluxlora_io::HostTensor;
 
-use crate::orchestration::base::BaseModel;
 use crate::error::TrainError;
+use crate::orchestration::base::BaseModel;
 
 /// `path (bytes, mtime)` of a file, or of every file in a folder (sorted), for identities.
 pub fn file_identity(path: &Path) -> String {
@@ -32,7 +32,12 @@ pub fn file_identity(path: &Path) -> String {
     };
     if path.is_dir() {
         let mut files: Vec<_> = std::fs::read_dir(path)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_file())
+                    .collect()
+            })
             .unwrap_or_default();
         files.sort();
         files.iter().map(|p| one(p)).collect::<Vec<_>>().join("+")
@@ -42,7 +47,11 @@ pub fn file_identity(path: &Path) -> String {
 }
 
 fn encoder_error(e: impl std::fmt::Display) -> DataError {
-    DataError::Encoder { encoder: "flux".into(), item: String::new(), message: e.to_string() }
+    DataError::Encoder {
+        encoder: "flux".into(),
+        item: String::new(),
+        message: e.to_string(),
+    }
 }
 
 /// The autoencoder as a [`LatentEncoder`]: `[3, H, W]` in [−1, 1] → the Flux latent `[C, H/8, W/8]`.
@@ -56,20 +65,38 @@ pub struct FluxLatentEncoder<B: Backend> {
 impl<B: Backend> FluxLatentEncoder<B> {
     /// Wraps a loaded autoencoder; `weights` is the file or folder it came from (for the
     /// identity); `tiles` switches to tiled encoding for large images.
-    pub fn new(ae: Autoencoder<B>, weights: &Path, tiles: Option<TileOptions>, device: B::Device) -> Self {
+    pub fn new(
+        ae: Autoencoder<B>,
+        weights: &Path,
+        tiles: Option<TileOptions>,
+        device: B::Device,
+    ) -> Self {
         let identity = Self::identity_of(weights, ae.dtype(), tiles.as_ref());
-        Self { ae, tiles, device, identity }
+        Self {
+            ae,
+            tiles,
+            device,
+            identity,
+        }
     }
 
     /// The identity of the encoder `new` would make, without loading it. A model folder's
     /// `config.json` (scale, shift, groups) is part of its file identity.
     pub fn identity_of(weights: &Path, dtype: DType, tiles: Option<&TileOptions>) -> String {
-        format!("flux-ae/{}/dtype={dtype:?}/tiles={tiles:?}", file_identity(weights))
+        format!(
+            "flux-ae/{}/dtype={dtype:?}/tiles={tiles:?}",
+            file_identity(weights)
+        )
     }
 
     /// Loads the base model's autoencoder (f32).
     pub fn load(base: &BaseModel, device: &B::Device) -> Result<Self, TrainError> {
-        Ok(Self::new(base.load_autoencoder(None, device)?, &base.ae, None, device.clone()))
+        Ok(Self::new(
+            base.load_autoencoder(None, device)?,
+            &base.ae,
+            None,
+            device.clone(),
+        ))
     }
 
     /// The wrapped autoencoder (e.g. to decode samples), consuming the encoder.
@@ -85,11 +112,21 @@ impl<B: Backend> LatentEncoder for FluxLatentEncoder<B> {
 
     fn encode(&self, image: &HostTensor) -> Result<HostTensor, DataError> {
         if image.shape.len() != 3 {
-            return Err(encoder_error(format!("image of shape {:?}, expected [3, H, W]", image.shape)));
+            return Err(encoder_error(format!(
+                "image of shape {:?}, expected [3, H, W]",
+                image.shape
+            )));
         }
         let mut shape = vec![1];
         shape.extend_from_slice(&image.shape);
-        let x = upload::<B, 4>(&HostTensor { shape, data: image.data.clone() }, &self.device).map_err(encoder_error)?;
+        let x = upload::<B, 4>(
+            &HostTensor {
+                shape,
+                data: image.data.clone(),
+            },
+            &self.device,
+        )
+        .map_err(encoder_error)?;
         let z = match &self.tiles {
             Some(t) => self.ae.encode_tiled(x, t),
             None => self.ae.encode(x),
@@ -115,16 +152,34 @@ pub struct FluxTextEncoder<B: Backend> {
 impl<B: Backend> FluxTextEncoder<B> {
     /// Loads both text encoders and tokenizers of `base` (f32). `t5_mask` hides T5 padding
     /// inside T5's own attention (kohya's `apply_t5_attn_mask`; BFL inference does not).
-    pub fn load(base: &BaseModel, t5_max_length: usize, t5_mask: bool, device: &B::Device) -> Result<Self, TrainError> {
+    pub fn load(
+        base: &BaseModel,
+        t5_max_length: usize,
+        t5_mask: bool,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
         let (clip_tokenizer, t5_tokenizer) = base.tokenizers(t5_max_length)?;
         let clip = base.load_clip(None, device)?;
         let t5 = base.load_t5(None, device)?;
         let identity = Self::identity_of(base, t5_max_length, t5_mask, clip.dtype());
-        Ok(Self { clip, t5, clip_tokenizer, t5_tokenizer, t5_mask, device: device.clone(), identity })
+        Ok(Self {
+            clip,
+            t5,
+            clip_tokenizer,
+            t5_tokenizer,
+            t5_mask,
+            device: device.clone(),
+            identity,
+        })
     }
 
     /// The identity of the encoder `load` would make, without loading it.
-    pub fn identity_of(base: &BaseModel, t5_max_length: usize, t5_mask: bool, dtype: DType) -> String {
+    pub fn identity_of(
+        base: &BaseModel,
+        t5_max_length: usize,
+        t5_mask: bool,
+        dtype: DType,
+    ) -> String {
         format!(
             "flux-text/clip={}/t5={}/tok={}+{}/t5_len={t5_max_length}/t5_mask={t5_mask}/dtype={dtype:?}",
             file_identity(&base.clip),
@@ -135,18 +190,27 @@ impl<B: Backend> FluxTextEncoder<B> {
     }
 
     /// Encodes one caption to device tensors: T5 `[1, L, d]` and pooled `[1, d]`.
-    pub fn encode_tensors(&self, caption: &str) -> Result<(Tensor<B, 3>, Tensor<B, 2>), TrainError> {
+    pub fn encode_tensors(
+        &self,
+        caption: &str,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), TrainError> {
         let clip_tokens = self.clip_tokenizer.encode(caption)?;
         let t5_tokens = self.t5_tokenizer.encode(caption)?;
         let clip_ids = ids_tensor::<B>(std::slice::from_ref(&clip_tokens), &self.device)?;
         let t5_ids = ids_tensor::<B>(std::slice::from_ref(&t5_tokens), &self.device)?;
-        let mask = if self.t5_mask { Some(mask_tensor::<B>(std::slice::from_ref(&t5_tokens), &self.device)?) } else { None };
+        let mask = if self.t5_mask {
+            Some(mask_tensor::<B>(
+                std::slice::from_ref(&t5_tokens),
+                &self.device,
+            )?)
+        } else {
+            None
+        };
         let pooled = self.clip.forward(clip_ids)?.pooled;
         let hidden = self.t5.forward(t5_ids, mask)?;
         Ok((hidden, pooled))
     }
 }
-
 
 impl<B: Backend> TextEncoder for FluxTextEncoder<B> {
     fn identity(&self) -> String {
@@ -158,6 +222,9 @@ impl<B: Backend> TextEncoder for FluxTextEncoder<B> {
         let [_, l, d] = hidden.dims();
         let [_, p] = pooled.dims();
         let t5 = download(hidden.reshape([l, d])).map_err(encoder_error)?;
-        Ok(TextEmbedding { t5, clip_pooled: download(pooled.reshape([p])).map_err(encoder_error)? })
+        Ok(TextEmbedding {
+            t5,
+            clip_pooled: download(pooled.reshape([p])).map_err(encoder_error)?,
+        })
     }
 }

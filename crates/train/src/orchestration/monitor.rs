@@ -14,17 +14,17 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use fluxlora_flux::{Autoencoder, Flux};
 
-use crate::orchestration::base::BaseModel;
 use crate::config::TrainConfig;
-use crate::orchestration::encoders::FluxTextEncoder;
 use crate::error::TrainError;
-use fluxlora_render::SampleGrid;
 use crate::layout::RunLayout;
 use crate::log::{CsvHistory, StepRecord};
-use fluxlora_render::plot::LossPlot;
-use crate::sampling::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
+use crate::orchestration::base::BaseModel;
+use crate::orchestration::encoders::FluxTextEncoder;
 use crate::run::{RunObserver, RunSummary, ShownModel};
+use crate::sampling::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
 use crate::sampling::sample::{generate, PromptText};
+use fluxlora_render::plot::LossPlot;
+use fluxlora_render::SampleGrid;
 
 /// Prompts with their text embeddings, and the autoencoder that decodes samples.
 pub struct Sampler<B: Backend> {
@@ -37,14 +37,28 @@ pub struct Sampler<B: Backend> {
 impl<B: Backend> Sampler<B> {
     /// Reads the config's prompts file (sizes default to the training resolution), encodes every
     /// prompt (loading and then dropping CLIP + T5) and loads the autoencoder.
-    pub fn new(c: &TrainConfig, base: &BaseModel, device: &B::Device) -> Result<Option<Self>, TrainError> {
-        let Some(file) = &c.sample_prompts else { return Ok(None) };
-        let defaults = SampleDefaults { width: c.resolution, height: c.resolution, seed: c.seed, ..Default::default() };
+    pub fn new(
+        c: &TrainConfig,
+        base: &BaseModel,
+        device: &B::Device,
+    ) -> Result<Option<Self>, TrainError> {
+        let Some(file) = &c.sample_prompts else {
+            return Ok(None);
+        };
+        let defaults = SampleDefaults {
+            width: c.resolution,
+            height: c.resolution,
+            seed: c.seed,
+            ..Default::default()
+        };
         let prompts = parse_prompt_file(file, &defaults)?;
         if prompts.is_empty() {
             return Err(TrainError::Invalid {
                 key: "sample_prompts".into(),
-                message: format!("{} has no prompts; add one per line, or unset sample_prompts", file.display()),
+                message: format!(
+                    "{} has no prompts; add one per line, or unset sample_prompts",
+                    file.display()
+                ),
             });
         }
         let t5_len = base.t5_max_length(c)?;
@@ -57,19 +71,36 @@ impl<B: Backend> Sampler<B> {
         };
         let ae = base.load_autoencoder(None, device)?;
         let shift = base.is_dev(c)?;
-        Ok(Some(Self { ae, prompts: encoded.into_iter().map(|(e, p)| (p, e)).collect(), shift, device: device.clone() }))
+        Ok(Some(Self {
+            ae,
+            prompts: encoded.into_iter().map(|(e, p)| (p, e)).collect(),
+            shift,
+            device: device.clone(),
+        }))
     }
 
     /// Warnings the prompts file produced (adjusted sizes, unknown flags, ...).
     pub fn warnings(&self) -> Vec<String> {
-        self.prompts.iter().flat_map(|(p, _)| p.warnings.clone()).collect()
+        self.prompts
+            .iter()
+            .flat_map(|(p, _)| p.warnings.clone())
+            .collect()
     }
 
     /// One grid of every prompt, drawn from `flux`.
-    pub fn grid(&self, flux: &Flux<B>, run_name: &str, step: u64) -> Result<SampleGrid, TrainError> {
+    pub fn grid(
+        &self,
+        flux: &Flux<B>,
+        run_name: &str,
+        step: u64,
+    ) -> Result<SampleGrid, TrainError> {
         let mut grid = SampleGrid::new(run_name, step);
         for (p, text) in &self.prompts {
-            grid.push(generate(flux, &self.ae, text, p, self.shift, &self.device)?, p.prompt.clone(), p.seed);
+            grid.push(
+                generate(flux, &self.ae, text, p, self.shift, &self.device)?,
+                p.prompt.clone(),
+                p.seed,
+            );
         }
         Ok(grid)
     }
@@ -93,7 +124,11 @@ pub struct Monitor<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Monitor<B> {
     /// A monitor for the config's run; `history` is the loss log so far (on resume).
-    pub fn new(c: &TrainConfig, sampler: Option<Sampler<B::InnerBackend>>, history: Vec<(u64, f64)>) -> Self {
+    pub fn new(
+        c: &TrainConfig,
+        sampler: Option<Sampler<B::InnerBackend>>,
+        history: Vec<(u64, f64)>,
+    ) -> Self {
         Self {
             layout: RunLayout::new(c),
             sampler,
@@ -102,7 +137,10 @@ impl<B: AutodiffBackend> Monitor<B> {
             last_sampled: None,
             losses: history,
             validation: Vec::new(),
-            plot: LossPlot { title: format!("{} loss", c.output_name), ..Default::default() },
+            plot: LossPlot {
+                title: format!("{} loss", c.output_name),
+                ..Default::default()
+            },
             grids: Vec::new(),
             loss_curve: None,
         }
@@ -125,13 +163,16 @@ impl<B: AutodiffBackend> Monitor<B> {
     }
 
     fn sample(&mut self, step: u64, model: &Flux<B>) -> Result<Vec<String>, TrainError> {
-        let Some(sampler) = &self.sampler else { return Ok(Vec::new()) };
+        let Some(sampler) = &self.sampler else {
+            return Ok(Vec::new());
+        };
         if self.last_sampled == Some(step) {
             return Ok(Vec::new());
         }
         let grid = sampler.grid(&model.valid(), &self.layout.name, step)?;
         let path = self.layout.sample_grid(step);
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).map_err(|e| TrainError::io(&path, e))?;
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| TrainError::io(&path, e))?;
         grid.save(&path)?;
         self.last_sampled = Some(step);
         self.grids.push(path.clone());
@@ -155,12 +196,19 @@ pub fn read_loss_history(csv: &Path) -> Vec<(u64, f64)> {
 /// The `(step, validation loss)` rows of a CSV log: the `val_loss` column where its cell is not
 /// empty. Logs written before that column existed, and a missing file, give none.
 pub fn read_validation_history(csv: &Path) -> Vec<(u64, f64)> {
-    CsvHistory::read(csv, u64::MAX).unwrap_or_default().validation
+    CsvHistory::read(csv, u64::MAX)
+        .unwrap_or_default()
+        .validation
 }
 
 impl<B: AutodiffBackend> RunObserver<B> for Monitor<B> {
     fn on_start(&mut self, step: u64, model: &ShownModel<'_, B>) -> Result<(), TrainError> {
-        for w in self.sampler.as_ref().map(Sampler::warnings).unwrap_or_default() {
+        for w in self
+            .sampler
+            .as_ref()
+            .map(Sampler::warnings)
+            .unwrap_or_default()
+        {
             eprintln!("sample prompts: {w}");
         }
         if step == 0 && self.sample_at_first {
@@ -171,7 +219,11 @@ impl<B: AutodiffBackend> RunObserver<B> for Monitor<B> {
         Ok(())
     }
 
-    fn on_step(&mut self, r: &StepRecord, model: &ShownModel<'_, B>) -> Result<Vec<String>, TrainError> {
+    fn on_step(
+        &mut self,
+        r: &StepRecord,
+        model: &ShownModel<'_, B>,
+    ) -> Result<Vec<String>, TrainError> {
         self.losses.push((r.step, f64::from(r.loss)));
         if let Some(v) = r.val_loss {
             self.validation.push((r.step, f64::from(v)));
@@ -182,12 +234,21 @@ impl<B: AutodiffBackend> RunObserver<B> for Monitor<B> {
         }
     }
 
-    fn on_checkpoint(&mut self, _step: u64, _dir: &Path, _model: &ShownModel<'_, B>) -> Result<Vec<String>, TrainError> {
+    fn on_checkpoint(
+        &mut self,
+        _step: u64,
+        _dir: &Path,
+        _model: &ShownModel<'_, B>,
+    ) -> Result<Vec<String>, TrainError> {
         self.draw_curve()?;
         Ok(Vec::new())
     }
 
-    fn on_end(&mut self, summary: &RunSummary, model: &ShownModel<'_, B>) -> Result<(), TrainError> {
+    fn on_end(
+        &mut self,
+        summary: &RunSummary,
+        model: &ShownModel<'_, B>,
+    ) -> Result<(), TrainError> {
         self.draw_curve()?;
         if !summary.stopped {
             self.sample(summary.steps, model.get()?)?;
@@ -204,7 +265,11 @@ mod tests {
     fn histories_read_old_and_new_logs() {
         let d = tempfile::tempdir().unwrap();
         let old = d.path().join("old.csv");
-        std::fs::write(&old, "step,loss,lr,sigma_mean,seconds\n1,0.5,0.0001,0.3,0.1000\n2,0.25,0.0001,0.3,0.1000\n").unwrap();
+        std::fs::write(
+            &old,
+            "step,loss,lr,sigma_mean,seconds\n1,0.5,0.0001,0.3,0.1000\n2,0.25,0.0001,0.3,0.1000\n",
+        )
+        .unwrap();
         assert_eq!(read_loss_history(&old), vec![(1, 0.5), (2, 0.25)]);
         assert!(read_validation_history(&old).is_empty());
         let new = d.path().join("new.csv");
@@ -213,7 +278,10 @@ mod tests {
             "step,loss,lr,sigma_mean,seconds,val_loss\n1,0.5,0.0001,0.3,0.1000,\n2,0.25,0.0001,0.3,0.1000,0.375\n3,0.125,0.0001,0.3,0.1000,\n",
         )
         .unwrap();
-        assert_eq!(read_loss_history(&new), vec![(1, 0.5), (2, 0.25), (3, 0.125)]);
+        assert_eq!(
+            read_loss_history(&new),
+            vec![(1, 0.5), (2, 0.25), (3, 0.125)]
+        );
         assert_eq!(read_validation_history(&new), vec![(2, 0.375)]);
         assert!(read_validation_history(&d.path().join("missing.csv")).is_empty());
     }

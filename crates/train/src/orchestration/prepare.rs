@@ -11,15 +11,15 @@ use std::sync::Arc;
 
 use burn::tensor::{backend::Backend, DType};
 use fluxlora_data::{
-    epoch_plan, BuildOptions, BuildStats, DataError, Dataset, DatasetConfig, LatentCache, LatentEncoder, Loader,
-    Progress, TextCache, TextEmbedding, TextEncoder,
+    epoch_plan, BuildOptions, BuildStats, DataError, Dataset, DatasetConfig, LatentCache,
+    LatentEncoder, Loader, Progress, TextCache, TextEmbedding, TextEncoder,
 };
 use fluxlora_io::HostTensor;
 
-use crate::orchestration::base::BaseModel;
 use crate::config::TrainConfig;
-use crate::orchestration::encoders::{FluxLatentEncoder, FluxTextEncoder};
 use crate::error::TrainError;
+use crate::orchestration::base::BaseModel;
+use crate::orchestration::encoders::{FluxLatentEncoder, FluxTextEncoder};
 use crate::source::CachedBatches;
 use crate::step::StepSettings;
 use crate::validation::ValidationSet;
@@ -84,14 +84,19 @@ pub fn images_per_epoch(dataset: &Dataset) -> usize {
 /// up.
 pub fn steps_per_epoch(c: &TrainConfig, dataset: &Arc<Dataset>) -> usize {
     let batches = Loader::new(dataset.clone(), c.seed).batches_per_epoch();
-    batches.div_ceil(c.gradient_accumulation_steps.max(1)).max(1)
+    batches
+        .div_ceil(c.gradient_accumulation_steps.max(1))
+        .max(1)
 }
 
 /// `c` with `max_train_steps` filled in (and `max_train_epochs` cleared): the config's own, else
 /// `max_train_epochs` × [`steps_per_epoch`], else the preset's steps for the dataset's size
 /// ([`crate::TrainingPreset::steps_for`], repeats counted); an error names the fix when none is
 /// set.
-pub fn with_resolved_steps(c: &TrainConfig, dataset: &Arc<Dataset>) -> Result<TrainConfig, TrainError> {
+pub fn with_resolved_steps(
+    c: &TrainConfig,
+    dataset: &Arc<Dataset>,
+) -> Result<TrainConfig, TrainError> {
     let mut c = c.clone();
     if let (None, Some(epochs)) = (c.max_train_steps, c.max_train_epochs.take()) {
         c.max_train_steps = Some(epochs * steps_per_epoch(&c, dataset));
@@ -116,13 +121,18 @@ pub fn epochs_needed(c: &TrainConfig, batches_per_epoch: usize) -> u64 {
 
 /// The folder holding the caches.
 pub fn cache_dir(c: &TrainConfig) -> PathBuf {
-    c.cache_dir.clone().unwrap_or_else(|| c.output_dir.join("cache"))
+    c.cache_dir
+        .clone()
+        .unwrap_or_else(|| c.output_dir.join("cache"))
 }
 
 /// The run's dataset split by `validation_split` under `validation_seed`: the training items
 /// (the loader's dataset) and the held-out ones (`None` when the split is 0). Errors when the
 /// split would leave nothing to train on.
-pub fn split_dataset(c: &TrainConfig, dataset: Dataset) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>), TrainError> {
+pub fn split_dataset(
+    c: &TrainConfig,
+    dataset: Dataset,
+) -> Result<(Arc<Dataset>, Option<Arc<Dataset>>), TrainError> {
     if c.validation_split <= 0.0 {
         return Ok((Arc::new(dataset), None));
     }
@@ -152,8 +162,14 @@ pub struct PreparedData {
 
 impl PreparedData {
     /// The held-out items with their fixed draws (`None` without a validation split).
-    pub fn validation_set<B: Backend>(&self, c: &TrainConfig, device: &B::Device) -> Result<Option<ValidationSet>, TrainError> {
-        let Some(held) = &self.validation else { return Ok(None) };
+    pub fn validation_set<B: Backend>(
+        &self,
+        c: &TrainConfig,
+        device: &B::Device,
+    ) -> Result<Option<ValidationSet>, TrainError> {
+        let Some(held) = &self.validation else {
+            return Ok(None);
+        };
         let sampler = StepSettings::from_config(c)?.sampler;
         let set = ValidationSet::from_cache::<B>(
             held,
@@ -187,8 +203,19 @@ impl CachePlan {
         let loader = Loader::new(dataset.clone(), c.seed);
         let epochs = epochs_needed(&c, loader.batches_per_epoch());
         let steps = c.max_train_steps.unwrap_or(0);
-        let opts = BuildOptions { progress: Progress { enabled: progress }, ..Default::default() };
-        Ok(Self { dir: cache_dir(&c), dataset, validation: None, loader, epochs, steps, opts })
+        let opts = BuildOptions {
+            progress: Progress { enabled: progress },
+            ..Default::default()
+        };
+        Ok(Self {
+            dir: cache_dir(&c),
+            dataset,
+            validation: None,
+            loader,
+            epochs,
+            steps,
+            opts,
+        })
     }
 
     /// Also caches the held-out items' validation samples (see [`split_dataset`]).
@@ -198,11 +225,17 @@ impl CachePlan {
     }
 
     fn validation_samples(&self) -> Vec<fluxlora_data::Sample> {
-        self.validation.as_ref().map(|v| (0..v.items.len()).map(|i| v.validation_sample(i)).collect()).unwrap_or_default()
+        self.validation
+            .as_ref()
+            .map(|v| (0..v.items.len()).map(|i| v.validation_sample(i)).collect())
+            .unwrap_or_default()
     }
 
     /// Builds (or reuses) the latent cache; any image that failed to load is an error naming it.
-    pub fn latents(&self, encoder: &dyn LatentEncoder) -> Result<(LatentCache, BuildStats), TrainError> {
+    pub fn latents(
+        &self,
+        encoder: &dyn LatentEncoder,
+    ) -> Result<(LatentCache, BuildStats), TrainError> {
         let samples: Vec<_> = (0..self.epochs)
             .flat_map(|e| epoch_plan(&self.dataset, self.loader.state().seed, e))
             .flat_map(|b| b.samples)
@@ -221,7 +254,10 @@ impl CachePlan {
             return Err(TrainError::Data(fluxlora_data::DataError::Encoder {
                 encoder: encoder.identity(),
                 item: path.clone(),
-                message: format!("{why} ({} image(s) failed); fix or remove them and run again", stats.failed.len()),
+                message: format!(
+                    "{why} ({} image(s) failed); fix or remove them and run again",
+                    stats.failed.len()
+                ),
             }));
         }
         Ok((cache, stats))
@@ -239,7 +275,11 @@ impl CachePlan {
     }
 
     /// The prepared data over the built caches.
-    pub fn finish(self, latents: (LatentCache, BuildStats), texts: (TextCache, BuildStats)) -> PreparedData {
+    pub fn finish(
+        self,
+        latents: (LatentCache, BuildStats),
+        texts: (TextCache, BuildStats),
+    ) -> PreparedData {
         PreparedData {
             source: CachedBatches::new(self.loader, latents.0, texts.0),
             dataset: self.dataset,
@@ -261,7 +301,11 @@ struct Lazy<'a, E> {
 
 impl<'a, E> Lazy<'a, E> {
     fn new(identity: String, make: &'a dyn Fn() -> Result<E, TrainError>) -> Self {
-        Self { make, identity, cell: Default::default() }
+        Self {
+            make,
+            identity,
+            cell: Default::default(),
+        }
     }
 
     fn get(&self) -> Result<&E, DataError> {
@@ -303,16 +347,23 @@ pub fn prepare_data<B: Backend>(
     device: &B::Device,
     progress: bool,
 ) -> Result<PreparedData, TrainError> {
-    let (dataset, validation) = split_dataset(c, Dataset::open(&dataset_config(c)?, &Progress { enabled: progress })?)?;
+    let (dataset, validation) = split_dataset(
+        c,
+        Dataset::open(&dataset_config(c)?, &Progress { enabled: progress })?,
+    )?;
     let plan = CachePlan::new(c, dataset, progress)?.with_validation(validation);
     let latents = {
         let make = || FluxLatentEncoder::<B>::load(base, device);
-        plan.latents(&Lazy::new(FluxLatentEncoder::<B>::identity_of(&base.ae, DType::F32, None), &make))?
+        plan.latents(&Lazy::new(
+            FluxLatentEncoder::<B>::identity_of(&base.ae, DType::F32, None),
+            &make,
+        ))?
     };
     let t5_len = base.t5_max_length(c)?;
     let texts = {
         let make = || FluxTextEncoder::<B>::load(base, t5_len, c.apply_t5_attn_mask, device);
-        let identity = FluxTextEncoder::<B>::identity_of(base, t5_len, c.apply_t5_attn_mask, DType::F32);
+        let identity =
+            FluxTextEncoder::<B>::identity_of(base, t5_len, c.apply_t5_attn_mask, DType::F32);
         plan.texts(&Lazy::new(identity, &make))?
     };
     Ok(plan.finish(latents, texts))

@@ -28,12 +28,27 @@ impl DatasetReport {
     /// Scans, decodes (in parallel) and checks the config's dataset.
     pub fn build(c: &TrainConfig, settings: &QualitySettings) -> Result<Self, TrainError> {
         let spec = DatasetSpec::scan(&dataset_config(c)?);
-        let analysis = Analysis::run(&spec, &Progress { enabled: settings.progress });
+        let analysis = Analysis::run(
+            &spec,
+            &Progress {
+                enabled: settings.progress,
+            },
+        );
         let quality = QualityReport::from_analysis(&spec, &analysis, settings);
-        let smallest_side = analysis.images.values().filter_map(|r| r.as_ref().ok()).map(|i| i.width.min(i.height)).min();
+        let smallest_side = analysis
+            .images
+            .values()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|i| i.width.min(i.height))
+            .min();
         let preset = c.preset.unwrap_or(TrainingPreset::Concept);
         let advice = preset.dataset_advice(quality.images_usable, smallest_side.unwrap_or(0));
-        Ok(Self { quality, preset, advice, smallest_side })
+        Ok(Self {
+            quality,
+            preset,
+            advice,
+            smallest_side,
+        })
     }
 
     /// Whether training would refuse this dataset (a blocking problem).
@@ -46,7 +61,9 @@ impl DatasetReport {
         let mut s = self.quality.to_text();
         let name = format!("{:?}", self.preset).to_lowercase();
         if self.advice.is_empty() {
-            s.push_str(&format!("\nPreset `{name}`: the dataset fits its advice.\n"));
+            s.push_str(&format!(
+                "\nPreset `{name}`: the dataset fits its advice.\n"
+            ));
         } else {
             s.push_str(&format!("\nPreset `{name}` advice:\n"));
             for a in &self.advice {

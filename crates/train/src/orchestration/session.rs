@@ -15,10 +15,10 @@ use burn::tensor::backend::AutodiffBackend;
 use fluxlora_data::BuildStats;
 use fluxlora_flux::bf16_if_supported;
 
-use crate::orchestration::base::BaseModel;
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::layout::RunLayout;
+use crate::orchestration::base::BaseModel;
 use crate::orchestration::monitor::{Monitor, Sampler};
 use crate::orchestration::prepare::prepare_data;
 use crate::run::{RunSummary, Trainer};
@@ -67,7 +67,9 @@ impl SessionReport {
     pub fn best_checkpoint_line(&self) -> Option<String> {
         let best = self.best_checkpoint()?;
         let of = self.validation_images;
-        Some(format!("best checkpoint by validation loss ({of} held-out image(s)): {best}"))
+        Some(format!(
+            "best checkpoint by validation loss ({of} held-out image(s)): {best}"
+        ))
     }
 
     /// Every file the run produced (for the closing summary).
@@ -96,9 +98,14 @@ pub fn train_session<B: AutodiffBackend>(
     config.max_train_steps = Some(data.max_train_steps);
     config.max_train_epochs = None;
     let sampler = Sampler::<B::InnerBackend>::new(&config, &base, device)?;
-    let dtype = if config.base_bf16 { bf16_if_supported::<B>(device) } else { None };
+    let dtype = if config.base_bf16 {
+        bf16_if_supported::<B>(device)
+    } else {
+        None
+    };
     let flux = base.load_transformer::<B>(dtype, device)?;
-    let mut trainer = Trainer::new(config.clone(), flux, device.clone())?.with_progress(options.progress);
+    let mut trainer =
+        Trainer::new(config.clone(), flux, device.clone())?.with_progress(options.progress);
     if let Some(set) = data.validation_set::<B::InnerBackend>(&config, device)? {
         trainer = trainer.with_validation(set);
     }
@@ -113,7 +120,8 @@ pub fn train_session<B: AutodiffBackend>(
         }
         None => (Vec::new(), Vec::new()),
     };
-    let mut monitor = Monitor::<B>::new(&config, sampler, history).with_validation_history(val_history);
+    let mut monitor =
+        Monitor::<B>::new(&config, sampler, history).with_validation_history(val_history);
     let run = trainer.run_observed(&mut data.source, &mut monitor)?;
     Ok(SessionReport {
         images: data.dataset.items.len(),

@@ -28,12 +28,12 @@ use fluxlora_io::lora::keys_te::{split_component, Component};
 use fluxlora_io::{read_lora, LoraModule, LoraWeights};
 
 use crate::config::{ModelType, TrainConfig};
-use crate::orchestration::encoders::FluxTextEncoder;
 use crate::error::TrainError;
-use fluxlora_render::{save_png, SampleGrid};
+use crate::orchestration::encoders::FluxTextEncoder;
 use crate::sampling::prompts::SamplePrompt;
 use crate::sampling::sample::{generate, PromptText};
 use crate::BaseModel;
+use fluxlora_render::{save_png, SampleGrid};
 
 /// How many skipped names a report prints.
 const SHOWN: usize = 5;
@@ -63,12 +63,21 @@ pub struct ApplyReport {
 impl ApplyReport {
     /// Distinct model linears that changed.
     pub fn modules_changed(&self) -> usize {
-        self.loras.iter().flat_map(|l| &l.matched).collect::<BTreeSet<_>>().len()
+        self.loras
+            .iter()
+            .flat_map(|l| &l.matched)
+            .collect::<BTreeSet<_>>()
+            .len()
     }
 }
 
 fn first_names(v: &[String]) -> String {
-    let mut s = v.iter().take(SHOWN).map(String::as_str).collect::<Vec<_>>().join(", ");
+    let mut s = v
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
     if v.len() > SHOWN {
         s.push_str(", …");
     }
@@ -79,14 +88,28 @@ impl fmt::Display for ApplyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         for l in &self.loras {
-            write!(f, "{} ×{}: {} applied", l.origin.display(), l.weight, count(l.matched.len(), "module"))?;
+            write!(
+                f,
+                "{} ×{}: {} applied",
+                l.origin.display(),
+                l.weight,
+                count(l.matched.len(), "module")
+            )?;
             if !l.skipped_text_encoder.is_empty() {
                 let n = count(l.skipped_text_encoder.len(), "text-encoder module");
-                write!(f, "; {n} skipped ({})", first_names(&l.skipped_text_encoder))?;
+                write!(
+                    f,
+                    "; {n} skipped ({})",
+                    first_names(&l.skipped_text_encoder)
+                )?;
             }
             if !l.skipped_missing.is_empty() {
                 let n = count(l.skipped_missing.len(), "module");
-                write!(f, "; {n} not in this model skipped ({})", first_names(&l.skipped_missing))?;
+                write!(
+                    f,
+                    "; {n} not in this model skipped ({})",
+                    first_names(&l.skipped_missing)
+                )?;
             }
             writeln!(f)?;
         }
@@ -96,10 +119,18 @@ impl fmt::Display for ApplyReport {
 
 /// Adds `Σ wᵢ·ΔWᵢ` of `loras` into the matching linears of `flux` (see the module docs). LoRAs
 /// are named `lora #1`, `lora #2`, … in errors; [`apply_named_loras`] names their files.
-pub fn apply_loras<B: Backend>(flux: &mut Flux<B>, loras: &[(LoraWeights, f32)]) -> Result<ApplyReport, TrainError> {
-    let origins: Vec<PathBuf> = (1..=loras.len()).map(|i| PathBuf::from(format!("lora #{i}"))).collect();
-    let named: Vec<(&Path, &LoraWeights, f32)> =
-        loras.iter().zip(&origins).map(|((w, m), o)| (o.as_path(), w, *m)).collect();
+pub fn apply_loras<B: Backend>(
+    flux: &mut Flux<B>,
+    loras: &[(LoraWeights, f32)],
+) -> Result<ApplyReport, TrainError> {
+    let origins: Vec<PathBuf> = (1..=loras.len())
+        .map(|i| PathBuf::from(format!("lora #{i}")))
+        .collect();
+    let named: Vec<(&Path, &LoraWeights, f32)> = loras
+        .iter()
+        .zip(&origins)
+        .map(|((w, m), o)| (o.as_path(), w, *m))
+        .collect();
     apply_named_loras(flux, &named)
 }
 
@@ -108,8 +139,11 @@ pub fn apply_named_loras<B: Backend>(
     flux: &mut Flux<B>,
     loras: &[(&Path, &LoraWeights, f32)],
 ) -> Result<ApplyReport, TrainError> {
-    let dims: BTreeMap<String, (usize, usize)> =
-        flux.linears_mut().into_iter().map(|(p, l)| (p, (l.d_in(), l.d_out()))).collect();
+    let dims: BTreeMap<String, (usize, usize)> = flux
+        .linears_mut()
+        .into_iter()
+        .map(|(p, l)| (p, (l.d_in(), l.d_out())))
+        .collect();
     let mut report = ApplyReport::default();
     for &(origin, lora, weight) in loras {
         report.loras.push(check_lora(origin, lora, weight, &dims)?);
@@ -120,11 +154,16 @@ pub fn apply_named_loras<B: Backend>(
             continue;
         }
         for path in &applied.matched {
-            per_linear.entry(path.as_str()).or_default().push((&lora.modules[path], weight));
+            per_linear
+                .entry(path.as_str())
+                .or_default()
+                .push((&lora.modules[path], weight));
         }
     }
     for (path, lin) in flux.linears_mut() {
-        let Some(parts) = per_linear.get(path.as_str()) else { continue };
+        let Some(parts) = per_linear.get(path.as_str()) else {
+            continue;
+        };
         let device = lin.weight.device();
         let mut delta: Option<Tensor<B, 2>> = None;
         let mut delta_bias: Option<Tensor<B, 1>> = None;
@@ -138,7 +177,10 @@ pub fn apply_named_loras<B: Backend>(
                 None => d,
             });
             if let Some(b) = &m.up_bias {
-                let db = Tensor::<B, 1>::from_data(TensorData::new(b.scaled(factor).data, [b.numel()]), &device);
+                let db = Tensor::<B, 1>::from_data(
+                    TensorData::new(b.scaled(factor).data, [b.numel()]),
+                    &device,
+                );
                 delta_bias = Some(match delta_bias {
                     Some(acc) => acc + db,
                     None => db,
@@ -172,7 +214,11 @@ fn check_lora(
         fix: fix.to_string(),
     };
     if !weight.is_finite() {
-        return Err(mismatch("(multiplier)", format!("the weight {weight} is not finite"), "give a finite weight such as 0.8"));
+        return Err(mismatch(
+            "(multiplier)",
+            format!("the weight {weight} is not finite"),
+            "give a finite weight such as 0.8",
+        ));
     }
     let mut out = AppliedLora {
         origin: origin.to_path_buf(),
@@ -190,7 +236,8 @@ fn check_lora(
             out.skipped_missing.push(key.clone());
             continue;
         };
-        m.check().map_err(|e| mismatch(key, e.to_string(), "the file is damaged; re-export it"))?;
+        m.check()
+            .map_err(|e| mismatch(key, e.to_string(), "the file is damaged; re-export it"))?;
         if m.in_features() != d_in || m.out_features() != d_out {
             return Err(mismatch(
                 key,
@@ -205,7 +252,12 @@ fn check_lora(
         out.matched.push(key.clone());
     }
     if out.matched.is_empty() {
-        let skipped: Vec<String> = out.skipped_text_encoder.iter().chain(&out.skipped_missing).cloned().collect();
+        let skipped: Vec<String> = out
+            .skipped_text_encoder
+            .iter()
+            .chain(&out.skipped_missing)
+            .cloned()
+            .collect();
         return Err(mismatch(
             skipped.first().map_or("(none)", String::as_str),
             format!(
@@ -219,7 +271,6 @@ fn check_lora(
     Ok(out)
 }
 
-
 /// `w + delta` in f32, back in `w`'s dtype, keeping its gradient requirement.
 fn add_delta<B: Backend, const D: usize>(w: Tensor<B, D>, delta: Tensor<B, D>) -> Tensor<B, D> {
     let require_grad = w.is_require_grad();
@@ -229,7 +280,11 @@ fn add_delta<B: Backend, const D: usize>(w: Tensor<B, D>, delta: Tensor<B, D>) -
     } else {
         (w.detach().cast(DType::F32) + delta.cast(DType::F32)).cast(dtype)
     };
-    if require_grad { out.require_grad() } else { out }
+    if require_grad {
+        out.require_grad()
+    } else {
+        out
+    }
 }
 
 /// The file of an A1111 tag `<lora:name:w>`: `name` itself when it is an existing file, else
@@ -246,7 +301,10 @@ pub fn resolve_lora_name(name: &str, search_dirs: &[PathBuf]) -> Result<PathBuf,
             }
         }
     }
-    let searched: Vec<String> = search_dirs.iter().map(|d| d.display().to_string()).collect();
+    let searched: Vec<String> = search_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
     Err(TrainError::Invalid {
         key: format!("<lora:{name}>"),
         message: format!(
@@ -292,7 +350,11 @@ pub struct SampleOutput {
 impl SampleOutput {
     /// Every written file: the images, then the grid.
     pub fn paths(&self) -> Vec<PathBuf> {
-        self.images.iter().cloned().chain(std::iter::once(self.grid.clone())).collect()
+        self.images
+            .iter()
+            .cloned()
+            .chain(std::iter::once(self.grid.clone()))
+            .collect()
     }
 }
 
@@ -310,7 +372,11 @@ pub fn slug(prompt: &str) -> String {
         }
     }
     let s = s.trim_end_matches('-').to_string();
-    if s.is_empty() { "sample".into() } else { s }
+    if s.is_empty() {
+        "sample".into()
+    } else {
+        s
+    }
 }
 
 /// A LoRA set as a grouping key: files and weight bits, in order.
@@ -318,9 +384,16 @@ type LoraSet = Vec<(PathBuf, u32)>;
 
 impl SampleRun {
     /// Draws every prompt (see the module docs) and writes the images and the grid.
-    pub fn run<B: Backend>(&self, base: &BaseModel, device: &B::Device) -> Result<SampleOutput, TrainError> {
+    pub fn run<B: Backend>(
+        &self,
+        base: &BaseModel,
+        device: &B::Device,
+    ) -> Result<SampleOutput, TrainError> {
         if self.prompts.is_empty() {
-            return Err(TrainError::Invalid { key: "prompts".into(), message: "no prompts to draw; give --prompt or --prompts".into() });
+            return Err(TrainError::Invalid {
+                key: "prompts".into(),
+                message: "no prompts to draw; give --prompt or --prompts".into(),
+            });
         }
         let sets = self.lora_sets()?;
         let mut files: BTreeMap<PathBuf, LoraWeights> = BTreeMap::new();
@@ -331,7 +404,10 @@ impl SampleRun {
                 files.insert(path.clone(), read_lora(path)?.0);
             }
         }
-        let shift = base.is_dev(&TrainConfig { model_type: self.model_type, ..Default::default() })?;
+        let shift = base.is_dev(&TrainConfig {
+            model_type: self.model_type,
+            ..Default::default()
+        })?;
         let texts = self.encode_texts::<B>(base, device)?;
         let ae = base.load_autoencoder::<B>(None, device)?;
         let mut flux = base.load_transformer::<B>(self.base_dtype, device)?;
@@ -348,27 +424,36 @@ impl SampleRun {
         groups.sort_by_key(|(set, _)| !set.is_empty());
         let mut out = SampleOutput {
             images: vec![PathBuf::new(); self.prompts.len()],
-            warnings: self.prompts.iter().flat_map(|p| p.warnings.iter().cloned()).collect(),
+            warnings: self
+                .prompts
+                .iter()
+                .flat_map(|p| p.warnings.iter().cloned())
+                .collect(),
             ..Default::default()
         };
         let mut images = vec![None; self.prompts.len()];
         let n_groups = groups.len();
         for (g, (set, members)) in groups.iter().enumerate() {
-            let named: Vec<(&Path, &LoraWeights, f32)> =
-                set.iter().map(|(p, w)| (p.as_path(), &files[p], f32::from_bits(*w))).collect();
+            let named: Vec<(&Path, &LoraWeights, f32)> = set
+                .iter()
+                .map(|(p, w)| (p.as_path(), &files[p], f32::from_bits(*w)))
+                .collect();
             if !named.is_empty() {
                 out.reports.push(apply_named_loras(&mut flux, &named)?);
             }
             for &i in members {
                 let prompt = &self.prompts[i];
                 let img = generate(&flux, &ae, &texts[i], prompt, shift, device)?;
-                let path = self.out_dir.join(format!("{i:03}-{}.png", slug(&prompt.prompt)));
+                let path = self
+                    .out_dir
+                    .join(format!("{i:03}-{}.png", slug(&prompt.prompt)));
                 save_png(&path, &img, &image_text(prompt, set))?;
                 out.images[i] = path;
                 images[i] = Some(img);
             }
             if !named.is_empty() && g + 1 < n_groups {
-                let undo: Vec<(&Path, &LoraWeights, f32)> = named.iter().map(|&(p, l, w)| (p, l, -w)).collect();
+                let undo: Vec<(&Path, &LoraWeights, f32)> =
+                    named.iter().map(|&(p, l, w)| (p, l, -w)).collect();
                 apply_named_loras(&mut flux, &undo)?;
             }
         }
@@ -388,7 +473,11 @@ impl SampleRun {
         self.prompts
             .iter()
             .map(|p| {
-                let mut set: LoraSet = self.loras.iter().map(|(f, w)| (f.clone(), w.to_bits())).collect();
+                let mut set: LoraSet = self
+                    .loras
+                    .iter()
+                    .map(|(f, w)| (f.clone(), w.to_bits()))
+                    .collect();
                 for (name, w) in &p.loras {
                     set.push((resolve_lora_name(name, &self.lora_dirs)?, w.to_bits()));
                 }
@@ -398,20 +487,34 @@ impl SampleRun {
     }
 
     /// Every prompt's text embedding; the encoders are dropped on return.
-    fn encode_texts<B: Backend>(&self, base: &BaseModel, device: &B::Device) -> Result<Vec<PromptText>, TrainError> {
+    fn encode_texts<B: Backend>(
+        &self,
+        base: &BaseModel,
+        device: &B::Device,
+    ) -> Result<Vec<PromptText>, TrainError> {
         let encoder = FluxTextEncoder::<B>::load(base, self.t5_max_length, false, device)?;
-        self.prompts.iter().map(|p| PromptText::encode(&encoder, p)).collect()
+        self.prompts
+            .iter()
+            .map(|p| PromptText::encode(&encoder, p))
+            .collect()
     }
 }
 
 fn grid_title(base: &BaseModel) -> String {
-    let name = base.transformer.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = base
+        .transformer
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     format!("fluxlora sample · {name}")
 }
 
 /// PNG text chunks of one image: what it was drawn from.
 fn image_text(p: &SamplePrompt, set: &LoraSet) -> Vec<(String, String)> {
-    let loras: Vec<String> = set.iter().map(|(f, w)| format!("{}:{}", f.display(), f32::from_bits(*w))).collect();
+    let loras: Vec<String> = set
+        .iter()
+        .map(|(f, w)| format!("{}:{}", f.display(), f32::from_bits(*w)))
+        .collect();
     vec![
         ("Software".into(), "fluxlora".into()),
         ("prompt".into(), p.prompt.clone()),

@@ -47,7 +47,14 @@ pub struct SampleDefaults {
 impl Default for SampleDefaults {
     /// 1024×1024, 20 steps, seed 42, guidance 3.5 (kohya's Flux default), no CFG.
     fn default() -> Self {
-        Self { width: 1024, height: 1024, steps: 20, seed: 42, guidance: 3.5, cfg_scale: 1.0 }
+        Self {
+            width: 1024,
+            height: 1024,
+            steps: 20,
+            seed: 42,
+            guidance: 3.5,
+            cfg_scale: 1.0,
+        }
     }
 }
 
@@ -81,14 +88,21 @@ pub struct SamplePrompt {
 }
 
 /// Reads a prompt file (see the module docs). Errors name the file and the line.
-pub fn parse_prompt_file(path: impl AsRef<Path>, defaults: &SampleDefaults) -> Result<Vec<SamplePrompt>, TrainError> {
+pub fn parse_prompt_file(
+    path: impl AsRef<Path>,
+    defaults: &SampleDefaults,
+) -> Result<Vec<SamplePrompt>, TrainError> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     parse_prompt_text(&text, &path.display().to_string(), defaults)
 }
 
 /// Parses prompt-file text; `origin` (e.g. the file name) prefixes error and warning messages.
-pub fn parse_prompt_text(text: &str, origin: &str, defaults: &SampleDefaults) -> Result<Vec<SamplePrompt>, TrainError> {
+pub fn parse_prompt_text(
+    text: &str,
+    origin: &str,
+    defaults: &SampleDefaults,
+) -> Result<Vec<SamplePrompt>, TrainError> {
     let mut prompts = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -101,13 +115,24 @@ pub fn parse_prompt_text(text: &str, origin: &str, defaults: &SampleDefaults) ->
 }
 
 /// Parses one prompt line (see the module docs).
-pub fn parse_prompt_line(line: &str, defaults: &SampleDefaults) -> Result<SamplePrompt, TrainError> {
+pub fn parse_prompt_line(
+    line: &str,
+    defaults: &SampleDefaults,
+) -> Result<SamplePrompt, TrainError> {
     parse_line_at(line.trim(), defaults, "sample prompt", 1)
 }
 
-fn parse_line_at(line: &str, d: &SampleDefaults, origin: &str, n: usize) -> Result<SamplePrompt, TrainError> {
+fn parse_line_at(
+    line: &str,
+    d: &SampleDefaults,
+    origin: &str,
+    n: usize,
+) -> Result<SamplePrompt, TrainError> {
     let at = format!("{origin} line {n}");
-    let err = |message: String| TrainError::Config { origin: at.clone(), message };
+    let err = |message: String| TrainError::Config {
+        origin: at.clone(),
+        message,
+    };
     let mut pieces = line.split(" --");
     let head = pieces.next().unwrap_or_default();
     let mut warnings = Vec::new();
@@ -136,13 +161,21 @@ fn parse_line_at(line: &str, d: &SampleDefaults, origin: &str, n: usize) -> Resu
             None => (piece, ""),
         };
         let flag = name.to_ascii_lowercase();
-        let known = matches!(flag.as_str(), "w" | "h" | "s" | "d" | "g" | "l" | "n" | "ss");
+        let known = matches!(
+            flag.as_str(),
+            "w" | "h" | "s" | "d" | "g" | "l" | "n" | "ss"
+        );
         if !known {
-            warnings.push(format!("{at}: unknown flag `--{name}` ignored (known: --w --h --s --d --g --l --n --ss)"));
+            warnings.push(format!(
+                "{at}: unknown flag `--{name}` ignored (known: --w --h --s --d --g --l --n --ss)"
+            ));
             continue;
         }
         if value.is_empty() {
-            return Err(err(format!("`--{name}` has no value; write e.g. `--{name} {}`", example(&flag))));
+            return Err(err(format!(
+                "`--{name}` has no value; write e.g. `--{name} {}`",
+                example(&flag)
+            )));
         }
         let whole = |what: &str| -> Result<u64, TrainError> {
             value.parse::<u64>().map_err(|_| {
@@ -165,7 +198,9 @@ fn parse_line_at(line: &str, d: &SampleDefaults, origin: &str, n: usize) -> Resu
                 let s = whole("step count")?;
                 let clamped = s.clamp(1, 1000);
                 if clamped != s {
-                    warnings.push(format!("{at}: --s {s} clamped to {clamped} (allowed 1..=1000)"));
+                    warnings.push(format!(
+                        "{at}: --s {s} clamped to {clamped} (allowed 1..=1000)"
+                    ));
                 }
                 p.steps = clamped as u32;
             }
@@ -179,7 +214,9 @@ fn parse_line_at(line: &str, d: &SampleDefaults, origin: &str, n: usize) -> Resu
     p.width = round_to_16(p.width, "width", &at, &mut warnings);
     p.height = round_to_16(p.height, "height", &at, &mut warnings);
     if p.prompt.is_empty() {
-        warnings.push(format!("{at}: the prompt is empty; the sample is unconditional"));
+        warnings.push(format!(
+            "{at}: the prompt is empty; the sample is unconditional"
+        ));
     }
     p.warnings = warnings;
     Ok(p)
@@ -205,14 +242,20 @@ fn clamp_u32(v: u64) -> u32 {
 fn round_to_16(v: u32, what: &str, at: &str, warnings: &mut Vec<String>) -> u32 {
     let r = (v - v % 16).max(64);
     if r != v {
-        warnings.push(format!("{at}: {what} {v} changed to {r} (Flux needs a multiple of 16, at least 64)"));
+        warnings.push(format!(
+            "{at}: {what} {v} changed to {r} (Flux needs a multiple of 16, at least 64)"
+        ));
     }
     r
 }
 
 /// Removes `<lora:name[:weight[:...]]>` tags from `text`, returning the cleaned text (single
 /// spaces, trimmed) and the tags.
-fn extract_loras(text: &str, at: &str, warnings: &mut Vec<String>) -> Result<(String, Vec<(String, f32)>), TrainError> {
+fn extract_loras(
+    text: &str,
+    at: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(String, Vec<(String, f32)>), TrainError> {
     let mut out = String::with_capacity(text.len());
     let mut loras = Vec::new();
     let mut rest = text;
@@ -234,7 +277,9 @@ fn extract_loras(text: &str, at: &str, warnings: &mut Vec<String>) -> Result<(St
         if name.is_empty() {
             return Err(TrainError::Config {
                 origin: at.to_string(),
-                message: format!("`<lora:{body}>` has no name; write LoRA tags as `<lora:name:0.8>`"),
+                message: format!(
+                    "`<lora:{body}>` has no name; write LoRA tags as `<lora:name:0.8>`"
+                ),
             });
         }
         let weight = match fields.next().map(str::trim) {
@@ -252,7 +297,9 @@ fn extract_loras(text: &str, at: &str, warnings: &mut Vec<String>) -> Result<(St
             },
         };
         if fields.next().is_some() {
-            warnings.push(format!("{at}: `<lora:{body}>`: fields after the weight are ignored"));
+            warnings.push(format!(
+                "{at}: `<lora:{body}>`: fields after the weight are ignored"
+            ));
         }
         loras.push((name.to_string(), weight));
         rest = &after[end + 1..];
@@ -272,7 +319,14 @@ mod tests {
     use super::*;
 
     fn d() -> SampleDefaults {
-        SampleDefaults { width: 512, height: 768, steps: 20, seed: 7, guidance: 3.5, cfg_scale: 1.0 }
+        SampleDefaults {
+            width: 512,
+            height: 768,
+            steps: 20,
+            seed: 7,
+            guidance: 3.5,
+            cfg_scale: 1.0,
+        }
     }
 
     #[test]
@@ -293,7 +347,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.prompt, "a cat on a mat");
-        assert_eq!((p.width, p.height, p.steps, p.seed), (1024, 640, 28, 123_456_789_012));
+        assert_eq!(
+            (p.width, p.height, p.steps, p.seed),
+            (1024, 640, 28, 123_456_789_012)
+        );
         assert_eq!((p.guidance, p.cfg_scale), (4.5, 2.0));
         assert_eq!(p.negative, "blurry, ugly");
         assert_eq!(p.sampler.as_deref(), Some("euler_a"));
@@ -312,7 +369,10 @@ mod tests {
         // 1000 - 1000 % 16 = 992; max(64, 30 - 14) = 64; steps max(1, 0) = 1.
         assert_eq!((p.width, p.height, p.steps), (992, 64, 1));
         assert_eq!(p.warnings.len(), 3, "{:?}", p.warnings);
-        assert!(p.warnings.iter().any(|w| w.contains("1000") && w.contains("992")));
+        assert!(p
+            .warnings
+            .iter()
+            .any(|w| w.contains("1000") && w.contains("992")));
         let p = parse_prompt_line("x --s 5000", &d()).unwrap();
         assert_eq!(p.steps, 1000);
     }
@@ -330,8 +390,14 @@ mod tests {
         let text = "# header\n\na dog --d 1\n   # indented comment\nsecond prompt\n";
         let ps = parse_prompt_text(text, "p.txt", &d()).unwrap();
         assert_eq!(ps.len(), 2);
-        assert_eq!((ps[0].prompt.as_str(), ps[0].line, ps[0].seed), ("a dog", 3, 1));
-        assert_eq!((ps[1].prompt.as_str(), ps[1].line, ps[1].seed), ("second prompt", 5, 7));
+        assert_eq!(
+            (ps[0].prompt.as_str(), ps[0].line, ps[0].seed),
+            ("a dog", 3, 1)
+        );
+        assert_eq!(
+            (ps[1].prompt.as_str(), ps[1].line, ps[1].seed),
+            ("second prompt", 5, 7)
+        );
     }
 
     #[test]
@@ -344,7 +410,9 @@ mod tests {
             ("x --s", "--s"),
         ] {
             let text = format!("# c\nfine\n{bad}\n");
-            let e = parse_prompt_text(&text, "samples.txt", &d()).unwrap_err().to_string();
+            let e = parse_prompt_text(&text, "samples.txt", &d())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("samples.txt line 3"), "{e}");
             assert!(e.contains(what), "{e}");
         }
@@ -359,20 +427,35 @@ mod tests {
         assert!(e.contains("prompts.txt line 2"), "{e}");
         std::fs::write(&path, "ok --w 512\n").unwrap();
         assert_eq!(parse_prompt_file(&path, &d()).unwrap()[0].width, 512);
-        let missing = parse_prompt_file(dir.path().join("nope.txt"), &d()).unwrap_err().to_string();
+        let missing = parse_prompt_file(dir.path().join("nope.txt"), &d())
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("nope.txt"), "{missing}");
     }
 
     #[test]
     fn lora_tags_are_extracted() {
-        let p = parse_prompt_line("<lora:style_a:0.8> a castle, <LORA:detail> at dusk <lora:x:-0.5:1.0> --w 512", &d())
-            .unwrap();
+        let p = parse_prompt_line(
+            "<lora:style_a:0.8> a castle, <LORA:detail> at dusk <lora:x:-0.5:1.0> --w 512",
+            &d(),
+        )
+        .unwrap();
         assert_eq!(p.prompt, "a castle, at dusk");
-        assert_eq!(p.loras, vec![("style_a".to_string(), 0.8), ("detail".to_string(), 1.0), ("x".to_string(), -0.5)]);
+        assert_eq!(
+            p.loras,
+            vec![
+                ("style_a".to_string(), 0.8),
+                ("detail".to_string(), 1.0),
+                ("x".to_string(), -0.5)
+            ]
+        );
         assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
         for bad in ["a <lora:name:heavy> b", "a <lora::0.5> b", "a <lora:open"] {
             let e = parse_prompt_line(bad, &d()).unwrap_err().to_string();
-            assert!(e.contains("sample prompt line 1") && e.contains("<lora:"), "{e}");
+            assert!(
+                e.contains("sample prompt line 1") && e.contains("<lora:"),
+                "{e}"
+            );
         }
     }
 }

@@ -55,20 +55,33 @@ pub struct PromptText {
 impl PromptText {
     /// Encodes what `prompt` needs with `encoder`.
     pub fn encode(encoder: &dyn TextEncoder, prompt: &SamplePrompt) -> Result<Self, TrainError> {
-        let negative = if prompt.cfg_scale != 1.0 { Some(encoder.encode(&prompt.negative)?) } else { None };
-        Ok(Self { positive: encoder.encode(&prompt.prompt)?, negative })
+        let negative = if prompt.cfg_scale != 1.0 {
+            Some(encoder.encode(&prompt.negative)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            positive: encoder.encode(&prompt.prompt)?,
+            negative,
+        })
     }
 }
 
 impl From<TextEmbedding> for PromptText {
     /// A prompt without true CFG.
     fn from(positive: TextEmbedding) -> Self {
-        Self { positive, negative: None }
+        Self {
+            positive,
+            negative: None,
+        }
     }
 }
 
 fn shape_err(what: &str, message: String) -> TrainError {
-    TrainError::Shape { what: what.into(), message }
+    TrainError::Shape {
+        what: what.into(),
+        message,
+    }
 }
 
 /// The `[1, d]`-shaped view of a rank-1 `[d]` (or `[1, d]`) host tensor, or of a rank-2
@@ -90,7 +103,10 @@ pub fn to_u8(x: f32) -> u8 {
 }
 
 /// Checks an embedding's widths against the model; returns its T5 token count.
-fn check_embedding(text: &TextEmbedding, cfg: &fluxlora_flux::FluxConfig) -> Result<usize, TrainError> {
+fn check_embedding(
+    text: &TextEmbedding,
+    cfg: &fluxlora_flux::FluxConfig,
+) -> Result<usize, TrainError> {
     let t5_shape = squeeze_batch(&text.t5, 2)
         .filter(|s| s[1] == cfg.context_in_dim && s[0] > 0)
         .ok_or_else(|| {
@@ -164,23 +180,45 @@ pub fn generate<B: Backend>(
     let condition = |text: &TextEmbedding| -> Result<Conditioning<B>, TrainError> {
         let txt_len = check_embedding(text, cfg)?;
         Ok(Conditioning {
-            txt: Tensor::from_data(TensorData::new(text.t5.data.clone(), [1, txt_len, cfg.context_in_dim]), device),
+            txt: Tensor::from_data(
+                TensorData::new(text.t5.data.clone(), [1, txt_len, cfg.context_in_dim]),
+                device,
+            ),
             txt_ids: latents::txt_ids(1, txt_len, device),
             img_ids: latents::img_ids(1, gh, gw, device),
-            y: Tensor::from_data(TensorData::new(text.clip_pooled.data.clone(), [1, cfg.vec_in_dim]), device),
+            y: Tensor::from_data(
+                TensorData::new(text.clip_pooled.data.clone(), [1, cfg.vec_in_dim]),
+                device,
+            ),
             guidance: cfg.guidance_embed.then_some(prompt.guidance),
         })
     };
     let cond = condition(&text.positive)?;
-    let timesteps = get_schedule(prompt.steps.max(1) as usize, gh * gw, BASE_SHIFT, MAX_SHIFT, shift);
+    let timesteps = get_schedule(
+        prompt.steps.max(1) as usize,
+        gh * gw,
+        BASE_SHIFT,
+        MAX_SHIFT,
+        shift,
+    );
     let tokens = if prompt.cfg_scale != 1.0 {
         let negative = text.negative.as_ref().ok_or_else(|| {
             shape_err(
                 "sample prompt",
-                format!("`{}` asks for CFG scale {} but no negative prompt was encoded", prompt.prompt, prompt.cfg_scale),
+                format!(
+                    "`{}` asks for CFG scale {} but no negative prompt was encoded",
+                    prompt.prompt, prompt.cfg_scale
+                ),
             )
         })?;
-        denoise_cfg(flux, noise, &cond, &condition(negative)?, prompt.cfg_scale, &timesteps)?
+        denoise_cfg(
+            flux,
+            noise,
+            &cond,
+            &condition(negative)?,
+            prompt.cfg_scale,
+            &timesteps,
+        )?
     } else {
         denoise(flux, noise, &cond, &timesteps)?
     };
@@ -196,7 +234,12 @@ pub fn generate<B: Backend>(
         .into_data()
         .convert::<f32>()
         .into_vec::<f32>()
-        .map_err(|e| shape_err("decoded sample", format!("cannot read the pixels back: {e:?}")))?;
+        .map_err(|e| {
+            shape_err(
+                "decoded sample",
+                format!("cannot read the pixels back: {e:?}"),
+            )
+        })?;
     let plane = height * width;
     let mut raw = Vec::with_capacity(plane * 3);
     for i in 0..plane {
@@ -204,8 +247,12 @@ pub fn generate<B: Backend>(
             raw.push(to_u8(values[ch * plane + i]));
         }
     }
-    RgbImage::from_raw(width as u32, height as u32, raw)
-        .ok_or_else(|| shape_err("decoded sample", "pixel buffer does not match the image size".into()))
+    RgbImage::from_raw(width as u32, height as u32, raw).ok_or_else(|| {
+        shape_err(
+            "decoded sample",
+            "pixel buffer does not match the image size".into(),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -239,8 +286,17 @@ pub(crate) mod tests {
     }
 
     fn tiny_ae(dev: &burn::tensor::Device<B>) -> Autoencoder<B> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity/ae_decode_bfl/model.safetensors");
-        Autoencoder::load(path, &AutoencoderLoadOptions { norm_groups: 4, ..Default::default() }, dev).unwrap()
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/parity/ae_decode_bfl/model.safetensors");
+        Autoencoder::load(
+            path,
+            &AutoencoderLoadOptions {
+                norm_groups: 4,
+                ..Default::default()
+            },
+            dev,
+        )
+        .unwrap()
     }
 
     fn text() -> PromptText {
@@ -248,9 +304,14 @@ pub(crate) mod tests {
     }
 
     fn embedding() -> TextEmbedding {
-        let t5: Vec<f32> = (0..5 * 8).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
+        let t5: Vec<f32> = (0..5 * 8)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+            .collect();
         let clip: Vec<f32> = (0..8).map(|i| (i as f32 - 3.5) / 4.0).collect();
-        TextEmbedding { t5: HostTensor::new(vec![5, 8], t5).unwrap(), clip_pooled: HostTensor::new(vec![8], clip).unwrap() }
+        TextEmbedding {
+            t5: HostTensor::new(vec![5, 8], t5).unwrap(),
+            clip_pooled: HostTensor::new(vec![8], clip).unwrap(),
+        }
     }
 
     fn prompt(width: u32, height: u32, seed: u64) -> SamplePrompt {
@@ -274,14 +335,27 @@ pub(crate) mod tests {
     fn same_seed_same_pixels_other_seed_other_pixels() {
         let dev = Default::default();
         let (flux, ae) = (tiny_flux(&dev), tiny_ae(&dev));
-        assert_eq!(ae.config().z_channels, 4, "the fixture's latent width changed; update tiny_flux");
+        assert_eq!(
+            ae.config().z_channels,
+            4,
+            "the fixture's latent width changed; update tiny_flux"
+        );
         let a = generate(&flux, &ae, &text(), &prompt(48, 32, 7), true, &dev).unwrap();
         assert_eq!(a.dimensions(), (48, 32));
         let b = generate(&flux, &ae, &text(), &prompt(48, 32, 7), true, &dev).unwrap();
         assert_eq!(a, b);
         let c = generate(&flux, &ae, &text(), &prompt(48, 32, 8), true, &dev).unwrap();
-        let differing = a.as_raw().iter().zip(c.as_raw()).filter(|(x, y)| x != y).count();
-        assert!(differing > a.as_raw().len() / 4, "only {differing} of {} bytes differ", a.as_raw().len());
+        let differing = a
+            .as_raw()
+            .iter()
+            .zip(c.as_raw())
+            .filter(|(x, y)| x != y)
+            .count();
+        assert!(
+            differing > a.as_raw().len() / 4,
+            "only {differing} of {} bytes differ",
+            a.as_raw().len()
+        );
         // Schnell-style linear schedule changes the result too.
         let d = generate(&flux, &ae, &text(), &prompt(48, 32, 7), false, &dev).unwrap();
         assert_ne!(a, d);
@@ -292,15 +366,22 @@ pub(crate) mod tests {
         let dev = Default::default();
         let (flux, ae) = (tiny_flux(&dev), tiny_ae(&dev));
         // Downscale 2 → sizes must be multiples of 4.
-        let e = generate(&flux, &ae, &text(), &prompt(30, 32, 1), true, &dev).unwrap_err().to_string();
+        let e = generate(&flux, &ae, &text(), &prompt(30, 32, 1), true, &dev)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("30×32") && e.contains("multiple of 4"), "{e}");
         let mut t = embedding();
         t.t5 = HostTensor::new(vec![5, 4], vec![0.0; 20]).unwrap();
-        let e = generate(&flux, &ae, &t.into(), &prompt(32, 32, 1), true, &dev).unwrap_err().to_string();
+        let e = generate(&flux, &ae, &t.into(), &prompt(32, 32, 1), true, &dev)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("t5") && e.contains("[5, 4]"), "{e}");
         let mut t = embedding();
         t.clip_pooled = HostTensor::new(vec![1, 8], vec![0.5; 8]).unwrap();
-        assert!(generate(&flux, &ae, &t.into(), &prompt(32, 32, 1), true, &dev).is_ok(), "a batch dim of 1 is accepted");
+        assert!(
+            generate(&flux, &ae, &t.into(), &prompt(32, 32, 1), true, &dev).is_ok(),
+            "a batch dim of 1 is accepted"
+        );
     }
 
     #[test]
@@ -308,16 +389,33 @@ pub(crate) mod tests {
         let dev = Default::default();
         let (flux, ae) = (tiny_flux(&dev), tiny_ae(&dev));
         let plain = generate(&flux, &ae, &text(), &prompt(32, 32, 3), true, &dev).unwrap();
-        let guided = SamplePrompt { cfg_scale: 3.0, ..prompt(32, 32, 3) };
-        let e = generate(&flux, &ae, &text(), &guided, true, &dev).unwrap_err().to_string();
+        let guided = SamplePrompt {
+            cfg_scale: 3.0,
+            ..prompt(32, 32, 3)
+        };
+        let e = generate(&flux, &ae, &text(), &guided, true, &dev)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("CFG scale 3") && e.contains("negative"), "{e}");
         // The prompt as its own negative: v_neg + 3·(v_pos − v_neg) is v_pos exactly.
-        let same = PromptText { positive: embedding(), negative: Some(embedding()) };
-        assert_eq!(generate(&flux, &ae, &same, &guided, true, &dev).unwrap(), plain);
+        let same = PromptText {
+            positive: embedding(),
+            negative: Some(embedding()),
+        };
+        assert_eq!(
+            generate(&flux, &ae, &same, &guided, true, &dev).unwrap(),
+            plain
+        );
         let mut other = embedding();
         other.t5.data.iter_mut().for_each(|v| *v = -*v);
-        let with_negative = PromptText { positive: embedding(), negative: Some(other) };
-        assert_ne!(generate(&flux, &ae, &with_negative, &guided, true, &dev).unwrap(), plain);
+        let with_negative = PromptText {
+            positive: embedding(),
+            negative: Some(other),
+        };
+        assert_ne!(
+            generate(&flux, &ae, &with_negative, &guided, true, &dev).unwrap(),
+            plain
+        );
     }
 
     #[test]
@@ -326,14 +424,31 @@ pub(crate) mod tests {
         assert_ne!(seeded_normals(3, 10), seeded_normals(4, 10));
         let v = seeded_normals(11, 20_000);
         let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
-        let var = v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / v.len() as f64;
-        assert!(mean.abs() < 0.04 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
+        let var = v
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / v.len() as f64;
+        assert!(
+            mean.abs() < 0.04 && (var - 1.0).abs() < 0.05,
+            "mean {mean} var {var}"
+        );
     }
 
     #[test]
     fn pixel_mapping() {
         // 127.5·(x + 1): −1 → 0, 0 → 127.5 → 128 (round half away from zero), 1 → 255.
-        assert_eq!([to_u8(-1.0), to_u8(0.0), to_u8(1.0), to_u8(-7.0), to_u8(3.0), to_u8(f32::NAN)], [0, 128, 255, 0, 255, 0]);
+        assert_eq!(
+            [
+                to_u8(-1.0),
+                to_u8(0.0),
+                to_u8(1.0),
+                to_u8(-7.0),
+                to_u8(3.0),
+                to_u8(f32::NAN)
+            ],
+            [0, 128, 255, 0, 255, 0]
+        );
         assert_eq!(to_u8(0.5), 191); // 191.25
     }
 }

@@ -15,7 +15,8 @@ pub type AB = Autodiff<NdArray>;
 /// draws (model init, adapter init, dropout) hold this lock so parallel tests cannot interleave.
 pub fn backend_rng_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// hidden 32, 2 heads, 1 double + 1 single block, 16-channel tokens, guidance embedder.
@@ -77,12 +78,21 @@ pub struct RandomBatches {
 
 impl RandomBatches {
     pub fn new(seed: u64) -> Self {
-        Self { seed, next: 0, batch: 2, grid: (2, 2), with_mask: true, poison: false }
+        Self {
+            seed,
+            next: 0,
+            batch: 2,
+            grid: (2, 2),
+            with_mask: true,
+            poison: false,
+        }
     }
 }
 
 fn values(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
-    (0..n).map(|_| (rng.next_f64() * 2.0 - 1.0) as f32).collect()
+    (0..n)
+        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+        .collect()
 }
 
 impl<B: Backend> BatchSource<B> for RandomBatches {
@@ -114,7 +124,10 @@ impl<B: Backend> BatchSource<B> for RandomBatches {
     }
 
     fn restore(&mut self, position: &serde_json::Value) -> Result<(), TrainError> {
-        self.next = position["next"].as_u64().ok_or_else(|| TrainError::Shape { what: "position".into(), message: "no `next`".into() })?;
+        self.next = position["next"].as_u64().ok_or_else(|| TrainError::Shape {
+            what: "position".into(),
+            message: "no `next`".into(),
+        })?;
         Ok(())
     }
 
