@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! cargo run --release --example caption -- DATASET --tagger wd-vit-tagger-v3/ --trigger sks
-//! cargo run --release --example caption -- DATASET --vlm-url http://127.0.0.1:8080 --model joycaption --threads 4
-//! cargo run --release --example caption -- DATASET --trigger sks --dry-run     # show the diff only
+//! cargo run --release --example caption -- DATASET --vlm-url http://127.0.0.1:8080 \
+//!     --model joycaption --threads 4
+//! cargo run --release --example caption -- DATASET --trigger sks --dry-run  # show the diff only
 //! cargo run --release --example caption -- DATASET --stats
 //! ```
 //!

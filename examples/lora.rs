@@ -5,9 +5,12 @@
 //! cargo run --release --example lora -- inspect my_lora.safetensors --norms
 //! cargo run --release --example lora -- convert in.safetensors out.safetensors --to comfyui
 //! cargo run --release --example lora -- resize in.safetensors out.safetensors --rank 8
-//! cargo run --release --example lora -- resize in.safetensors out.safetensors --dynamic-fro 0.9 --rank 32
-//! cargo run --release --example lora -- extract flux1-dev.safetensors tuned.safetensors out.safetensors --rank 32
-//! cargo run --release --example lora -- merge flux1-dev.safetensors merged.safetensors --lora a.safetensors:0.8 --lora b.safetensors:0.5
+//! cargo run --release --example lora -- resize in.safetensors out.safetensors \
+//!     --dynamic-fro 0.9 --rank 32
+//! cargo run --release --example lora -- extract flux1-dev.safetensors tuned.safetensors \
+//!     out.safetensors --rank 32
+//! cargo run --release --example lora -- merge flux1-dev.safetensors merged.safetensors \
+//!     --lora a.safetensors:0.8 --lora b.safetensors:0.5
 //! ```
 //!
 //! No Burn backend is involved. The job is `fluxlora::jobs::lora`; this file parses, calls and

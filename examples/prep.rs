@@ -26,7 +26,10 @@ fn main() -> ExitCode {
         Ok(outcome) => {
             print!("{outcome}");
             if outcome.blocking {
-                eprintln!("blocking problems found (listed above); fix them (bad images: or set skip_bad_images in the dataset config)");
+                eprintln!(
+                    "blocking problems found (listed above); fix them (bad images: or set \
+                     skip_bad_images in the dataset config)"
+                );
             }
             ExitCode::from(outcome.exit_code())
         }

@@ -1,8 +1,8 @@
 //! Train a Flux LoRA.
 //!
 //! ```text
-//! cargo run --release --example train                       # the embedded tiny world (fixtures/tiny-world)
-//! cargo run --release --example train -- my-run.toml         # a config file (kohya key names)
+//! cargo run --release --example train  # the embedded tiny world (fixtures/tiny-world)
+//! cargo run --release --example train -- my-run.toml  # a config file (kohya key names)
 //! cargo run --release --example train -- my-run.toml --learning_rate 5e-5 --max_train_steps 2000
 //! cargo run --release --example train -- my-run.toml --resume output/my-lora-step00000500
 //! ```

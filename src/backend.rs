@@ -170,7 +170,10 @@ macro_rules! with_backend {
                 $body
             }
             #[allow(unreachable_patterns)]
-            other => panic!("backend {other} was selected but is not compiled in; use backend::select, which checks"),
+            other => panic!(
+                "backend {other} was selected but is not compiled in; use backend::select, which \
+                 checks"
+            ),
         }
     }};
 }

@@ -75,7 +75,10 @@ pub fn parse_weighted(s: &str) -> Result<(PathBuf, f32), String> {
     match s.rsplit_once(':') {
         Some((file, w)) if !file.is_empty() => match w.parse::<f32>() {
             Ok(w) if w.is_finite() => Ok((file.into(), w)),
-            _ => Err(format!("`{w}` in `{s}` is not a finite weight; write FILE:WEIGHT, e.g. lora.safetensors:0.8")),
+            _ => Err(format!(
+                "`{w}` in `{s}` is not a finite weight; write FILE:WEIGHT, e.g. \
+                 lora.safetensors:0.8"
+            )),
         },
         _ => Ok((s.into(), 1.0)),
     }

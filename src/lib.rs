@@ -20,7 +20,13 @@
 //! use clap::Parser;
 //! use fluxlora::jobs::TrainArgs;
 //!
-//! let args = TrainArgs::parse_from(["train", "my-run.toml", "--learning_rate", "1e-4", "--backend=ndarray"]);
+//! let args = TrainArgs::parse_from([
+//!     "train",
+//!     "my-run.toml",
+//!     "--learning_rate",
+//!     "1e-4",
+//!     "--backend=ndarray",
+//! ]);
 //! assert_eq!(args.config.as_deref(), Some(std::path::Path::new("my-run.toml")));
 //! // Config keys reach `TrainConfig::load` in declaration order.
 //! assert_eq!(args.keys.overrides, ["--backend", "ndarray", "--learning_rate", "1e-4"]);

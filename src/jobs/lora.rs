@@ -56,7 +56,8 @@ pub enum LoraCommand {
         /// New rank; with --dynamic-fro, the largest rank allowed.
         #[arg(long, required_unless_present = "dynamic_fro")]
         rank: Option<usize>,
-        /// Keep per module the fewest singular values holding this fraction of ‖ΔW‖_F (e.g. 0.9).
+        /// Keep per module the fewest singular values holding this fraction of ‖ΔW‖_F (e.g.
+        /// 0.9).
         #[arg(long)]
         dynamic_fro: Option<f64>,
         /// Output format (default: the input's when writable, else kohya).

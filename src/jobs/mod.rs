@@ -5,12 +5,12 @@
 //!
 //! | job | arguments | result | runs on |
 //! |---|---|---|---|
-//! | [`train`] | [`TrainArgs`] | [`TrainOutcome`] | the selected backend, with autodiff |
+//! | [`train`] | [`TrainArgs`] | [`TrainOutcome`] | the selected autodiff backend |
 //! | [`prep`] | [`PrepArgs`] | [`PrepOutcome`] | host; caches on the selected backend |
 //! | [`sample`] | [`SampleArgs`] | [`SampleOutcome`] | the selected backend |
 //! | [`caption`] | [`CaptionArgs`] | [`CaptionOutcome`] | CPU (tagger) or a VLM server |
 //! | [`lora`] | [`LoraArgs`] | text | host only |
-//! | [`pretrain_tiny`] | [`PretrainArgs`] | [`PretrainOutcome`] | the selected backend, with autodiff |
+//! | [`pretrain_tiny`] | [`PretrainArgs`] | [`PretrainOutcome`] | the selected autodiff backend |
 
 pub mod caption;
 pub mod lora;

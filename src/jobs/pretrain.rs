@@ -149,7 +149,8 @@ impl fmt::Display for PretrainOutcome {
         let (ae, flux, (scale, shift)) = (r.ae_loss, r.flux_loss, r.scale_shift);
         writeln!(
             f,
-            "autoencoder: loss {:.4} → {:.4} in {:.0} s; latent scale {scale:.4}, shift {shift:.4}",
+            "autoencoder: loss {:.4} → {:.4} in {:.0} s; latent scale {scale:.4}, shift \
+             {shift:.4}",
             ae.0, ae.1, r.ae_seconds
         )?;
         writeln!(

@@ -1,5 +1,5 @@
-//! The `train` job: a config (or the embedded tiny world) → caches → training → LoRA, then the
-//! tiny-world concept score when asked.
+//! The `train` job: a config (or the embedded tiny world) → caches → training → LoRA, then
+//! the tiny-world concept score when asked.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,8 +19,8 @@ use crate::error::Error;
 #[derive(clap::Parser, Debug, Clone, Default)]
 #[command(
     about = "Train a Flux LoRA from a config (default: the embedded tiny world)",
-    after_help = "Every config key is also a flag, e.g. --learning_rate 1e-4 --max_train_steps 1500 \
-                  --backend cuda (kohya names; see fluxlora_train::TrainConfig)."
+    after_help = "Every config key is also a flag, e.g. --learning_rate 1e-4 --max_train_steps \
+                  1500 --backend cuda (kohya names; see fluxlora_train::TrainConfig)."
 )]
 pub struct TrainArgs {
     /// A training config (default: the embedded tiny world, fixtures/tiny-world/train.toml).
@@ -100,7 +100,10 @@ pub fn stop_on_interrupt() -> Result<Arc<AtomicBool>, Error> {
             eprintln!("\nsecond interrupt: exiting without saving");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: finishing this step and saving a resumable checkpoint (Ctrl-C again to abort)");
+        eprintln!(
+            "\ninterrupt: finishing this step and saving a resumable checkpoint (Ctrl-C again to \
+             abort)"
+        );
     })?;
     Ok(stop)
 }
@@ -132,7 +135,10 @@ pub fn train(
         let report = train_session::<Autodiff<B>>(config, &dev, options)?;
         let scores = match (&report.run.lora, score && !report.run.stopped) {
             (Some(lora), true) => {
-                say(&format!("scoring the concept on held-out prompts ({CONCEPT_SEEDS} seeds each), base vs base + LoRA ..."));
+                say(&format!(
+                    "scoring the concept on held-out prompts ({CONCEPT_SEEDS} seeds each), base vs \
+                     base + LoRA ..."
+                ));
                 Some(concept_check::<B>(&scored, lora, CONCEPT_SEEDS, &dev)?)
             }
             _ => None,
@@ -179,7 +185,12 @@ impl fmt::Display for TrainOutcome {
         if let Some(c) = &self.scores {
             let (base, lora) = (100.0 * c.base, 100.0 * c.lora);
             let grid = c.grid.display();
-            writeln!(f, "concept score ({} held-out samples each): base {base:.0} %, base + LoRA {lora:.0} %  (grid: {grid})", c.samples)?;
+            writeln!(
+                f,
+                "concept score ({} held-out samples each): base {base:.0} %, base + LoRA {lora:.0} \
+                 %  (grid: {grid})",
+                c.samples
+            )?;
         }
         Ok(())
     }

@@ -152,12 +152,71 @@ fn prep_names_a_bomb_an_escaping_output_name_and_a_poisoned_checkpoint() {
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
-    // The good images are still read and counted.
-    assert!(text.contains("img0.png") || text.contains('3'), "{text}");
+    // The good images are still read and counted: 4 listed, 3 usable.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("report.json")).unwrap())
+            .unwrap();
+    let quality = &json["quality"];
+    assert_eq!(
+        (
+            quality["images_listed"].as_u64(),
+            quality["images_usable"].as_u64()
+        ),
+        (Some(4), Some(3)),
+        "{json}"
+    );
     assert!(!tmp
         .path()
         .parent()
         .unwrap()
         .join("escape.safetensors")
         .exists());
+}
+
+#[test]
+fn sample_names_a_poisoned_lora_before_drawing() {
+    use clap::Parser;
+    use fluxlora::io::{write_safetensors, HostTensor, TensorRef};
+    let tmp = tempfile::tempdir().unwrap();
+    let lora = tmp.path().join("poisoned.safetensors");
+    let down = HostTensor::new(vec![2, 4], vec![0.1; 8]).unwrap();
+    let up = HostTensor::new(
+        vec![4, 2],
+        vec![0.1, 0.1, f32::INFINITY, 0.1, 0.1, 0.1, 0.1, 0.1],
+    )
+    .unwrap();
+    let key = "lora_unet_final_layer_linear";
+    let (dk, uk) = (
+        format!("{key}.lora_down.weight"),
+        format!("{key}.lora_up.weight"),
+    );
+    let tensors = [
+        (dk.as_str(), TensorRef::f32(&down)),
+        (uk.as_str(), TensorRef::f32(&up)),
+    ];
+    write_safetensors(&lora, &tensors, &Default::default()).unwrap();
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny-world/base");
+    let out = tmp.path().join("out");
+    let args = fluxlora::jobs::SampleArgs::try_parse_from([
+        "sample".as_ref(),
+        "--model".as_ref(),
+        base.as_os_str(),
+        "--lora".as_ref(),
+        lora.as_os_str(),
+        "--prompt".as_ref(),
+        "a disc".as_ref(),
+        "--backend".as_ref(),
+        "ndarray".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ] as [&std::ffi::OsStr; 11])
+    .unwrap();
+    let err = fluxlora::jobs::sample(&args, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("poisoned.safetensors") && err.contains(&uk) && err.contains("inf"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing was drawn");
 }

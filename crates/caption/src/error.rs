@@ -28,14 +28,20 @@ pub enum CaptionError {
     },
 
     /// A caption file is not UTF-8 text.
-    #[error("{path}: the caption is not UTF-8 text; re-save it as UTF-8 (or delete it and caption the image again)")]
+    #[error(
+        "{path}: the caption is not UTF-8 text; re-save it as UTF-8 (or delete it and caption the \
+         image again)"
+    )]
     NotUtf8 {
         /// The caption file that is not UTF-8.
         path: PathBuf,
     },
 
     /// An image could not be opened or decoded.
-    #[error("{path}: cannot decode the image: {reason}; re-export it as JPEG/PNG or remove it from the folder")]
+    #[error(
+        "{path}: cannot decode the image: {reason}; re-export it as JPEG/PNG or remove it from the \
+         folder"
+    )]
     Image {
         /// The image file.
         path: PathBuf,
@@ -77,7 +83,10 @@ pub enum CaptionError {
     },
 
     /// A tensor has a shape the model cannot use.
-    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected}; the file is not a timm ViT checkpoint or belongs to another model size")]
+    #[error(
+        "{path}: tensor `{name}` has shape {found:?}, expected {expected}; the file is not a timm \
+         ViT checkpoint or belongs to another model size"
+    )]
     TensorShape {
         /// The weights file (safetensors).
         path: PathBuf,
@@ -99,7 +108,10 @@ pub enum CaptionError {
     },
 
     /// `selected_tags.csv` could not be parsed.
-    #[error("{path}, line {line}: {message}; the file must be the tagger's selected_tags.csv (columns tag_id,name,category,count)")]
+    #[error(
+        "{path}, line {line}: {message}; the file must be the tagger's selected_tags.csv (columns \
+         tag_id,name,category,count)"
+    )]
     Labels {
         /// The tag list (`selected_tags.csv`).
         path: PathBuf,
@@ -110,7 +122,10 @@ pub enum CaptionError {
     },
 
     /// The label list and the classifier head disagree in size.
-    #[error("{labels_path} lists {labels} tags but {weights_path} has {classes} classes; use the selected_tags.csv that ships with these weights")]
+    #[error(
+        "{labels_path} lists {labels} tags but {weights_path} has {classes} classes; use the \
+         selected_tags.csv that ships with these weights"
+    )]
     LabelCount {
         /// The tag list (`selected_tags.csv`).
         labels_path: PathBuf,
@@ -123,7 +138,10 @@ pub enum CaptionError {
     },
 
     /// Pixels of the wrong shape were passed to the tagger.
-    #[error("tagger input has shape {found:?}, expected [batch, 3, {size}, {size}]; preprocess images with `preprocess_image`")]
+    #[error(
+        "tagger input has shape {found:?}, expected [batch, 3, {size}, {size}]; preprocess images \
+         with `preprocess_image`"
+    )]
     InputShape {
         /// The shape that was passed (for a flat pixel buffer, just its length).
         found: Vec<usize>,
@@ -132,7 +150,10 @@ pub enum CaptionError {
     },
 
     /// The captioning server answered with an error status (after retries for 429 / 5xx).
-    #[error("{image}: {url} answered HTTP {status} after {attempts} attempt(s): {body}; check the server log, the model name and the API key")]
+    #[error(
+        "{image}: {url} answered HTTP {status} after {attempts} attempt(s): {body}; check the \
+         server log, the model name and the API key"
+    )]
     HttpStatus {
         /// The image being captioned.
         image: PathBuf,
@@ -147,7 +168,10 @@ pub enum CaptionError {
     },
 
     /// The captioning server could not be reached (after retries).
-    #[error("{image}: cannot reach {url} after {attempts} attempt(s): {reason}; start the server or fix --vlm-url")]
+    #[error(
+        "{image}: cannot reach {url} after {attempts} attempt(s): {reason}; start the server or \
+         fix --vlm-url"
+    )]
     Unreachable {
         /// The image being captioned.
         image: PathBuf,
@@ -160,7 +184,10 @@ pub enum CaptionError {
     },
 
     /// The captioning server did not answer in time.
-    #[error("{image}: {url} did not answer within {seconds} s; raise the timeout or use a smaller/faster model")]
+    #[error(
+        "{image}: {url} did not answer within {seconds} s; raise the timeout or use a \
+         smaller/faster model"
+    )]
     Timeout {
         /// The image being captioned.
         image: PathBuf,
@@ -171,7 +198,10 @@ pub enum CaptionError {
     },
 
     /// The captioner produced nothing for an image.
-    #[error("{image}: {captioner} produced an empty caption; lower the tag thresholds or change the prompt")]
+    #[error(
+        "{image}: {captioner} produced an empty caption; lower the tag thresholds or change the \
+         prompt"
+    )]
     EmptyCaption {
         /// The image that got no caption.
         image: PathBuf,

@@ -34,7 +34,10 @@
 //!     underscores_to_spaces: true,
 //!     ..Default::default()
 //! };
-//! assert_eq!(edits.apply_line("striped_disc, magenta, striped_disc"), "sks, striped disc, magenta");
+//! assert_eq!(
+//!     edits.apply_line("striped_disc, magenta, striped_disc"),
+//!     "sks, striped disc, magenta"
+//! );
 //! # Ok::<(), fluxlora_caption::CaptionError>(())
 //! ```
 

@@ -178,7 +178,8 @@ impl fmt::Display for RunSummary {
         }
         writeln!(
             f,
-            "{} images in {:.1} s: {} {verb} ({} newly captioned), {} unchanged, {} kept (existing caption; use overwrite to replace), {} without caption, {} failed",
+            "{} images in {:.1} s: {} {verb} ({} newly captioned), {} unchanged, {} kept (existing \
+             caption; use overwrite to replace), {} without caption, {} failed",
             self.images,
             self.elapsed.as_secs_f64(),
             self.changes.len(),

@@ -38,9 +38,15 @@ impl Trigger {
         let reason = if trimmed.is_empty() {
             Some("is empty; pass a rare token such as `sks` or `ohwx`")
         } else if trimmed.contains([',', '\n', '\r']) {
-            Some("contains a comma or a line break, which would split it into several tags; use one tag")
+            Some(
+                "contains a comma or a line break, which would split it into several tags; use one \
+                 tag",
+            )
         } else if trimmed.contains(['[', ']']) {
-            Some("contains `[` or `]`, which collide with the `[trigger]` placeholder; drop the brackets")
+            Some(
+                "contains `[` or `]`, which collide with the `[trigger]` placeholder; drop the \
+                 brackets",
+            )
         } else {
             None
         };

@@ -91,7 +91,12 @@ proptest! {
         let tags = split_tags(&out);
         let mut seen = std::collections::HashSet::new();
         for t in &tags {
-            prop_assert!(seen.insert(t.split_whitespace().collect::<Vec<_>>().join(" ")), "duplicate {:?} in {:?}", t, out);
+            prop_assert!(
+                seen.insert(t.split_whitespace().collect::<Vec<_>>().join(" ")),
+                "duplicate {:?} in {:?}",
+                t,
+                out
+            );
         }
         // Same distinct tags, first-occurrence order.
         let mut first = Vec::new();
@@ -126,7 +131,13 @@ proptest! {
         keep in 0usize..3,
         underscores: bool,
     ) {
-        let edits = TagEdits { trigger: t, dedupe, sort, keep_tokens: keep, underscores_to_spaces: underscores };
+        let edits = TagEdits {
+            trigger: t,
+            dedupe,
+            sort,
+            keep_tokens: keep,
+            underscores_to_spaces: underscores,
+        };
         let text = lines.join("\n");
         let once = edits.apply(&text);
         prop_assert_eq!(edits.apply(&once), once.clone(), "{:?}", text);

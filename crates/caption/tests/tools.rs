@@ -113,7 +113,8 @@ fn captioner_never_overwrites_unless_asked() {
         "sks, long_hair, outdoors\n"
     );
     assert_eq!(summary.generated, 1);
-    assert_eq!(summary.kept_existing, 3, "{summary}"); // a, b, c keep their text (edits still apply)
+    // a, b, c keep their text (edits still apply)
+    assert_eq!(summary.kept_existing, 3, "{summary}");
     assert_eq!(
         read(&dir.path().join("a.txt")),
         "sks, 1girl, smile, 1girl\n"

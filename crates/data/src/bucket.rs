@@ -71,10 +71,14 @@ pub enum BucketRejection {
 impl std::fmt::Display for BucketRejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BucketRejection::TooSmall { width, height, step } => write!(
+            BucketRejection::TooSmall {
+                width,
+                height,
+                step,
+            } => write!(
                 f,
-                "{width}×{height} has a side below bucket_reso_steps {step} and bucket_no_upscale forbids enlarging it; \
-                 remove the image or turn bucket_no_upscale off"
+                "{width}×{height} has a side below bucket_reso_steps {step} and bucket_no_upscale \
+                 forbids enlarging it; remove the image or turn bucket_no_upscale off"
             ),
             BucketRejection::Empty => write!(f, "image has zero width or height"),
         }
@@ -261,7 +265,8 @@ mod tests {
                 height: 512
             }
         );
-        // 3:2 landscape (ln 1.5 = 0.405): 576×448 (ln 1.286 = 0.251) vs 640×384 (ln 1.667 = 0.511).
+        // 3:2 landscape (ln 1.5 = 0.405): 576×448 (ln 1.286 = 0.251) vs 640×384 (ln 1.667 =
+        // 0.511).
         assert_eq!(
             assign_bucket(1500, 1000, &s).unwrap().bucket,
             Bucket {

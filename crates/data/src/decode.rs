@@ -1,8 +1,9 @@
 //! Reading one image file: JPEG, PNG, WebP or BMP, with EXIF orientation applied.
 //!
 //! Any colour type the decoders produce (grayscale, 16-bit, CMYK JPEG — converted to RGB by the
-//! JPEG decoder —, palette PNG — expanded by the PNG decoder —, with or without alpha) is kept at
-//! its native depth here and converted to RGB floats only after cropping ([`crate::pixels`]).
+//! JPEG decoder —, palette PNG — expanded by the PNG decoder —, with or without alpha) is
+//! kept at its native depth here and converted to RGB floats only after cropping
+//! ([`crate::pixels`]).
 //!
 //! Hostile files are refused before any pixel memory is taken: the header's dimensions are
 //! checked against [`ImageLimits`] (pixel count, longest side, decoded bytes), and the same
@@ -436,7 +437,7 @@ mod tests {
             e,
             "image too large: declares 100000×100000 pixels (10000.0 MP), over the limit of \
              67.1 MP (max_image_pixels); shrink the image or raise max_image_pixels in the \
-             dataset config's [general] table"
+             dataset config's [general] table (or in the training config)"
         );
         let e = l.check(40_000, 10, 1_200_000).unwrap_err().reason;
         assert!(

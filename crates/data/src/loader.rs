@@ -135,8 +135,8 @@ impl Loader {
         let fp = dataset.fingerprint();
         if fp != state.fingerprint {
             return Err(DataError::Loader(format!(
-                "the saved position belongs to dataset {} but this dataset is {fp} (images, buckets or settings changed); \
-                 restore the dataset or start a new run",
+                "the saved position belongs to dataset {} but this dataset is {fp} (images, \
+                 buckets or settings changed); restore the dataset or start a new run",
                 state.fingerprint
             )));
         }

@@ -46,18 +46,20 @@ impl DatasetSpec {
         let mut orphans_seen = BTreeSet::new();
         for (di, d) in config.datasets.iter().enumerate() {
             for (si, s) in d.subsets.iter().enumerate() {
-                let files = match list_dir(&s.image_dir) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        problems.push(Problem::new(
+                let files =
+                    match list_dir(&s.image_dir) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            problems.push(Problem::new(
                             ProblemKind::MissingImageDir,
                             Severity::Blocking,
                             Some(s.image_dir.clone()),
-                            format!("image_dir cannot be listed ({e}); fix the path in the dataset config"),
+                            format!("image_dir cannot be listed ({e}); fix the path in the dataset \
+                                     config"),
                         ));
-                        continue;
-                    }
-                };
+                            continue;
+                        }
+                    };
                 let ext = s.caption_extension.as_str();
                 let image_stems: BTreeSet<PathBuf> = files
                     .iter()
@@ -104,7 +106,8 @@ impl DatasetSpec {
                             ProblemKind::OrphanCaption,
                             Severity::Warning,
                             Some(path.clone()),
-                            "caption file without an image of the same name; it is ignored — add the image or delete the caption",
+                            "caption file without an image of the same name; it is ignored — add \
+                             the image or delete the caption",
                         ));
                     }
                 }

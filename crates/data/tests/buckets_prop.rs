@@ -51,7 +51,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn every_image_lands_in_a_valid_bucket(s in settings(), w in 1u32..30000, h in 1u32..30000, seed in any::<u64>(), random in any::<bool>()) {
+    fn every_image_lands_in_a_valid_bucket(
+        s in settings(),
+        w in 1u32..30000,
+        h in 1u32..30000,
+        seed in any::<u64>(),
+        random in any::<bool>(),
+    ) {
         let step = s.bucket_reso_steps;
         let limit = s.resolution.0 as u64 * s.resolution.1 as u64;
         match assign_bucket(w, h, &s) {
@@ -66,7 +72,13 @@ proptest! {
                         prop_assert!(b.width >= s.min_bucket_reso && b.height >= s.min_bucket_reso);
                     }
                 }
-                prop_assert!(b.width as u64 * b.height as u64 <= limit, "{}x{} > {}", b.width, b.height, limit);
+                prop_assert!(
+                    b.width as u64 * b.height as u64 <= limit,
+                    "{}x{} > {}",
+                    b.width,
+                    b.height,
+                    limit
+                );
                 if s.enable_bucket && s.bucket_no_upscale {
                     prop_assert!(a.scale <= 1.0 + 1e-12, "no_upscale scaled by {}", a.scale);
                     prop_assert!(b.width <= w && b.height <= h);
@@ -79,9 +91,18 @@ proptest! {
                 let scale = (b.width as f64 / w as f64).max(b.height as f64 / h as f64);
                 let (iw, ih) = (b.width as f64 / scale, b.height as f64 / scale);
                 prop_assert!(iw <= w as f64 + 1e-6 && ih <= h as f64 + 1e-6);
-                prop_assert!((iw - w as f64).abs() < 1e-6 || (ih - h as f64).abs() < 1e-6, "not a cover crop");
+                prop_assert!(
+                    (iw - w as f64).abs() < 1e-6 || (ih - h as f64).abs() < 1e-6,
+                    "not a cover crop"
+                );
                 for (got, ideal) in [(c.width, iw), (c.height, ih)] {
-                    prop_assert!((got as f64 - ideal).abs() <= 0.5 + 1e-6 || (got == 1 && ideal < 1.0), "crop {:?} vs ideal {}x{}", c, iw, ih);
+                    prop_assert!(
+                        (got as f64 - ideal).abs() <= 0.5 + 1e-6 || (got == 1 && ideal < 1.0),
+                        "crop {:?} vs ideal {}x{}",
+                        c,
+                        iw,
+                        ih
+                    );
                 }
                 if !random {
                     prop_assert!((c.x as i64 * 2 - (w - c.width) as i64).abs() <= 1);
@@ -91,14 +112,21 @@ proptest! {
                 // Only without upscaling, and only when a side cannot reach one step.
                 prop_assert!(s.enable_bucket && s.bucket_no_upscale);
                 let shrink = ((limit as f64) / (w as f64 * h as f64)).sqrt().min(1.0);
-                prop_assert!(((w as f64 * shrink).floor() as u32) < step || ((h as f64 * shrink).floor() as u32) < step);
+                prop_assert!(
+                    ((w as f64 * shrink).floor() as u32) < step
+                        || ((h as f64 * shrink).floor() as u32) < step
+                );
             }
             Err(BucketRejection::Empty) => prop_assert!(false, "non-empty image rejected as empty"),
         }
     }
 
     #[test]
-    fn predefined_buckets_respect_limits(s in settings().prop_map(|s| BucketSettings { enable_bucket: true, bucket_no_upscale: false, ..s }).prop_filter("valid", valid)) {
+    fn predefined_buckets_respect_limits(
+        s in settings()
+            .prop_map(|s| BucketSettings { enable_bucket: true, bucket_no_upscale: false, ..s })
+            .prop_filter("valid", valid),
+    ) {
         let limit = s.resolution.0 as u64 * s.resolution.1 as u64;
         let list = bucket_resolutions(&s);
         prop_assert!(!list.is_empty());

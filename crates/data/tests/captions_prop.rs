@@ -18,7 +18,12 @@ proptest! {
         tag_dropout in prop::sample::select(vec![0.0, 0.3, 0.9]),
         seed in any::<u64>(), epoch in 0u64..10,
     ) {
-        let s = CaptionSettings { shuffle_caption: true, keep_tokens: keep, caption_tag_dropout_rate: tag_dropout, ..Default::default() };
+        let s = CaptionSettings {
+            shuffle_caption: true,
+            keep_tokens: keep,
+            caption_tag_dropout_rate: tag_dropout,
+            ..Default::default()
+        };
         let caption = tags.join(", ");
         let out = s.randomise(&caption, epoch, &mut SplitMix64::new(seed));
         let out_tags: Vec<&str> = out.split(", ").filter(|t| !t.is_empty()).collect();
@@ -47,10 +52,17 @@ proptest! {
         suffix in prop::collection::vec(tag(), 0..3),
         seed in any::<u64>(),
     ) {
-        let s = CaptionSettings { shuffle_caption: true, keep_tokens: 7, keep_tokens_separator: Some("|||".into()), ..Default::default() };
-        let caption = format!("{} ||| {} ||| {}", fixed.join(", "), flex.join(", "), suffix.join(", "));
+        let s = CaptionSettings {
+            shuffle_caption: true,
+            keep_tokens: 7,
+            keep_tokens_separator: Some("|||".into()),
+            ..Default::default()
+        };
+        let caption =
+            format!("{} ||| {} ||| {}", fixed.join(", "), flex.join(", "), suffix.join(", "));
         let out = s.randomise(&caption, 0, &mut SplitMix64::new(seed));
-        let out_tags: Vec<String> = out.split(", ").filter(|t| !t.is_empty()).map(String::from).collect();
+        let out_tags: Vec<String> =
+            out.split(", ").filter(|t| !t.is_empty()).map(String::from).collect();
         prop_assert_eq!(out_tags.len(), fixed.len() + flex.len() + suffix.len());
         prop_assert_eq!(&out_tags[..fixed.len()], &fixed[..]);
         prop_assert_eq!(&out_tags[fixed.len() + flex.len()..], &suffix[..]);
@@ -62,7 +74,10 @@ proptest! {
     }
 
     #[test]
-    fn trigger_is_present_after_insertion(tags in prop::collection::vec(tag(), 0..6), placeholder in any::<bool>()) {
+    fn trigger_is_present_after_insertion(
+        tags in prop::collection::vec(tag(), 0..6),
+        placeholder in any::<bool>(),
+    ) {
         let s = CaptionSettings { trigger_word: Some("zxq".into()), ..Default::default() };
         let mut caption = tags.join(", ");
         if placeholder {

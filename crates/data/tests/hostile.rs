@@ -362,7 +362,7 @@ fn a_caption_linked_to_a_file_outside_the_dataset_is_refused() {
 fn a_caption_extension_that_is_a_path_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = config(tmp.path(), "");
-    c.datasets[0].subsets[0].caption_extension = "/../../etc/x".into();
+    c.datasets[0].subsets[0].caption_extension = ".txt/../../../etc/x".into();
     let err = c.validate().unwrap_err().to_string();
     assert!(
         err.contains("caption_extension") && err.contains("path separator"),

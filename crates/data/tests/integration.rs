@@ -1,4 +1,5 @@
-//! All integration tests of fluxlora-data, compiled as one test binary (one link instead of one per file).
+//! All integration tests of fluxlora-data, compiled as one test binary (one link instead of one per
+//! file).
 
 mod bad_inputs;
 mod buckets_prop;

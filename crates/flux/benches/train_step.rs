@@ -3,7 +3,8 @@
 //! Bench config (issue 3): hidden 256, 4 heads, 2 double + 4 single blocks, 16×16 image tokens,
 //! 64 text tokens, context 256, vector 128, guidance on, LoRA rank 16 (alpha 16) on every block
 //! linear (diffusers granularity, as the PEFT targets of the PyTorch script, plus `proj_out`:
-//! 758,784 trainable parameters in both), AdamW (lr 1e-4, eps 1e-8, weight decay 0.01), flow-matching MSE. Same step as
+//! 758,784 trainable parameters in both), AdamW (lr 1e-4, eps 1e-8, weight decay 0.01),
+//! flow-matching MSE. Same step as
 //! `shared/bench/torch_step_bench.py`. Prints the median and minimum of the timed steps.
 //!
 //! Environment: `FLUXLORA_BENCH_STEPS` (timed steps, default 10; 2 warm-up steps come first),
@@ -110,7 +111,8 @@ fn run<B: AutodiffBackend>(name: &str, steps: usize, checkpointing: Checkpointin
         (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
     };
     println!(
-        "{name}: trainable={trainable} step_s median={median:.4} min={:.4} (n={}, checkpointing={checkpointing:?}, last loss {last_loss:.4})",
+        "{name}: trainable={trainable} step_s median={median:.4} min={:.4} (n={}, \
+         checkpointing={checkpointing:?}, last loss {last_loss:.4})",
         times[0],
         times.len()
     );

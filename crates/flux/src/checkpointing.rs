@@ -4,9 +4,9 @@
 //! 1024² would keep every block's attention scores alive. With [`Checkpointing::Blocks`] the
 //! forward runs on the inner (non-autodiff) backend and keeps only each block's *inputs*; the
 //! backward then walks the blocks in reverse, re-running one block at a time under autodiff with
-//! its saved inputs as leaves and back-propagating the surrogate `Σ out·∂L/∂out`, which yields
-//! the block's parameter gradients and `∂L/∂inputs` for the block before it. Peak activation
-//! memory is one block's graph plus one `[B, L, hidden]` tensor per block.
+//! its saved inputs as leaves and back-propagating the surrogate `Σ out·∂L/∂out`, which
+//! yields the block's parameter gradients and `∂L/∂inputs` for the block before it. Peak
+//! activation memory is one block's graph plus one `[B, L, hidden]` tensor per block.
 //!
 //! Caveat: LoRA dropouts are only active under autodiff, so with dropout > 0 the saved inputs
 //! come from a dropout-free forward while the recomputation samples its own masks.

@@ -19,8 +19,8 @@ pub enum FluxError {
 
     /// The checkpoint's key names match none of the known Flux layouts.
     #[error(
-        "{path}: not a Flux transformer checkpoint (no `double_blocks.0.img_attn.qkv.weight` in BFL \
-         layout, with or without a `model.diffusion_model.` prefix, and no diffusers \
+        "{path}: not a Flux transformer checkpoint (no `double_blocks.0.img_attn.qkv.weight` in \
+         BFL layout, with or without a `model.diffusion_model.` prefix, and no diffusers \
          `transformer_blocks.0.attn.to_q.weight`); point at a flux1-*.safetensors file or a \
          diffusers `transformer/` folder"
     )]
@@ -45,8 +45,8 @@ pub enum FluxError {
 
     /// A tensor exists but has the wrong shape.
     #[error(
-        "{path}: tensor `{key}` has shape {found:?}, expected {expected:?}; the checkpoint is for a \
-         different model configuration"
+        "{path}: tensor `{key}` has shape {found:?}, expected {expected:?}; the checkpoint is for \
+         a different model configuration"
     )]
     ShapeMismatch {
         /// The checkpoint (file or folder).

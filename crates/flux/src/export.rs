@@ -69,7 +69,8 @@ fn linear_weight(shape: Vec<usize>, data: Vec<f32>) -> Result<HostTensor> {
         .map_err(|e| FluxError::Config(e.to_string()))
 }
 
-/// The autoencoder's tensors under BFL `ae.safetensors` keys (`encoder.down.0.block.0.conv1.weight`…).
+/// The autoencoder's tensors under BFL `ae.safetensors` keys
+/// (`encoder.down.0.block.0.conv1.weight`…).
 pub fn autoencoder_tensors<B: Backend>(ae: &Autoencoder<B>) -> Result<Vec<(String, HostTensor)>> {
     let mut out = Vec::new();
     for (path, shape, data) in collect(ae)? {
@@ -95,14 +96,15 @@ pub fn autoencoder_tensors<B: Backend>(ae: &Autoencoder<B>) -> Result<Vec<(Strin
     Ok(out)
 }
 
-/// The transformer's tensors under BFL `flux1-*.safetensors` keys (`double_blocks.0.img_attn.qkv.weight`…).
+/// The transformer's tensors under BFL `flux1-*.safetensors` keys
+/// (`double_blocks.0.img_attn.qkv.weight`…).
 pub fn transformer_tensors<B: Backend>(flux: &Flux<B>) -> Result<Vec<(String, HostTensor)>> {
     let mut out = Vec::new();
     for (path, shape, data) in collect(flux)? {
         if path.contains(".adapters.") {
             return Err(FluxError::Config(format!(
-                "`{path}` is a LoRA adapter: a base checkpoint holds none; merge the adapters into the weights or \
-                 save them as a LoRA file"
+                "`{path}` is a LoRA adapter: a base checkpoint holds none; merge the adapters into \
+                 the weights or save them as a LoRA file"
             )));
         }
         let key = path

@@ -44,8 +44,8 @@ pub(crate) fn storage_dtype<B: Backend>(
     }
     if !B::supports_dtype(device, dtype) {
         return Err(FluxError::Config(format!(
-            "this backend does not support {dtype:?} tensors on {device:?}; load in f32 (dtype None) or use \
-             `bf16_if_supported` to pick bf16 only where it works"
+            "this backend does not support {dtype:?} tensors on {device:?}; load in f32 (dtype \
+             None) or use `bf16_if_supported` to pick bf16 only where it works"
         )));
     }
     Ok(dtype)
@@ -131,7 +131,8 @@ impl<'a, B: Backend> WeightReader<'a, B> {
         match self.shape(name) {
             Some(s) if s.len() == rank => Ok(s),
             found => Err(FluxError::Config(format!(
-                "{}: tensor `{}` is {}, expected a rank-{rank} tensor; the file is not a complete {model}",
+                "{}: tensor `{}` is {}, expected a rank-{rank} tensor; the file is not a complete \
+                 {model}",
                 self.path.display(),
                 self.key(name),
                 found.map_or("missing".to_string(), |s| format!("of shape {s:?}")),
@@ -238,8 +239,8 @@ impl<'a, B: Backend> WeightReader<'a, B> {
         match unused.first() {
             None => Ok(()),
             Some(first) => Err(FluxError::Config(format!(
-                "{}: {} tensor(s) the {model} has no place for, e.g. `{first}`; the file is for a different \
-                 architecture",
+                "{}: {} tensor(s) the {model} has no place for, e.g. `{first}`; the file is for a \
+                 different architecture",
                 self.path.display(),
                 unused.len()
             ))),
@@ -525,7 +526,10 @@ pub(crate) fn host_ids<B: Backend>(
     if let Some(bad) = v.iter().find(|&&i| i < 0 || i as usize >= vocab) {
         return Err(FluxError::Input {
             name: "input_ids".into(),
-            message: format!("token id {bad} is outside the vocabulary 0..{vocab}; the tokenizer does not match the model"),
+            message: format!(
+                "token id {bad} is outside the vocabulary 0..{vocab}; the tokenizer does not match \
+                 the model"
+            ),
         });
     }
     Ok(v)

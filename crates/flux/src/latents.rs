@@ -8,7 +8,8 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use crate::error::{FluxError, Result};
 
-/// Packs latents `[B, C, 2h, 2w]` into tokens `[B, h·w, 4C]` (`b c (h ph) (w pw) -> b (h w) (c ph pw)`).
+/// Packs latents `[B, C, 2h, 2w]` into tokens `[B, h·w, 4C]` (`b c (h ph) (w pw) -> b (h w) (c ph
+/// pw)`).
 ///
 /// Errors when the spatial size is odd.
 pub fn pack<B: Backend>(latents: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
@@ -17,8 +18,8 @@ pub fn pack<B: Backend>(latents: Tensor<B, 4>) -> Result<Tensor<B, 3>> {
         return Err(FluxError::Input {
             name: "latents".into(),
             message: format!(
-                "spatial size {hh}×{ww} must be even and non-zero to pack into 2×2 patches; crop or \
-                 pad the image to a multiple of 16 pixels"
+                "spatial size {hh}×{ww} must be even and non-zero to pack into 2×2 patches; crop \
+                 or pad the image to a multiple of 16 pixels"
             ),
         });
     }
@@ -36,7 +37,8 @@ pub fn unpack<B: Backend>(tokens: Tensor<B, 3>, h: usize, w: usize) -> Result<Te
         return Err(FluxError::Input {
             name: "tokens".into(),
             message: format!(
-                "shape [{b}, {l}, {d}] does not fit a {h}×{w} grid of 2×2 patches (need [B, {}, 4·C])",
+                "shape [{b}, {l}, {d}] does not fit a {h}×{w} grid of 2×2 patches (need [B, {}, \
+                 4·C])",
                 h * w
             ),
         });
@@ -48,7 +50,8 @@ pub fn unpack<B: Backend>(tokens: Tensor<B, 3>, h: usize, w: usize) -> Result<Te
         .reshape([b, c, h * 2, w * 2]))
 }
 
-/// `img_ids` for an `h × w` token grid: `[B, h·w, 3]` with rows `(0, row, col)` in row-major order.
+/// `img_ids` for an `h × w` token grid: `[B, h·w, 3]` with rows `(0, row, col)` in row-major
+/// order.
 pub fn img_ids<B: Backend>(batch: usize, h: usize, w: usize, device: &B::Device) -> Tensor<B, 3> {
     let mut ids = Vec::with_capacity(h * w * 3);
     for r in 0..h {

@@ -17,8 +17,8 @@ pub const MAX_SHIFT: f64 = 1.15;
 
 /// BFL `time_shift(mu, sigma, t) = e^μ / (e^μ + (1/t − 1)^σ)`.
 ///
-/// With σ = 1 this equals `s·t / (1 + (s − 1)·t)` for `s = e^μ`: it keeps t = 0 and t = 1 fixed
-/// and pushes the middle towards noise for s > 1. `t = 0` gives 0 and `t = 1` gives 1.
+/// With σ = 1 this equals `s·t / (1 + (s − 1)·t)` for `s = e^μ`: it keeps t = 0 and t = 1
+/// fixed and pushes the middle towards noise for s > 1. `t = 0` gives 0 and `t = 1` gives 1.
 pub fn time_shift(mu: f64, sigma: f64, t: f64) -> f64 {
     if t <= 0.0 {
         return 0.0;
@@ -102,9 +102,10 @@ pub enum SigmaSampler {
         /// μ at 4096 image tokens (BFL 1.15).
         max_shift: f64,
     },
-    /// σ = `flow_match_sigma(⌊u·N⌋, N, shift)`: an index drawn uniformly over the N-step table
-    /// of diffusers' `FlowMatchEulerDiscreteScheduler` (kohya `sigma`, with `shift =
-    /// discrete_flow_shift`, N = `num_train_timesteps` = 1000). Discrete: only N values occur.
+    /// σ = `flow_match_sigma(⌊u·N⌋, N, shift)`: an index drawn uniformly over the N-step
+    /// table of diffusers' `FlowMatchEulerDiscreteScheduler` (kohya `sigma`, with
+    /// `shift = discrete_flow_shift`, N = `num_train_timesteps` = 1000). Discrete: only N values
+    /// occur.
     Discrete {
         /// The scheduler's static shift (`discrete_flow_shift`).
         shift: f64,
@@ -113,7 +114,8 @@ pub enum SigmaSampler {
     },
 }
 
-/// Entry `index` (0 = most noise) of diffusers' `FlowMatchEulerDiscreteScheduler(num_train_timesteps
+/// Entry `index` (0 = most noise) of diffusers'
+/// `FlowMatchEulerDiscreteScheduler(num_train_timesteps
 /// = n, shift)` sigma table, computed in f32 with diffusers' order of operations so it matches
 /// the PyTorch table bit for bit:
 /// `t = linspace(1, n, n)[::-1][index] = n − index`, `s = t / n`,
@@ -244,7 +246,8 @@ mod tests {
 
     #[test]
     fn mu_matches_the_anchor_values() {
-        // Anchors: mu(512²) = 0.63, mu(1024²) = 1.15, mu(1024×768) = 0.9767 (independent arithmetic).
+        // Anchors: mu(512²) = 0.63, mu(1024²) = 1.15, mu(1024×768) = 0.9767 (independent
+        // arithmetic).
         assert!((lin_mu(1024, BASE_SHIFT, MAX_SHIFT) - 0.63).abs() < 1e-12);
         assert!((lin_mu(4096, BASE_SHIFT, MAX_SHIFT) - 1.15).abs() < 1e-12);
         assert!((lin_mu(3072, BASE_SHIFT, MAX_SHIFT) - 0.9767).abs() < 1e-4);
@@ -378,14 +381,21 @@ mod tests {
 
     proptest! {
         #[test]
-        fn time_shift_with_unit_sigma_is_the_rational_shift(mu in -1.0f64..2.0, t in 0.001f64..1.0) {
+        fn time_shift_with_unit_sigma_is_the_rational_shift(
+            mu in -1.0f64..2.0,
+            t in 0.001f64..1.0,
+        ) {
             let s = mu.exp();
             let expect = s * t / (1.0 + (s - 1.0) * t);
             prop_assert!((time_shift(mu, 1.0, t) - expect).abs() < 1e-12);
         }
 
         #[test]
-        fn schedule_is_monotone_from_one_to_zero(steps in 1usize..60, seq in 1usize..8192, shift: bool) {
+        fn schedule_is_monotone_from_one_to_zero(
+            steps in 1usize..60,
+            seq in 1usize..8192,
+            shift: bool,
+        ) {
             let s = get_schedule(steps, seq, BASE_SHIFT, MAX_SHIFT, shift);
             prop_assert_eq!(s.len(), steps + 1);
             prop_assert!((s[0] - 1.0).abs() < 1e-12);

@@ -434,7 +434,8 @@ fn tiled_decode_peak_memory() {
     }
     let (untiled, tiled) = (peaks["untiled"], peaks["tiled"]);
     println!(
-        "1024² decode: untiled peak {} MiB (+{} MiB over the loaded model), tiled (256 px) peak {} MiB (+{} MiB)",
+        "1024² decode: untiled peak {} MiB (+{} MiB over the loaded model), tiled (256 px) peak \
+         {} MiB (+{} MiB)",
         untiled.1 / 1024,
         (untiled.1 - untiled.0) / 1024,
         tiled.1 / 1024,

@@ -1,4 +1,5 @@
-//! All integration tests of fluxlora-flux, compiled as one test binary (one link instead of one per file).
+//! All integration tests of fluxlora-flux, compiled as one test binary (one link instead of one per
+//! file).
 
 mod autoencoder;
 mod bf16_base;

@@ -1,5 +1,6 @@
 //! The data-driven parity suite: every case in `fixtures/parity/` (and in
-//! `$FLUXLORA_PARITY_DIR` when set) against its reference output, on NdArray (the wgpu case is in the root
+//! `$FLUXLORA_PARITY_DIR` when set) against its reference output, on NdArray (the wgpu case is in
+//! the root
 //! package's `tests/integration/wgpu_backend.rs`).
 
 use crate::common;

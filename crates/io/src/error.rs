@@ -22,14 +22,20 @@ pub enum IoError {
     },
 
     /// The file has zero bytes.
-    #[error("{path}: the file is empty (0 bytes); it is not a safetensors file — re-download or re-export it")]
+    #[error(
+        "{path}: the file is empty (0 bytes); it is not a safetensors file — re-download or \
+         re-export it"
+    )]
     EmptyFile {
         /// The file that was being read.
         path: PathBuf,
     },
 
     /// The file is shorter than the 8-byte header-length prefix.
-    #[error("{path}: truncated: only {len} bytes, a safetensors file starts with an 8-byte header length; the file is damaged or incomplete — re-download or re-export it")]
+    #[error(
+        "{path}: truncated: only {len} bytes, a safetensors file starts with an 8-byte header \
+         length; the file is damaged or incomplete — re-download or re-export it"
+    )]
     Truncated {
         /// The file that was being read.
         path: PathBuf,
@@ -38,7 +44,10 @@ pub enum IoError {
     },
 
     /// The declared JSON header is too small to hold even `{}`.
-    #[error("{path}: header length {header_len} is too small to hold a JSON object; the file is not a safetensors file or is damaged")]
+    #[error(
+        "{path}: header length {header_len} is too small to hold a JSON object; the file is not a \
+         safetensors file or is damaged"
+    )]
     HeaderTooSmall {
         /// The file that was being read.
         path: PathBuf,
@@ -47,7 +56,10 @@ pub enum IoError {
     },
 
     /// The declared JSON header is larger than the sanity limit.
-    #[error("{path}: header length {header_len} exceeds the {limit}-byte limit; the file is not a safetensors file or is damaged")]
+    #[error(
+        "{path}: header length {header_len} exceeds the {limit}-byte limit; the file is not a \
+         safetensors file or is damaged"
+    )]
     HeaderTooLarge {
         /// The file that was being read.
         path: PathBuf,
@@ -58,7 +70,10 @@ pub enum IoError {
     },
 
     /// The declared JSON header runs past the end of the file.
-    #[error("{path}: header length {header_len} runs past the end of the {file_len}-byte file; the file is truncated — re-download or re-export it")]
+    #[error(
+        "{path}: header length {header_len} runs past the end of the {file_len}-byte file; the \
+         file is truncated — re-download or re-export it"
+    )]
     HeaderBeyondFile {
         /// The file that was being read.
         path: PathBuf,
@@ -69,7 +84,10 @@ pub enum IoError {
     },
 
     /// The JSON header is not valid UTF-8.
-    #[error("{path}: the JSON header is not valid UTF-8 (first bad byte at header offset {valid_up_to}); the file is damaged")]
+    #[error(
+        "{path}: the JSON header is not valid UTF-8 (first bad byte at header offset \
+         {valid_up_to}); the file is damaged"
+    )]
     HeaderNotUtf8 {
         /// The file that was being read.
         path: PathBuf,
@@ -78,7 +96,10 @@ pub enum IoError {
     },
 
     /// The JSON header does not parse.
-    #[error("{path}: the JSON header is invalid at line {line}, column {column}: {message}; the file is damaged or was written by a broken exporter")]
+    #[error(
+        "{path}: the JSON header is invalid at line {line}, column {column}: {message}; the file \
+         is damaged or was written by a broken exporter"
+    )]
     HeaderJson {
         /// The file that was being read.
         path: PathBuf,
@@ -91,7 +112,10 @@ pub enum IoError {
     },
 
     /// The same key appears twice in the JSON header.
-    #[error("{path}: tensor key `{key}` appears more than once in the header; the file is ambiguous — re-export it")]
+    #[error(
+        "{path}: tensor key `{key}` appears more than once in the header; the file is ambiguous \
+         — re-export it"
+    )]
     DuplicateKey {
         /// The file that was being read.
         path: PathBuf,
@@ -100,7 +124,11 @@ pub enum IoError {
     },
 
     /// A tensor entry names a dtype this crate does not know.
-    #[error("{path}: tensor `{key}` has unknown dtype `{dtype}`; known: BOOL, U8, I8, I16, U16, I32, U32, I64, U64, F8_E4M3, F8_E5M2, F8_E8M0, F16, BF16, F32, F64 — convert the file with a tool that writes one of these")]
+    #[error(
+        "{path}: tensor `{key}` has unknown dtype `{dtype}`; known: BOOL, U8, I8, I16, U16, I32, \
+         U32, I64, U64, F8_E4M3, F8_E5M2, F8_E8M0, F16, BF16, F32, F64 — convert the file with a \
+         tool that writes one of these"
+    )]
     UnknownDtype {
         /// The file that was being read.
         path: PathBuf,
@@ -133,7 +161,10 @@ pub enum IoError {
     },
 
     /// A tensor's bytes lie (partly) outside the data section.
-    #[error("{path}: tensor `{key}` has data_offsets [{start}, {end}) outside the {data_len}-byte data section; the file is truncated or damaged")]
+    #[error(
+        "{path}: tensor `{key}` has data_offsets [{start}, {end}) outside the {data_len}-byte data \
+         section; the file is truncated or damaged"
+    )]
     OffsetsOutOfRange {
         /// The file that was being read.
         path: PathBuf,
@@ -161,7 +192,10 @@ pub enum IoError {
     },
 
     /// Bytes between (or before) tensors belong to no tensor.
-    #[error("{path}: bytes [{gap_start}, {gap_end}) of the data section belong to no tensor (before `{next}`); the offsets are not contiguous — the file is damaged")]
+    #[error(
+        "{path}: bytes [{gap_start}, {gap_end}) of the data section belong to no tensor (before \
+         `{next}`); the offsets are not contiguous — the file is damaged"
+    )]
     GapBetweenTensors {
         /// The file that was being read.
         path: PathBuf,
@@ -174,7 +208,10 @@ pub enum IoError {
     },
 
     /// Bytes after the last tensor belong to no tensor.
-    #[error("{path}: {extra} trailing bytes after the last tensor (data section {data_len} bytes, tensors end at {used}); the file is damaged or was appended to")]
+    #[error(
+        "{path}: {extra} trailing bytes after the last tensor (data section {data_len} bytes, \
+         tensors end at {used}); the file is damaged or was appended to"
+    )]
     TrailingBytes {
         /// The file that was being read.
         path: PathBuf,
@@ -187,7 +224,10 @@ pub enum IoError {
     },
 
     /// The byte length of a tensor does not match shape × dtype size.
-    #[error("{path}: tensor `{key}` ({dtype} {shape:?}) needs {expected} bytes but its data_offsets span {actual}; the header is inconsistent — re-export the file")]
+    #[error(
+        "{path}: tensor `{key}` ({dtype} {shape:?}) needs {expected} bytes but its data_offsets \
+         span {actual}; the header is inconsistent — re-export the file"
+    )]
     SizeMismatch {
         /// The file that was being read.
         path: PathBuf,
@@ -217,7 +257,10 @@ pub enum IoError {
     },
 
     /// A tensor was asked for that the file does not contain.
-    #[error("{path}: no tensor named `{key}` ({count} tensors in the file); check the key or the model variant")]
+    #[error(
+        "{path}: no tensor named `{key}` ({count} tensors in the file); check the key or the model \
+         variant"
+    )]
     TensorNotFound {
         /// The file (or sharded checkpoint) that was searched.
         path: PathBuf,
@@ -241,8 +284,10 @@ pub enum IoError {
     },
 
     /// A float tensor holds NaN or ±inf (a poisoned or diverged checkpoint).
-    #[error("{path}: tensor `{key}` holds {value} at element {index} of {count}; the file is damaged or \
-             was saved from a diverged run: resume from an earlier checkpoint, or retrain")]
+    #[error(
+        "{path}: tensor `{key}` holds {value} at element {index} of {count}; the file is damaged \
+         or was saved from a diverged run: resume from an earlier checkpoint, or retrain"
+    )]
     NonFinite {
         /// The file that was being read.
         path: PathBuf,
@@ -266,7 +311,10 @@ pub enum IoError {
     },
 
     /// A shard named by an index file does not exist.
-    #[error("{index}: shard `{shard}` (holding e.g. `{example_key}`) does not exist at {expected}; download the missing shard or fix the index")]
+    #[error(
+        "{index}: shard `{shard}` (holding e.g. `{example_key}`) does not exist at {expected}; \
+         download the missing shard or fix the index"
+    )]
     MissingShard {
         /// The index file (`*.safetensors.index.json`).
         index: PathBuf,
@@ -315,7 +363,11 @@ pub enum IoError {
     },
 
     /// The key set of a LoRA file matches no known format.
-    #[error("{path}: cannot tell which LoRA format this is (keys e.g. {examples}); supported: kohya (lora_unet_*), PEFT/diffusers (transformer.*), ComfyUI (diffusion_model.*), BFL (double_blocks.*.lora_A), XLabs (*.processor.*), OneTrainer (lora_transformer_*)")]
+    #[error(
+        "{path}: cannot tell which LoRA format this is (keys e.g. {examples}); supported: kohya \
+         (lora_unet_*), PEFT/diffusers (transformer.*), ComfyUI (diffusion_model.*), BFL \
+         (double_blocks.*.lora_A), XLabs (*.processor.*), OneTrainer (lora_transformer_*)"
+    )]
     UnknownLoraFormat {
         /// The LoRA file.
         path: PathBuf,

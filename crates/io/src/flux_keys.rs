@@ -3,8 +3,8 @@
 //! Two layouts hold the same transformer:
 //! - **BFL** (`flux1-dev.safetensors`, `double_blocks.N.img_attn.qkv.weight`, …), also with the
 //!   ComfyUI prefix `model.diffusion_model.` (or `diffusion_model.`);
-//! - **diffusers** `FluxTransformer2DModel` (`transformer_blocks.N.attn.to_q.weight`, …), a single
-//!   file or the sharded `transformer/` folder.
+//! - **diffusers** `FluxTransformer2DModel` (`transformer_blocks.N.attn.to_q.weight`, …), a
+//!   single file or the sharded `transformer/` folder.
 //!
 //! The model is written against BFL names. For each BFL key, [`recipe`] says how to build that
 //! tensor from the checkpoint at hand: the same tensor under another name, a row-wise

@@ -66,7 +66,6 @@ pub mod safetensors;
 pub mod sharded;
 pub mod tensor;
 pub mod text_encoder_keys;
-mod zz_tmp_equiv;
 
 pub use atomic::{atomic_write, sync_dir};
 pub use error::{IoError, Result};

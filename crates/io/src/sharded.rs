@@ -65,18 +65,22 @@ impl Checkpoint {
             ([], [one]) => Self::open(one),
             ([], []) => Err(IoError::ShardIndex {
                 path: dir.into(),
-                problem: "folder holds no .safetensors file or *.safetensors.index.json; point at the model's \
-                          weights (for diffusers repos, the `transformer/` subfolder)"
+                problem: "folder holds no .safetensors file or *.safetensors.index.json; point at \
+                          the model's weights (for diffusers repos, the `transformer/` subfolder)"
                     .into(),
             }),
             (many, _) if many.len() > 1 => Err(IoError::ShardIndex {
                 path: dir.into(),
-                problem: format!("folder holds several index files ({}); pass the one to use", list(many)),
+                problem: format!(
+                    "folder holds several index files ({}); pass the one to use",
+                    list(many)
+                ),
             }),
             (_, many) => Err(IoError::ShardIndex {
                 path: dir.into(),
                 problem: format!(
-                    "folder holds several .safetensors files ({}) and no *.safetensors.index.json; pass one file",
+                    "folder holds several .safetensors files ({}) and no *.safetensors.index.json; \
+                     pass one file",
                     list(many)
                 ),
             }),
@@ -100,7 +104,8 @@ impl Checkpoint {
             })?;
         let dir = index_path.parent().unwrap_or(Path::new("."));
         // Shards in file-name order (so `metadata()` comes from the `-00001-of-` shard).
-        let mut shard_example: BTreeMap<String, String> = BTreeMap::new(); // shard file → a key in it
+        // shard file → a key in it
+        let mut shard_example: BTreeMap<String, String> = BTreeMap::new();
         for (key, v) in map {
             let shard = v
                 .as_str()
@@ -108,7 +113,8 @@ impl Checkpoint {
             let rel = Path::new(shard);
             if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
                 return Err(bad(format!(
-                    "weight_map entry `{key}` names `{shard}`, which is not a plain relative file name"
+                    "weight_map entry `{key}` names `{shard}`, which is not a plain relative file \
+                     name"
                 )));
             }
             shard_example
@@ -144,8 +150,8 @@ impl Checkpoint {
         for (key, &id) in &index {
             if !shards[id].contains(key) {
                 return Err(bad(format!(
-                    "weight_map puts `{key}` in `{}`, but that shard has no such tensor; the index and shards \
-                     come from different downloads",
+                    "weight_map puts `{key}` in `{}`, but that shard has no such tensor; the index \
+                     and shards come from different downloads",
                     shard_names[id].0
                 )));
             }

@@ -8,7 +8,7 @@ use crate::common;
 
 use std::path::Path;
 
-use common::{f32_raw, serialize_reference};
+use common::{build, f32_raw, serialize_reference};
 use fluxlora_io::safetensors::header;
 use fluxlora_io::SafeTensorsFile;
 use proptest::prelude::*;
@@ -28,14 +28,6 @@ fn valid_bytes() -> Vec<u8> {
         &tensors,
         Some([("format".to_string(), "pt".to_string())].into()),
     )
-}
-
-/// A file from header text and a data section, with a correct length prefix.
-fn build(header: &str, data: &[u8]) -> Vec<u8> {
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
 }
 
 /// Splits a valid file into its header text and data section.

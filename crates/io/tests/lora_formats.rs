@@ -394,8 +394,11 @@ fn kohya_comfy_and_peft_hand_built() {
         ("format".to_string(), "pt".to_string()),
         (
             "lora_adapter_metadata".to_string(),
-            r#"{"transformer.r": 4, "transformer.lora_alpha": 2, "transformer.alpha_pattern": {"x_embedder": 8}}"#
-                .to_string(),
+            concat!(
+                r#"{"transformer.r": 4, "transformer.lora_alpha": 2, "#,
+                r#""transformer.alpha_pattern": {"x_embedder": 8}}"#
+            )
+            .to_string(),
         ),
     ]
     .into();

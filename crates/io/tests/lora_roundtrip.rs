@@ -1,8 +1,8 @@
 //! Property tests of the LoRA conversions.
 //!
 //! Tolerance: every ΔW (and Δb) entry must match the f64 reference `scale·up·down` within
-//! `1e-5 · max_ij Σ_k |scale·up_ik·down_kj|` — a few hundred f32 roundings of the largest term
-//! sum; conversions only add power-of-two scalings, one scale fold and re-associated sums.
+//! `1e-5 · max_ij Σ_k |scale·up_ik·down_kj|` — a few hundred f32 roundings of the largest
+//! term sum; conversions only add power-of-two scalings, one scale fold and re-associated sums.
 
 use crate::common;
 
@@ -231,8 +231,24 @@ proptest! {
     fn split_then_fuse_is_identity(c in case()) {
         let (h, mlp) = (c.h, c.mlp);
         let cases = [
-            ("qkv", vec![h, h, h], if c.block_qkv { block_diag(c.seed, &[h, h, h], &c.part_ranks[..3], h, c.alpha) } else { dense(c.seed, 3 * h, h, c.rank, c.alpha) }),
-            ("linear1", vec![h, h, h, mlp], if c.block_linear1 { block_diag(c.seed, &[h, h, h, mlp], &c.part_ranks, h, c.alpha) } else { dense(c.seed, 3 * h + mlp, h, c.rank, c.alpha) }),
+            (
+                "qkv",
+                vec![h, h, h],
+                if c.block_qkv {
+                    block_diag(c.seed, &[h, h, h], &c.part_ranks[..3], h, c.alpha)
+                } else {
+                    dense(c.seed, 3 * h, h, c.rank, c.alpha)
+                },
+            ),
+            (
+                "linear1",
+                vec![h, h, h, mlp],
+                if c.block_linear1 {
+                    block_diag(c.seed, &[h, h, h, mlp], &c.part_ranks, h, c.alpha)
+                } else {
+                    dense(c.seed, 3 * h + mlp, h, c.rank, c.alpha)
+                },
+            ),
         ];
         for (name, dims, m) in cases {
             let parts = split_rows(&m, &dims).unwrap();
@@ -250,7 +266,8 @@ proptest! {
             let fused = fuse_rows(&placed, row).unwrap();
             check_same_delta(&format!("{name} fused"), &fused, &m);
             prop_assert_eq!(fused.rank(), m.rank());
-            let block_diagonal = (c.block_qkv && name == "qkv") || (c.block_linear1 && name == "linear1");
+            let block_diagonal =
+                (c.block_qkv && name == "qkv") || (c.block_linear1 && name == "linear1");
             if !block_diagonal {
                 prop_assert_eq!(&fused, &m);
             }
@@ -259,7 +276,11 @@ proptest! {
 
     /// Fusing pieces with different ranks and alphas gives the exact stacked ΔW.
     #[test]
-    fn fusing_unequal_pieces_is_exact(c in case(), alphas in prop::collection::vec(0.1f32..20.0, 3), skip in 0usize..4) {
+    fn fusing_unequal_pieces_is_exact(
+        c in case(),
+        alphas in prop::collection::vec(0.1f32..20.0, 3),
+        skip in 0usize..4,
+    ) {
         let h = c.h;
         let pieces: Vec<(usize, LoraModule)> = (0..3)
             .filter(|&j| j != skip) // sometimes one piece is absent: its rows must be zero

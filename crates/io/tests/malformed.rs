@@ -7,7 +7,7 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use common::{f32_raw, serialize_reference, Raw};
+use common::{build, f32_raw, serialize_reference, Raw};
 use fluxlora_io::{IoError, SafeTensorsFile};
 use proptest::prelude::*;
 
@@ -26,14 +26,6 @@ fn valid_bytes() -> Vec<u8> {
         &tensors,
         Some([("format".to_string(), "pt".to_string())].into()),
     )
-}
-
-/// A file from a header text and a data section.
-fn build(header: &str, data: &[u8]) -> Vec<u8> {
-    let mut out = (header.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -122,7 +114,12 @@ fn every_kind_of_damage_has_its_own_error() {
         (
             "unknown_dtype",
             build(&header(&[&A.replace("F32", "F17"), B]), &DATA32),
-            |e| matches!(e, IoError::UnknownDtype { key, dtype, .. } if key == "a" && dtype == "F17"),
+            |e| {
+                matches!(
+                    e,
+                    IoError::UnknownDtype { key, dtype, .. } if key == "a" && dtype == "F17"
+                )
+            },
         ),
         (
             "offsets_out_of_range",
@@ -140,7 +137,13 @@ fn every_kind_of_damage_has_its_own_error() {
         (
             "gap",
             build(&header(&[A, &B.replace("[24,32]", "[28,36]")]), &[0u8; 36]),
-            |e| matches!(e, IoError::GapBetweenTensors { next, gap_start: 24, gap_end: 28, .. } if next == "b"),
+            |e| {
+                matches!(
+                    e,
+                    IoError::GapBetweenTensors { next, gap_start: 24, gap_end: 28, .. }
+                        if next == "b"
+                )
+            },
         ),
         ("trailing_bytes", build(&header(&[A, B]), &[0u8; 40]), |e| {
             matches!(e, IoError::TrailingBytes { extra: 8, .. })
@@ -148,12 +151,20 @@ fn every_kind_of_damage_has_its_own_error() {
         (
             "shape_byte_mismatch",
             build(&header(&[&A.replace("[2,3]", "[2,2]"), B]), &DATA32),
-            |e| matches!(e, IoError::SizeMismatch { key, expected: 16, actual: 24, .. } if key == "a"),
+            |e| {
+                matches!(
+                    e,
+                    IoError::SizeMismatch { key, expected: 16, actual: 24, .. } if key == "a"
+                )
+            },
         ),
         (
             "shape_overflow",
             build(
-                r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,0]}}"#,
+                concat!(
+                    r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"#,
+                    r#""data_offsets":[0,0]}}"#
+                ),
                 &[],
             ),
             |e| matches!(e, IoError::ShapeOverflow { .. }),
@@ -187,7 +198,13 @@ fn every_kind_of_damage_has_its_own_error() {
         (
             "missing_dtype",
             build(r#"{"a":{"shape":[2],"data_offsets":[0,8]}}"#, &[0u8; 8]),
-            |e| matches!(e, IoError::InvalidEntry { key, problem, .. } if key == "a" && problem.contains("dtype")),
+            |e| {
+                matches!(
+                    e,
+                    IoError::InvalidEntry { key, problem, .. }
+                        if key == "a" && problem.contains("dtype")
+                )
+            },
         ),
         (
             "negative_shape",
@@ -203,7 +220,12 @@ fn every_kind_of_damage_has_its_own_error() {
                 r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}}"#,
                 &[0u8; 8],
             ),
-            |e| matches!(e, IoError::InvalidEntry { problem, .. } if problem.contains("end before")),
+            |e| {
+                matches!(
+                    e,
+                    IoError::InvalidEntry { problem, .. } if problem.contains("end before")
+                )
+            },
         ),
         ("entry_not_object", build(r#"{"a":5}"#, &[]), |e| {
             matches!(e, IoError::InvalidEntry { .. })
@@ -266,7 +288,11 @@ proptest! {
         match SafeTensorsFile::open(&p) {
             Ok(f) => {
                 let reference = safetensors::SafeTensors::deserialize(&bytes);
-                prop_assert!(reference.is_ok(), "we accepted a file the reference rejects: {:?}", reference.err());
+                prop_assert!(
+                    reference.is_ok(),
+                    "we accepted a file the reference rejects: {:?}",
+                    reference.err()
+                );
                 let reference = reference.unwrap();
                 for name in f.names() {
                     prop_assert_eq!(f.raw(name).unwrap(), reference.tensor(name).unwrap().data());

@@ -115,7 +115,10 @@ fn inconsistent_or_ambiguous_inputs_are_rejected() {
     // Index pointing a tensor at the wrong shard.
     std::fs::write(
         &idx,
-        r#"{"weight_map": {"x_embedder.weight": "diffusion_pytorch_model-00002-of-00002.safetensors"}}"#,
+        concat!(
+            r#"{"weight_map": {"x_embedder.weight": "#,
+            r#""diffusion_pytorch_model-00002-of-00002.safetensors"}}"#
+        ),
     )
     .unwrap();
     let e = Checkpoint::open(&idx).unwrap_err();

@@ -2,8 +2,8 @@
 //!
 //! A model built on this crate makes every linear a [`LoraLinear`]: a base weight (frozen when
 //! training a LoRA) plus a stack of [`LoraAdapter`]s. Data flows
-//! `x → base(x) + Σ m·(α/r)·B(A(drop(x)))`, where each adapter may cover only a row range of a
-//! fused output (BFL's `qkv` or single-block `linear1`), which is how diffusers-granular LoRAs
+//! `x → base(x) + Σ m·(α/r)·B(A(drop(x)))`, where each adapter may cover only a row range of
+//! a fused output (BFL's `qkv` or single-block `linear1`), which is how diffusers-granular LoRAs
 //! (to_q / to_k / to_v / proj_mlp) are trained exactly.
 //!
 //! Which linears get an adapter, and with which rank, alpha and learning-rate scale, is decided by

@@ -36,8 +36,8 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
-    /// A freshly initialised linear, as PyTorch's `nn.Linear` (U(−1/√d_in, 1/√d_in) for weight
-    /// and bias).
+    /// A freshly initialised linear, as PyTorch's `nn.Linear` (U(−1/√d_in, 1/√d_in) for
+    /// weight and bias).
     pub fn init(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
         let bound = 1.0 / (d_in as f64).sqrt();
         let dist = Distribution::Uniform(-bound, bound);

@@ -3,11 +3,18 @@
 //! Selection works on BFL module paths (`double_blocks.3.img_attn.qkv`, `single_blocks.0.linear1`,
 //! `final_layer.linear`, ...). A [`Preset`] decides the base set and its *granularity*:
 //!
-//! | preset | modules (Flux.1-dev) | adapters | notes |
-//! |---|---|---|---|
-//! | `kohya` | 304 | 304 | one adapter per BFL linear of the 19 double + 38 single blocks (sd-scripts `networks.lora_flux`) |
-//! | `aitoolkit` | 304 | 494 | diffusers granularity: fused `qkv` gets 3 row-range adapters (to_q/k/v), `linear1` gets 4 (to_q/k/v, proj_mlp) |
-//! | `attention` | 95 | 190 | diffusers `to_q/to_k/to_v/to_out.0`: image-stream `qkv` (3) and `proj` in double blocks, the q/k/v rows of single-block `linear1` |
+//! | preset | modules (Flux.1-dev) | adapters |
+//! |---|---|---|
+//! | `kohya` | 304 | 304 |
+//! | `aitoolkit` | 304 | 494 |
+//! | `attention` | 95 | 190 |
+//!
+//! - `kohya`: one adapter per BFL linear of the 19 double + 38 single blocks (sd-scripts
+//!   `networks.lora_flux`).
+//! - `aitoolkit`: diffusers granularity: fused `qkv` gets 3 row-range adapters (to_q/k/v),
+//!   `linear1` gets 4 (to_q/k/v, proj_mlp).
+//! - `attention`: diffusers `to_q/to_k/to_v/to_out.0`: image-stream `qkv` (3) and `proj` in double
+//!   blocks, the q/k/v rows of single-block `linear1`.
 //!
 //! On top of the preset: block lists (`"0,1,8-12"`), per-type ranks (kohya's `type_dims`; rank 0
 //! drops that type), embedder / final-layer opt-ins, and regex rules over the path that override

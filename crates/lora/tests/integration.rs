@@ -1,4 +1,5 @@
-//! All integration tests of fluxlora-lora, compiled as one test binary (one link instead of one per file).
+//! All integration tests of fluxlora-lora, compiled as one test binary (one link instead of one per
+//! file).
 
 mod common;
 mod lora_math;

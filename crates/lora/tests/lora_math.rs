@@ -42,20 +42,39 @@ proptest! {
 
     /// ΔW = m·(α/r)·A·B exactly as the reference matmul computes it; scale() = α/r.
     #[test]
-    fn effective_scale_is_alpha_over_rank(seed in 0u64..1000, d_in in 1usize..12, d_out in 1usize..12,
-                                          rank in 1usize..6, alpha in 0.1f32..64.0, mult in -2.0f32..2.0) {
+    fn effective_scale_is_alpha_over_rank(
+        seed in 0u64..1000,
+        d_in in 1usize..12,
+        d_out in 1usize..12,
+        rank in 1usize..6,
+        alpha in 0.1f32..64.0,
+        mult in -2.0f32..2.0,
+    ) {
         let (lin, _, a, b) = layer(seed, d_in, d_out, rank, alpha, mult);
         prop_assert!((lin.adapters[0].scale() - alpha / rank as f32).abs() <= 1e-6 * alpha);
-        let expected: Vec<f32> = matmul(&a, &b, d_in, rank, d_out).iter().map(|v| v * mult * alpha / rank as f32).collect();
+        let expected: Vec<f32> = matmul(&a, &b, d_in, rank, d_out)
+            .iter()
+            .map(|v| v * mult * alpha / rank as f32)
+            .collect();
         let got = to_vec(lin.delta_weight());
         let tol = 1e-5 * (1.0 + expected.iter().fold(0.0f32, |m, v| m.max(v.abs())));
-        prop_assert!(max_abs_diff(&got, &expected) <= tol, "max diff {}", max_abs_diff(&got, &expected));
+        prop_assert!(
+            max_abs_diff(&got, &expected) <= tol,
+            "max diff {}",
+            max_abs_diff(&got, &expected)
+        );
     }
 
     /// forward(x) = x·W + x·ΔW, and merging gives the same output (tolerance 1e-4 relative).
     #[test]
-    fn merged_forward_equals_unmerged(seed in 0u64..1000, n in 1usize..5, d_in in 1usize..10, d_out in 1usize..10,
-                                      rank in 1usize..5, alpha in 0.5f32..32.0) {
+    fn merged_forward_equals_unmerged(
+        seed in 0u64..1000,
+        n in 1usize..5,
+        d_in in 1usize..10,
+        d_out in 1usize..10,
+        rank in 1usize..5,
+        alpha in 0.5f32..32.0,
+    ) {
         let (mut lin, w, a, b) = layer(seed, d_in, d_out, rank, alpha, 1.0);
         let x = values(seed + 7, n * d_in);
         let unmerged = to_vec(lin.forward(tensor2(&x, n, d_in)));
@@ -75,7 +94,12 @@ proptest! {
 
     /// A fresh adapter (B = 0) leaves the base output bit-for-bit unchanged.
     #[test]
-    fn zero_init_leaves_base_unchanged(seed in 0u64..1000, d_in in 1usize..16, d_out in 1usize..16, rank in 1usize..8) {
+    fn zero_init_leaves_base_unchanged(
+        seed in 0u64..1000,
+        d_in in 1usize..16,
+        d_out in 1usize..16,
+        rank in 1usize..8,
+    ) {
         let w = values(seed, d_in * d_out);
         let x = values(seed + 3, 2 * d_in);
         let mut lin = LoraLinear::<B>::from_weights(tensor2(&w, d_in, d_out), None);
@@ -87,15 +111,29 @@ proptest! {
 
     /// A row-range adapter equals a full-width adapter whose B is zero outside the rows.
     #[test]
-    fn row_range_adapter_is_zero_padded_full_adapter(seed in 0u64..1000, d_in in 1usize..8, d_out in 2usize..12,
-                                                     rank in 1usize..4, cut in 0usize..100) {
+    fn row_range_adapter_is_zero_padded_full_adapter(
+        seed in 0u64..1000,
+        d_in in 1usize..8,
+        d_out in 2usize..12,
+        rank in 1usize..4,
+        cut in 0usize..100,
+    ) {
         let start = cut % (d_out - 1);
         let end = start + 1 + (cut / 7) % (d_out - start);
         let (w, a) = (values(seed, d_in * d_out), values(seed + 1, d_in * rank));
         let b_rows = values(seed + 2, rank * (end - start));
         let spec = AdapterSpec::new(rank, 3.0);
         let mut part = LoraLinear::<B>::from_weights(tensor2(&w, d_in, d_out), None);
-        part.push_adapter("p", LoraAdapter::from_factors("p", tensor2(&a, d_in, rank), tensor2(&b_rows, rank, end - start), &spec.clone().with_rows(start, end))).unwrap();
+        part.push_adapter(
+            "p",
+            LoraAdapter::from_factors(
+                "p",
+                tensor2(&a, d_in, rank),
+                tensor2(&b_rows, rank, end - start),
+                &spec.clone().with_rows(start, end),
+            ),
+        )
+        .unwrap();
         let mut b_full = vec![0.0; rank * d_out];
         for r in 0..rank {
             for c in start..end {
@@ -103,9 +141,20 @@ proptest! {
             }
         }
         let mut full = LoraLinear::<B>::from_weights(tensor2(&w, d_in, d_out), None);
-        full.push_adapter("f", LoraAdapter::from_factors("f", tensor2(&a, d_in, rank), tensor2(&b_full, rank, d_out), &spec)).unwrap();
+        full.push_adapter(
+            "f",
+            LoraAdapter::from_factors(
+                "f",
+                tensor2(&a, d_in, rank),
+                tensor2(&b_full, rank, d_out),
+                &spec,
+            ),
+        )
+        .unwrap();
         let x = tensor2(&values(seed + 5, 3 * d_in), 3, d_in);
-        prop_assert!(max_abs_diff(&to_vec(part.forward(x.clone())), &to_vec(full.forward(x))) <= 1e-5);
+        prop_assert!(
+            max_abs_diff(&to_vec(part.forward(x.clone())), &to_vec(full.forward(x))) <= 1e-5
+        );
     }
 }
 

@@ -90,7 +90,8 @@ fn bench<R: OptimizerRule<Inner>>(name: &str, rule: R, lr: f64, steps: usize) {
     let median = times[times.len() / 2];
     let mem = opt.state_memory();
     println!(
-        "{name:<10} {:>8.3} B/param  {:>9.1} ms/step per 1M params  (median of {steps}, {:.0} params, {} state bytes)",
+        "{name:<10} {:>8.3} B/param  {:>9.1} ms/step per 1M params  (median of {steps}, {:.0} \
+         params, {} state bytes)",
         mem.bytes_per_param(),
         median * 1e3 * 1e6 / params,
         params,
@@ -103,7 +104,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    println!("optimizer state and step time, NdArray, {LAYERS} × LoRA rank {RANK} on {HIDDEN}×{HIDDEN}, global-norm clipping on");
+    println!(
+        "optimizer state and step time, NdArray, {LAYERS} × LoRA rank {RANK} on \
+         {HIDDEN}×{HIDDEN}, global-norm clipping on"
+    );
     bench("AdamW", AdamWConfig::default().init().unwrap(), 1e-4, steps);
     bench(
         "AdamW8bit",

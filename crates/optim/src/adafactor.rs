@@ -4,8 +4,8 @@
 //! column mean over the second-to-last (per leading batch index), whose outer product
 //! approximates `E[g²]`. Rank-1 tensors keep a full second moment. The update is clipped to RMS
 //! `clip_threshold`, scaled by the step size — relative (`min(1e-2, 1/√t)`, or `1e-6·t` with
-//! `warmup_init`) or the `lr` passed in — times `max(eps2, RMS(p))` when `scale_parameter` — and
-//! optionally smoothed with a first moment `beta1`. `β2ₜ = 1 − t^decay_rate`.
+//! `warmup_init`) or the `lr` passed in — times `max(eps2, RMS(p))` when `scale_parameter` —
+//! and optionally smoothed with a first moment `beta1`. `β2ₜ = 1 − t^decay_rate`.
 //!
 //! With `relative_step` the `lr` given to `step` is ignored (as transformers requires `lr=None`);
 //! group `lr_scale`s still multiply the computed step size.

@@ -1,6 +1,6 @@
 //! AdamW with decoupled weight decay, operation for operation like `torch.optim.AdamW`
-//! (single-tensor path): `p ← p·(1 − lr·wd)`, `m ← lerp(m, g, 1 − β1)`, `v ← β2·v + (1 − β2)·g²`,
-//! `p ← p − (lr / bc1) · m / (√v / √bc2 + ε)`.
+//! (single-tensor path): `p ← p·(1 − lr·wd)`, `m ← lerp(m, g, 1 − β1)`,
+//! `v ← β2·v + (1 − β2)·g²`, `p ← p − (lr / bc1) · m / (√v / √bc2 + ε)`.
 
 use burn::record::Record;
 use burn::tensor::{backend::Backend, Tensor, TensorData};

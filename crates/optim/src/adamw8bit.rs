@@ -3,10 +3,11 @@
 //!
 //! Per step (bitsandbytes' reference CPU kernel `_optimizer_update_8bit_blockwise_cpu`):
 //! dequantize `m`, `v`; `m ← β1·m + (1 − β1)·g`; `v ← β2·v + (1 − β2)·g²`;
-//! `p ← p·(1 − lr·wd)`; `p ← p − (lr/c1)·m / (√v/c2 + ε)` with `c1 = 1 − β1ᵗ`, `c2 = √(1 − β2ᵗ)`;
-//! re-quantize `m` (signed map) and `v` (unsigned map) with fresh block absmax values. The update
-//! uses the fresh f32 moments, not their quantized copies. Tensors with fewer than
-//! `min_8bit_size` elements keep f32 moments (bitsandbytes' `optimizer_update_32bit` formula).
+//! `p ← p·(1 − lr·wd)`; `p ← p − (lr/c1)·m / (√v/c2 + ε)` with `c1 = 1 − β1ᵗ`,
+//! `c2 = √(1 − β2ᵗ)`; re-quantize `m` (signed map) and `v` (unsigned map) with fresh block
+//! absmax values. The update uses the fresh f32 moments, not their quantized copies. Tensors with
+//! fewer than `min_8bit_size` elements keep f32 moments (bitsandbytes' `optimizer_update_32bit`
+//! formula).
 //!
 //! State memory: 2 bytes per parameter for the codes plus 2 × 4 bytes per 256-element block.
 

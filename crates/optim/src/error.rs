@@ -18,7 +18,10 @@ pub enum OptimError {
     },
 
     /// A parameter-group pattern is not a valid regular expression.
-    #[error("parameter group `{group}`: pattern `{pattern}` is not a valid regex ({source}); fix the pattern")]
+    #[error(
+        "parameter group `{group}`: pattern `{pattern}` is not a valid regex ({source}); fix the \
+         pattern"
+    )]
     BadGroupPattern {
         /// Group name.
         group: String,
@@ -53,7 +56,10 @@ pub enum OptimError {
     },
 
     /// The state was written by a different optimizer.
-    #[error("optimizer state `{path}` was written by `{found}`, but this optimizer is `{expected}`; load it into a `{found}` optimizer or start fresh")]
+    #[error(
+        "optimizer state `{path}` was written by `{found}`, but this optimizer is `{expected}`; \
+         load it into a `{found}` optimizer or start fresh"
+    )]
     WrongOptimizer {
         /// The file.
         path: String,
@@ -64,7 +70,10 @@ pub enum OptimError {
     },
 
     /// A state tensor is missing or has the wrong shape/dtype for the parameter it belongs to.
-    #[error("optimizer state `{path}`, key `{key}`: {problem}; the state does not belong to this model/optimizer configuration")]
+    #[error(
+        "optimizer state `{path}`, key `{key}`: {problem}; the state does not belong to this \
+         model/optimizer configuration"
+    )]
     StateMismatch {
         /// The file.
         path: String,

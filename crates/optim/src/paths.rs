@@ -3,8 +3,8 @@
 //! Burn 0.21's `ModuleVisitor`/`ModuleMapper` call `enter_module(name, container)` /
 //! `exit_module` around every struct field, enum variant and `Vec`/array/tuple element (derived
 //! modules do this; `Option` is transparent), so a stack of names yields each parameter's path,
-//! e.g. `blocks.3.attn.qkv.lora_b` — the same path burn-store uses for safetensors keys. Paths are
-//! a property of the module's structure, identical in every process, unlike the random
+//! e.g. `blocks.3.attn.qkv.lora_b` — the same path burn-store uses for safetensors keys. Paths
+//! are a property of the module's structure, identical in every process, unlike the random
 //! `ParamId::new()`; optimizer state is keyed by them.
 
 use std::collections::HashMap;

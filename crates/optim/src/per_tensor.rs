@@ -162,7 +162,10 @@ macro_rules! per_tensor_rule {
                 $crate::per_tensor::step_tensor(self, lr, tensor, grad, state)
             }
 
-            fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
+            fn to_device<const D: usize>(
+                state: Self::State<D>,
+                device: &B::Device,
+            ) -> Self::State<D> {
                 $crate::ParamState::to_device(state, device)
             }
         }

@@ -1,10 +1,10 @@
 //! Prodigy (Mishchenko & Defazio), operation for operation like `prodigyopt.Prodigy` 1.1.2.
 //!
 //! Prodigy is Adam whose step size `d` is estimated online from *all* parameters:
-//! `d̂ = d_coef · Σ⟨g, p0 − p⟩-weighted numerator / Σ‖s‖₁`, so it cannot be a per-tensor
-//! `SimpleOptimizer`; it runs only through [`LoraOptimizer`](crate::LoraOptimizer), which hands it
-//! every parameter of a step at once. The reductions are accumulated in f64 on the host in
-//! parameter order, like the Python `.item()` sums (one device sync per step).
+//! `d̂ = d_coef · Σ⟨g, p0 − p⟩-weighted numerator / Σ‖s‖₁`, so it cannot be a
+//! per-tensor `SimpleOptimizer`; it runs only through [`LoraOptimizer`](crate::LoraOptimizer),
+//! which hands it every parameter of a step at once. The reductions are accumulated in f64 on the
+//! host in parameter order, like the Python `.item()` sums (one device sync per step).
 //!
 //! Learning-rate groups: prodigyopt only allows groups with the same lr or lr 0. Here `d` is
 //! estimated with the largest group lr (as prodigyopt does) and a group's step is scaled by

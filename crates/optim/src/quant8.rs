@@ -2,7 +2,8 @@
 //!
 //! A state tensor is cut into blocks of [`BLOCK_SIZE`] (256) elements; each block stores its
 //! absolute maximum in f32 and every element as the index (u8) of the nearest entry of a fixed,
-//! non-linear 256-entry code book, the *dynamic map* of `bitsandbytes.functional.create_dynamic_map`
+//! non-linear 256-entry code book, the *dynamic map* of
+//! `bitsandbytes.functional.create_dynamic_map`
 //! (signed for the first moment, unsigned for the second). Quantization scales by `1/absmax`,
 //! clamps to [-1, 1] and takes the nearest code, ties to the lower index — bitsandbytes'
 //! reference `quantize_blockwise` (`backends/default/ops.py`, an argmin over the code book), here
@@ -113,7 +114,8 @@ pub fn quantize_blockwise<B: Backend>(
     let (blocks, n) = pad_to_blocks(x);
     let nblocks = blocks.dims()[0];
     let absmax = blocks.clone().abs().max_dim(1); // [nblocks, 1]
-                                                  // An all-zero block quantizes to the code of 0 (bitsandbytes gets NaN there, which also
+                                                  // An all-zero block quantizes to the code of 0
+                                                  // (bitsandbytes gets NaN there, which also
                                                   // dequantizes to 0 because the absmax is 0).
     let safe = absmax
         .clone()

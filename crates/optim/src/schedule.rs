@@ -107,13 +107,17 @@ impl LrSchedule {
             "constant_with_warmup" => (ScheduleKind::Constant, warmup_steps),
             "linear" => (ScheduleKind::Linear, warmup_steps),
             "cosine" => (ScheduleKind::Cosine, warmup_steps),
-            "cosine_with_restarts" => (ScheduleKind::CosineWithRestarts { num_cycles }, warmup_steps),
+            "cosine_with_restarts" => (
+                ScheduleKind::CosineWithRestarts { num_cycles },
+                warmup_steps,
+            ),
             "polynomial" => (ScheduleKind::Polynomial { power, lr_end }, warmup_steps),
             other => {
                 return Err(OptimError::config(
                     "lr_scheduler",
                     other,
-                    "expected one of constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial",
+                    "expected one of constant, constant_with_warmup, linear, cosine, \
+                     cosine_with_restarts, polynomial",
                 ))
             }
         };

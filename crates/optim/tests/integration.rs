@@ -1,4 +1,5 @@
-//! All integration tests of fluxlora-optim, compiled as one test binary (one link instead of one per file).
+//! All integration tests of fluxlora-optim, compiled as one test binary (one link instead of one
+//! per file).
 
 mod behaviour;
 mod common;

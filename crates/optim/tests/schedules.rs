@@ -86,7 +86,9 @@ proptest! {
         let total = warmup + extra;
         // Polynomial's lr_end is a fraction of base here.
         let kind = match kind {
-            ScheduleKind::Polynomial { power, lr_end } => ScheduleKind::Polynomial { power, lr_end: lr_end * base },
+            ScheduleKind::Polynomial { power, lr_end } => {
+                ScheduleKind::Polynomial { power, lr_end: lr_end * base }
+            }
             k => k,
         };
         let s = LrSchedule::new(kind, base, warmup, total).unwrap();
@@ -97,19 +99,29 @@ proptest! {
         for k in 0..warmup {
             prop_assert!(s.lr(k + 1) + eps >= s.lr(k), "warmup not monotone at {}", k);
         }
-        prop_assert!((s.lr(warmup) - base).abs() <= 1e-9 * base, "peak {} != base {}", s.lr(warmup), base);
+        prop_assert!(
+            (s.lr(warmup) - base).abs() <= 1e-9 * base,
+            "peak {} != base {}",
+            s.lr(warmup),
+            base
+        );
         for k in 0..total + 50 {
             let lr = s.lr(k);
             prop_assert!(lr >= 0.0 && lr <= base + eps, "lr {} out of [0, {}] at {}", lr, base, k);
         }
         // After warmup, the decaying kinds never increase up to total_steps.
-        if matches!(kind, ScheduleKind::Linear | ScheduleKind::Cosine | ScheduleKind::Polynomial { .. }) {
+        if matches!(
+            kind,
+            ScheduleKind::Linear | ScheduleKind::Cosine | ScheduleKind::Polynomial { .. }
+        ) {
             for k in warmup..total {
                 prop_assert!(s.lr(k + 1) <= s.lr(k) + eps, "not decaying at {}", k);
             }
         }
         match kind {
-            ScheduleKind::Linear | ScheduleKind::Cosine | ScheduleKind::CosineWithRestarts { .. } => {
+            ScheduleKind::Linear
+            | ScheduleKind::Cosine
+            | ScheduleKind::CosineWithRestarts { .. } => {
                 prop_assert!(s.lr(total) <= eps);
             }
             ScheduleKind::Polynomial { lr_end, .. } => {

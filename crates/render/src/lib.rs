@@ -22,7 +22,7 @@
 //! assert!(dir.path().join("loss.png").exists());
 //! ```
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 #![warn(clippy::all)]
 // As in the workspace's `[workspace.lints]` (see Cargo.toml): errors are large on purpose, and
 // `!(x > y)` is the NaN-safe comparison.

@@ -60,8 +60,8 @@ fn finite(points: &[(u64, f64)]) -> Vec<(u64, f64)> {
 }
 
 /// Debiased exponential moving average of the finite points (sorted by step), as TensorBoard
-/// smooths scalars: `m ← w·m + (1 − w)·v`, reported as `m / (1 − wⁿ)` after n points, i.e. the
-/// mean of the values seen so far weighted by `w^age`.
+/// smooths scalars: `m ← w·m + (1 − w)·v`, reported as `m / (1 − wⁿ)` after n points,
+/// i.e. the mean of the values seen so far weighted by `w^age`.
 pub fn ema(points: &[(u64, f64)], smoothing: f64) -> Vec<(u64, f64)> {
     let w = smoothing.clamp(0.0, 0.999_999);
     let mut m = 0.0;
@@ -454,7 +454,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn ema_of_a_constant_is_that_constant(c in -10.0f64..10.0, n in 1usize..50, w in 0.0f64..0.99) {
+        fn ema_of_a_constant_is_that_constant(
+            c in -10.0f64..10.0,
+            n in 1usize..50,
+            w in 0.0f64..0.99,
+        ) {
             let pts: Vec<(u64, f64)> = (0..n as u64).map(|s| (s, c)).collect();
             for (_, v) in ema(&pts, w) {
                 prop_assert!((v - c).abs() < 1e-9 * c.abs().max(1.0));

@@ -21,7 +21,7 @@
 //! assert!(detect(&world.render(&scene)).found());
 //! ```
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 #![warn(clippy::all)]
 // As in the workspace's `[workspace.lints]` (see Cargo.toml): errors are large on purpose, and
 // `!(x > y)` is the NaN-safe comparison.

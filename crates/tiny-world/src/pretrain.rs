@@ -7,9 +7,10 @@
 //!    learning rate where the random colours are saturated (near the RGB cube's corners,
 //!    where the concept's magenta and yellow lie and where a small autoencoder learns last).
 //!    Reconstruction loss
-//!    `mean((decode(encode(x)) − x)²) + 1e-4·mean(z²)` on random-colour scenes (solid or striped,
-//!    the concept's colours included) and base-domain scenes, AdamW. The latent scale and shift
-//!    are then measured on base-domain images (`shift` = mean, `scale` = 1/std), as Flux's were.
+//!    `mean((decode(encode(x)) − x)²) + 1e-4·mean(z²)` on random-colour scenes (solid or
+//!    striped, the concept's colours included) and base-domain scenes, AdamW. The latent scale and
+//!    shift are then measured on base-domain images (`shift` = mean, `scale` = 1/std), as Flux's
+//!    were.
 //! 2. **Text encoders**: copied (CLIP-L and T5 shaped, random, from `fixtures/tiny-base`). They
 //!    stay frozen; the transformer learns to read their features.
 //! 3. **Transformer** ([`Flux::init`], all parameters trainable): the same flow-matching step as
@@ -186,8 +187,8 @@ impl PretrainOptions {
             return Err(TinyWorldError::Invalid {
                 key: "hidden".into(),
                 message: format!(
-                    "{hidden} is not a positive multiple of {head}: each attention head is {head} wide (the RoPE \
-                     axes {:?}); give e.g. {fix}",
+                    "{hidden} is not a positive multiple of {head}: each attention head is {head} \
+                     wide (the RoPE axes {:?}); give e.g. {fix}",
                     self.transformer.axes_dim
                 ),
             });
@@ -588,7 +589,8 @@ pub fn write_dataset(
         report.files.extend([png, txt]);
     }
     let mut prompts = String::from(
-        "# Held-out sample prompts (backgrounds the dataset never shows), written by `pretrain_tiny`.\n\
+        "# Held-out sample prompts (backgrounds the dataset never shows), written by \
+         `pretrain_tiny`.\n\
          # kohya flags: --w --h --s (steps) --d (seed) --g (guidance)\n",
     );
     for (j, bg) in HELD_OUT_BACKGROUNDS.iter().enumerate() {
@@ -660,8 +662,8 @@ pub fn build_tiny_world<B: AutodiffBackend>(
         return Err(TinyWorldError::Invalid {
             key: "ae_from".into(),
             message: format!(
-                "{} was given together with ae_trained {}: ae_trained skips autoencoder training, so ae_from \
-                 would be ignored; give only one of them",
+                "{} was given together with ae_trained {}: ae_trained skips autoencoder training, \
+                 so ae_from would be ignored; give only one of them",
                 from.display(),
                 trained.display()
             ),
@@ -671,8 +673,8 @@ pub fn build_tiny_world<B: AutodiffBackend>(
         return Err(TinyWorldError::Invalid {
             key: "flux_stages".into(),
             message: format!(
-                "{} with flux_from: the file holds the first stage's weights, so nothing would be trained; \
-                 set flux_stages to 2 or more, or leave flux_from out",
+                "{} with flux_from: the file holds the first stage's weights, so nothing would be \
+                 trained; set flux_stages to 2 or more, or leave flux_from out",
                 o.flux_stages
             ),
         });
@@ -702,9 +704,13 @@ pub fn build_tiny_world<B: AutodiffBackend>(
     write_json(
         &vae.join("config.json"),
         &serde_json::json!({
-            "_comment": "fluxlora tiny world: BFL-keyed ae.safetensors; what the weights do not record",
-            "norm_num_groups": c.norm_groups, "scaling_factor": c.scale_factor, "shift_factor": c.shift_factor,
-            "latent_channels": c.z_channels, "block_out_channels": c.ch_mult.iter().map(|m| m * c.ch).collect::<Vec<_>>(),
+            "_comment": "fluxlora tiny world: BFL-keyed ae.safetensors; what the weights do not \
+                         record",
+            "norm_num_groups": c.norm_groups,
+            "scaling_factor": c.scale_factor,
+            "shift_factor": c.shift_factor,
+            "latent_channels": c.z_channels,
+            "block_out_channels": c.ch_mult.iter().map(|m| m * c.ch).collect::<Vec<_>>(),
         }),
     )?;
     report
@@ -732,9 +738,13 @@ pub fn build_tiny_world<B: AutodiffBackend>(
     write_json(
         &tdir.join("config.json"),
         &serde_json::json!({
-            "_comment": "fluxlora tiny world: BFL-keyed flux1-tiny.safetensors; RoPE axes are not in the weights",
-            "axes_dims_rope": t.axes_dim, "guidance_embeds": t.guidance_embed, "num_layers": t.depth,
-            "num_single_layers": t.depth_single_blocks, "hidden_size": t.hidden_size,
+            "_comment": "fluxlora tiny world: BFL-keyed flux1-tiny.safetensors; RoPE axes are not \
+                         in the weights",
+            "axes_dims_rope": t.axes_dim,
+            "guidance_embeds": t.guidance_embed,
+            "num_layers": t.depth,
+            "num_single_layers": t.depth_single_blocks,
+            "hidden_size": t.hidden_size,
         }),
     )?;
     report.files.extend([

@@ -134,24 +134,42 @@ fn main() {
                 assert_eq!(l.built, n as usize, "one latent per image");
             }
             rows.push(format!(
-                "| {side:>4}² | {pass:<5} | {:>5}/{:<5} | {ls:>7.2} | {:>7} | {:>6} | {:>5}/{:<5} | {xs:>7.2} | {:>7} | {:>6} | {wall:>6.2} |",
+                "| {side:>4}² | {pass:<5} | {:>5}/{:<5} | {ls:>7.2} | {:>7} | {:>6} | {:>5}/{:<5} \
+                 | {xs:>7.2} | {:>7} | {:>6} | {wall:>6.2} |",
                 l.built,
                 l.reused,
                 rate(l.built, ls),
-                if l.built > 0 { format!("{ae_load:.3}") } else { "-".into() },
+                if l.built > 0 {
+                    format!("{ae_load:.3}")
+                } else {
+                    "-".into()
+                },
                 x.built,
                 x.reused,
                 rate(x.built, xs),
-                if x.built > 0 { format!("{text_load:.3}") } else { "-".into() },
+                if x.built > 0 {
+                    format!("{text_load:.3}")
+                } else {
+                    "-".into()
+                },
             ));
         }
     }
     println!();
-    println!("| image | run   | latents b/r | lat s   | lat/s   | load s | texts b/r   | text s  | text/s  | load s | wall s |");
-    println!("|-------|-------|-------------|---------|---------|--------|-------------|---------|---------|--------|--------|");
+    println!(
+        "| image | run   | latents b/r | lat s   | lat/s   | load s | texts b/r   | text s  | \
+         text/s  | load s | wall s |"
+    );
+    println!(
+        "|-------|-------|-------------|---------|---------|--------|-------------|---------|\
+         ---------|--------|--------|"
+    );
     for r in rows {
         println!("{r}");
     }
     println!();
-    println!("b/r = built/reused entries; rates are built ÷ build seconds, encoder load included (see `load s`).");
+    println!(
+        "b/r = built/reused entries; rates are built ÷ build seconds, encoder load included (see \
+         `load s`)."
+    );
 }

@@ -492,7 +492,10 @@ impl TrainConfig {
             (Some(e), Some(s)) => {
                 return bad(
                     "max_train_epochs",
-                    format!("{e} epochs and max_train_steps = {s} both set the run's length; keep one of them"),
+                    format!(
+                        "{e} epochs and max_train_steps = {s} both set the run's length; keep one \
+                         of them"
+                    ),
                 )
             }
             _ => {}
@@ -518,12 +521,21 @@ impl TrainConfig {
             );
         }
         match self.validate_every_n_steps {
-            Some(0) => return bad("validate_every_n_steps", "must be at least 1, or unset to validate at each save".into()),
-            // Refused rather than ignored: the user expects a validation loss that would never come.
+            Some(0) => {
+                return bad(
+                    "validate_every_n_steps",
+                    "must be at least 1, or unset to validate at each save".into(),
+                )
+            }
+            // Refused rather than ignored: the user expects a validation loss that would never
+            // come.
             Some(n) if self.validation_split == 0.0 => {
                 return bad(
                     "validate_every_n_steps",
-                    format!("{n} has no effect without a validation split; set validation_split (e.g. 0.1) or unset it"),
+                    format!(
+                        "{n} has no effect without a validation split; set validation_split (e.g. \
+                         0.1) or unset it"
+                    ),
                 )
             }
             _ => {}
@@ -539,10 +551,14 @@ impl TrainConfig {
             }
         }
         if self.optimizer_type == OptimizerType::Prodigy && self.learning_rate < 0.1 {
-            return bad("learning_rate", format!(
-                "{} is far below Prodigy's normal 1.0 (Prodigy estimates the step size itself); set learning_rate = 1.0",
-                self.learning_rate
-            ));
+            return bad(
+                "learning_rate",
+                format!(
+                    "{} is far below Prodigy's normal 1.0 (Prodigy estimates the step size \
+                     itself); set learning_rate = 1.0",
+                    self.learning_rate
+                ),
+            );
         }
         if self.lr_scheduler == LrScheduler::CosineWithRestarts && self.lr_scheduler_num_cycles == 0
         {

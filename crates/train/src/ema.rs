@@ -3,8 +3,8 @@
 //!
 //! After every optimizer step [`LoraEma::update`] moves a shadow copy of every adapter factor
 //! (`lora_a`, `lora_b` of each adapter) towards the live value:
-//! `ema ← ema − (1 − d_k)·(ema − w)` (= `d_k·ema + (1 − d_k)·w`), in f32, with diffusers'
-//! default decay schedule for the k-th update (k = 1, 2, …):
+//! `ema ← ema − (1 − d_k)·(ema − w)` (= `d_k·ema + (1 − d_k)·w`), in f32, with
+//! diffusers' default decay schedule for the k-th update (k = 1, 2, …):
 //! `d_k = min(d, (1 + s)/(10 + s))`, `s = k − 1` — so the first update copies the weights
 //! (`d_1 = 0`) and the decay ramps up (0.5 at k = 9, 0.9 at k = 81, 0.99 at k = 891) until it
 //! reaches `ema_decay`. Without this warmup an average over the zero-initialised `lora_b` would

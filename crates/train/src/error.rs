@@ -23,7 +23,15 @@ pub enum TrainError {
         message: String,
     },
     /// A key that no setting has.
-    #[error("unknown config key `{key}` in {origin}{}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_else(|| "; the valid keys are the fields of TrainConfig (crates/train/src/config.rs)".into()))]
+    #[error(
+        "unknown config key `{key}` in {origin}{}",
+        suggestion
+            .as_ref()
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_else(|| {
+                "; the valid keys are the fields of TrainConfig (crates/train/src/config.rs)".into()
+            })
+    )]
     UnknownKey {
         /// The config file, or `command line`.
         origin: String,
@@ -41,9 +49,11 @@ pub enum TrainError {
         message: String,
     },
     /// The loss became NaN or infinite.
-    #[error("step {step}: the loss is {value}; training stopped. Likely causes: learning rate too high \
-             (try half of {lr:e}), bf16 overflow in the base (set base_bf16 = false), or bad data (a latent or \
-             text embedding with NaN/inf; rebuild the caches)")]
+    #[error(
+        "step {step}: the loss is {value}; training stopped. Likely causes: learning rate too high \
+         (try half of {lr:e}), bf16 overflow in the base (set base_bf16 = false), or bad data (a \
+         latent or text embedding with NaN/inf; rebuild the caches)"
+    )]
     NonFiniteLoss {
         /// The step whose loss it was (1-based).
         step: u64,
@@ -53,8 +63,11 @@ pub enum TrainError {
         lr: f64,
     },
     /// The adapter weights hold NaN or ±inf, so nothing was written.
-    #[error("not writing {path}: LoRA module `{key}` holds {value}; training diverged (the loss may still \
-             look finite). Lower the learning rate or set max_grad_norm, and resume from the last good checkpoint")]
+    #[error(
+        "not writing {path}: LoRA module `{key}` holds {value}; training diverged (the loss may \
+         still look finite). Lower the learning rate or set max_grad_norm, and resume from the \
+         last good checkpoint"
+    )]
     NonFiniteWeights {
         /// The file that was not written.
         path: PathBuf,

@@ -7,10 +7,11 @@
 //!
 //! Data flow of a run ([`Trainer::run`]): a [`BatchSource`] ([`CachedBatches`] in real runs)
 //! yields packed latents + text embeddings + masks → [`noise`] draws σ and ε from
-//! (seed, step, micro-batch) → [`step`] forms x_t and the target ε − x0, runs forward + backward
-//! and reduces the loss → [`optimizer`] steps the adapters at the scheduled LR → [`log`] writes
-//! the CSV row and the progress bar → every N steps [`resume`] writes a checkpoint folder whose
-//! LoRA goes through [`lora_export`] and [`save`] (atomic write, self-check, retention).
+//! (seed, step, micro-batch) → [`step`] forms x_t and the target ε − x0, runs forward +
+//! backward and reduces the loss → [`optimizer`] steps the adapters at the scheduled LR →
+//! [`log`] writes the CSV row and the progress bar → every N steps [`resume`] writes a checkpoint
+//! folder whose LoRA goes through [`lora_export`] and [`save`] (atomic write, self-check,
+//! retention).
 //!
 //! - [`config`]: settings, layering and validation.
 //! - [`preset`]: character / style / concept presets and dataset advice.
@@ -33,7 +34,10 @@
 //! // run's files go.
 //! let dir = tempfile::tempdir()?;
 //! let file = dir.path().join("train.toml");
-//! std::fs::write(&file, "output_name = \"sks\"\nnetwork_dim = 16\noptimizer_type = \"Prodigy\"\n")?;
+//! std::fs::write(
+//!     &file,
+//!     "output_name = \"sks\"\nnetwork_dim = 16\noptimizer_type = \"Prodigy\"\n",
+//! )?;
 //! let flags = ["--learning_rate", "1.0", "--output_dir", "out"].map(String::from);
 //! let config = TrainConfig::load(Some(file.as_path()), &flags)?;
 //! assert_eq!((config.network_dim, config.optimizer_type), (16, OptimizerType::Prodigy));

@@ -1,6 +1,7 @@
 //! Watching a run: the per-step CSV log (`step,loss,lr,sigma_mean,seconds`, plus `val_loss` in
 //! runs with a validation split — its cell empty on steps without validation; readers find the
-//! column by name, see [`crate::orchestration::monitor::read_validation_history`]), the progress bar (step, s/it,
+//! column by name, see [`crate::orchestration::monitor::read_validation_history`]), the progress
+//! bar (step, s/it,
 //! ETA, smoothed loss, LR, last validation loss), and the NaN/inf guard.
 
 use std::fs::File;

@@ -116,18 +116,28 @@ pub fn import_lora<B: Backend>(
             continue;
         }
         let Some(m) = module else {
-            return Err(mismatch(&path, "missing from the file, but the model trains an adapter there".into(),
-                "resume with the same lora_targets / block lists / network_dim as the run that wrote it"));
+            return Err(mismatch(
+                &path,
+                "missing from the file, but the model trains an adapter there".into(),
+                "resume with the same lora_targets / block lists / network_dim as the run that \
+                 wrote it",
+            ));
         };
         let d_out = lin.d_out();
         let mut order: Vec<usize> = (0..lin.adapters.len()).collect();
         order.sort_by_key(|&i| lin.adapters[i].rows.map_or(0, |r| r.0));
         let total_rank: usize = lin.adapters.iter().map(|a| a.rank()).sum();
         if m.rank() != total_rank || m.out_features() != d_out {
-            return Err(mismatch(&path, format!(
-                "rank {} × out {} in the file, the model's adapters have total rank {total_rank} × out {d_out}",
-                m.rank(), m.out_features()
-            ), "resume with the network_dim and lora_targets of the run that wrote it"));
+            return Err(mismatch(
+                &path,
+                format!(
+                    "rank {} × out {} in the file, the model's adapters have total rank \
+                     {total_rank} × out {d_out}",
+                    m.rank(),
+                    m.out_features()
+                ),
+                "resume with the network_dim and lora_targets of the run that wrote it",
+            ));
         }
         let mut c0 = 0;
         for i in order {

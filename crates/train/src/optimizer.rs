@@ -291,11 +291,15 @@ impl Args {
                     self.optimizer,
                     match self.optimizer {
                         OptimizerType::AdamW => "betas, beta1, beta2, eps, weight_decay",
-                        OptimizerType::AdamW8bit => "betas, beta1, beta2, eps, weight_decay, min_8bit_size",
+                        OptimizerType::AdamW8bit =>
+                            "betas, beta1, beta2, eps, weight_decay, min_8bit_size",
                         OptimizerType::Prodigy =>
-                            "betas, beta1, beta2, beta3, eps, weight_decay, decouple, use_bias_correction, safeguard_warmup, d0, d_coef, growth_rate, slice_p",
+                            "betas, beta1, beta2, beta3, eps, weight_decay, decouple, \
+                             use_bias_correction, safeguard_warmup, d0, d_coef, growth_rate, \
+                             slice_p",
                         OptimizerType::Adafactor =>
-                            "eps1, eps2, clip_threshold, decay_rate, beta1, weight_decay, scale_parameter, relative_step, warmup_init",
+                            "eps1, eps2, clip_threshold, decay_rate, beta1, weight_decay, \
+                             scale_parameter, relative_step, warmup_init",
                     }
                 ),
             }),

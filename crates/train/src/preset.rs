@@ -1,9 +1,9 @@
 //! Training presets (`--preset character|style|concept`) and dataset advice.
 //!
 //! From the common Flux LoRA guidance: characters want 15–50 images and 1000–3000 steps, styles
-//! 50–200 images and 2000–5000 steps, concepts 10–30 images and steps in between; images should
-//! be at least 1024 px on the short side for Flux. A preset's values sit under the user's file and
-//! flags, so each one can be overridden.
+//! 50–200 images and 2000–5000 steps, concepts 10–30 images and steps in between; images
+//! should be at least 1024 px on the short side for Flux. A preset's values sit under the user's
+//! file and flags, so each one can be overridden.
 
 use serde::{Deserialize, Serialize};
 
@@ -93,18 +93,23 @@ impl TrainingPreset {
         let mut out = Vec::new();
         if images < a.min_images {
             out.push(format!(
-                "{images} images is few for a {name} LoRA: add {} more (aim for {}–{}), varied in pose, light and background",
-                a.min_images - images, a.min_images, a.max_images
+                "{images} images is few for a {name} LoRA: add {} more (aim for {}–{}), varied \
+                 in pose, light and background",
+                a.min_images - images,
+                a.min_images,
+                a.max_images
             ));
         } else if images > a.max_images {
             out.push(format!(
-                "{images} images is more than a {name} LoRA needs ({}–{}): keep the best and most varied",
+                "{images} images is more than a {name} LoRA needs ({}–{}): keep the best and \
+                 most varied",
                 a.min_images, a.max_images
             ));
         }
         if smallest_side < MIN_IMAGE_SIDE {
             out.push(format!(
-                "the smallest image is {smallest_side} px on its short side; Flux trains best from ≥ {MIN_IMAGE_SIDE} px (smaller images are upscaled and look soft)"
+                "the smallest image is {smallest_side} px on its short side; Flux trains best from \
+                 ≥ {MIN_IMAGE_SIDE} px (smaller images are upscaled and look soft)"
             ));
         }
         out

@@ -130,7 +130,44 @@ pub fn save_checkpoint<B: AutodiffBackend>(
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    let written = write_checkpoint_files(&tmp, model, optimizer, state, config, metadata, ema);
+    // Every file of the checkpoint, each fsynced, into the temporary folder.
+    let written = (|| -> Result<(), TrainError> {
+        let lora_path = tmp.join(&state.lora_file);
+        match ema {
+            Some(ema) => {
+                save_lora(
+                    &mut ema.averaged(model)?,
+                    &lora_path,
+                    lora_format(config.save_format),
+                    metadata,
+                )?;
+                ema.save(&tmp.join(EMA_FILE))?;
+                write_adapters(
+                    &tmp.join(LIVE_FILE),
+                    &read_adapters(model)?,
+                    &Default::default(),
+                )?;
+            }
+            None => {
+                save_lora(model, &lora_path, lora_format(config.save_format), metadata)?;
+            }
+        }
+        optimizer.save_state(&tmp.join(OPTIMIZER_FILE))?;
+        let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Checkpoint {
+            path: tmp.to_path_buf(),
+            problem: format!("cannot encode state.json: {e}"),
+            fix: "report this as a bug".into(),
+        })?;
+        // Every file is fsynced before the folder is renamed into place, and the rename itself is
+        // flushed, so a power loss cannot leave a complete-looking folder with empty files.
+        let write = |p: PathBuf, text: &str| -> Result<(), TrainError> {
+            Ok(fluxlora_io::atomic_write(&p, |w| {
+                w.write_all(text.as_bytes())
+            })?)
+        };
+        write(tmp.join(STATE_FILE), &json)?;
+        write(tmp.join(CONFIG_FILE), &config.to_toml())
+    })();
     if let Err(e) = written {
         // Nothing half-written stays behind (the NaN guard refuses diverged weights here).
         let _ = std::fs::remove_dir_all(&tmp);
@@ -156,53 +193,6 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     Ok(dir.to_path_buf())
 }
 
-/// Writes every file of a checkpoint into the temporary folder `tmp`, each fsynced.
-fn write_checkpoint_files<B: AutodiffBackend>(
-    tmp: &Path,
-    model: &mut Flux<B>,
-    optimizer: &TrainOptimizer<B>,
-    state: &TrainState,
-    config: &TrainConfig,
-    metadata: &TrainingMetadata,
-    ema: Option<&LoraEma>,
-) -> Result<(), TrainError> {
-    let lora_path = tmp.join(&state.lora_file);
-    match ema {
-        Some(ema) => {
-            save_lora(
-                &mut ema.averaged(model)?,
-                &lora_path,
-                lora_format(config.save_format),
-                metadata,
-            )?;
-            ema.save(&tmp.join(EMA_FILE))?;
-            write_adapters(
-                &tmp.join(LIVE_FILE),
-                &read_adapters(model)?,
-                &Default::default(),
-            )?;
-        }
-        None => {
-            save_lora(model, &lora_path, lora_format(config.save_format), metadata)?;
-        }
-    }
-    optimizer.save_state(&tmp.join(OPTIMIZER_FILE))?;
-    let json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Checkpoint {
-        path: tmp.to_path_buf(),
-        problem: format!("cannot encode state.json: {e}"),
-        fix: "report this as a bug".into(),
-    })?;
-    // Every file is fsynced before the folder is renamed into place, and the rename itself is
-    // flushed, so a power loss cannot leave a complete-looking folder with empty files.
-    let write = |p: PathBuf, text: &str| -> Result<(), TrainError> {
-        Ok(fluxlora_io::atomic_write(&p, |w| {
-            w.write_all(text.as_bytes())
-        })?)
-    };
-    write(tmp.join(STATE_FILE), &json)?;
-    write(tmp.join(CONFIG_FILE), &config.to_toml())
-}
-
 /// Reads `state.json` of a checkpoint folder and checks it belongs to `config`.
 pub fn read_state(dir: &Path, config: &TrainConfig) -> Result<TrainState, TrainError> {
     let bad = |problem: String, fix: &str| TrainError::Checkpoint {
@@ -215,7 +205,11 @@ pub fn read_state(dir: &Path, config: &TrainConfig) -> Result<TrainState, TrainE
     if state.config_hash != hash {
         let changed = changed_keys(dir, config);
         return Err(bad(
-            format!("it was written with a different training config (hash {} vs {hash}; changed: {changed})", state.config_hash),
+            format!(
+                "it was written with a different training config (hash {} vs {hash}; changed: \
+                 {changed})",
+                state.config_hash
+            ),
             "resume with the same settings (see its config.toml), or start a new run",
         ));
     }
@@ -268,8 +262,8 @@ const MAX_STATE_BYTES: u64 = 1 << 20;
 /// read: a folder holding a regular, small
 /// [`STATE_FILE`] and an [`OPTIMIZER_FILE`].
 pub fn check_checkpoint_folder(dir: &Path) -> Result<(), TrainError> {
-    let fix = "point --resume at a <output_name>-step<N> folder written by fluxlora (they hold state.json, \
-               optimizer.safetensors and the LoRA)";
+    let fix = "point --resume at a <output_name>-step<N> folder written by fluxlora (they hold \
+               state.json, optimizer.safetensors and the LoRA)";
     let bad = |problem: String| TrainError::Checkpoint {
         path: dir.to_path_buf(),
         problem,

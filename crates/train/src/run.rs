@@ -18,7 +18,8 @@
 //! after the last step, the mean loss over the held-out items with their fixed σ and ε
 //! ([`crate::validation`]) is computed forward-only on `model.valid()` (the EMA weights when
 //! `ema_decay` is set, since those are what the saves hold). It goes into the step's CSV row
-//! (a `val_loss` column that runs without validation do not have) and the progress bar; a validation at a step that also saves pairs with that save, and
+//! (a `val_loss` column that runs without validation do not have) and the progress bar; a
+//! validation at a step that also saves pairs with that save, and
 //! [`RunSummary::best_checkpoint`] names the existing save with the lowest validation loss (the
 //! final LoRA for the last step of a finished run). On `--resume`, the validations logged up to
 //! the checkpoint count too.
@@ -145,7 +146,8 @@ impl<'a, B: AutodiffBackend> ShownModel<'a, B> {
 
 /// Watches a run: called by [`Trainer::run_observed`] before the first step, after every
 /// optimizer step, after every intermediate checkpoint, and at the end. Sampling, the loss curve
-/// and validation hook in here ([`crate::orchestration::monitor::Monitor`]); every method defaults to nothing.
+/// and validation hook in here ([`crate::orchestration::monitor::Monitor`]); every method defaults
+/// to nothing.
 pub trait RunObserver<B: AutodiffBackend> {
     /// Before the first step of this `run` (step 0, or the resumed step).
     fn on_start(&mut self, _step: u64, _model: &ShownModel<'_, B>) -> Result<(), TrainError> {
@@ -220,7 +222,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         config.validate()?;
         let total = config.max_train_steps.ok_or_else(|| TrainError::Invalid {
             key: "max_train_steps".into(),
-            message: "not set; give it, or derive it from the preset and dataset size (TrainingPreset::steps_for) before building the trainer".into(),
+            message: "not set; give it, or derive it from the preset and dataset size \
+                      (TrainingPreset::steps_for) before building the trainer"
+                .into(),
         })? as u64;
         let ema = config.ema_decay.map(LoraEma::new).transpose()?;
         // Adapter init draws from the backend RNG: seed it so a run is reproducible from `seed`.

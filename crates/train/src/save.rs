@@ -145,8 +145,12 @@ pub fn self_check<B: Backend>(model: &mut Flux<B>, path: &Path) -> Result<SelfCh
             || m.rank() > rank
         {
             return Err(fail(format!(
-                "module `{key}`: down {:?} / up {:?} do not fit a {}→{} linear with adapters of total rank {rank}",
-                m.down.shape, m.up.shape, lin.d_in(), lin.d_out()
+                "module `{key}`: down {:?} / up {:?} do not fit a {}→{} linear with adapters of \
+                 total rank {rank}",
+                m.down.shape,
+                m.up.shape,
+                lin.d_in(),
+                lin.d_out()
             )));
         }
         let want = fluxlora_flux::host::download(lin.delta_weight())?.transpose()?; // [out, in]

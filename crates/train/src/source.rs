@@ -33,7 +33,8 @@ pub struct CachedBatches {
 }
 
 impl CachedBatches {
-    /// A source over `loader` (built caches required: see `LatentCache::build` / `TextCache::build`).
+    /// A source over `loader` (built caches required: see `LatentCache::build` /
+    /// `TextCache::build`).
     pub fn new(loader: Loader, latents: LatentCache, texts: TextCache) -> Self {
         Self {
             loader,
@@ -59,7 +60,13 @@ impl CachedBatches {
 }
 
 fn missing(what: &str, name: String) -> TrainError {
-    TrainError::Shape { what: format!("{what} cache"), message: format!("no entry for {name}; build the caches before training (the dataset or encoder changed since they were built)") }
+    TrainError::Shape {
+        what: format!("{what} cache"),
+        message: format!(
+            "no entry for {name}; build the caches before training (the dataset or encoder changed \
+             since they were built)"
+        ),
+    }
 }
 
 fn stack<B: Backend, const D: usize>(
@@ -77,7 +84,13 @@ fn stack<B: Backend, const D: usize>(
     let mut data = Vec::new();
     for (shape, d) in &parts {
         if *shape != first {
-            return Err(TrainError::Shape { what: what.into(), message: format!("a batch mixes shapes {first:?} and {shape:?}; entries of one batch must match (same bucket and T5 length)") });
+            return Err(TrainError::Shape {
+                what: what.into(),
+                message: format!(
+                    "a batch mixes shapes {first:?} and {shape:?}; entries of one batch must match \
+                     (same bucket and T5 length)"
+                ),
+            });
         }
         data.extend_from_slice(d);
     }

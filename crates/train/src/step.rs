@@ -1,18 +1,20 @@
 //! One flow-matching training step.
 //!
 //! Given packed latents x0 `[B, L, C]`, text tokens and pooled vectors: draw σ and ε
-//! ([`crate::noise`]), form x_t = (1 − σ)·x0 + σ·ε and the target ε − x0, run the transformer
-//! with t = σ (and the guidance value on dev models) through
-//! [`fluxlora_flux::forward_backward`] (so block checkpointing is an option), and reduce the
-//! loss as kohya sd-scripts does:
+//! ([`crate::noise`]), form x_t = (1 − σ)·x0 + σ·ε and the target ε − x0, run the
+//! transformer with t = σ (and the guidance value on dev models) through
+//! [`fluxlora_flux::forward_backward`] (so block checkpointing is an option), and reduce the loss
+//! as kohya sd-scripts does:
 //!
 //! 1. prediction type: raw `p`, additive `p + x_t`, or sigma-scaled `−σ·p + x_t`;
-//! 2. element loss: l2 `(p − y)²`, l1 `|p − y|`, or pseudo-Huber `2c(√((p − y)² + c²) − c)`;
+//! 2. element loss: l2 `(p − y)²`, l1 `|p − y|`, or pseudo-Huber
+//!    `2c(√((p − y)² + c²) − c)`;
 //! 3. × the σ weighting (`sigma_sqrt`, `cosmap`; kohya applies it only with `sigma_scaled`,
 //!    here it applies whenever it is set);
 //! 4. × the loss mask (alpha mask, broadcast over channels), then the mean over tokens and
 //!    channels per sample (masked elements count as zeros, as kohya's `apply_masked_loss`);
-//! 5. × the per-sample weight (`prior_loss_weight` for regularisation images), mean over the batch.
+//! 5. × the per-sample weight (`prior_loss_weight` for regularisation images), mean over the
+//!    batch.
 //!
 //! `timestep_sampling = "sigma"` is kohya's discrete sampler: an index uniform over the 1000-entry
 //! table of diffusers' `FlowMatchEulerDiscreteScheduler(shift = discrete_flow_shift, default 3.0)`
@@ -241,8 +243,8 @@ struct Prepared<B: Backend> {
     mask: Option<Tensor<B, 3>>,
 }
 
-/// x_t = (1 − σ)·x0 + σ·ε, the target ε − x0, the per-sample weights and the model inputs (t = σ,
-/// the guidance value when the model has a guidance embedder).
+/// x_t = (1 − σ)·x0 + σ·ε, the target ε − x0, the per-sample weights and the model inputs
+/// (t = σ, the guidance value when the model has a guidance embedder).
 fn prepare<B: Backend>(
     guidance_embed: bool,
     batch: &TrainBatch<B>,
@@ -468,7 +470,8 @@ mod tests {
                         );
                         assert!(
                             (f64::from(got) - want).abs() <= 1e-5 * want.abs().max(1.0),
-                            "{loss_type:?} {prediction:?} {weighting:?} masked={masked}: {got} vs {want}"
+                            "{loss_type:?} {prediction:?} {weighting:?} masked={masked}: {got} vs \
+                             {want}"
                         );
                     }
                 }

@@ -101,7 +101,9 @@ fn write_dataset_with(dir: &Path, alpha: bool) -> Arc<Dataset> {
         .unwrap();
     }
     let text = format!(
-        "[general]\nresolution = 64\nmin_bucket_reso = 64\nmax_bucket_reso = 128\n[[datasets]]\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = {:?}\nalpha_mask = {alpha}\n",
+        "[general]\nresolution = 64\nmin_bucket_reso = 64\nmax_bucket_reso = \
+         128\n[[datasets]]\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = {:?}\nalpha_mask = \
+         {alpha}\n",
         imgs.display().to_string()
     );
     let cfg = DatasetConfig::from_toml_str(&text, &dir.join("d.toml")).unwrap();

@@ -247,7 +247,11 @@ fn run_length_and_save_intervals_are_checked() {
     let err =
         TrainConfig::load(None, &args("--max_train_steps 100 --max_train_epochs 4")).unwrap_err();
     assert!(
-        matches!(&err, TrainError::Invalid { key, message } if key == "max_train_epochs" && message.contains("keep one")),
+        matches!(
+            &err,
+            TrainError::Invalid { key, message }
+                if key == "max_train_epochs" && message.contains("keep one")
+        ),
         "{err}"
     );
     for flags in [

@@ -76,7 +76,8 @@ fn ema_of_a_constant_weight_is_that_constant() {
 fn shadow_follows_the_closed_form_of_the_recorded_weights() {
     let _guard = backend_rng_lock();
     let d = tempfile::tempdir().unwrap();
-    let decay = 0.3f32; // small, so the target decay is reached within the run (k/(k+9) ≥ 0.3 from k = 4)
+    // small, so the target decay is reached within the run (k/(k+9) ≥ 0.3 from k = 4)
+    let decay = 0.3f32;
     let mut t = Trainer::new(
         ema_config(d.path(), 6, decay),
         tiny_flux(5),

@@ -1,4 +1,5 @@
-//! All integration tests of fluxlora-train, compiled as one test binary (one link instead of one per file).
+//! All integration tests of fluxlora-train, compiled as one test binary (one link instead of one
+//! per file).
 
 mod cached_source;
 mod common;

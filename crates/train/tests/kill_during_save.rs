@@ -339,7 +339,11 @@ fn a_kill_during_save_leaves_the_previous_checkpoint_intact() {
             })
             .count();
     }
-    eprintln!("kill_during_save: {} rounds, newest step {newest}, {leftovers} leftover(s) seen after kills", points.len());
+    eprintln!(
+        "kill_during_save: {} rounds, newest step {newest}, {leftovers} leftover(s) seen after \
+         kills",
+        points.len()
+    );
 
     // A fresh run resumes from the newest complete checkpoint and continues.
     let _g = backend_rng_lock();

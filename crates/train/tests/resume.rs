@@ -20,6 +20,12 @@ fn config(out: &std::path::Path, optimizer: OptimizerType, lr: f64) -> TrainConf
     }
 }
 
+/// A trainer for `cfg` on `tiny_flux(seed)`, and a batch source with the same seed.
+fn trainer(cfg: &TrainConfig, seed: u64) -> (Trainer<AB>, RandomBatches) {
+    let t = Trainer::new(cfg.clone(), tiny_flux(seed), Default::default()).unwrap();
+    (t.with_progress(false), RandomBatches::new(seed))
+}
+
 fn straight_vs_resumed(optimizer: OptimizerType, lr: f64) {
     let _guard = backend_rng_lock();
     let base = tiny_flux(3);
@@ -103,10 +109,7 @@ fn resume_refuses_a_changed_config_and_names_the_key() {
     let dev = Default::default();
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_train_config(d.path(), 2);
-    let mut t = Trainer::new(cfg.clone(), tiny_flux(1), dev)
-        .unwrap()
-        .with_progress(false);
-    let mut src = RandomBatches::new(1);
+    let (mut t, mut src) = trainer(&cfg, 1);
     t.step_once(&mut src).unwrap();
     let ckpt = t.save_checkpoint(&src).unwrap();
 
@@ -139,10 +142,7 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_usable() {
     let dev = Default::default();
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_train_config(d.path(), 4);
-    let mut t = Trainer::new(cfg.clone(), tiny_flux(2), dev)
-        .unwrap()
-        .with_progress(false);
-    let mut src = RandomBatches::new(2);
+    let (mut t, mut src) = trainer(&cfg, 2);
     t.step_once(&mut src).unwrap();
     let good = t.save_checkpoint(&src).unwrap();
     // A save of step 2 that died halfway: only its temporary folder exists, with a torn file.
@@ -204,10 +204,7 @@ fn a_poisoned_checkpoint_is_named_before_any_step() {
     let dev = Default::default();
     let d = tempfile::tempdir().unwrap();
     let cfg = tiny_train_config(d.path(), 4);
-    let mut t = Trainer::new(cfg.clone(), tiny_flux(4), dev)
-        .unwrap()
-        .with_progress(false);
-    let mut src = RandomBatches::new(4);
+    let (mut t, mut src) = trainer(&cfg, 4);
     t.step_once(&mut src).unwrap();
     let lora_ckpt = t.save_checkpoint(&src).unwrap();
     t.step_once(&mut src).unwrap();
@@ -267,10 +264,7 @@ fn resume_checks_the_folder_before_reading_it() {
     assert!(resume(&d.path().join("missing")).contains("cannot be read"));
 
     // A state.json that names a LoRA outside the folder is refused before that file is opened.
-    let mut t = Trainer::new(cfg.clone(), tiny_flux(1), dev)
-        .unwrap()
-        .with_progress(false);
-    let mut src = RandomBatches::new(1);
+    let (mut t, mut src) = trainer(&cfg, 1);
     t.step_once(&mut src).unwrap();
     let ckpt = t.save_checkpoint(&src).unwrap();
     let state_path = ckpt.join("state.json");

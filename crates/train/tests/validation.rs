@@ -113,8 +113,9 @@ fn validation_loss_is_fixed_equals_an_independent_mean_and_moves_with_training()
         "fixed σ/ε: the same number twice"
     );
 
-    // Independent: x_t = (1 − σ)·x0 + σ·ε and the target ε − x0 by hand, the plain forward,
-    // the l2 mean per item × its weight (prior_loss_weight for regularisation images), the mean.
+    // Independent: x_t = (1 − σ)·x0 + σ·ε and the target ε − x0 by hand, the plain
+    // forward, the l2 mean per item × its weight (prior_loss_weight for regularisation images),
+    // the mean.
     let valid = t.model_mut().clone().valid();
     let mut want = 0.0f64;
     for (k, (_, batch)) in named.iter().enumerate() {

@@ -200,7 +200,12 @@ impl TimmConfig {
             path: path.to_path_buf(),
             message,
         };
-        let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON ({e}); restore the config.json that ships with the weights or delete it")))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| {
+            bad(format!(
+                "not valid JSON ({e}); restore the config.json that ships with the weights or \
+                 delete it"
+            ))
+        })?;
         let args = v.get("model_args").cloned().unwrap_or(Value::Null);
         let cfg = v.get("pretrained_cfg").cloned().unwrap_or(Value::Null);
         let usize_of = |x: Option<&Value>| x.and_then(Value::as_u64).map(|n| n as usize);
@@ -252,7 +257,8 @@ fn require<'a>(file: &'a SafeTensorsFile, name: &str) -> Result<&'a [usize]> {
     shape_of(file, name).ok_or_else(|| CaptionError::MissingTensor {
         path: file.path().to_path_buf(),
         name: name.into(),
-        fix: "the file is not a timm ViT classifier (wd-vit-tagger-v3 layout); use its model.safetensors",
+        fix: "the file is not a timm ViT classifier (wd-vit-tagger-v3 layout); use its \
+              model.safetensors",
     })
 }
 
@@ -324,7 +330,8 @@ pub fn infer_config(
     if let Some(expected) = timm.and_then(|t| t.class_token) {
         if expected != class_token {
             return Err(bad_config(format!(
-                "model_args.class_token is {expected} but the weights {} `cls_token`; the config belongs to other weights",
+                "model_args.class_token is {expected} but the weights {} `cls_token`; the config \
+                 belongs to other weights",
                 if class_token { "have" } else { "lack" }
             )));
         }
@@ -367,7 +374,8 @@ pub fn infer_config(
     if let Some(cfg_size) = timm.and_then(|t| t.img_size) {
         if cfg_size != img_size {
             return Err(bad_config(format!(
-                "model_args.img_size is {cfg_size} but pos_embed holds a {grid}×{grid} grid of {patch_size}-pixel patches ({img_size} px)"
+                "model_args.img_size is {cfg_size} but pos_embed holds a {grid}×{grid} grid of \
+                 {patch_size}-pixel patches ({img_size} px)"
             )));
         }
     }

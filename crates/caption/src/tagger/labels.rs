@@ -157,8 +157,9 @@ impl Labels {
 mod tests {
     use super::*;
 
-    const CSV: &str = "tag_id,name,category,count\n9999999,general,9,807366\n470575,1girl,0,4225150\n\
-                       1,\"hand,on_hip\",0,5\n2,\"say \"\"hi\"\"\",0,3\n3,hatsune_miku,4,100\n4,weird,3,1\n";
+    const CSV: &str = "tag_id,name,category,count\n9999999,general,9,807366\n\
+                       470575,1girl,0,4225150\n1,\"hand,on_hip\",0,5\n2,\"say \"\"hi\"\"\",0,3\n\
+                       3,hatsune_miku,4,100\n4,weird,3,1\n";
 
     #[test]
     fn parses_categories_and_quotes() {

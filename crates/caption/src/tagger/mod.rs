@@ -188,10 +188,15 @@ impl<B: Backend> WdTagger<B> {
         }
         let input = Tensor::<B, 4>::from_data(TensorData::new(pixels, [1, 3, s, s]), &self.device);
         let logits = self.model.forward(input)?.into_data();
-        let logits = logits.to_vec::<f32>().map_err(|e| CaptionError::ModelConfig {
-            path: self.weights_path.clone(),
-            message: format!("the backend returned logits that are not f32 ({e:?}); run the tagger on an f32 backend"),
-        })?;
+        let logits = logits
+            .to_vec::<f32>()
+            .map_err(|e| CaptionError::ModelConfig {
+                path: self.weights_path.clone(),
+                message: format!(
+                    "the backend returned logits that are not f32 ({e:?}); run the tagger on an \
+                     f32 backend"
+                ),
+            })?;
         Ok(logits.into_iter().map(sigmoid).collect())
     }
 

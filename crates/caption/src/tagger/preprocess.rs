@@ -1,8 +1,8 @@
 //! Image → tagger input, as the WD v3 timm reference inference (`wdv3_timm.py`) does it:
 //!
 //! 1. RGB with transparency composited on white ([`crate::image_io::load_rgb`]);
-//! 2. padded to a square on white, the image centred (offsets `(side − w) / 2`, `(side − h) / 2`
-//!    rounded down, as PIL's `paste`);
+//! 2. padded to a square on white, the image centred (offsets `(side − w) / 2`,
+//!    `(side − h) / 2` rounded down, as PIL's `paste`);
 //! 3. resized to the model's input size with a bicubic filter (Catmull-Rom, antialiased when
 //!    shrinking — PIL's `BICUBIC`; skipped when already that size);
 //! 4. scaled to [0, 1] and normalised per channel, `(v − mean) / std` (timm's transform; the WD

@@ -97,8 +97,8 @@ mod tests {
     fn labels() -> Labels {
         Labels::parse(
             Path::new("t.csv"),
-            "tag_id,name,category,count\n0,general,9,1\n1,explicit,9,1\n2,long_hair,0,1\n3,^_^,0,1\n\
-             4,smile,0,1\n5,hatsune_miku,4,1\n6,low_score,0,1\n7,artist,1,1\n",
+            "tag_id,name,category,count\n0,general,9,1\n1,explicit,9,1\n2,long_hair,0,1\n\
+             3,^_^,0,1\n4,smile,0,1\n5,hatsune_miku,4,1\n6,low_score,0,1\n7,artist,1,1\n",
         )
         .unwrap()
     }

@@ -5,12 +5,13 @@
 //! pixels [B,3,S,S] → patch_embed.proj (conv p×p stride p, done as patchify + matmul)
 //!   → [cls_token, reg_token] ++ patches, + pos_embed (before or after the concat)
 //!   → norm_pre? → blocks × depth: x + ls1·attn(norm1 x);  x + ls2·mlp(norm2 x)
-//!   → norm? → pool (token | avg | max | avgmax over patch tokens) → fc_norm? → head → logits
+//!   → norm? → pool (token | avg | max | avgmax over patch tokens) → fc_norm? → head
+//!   → logits
 //! ```
 //!
-//! Attention: `qkv` → `[B,N,3,H,hd]`, softmax(q·kᵀ/√hd)·v, `proj`. MLP: `fc1` → GELU → `fc2`.
-//! LayerNorms use eps 1e-6. Linear weights are stored `[in, out]` (transposed from the file's
-//! PyTorch `[out, in]` on load).
+//! Attention: `qkv` → `[B,N,3,H,hd]`, softmax(q·kᵀ/√hd)·v, `proj`. MLP: `fc1` → GELU →
+//! `fc2`. LayerNorms use eps 1e-6. Linear weights are stored `[in, out]` (transposed from the
+//! file's PyTorch `[out, in]` on load).
 
 use burn::tensor::activation::{gelu, gelu_approximate, softmax};
 use burn::tensor::backend::Backend;

@@ -24,9 +24,11 @@ use upload::image_data_url;
 
 /// The default captioning prompt: one natural-language paragraph, as Flux LoRAs are usually
 /// trained on.
-pub const DEFAULT_PROMPT: &str = "Write one descriptive caption for this image, as a single paragraph of plain text: \
-the main subject, its appearance, clothing, pose and expression, the setting, lighting, colours, camera angle and \
-style. Do not start with \"This image\" and do not add commentary.";
+pub const DEFAULT_PROMPT: &str = "Write one descriptive caption for this image, as a single \
+                                  paragraph of plain text: the main subject, its appearance, \
+                                  clothing, pose and expression, the setting, lighting, colours, \
+                                  camera angle and style. Do not start with \"This image\" and do \
+                                  not add commentary.";
 
 /// Client settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,7 +141,13 @@ impl VlmCaptioner {
         };
         let url = config.base_url.trim();
         if url.starts_with("https://") && !cfg!(feature = "https") {
-            return bad("vlm_url", format!("{url}: https needs fluxlora-caption's `https` feature; rebuild with it or use the server's http address"));
+            return bad(
+                "vlm_url",
+                format!(
+                    "{url}: https needs fluxlora-caption's `https` feature; rebuild with it or use \
+                     the server's http address"
+                ),
+            );
         }
         if !url.starts_with("http://") && !url.starts_with("https://") {
             return bad(

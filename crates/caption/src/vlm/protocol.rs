@@ -122,12 +122,18 @@ mod tests {
 
     #[test]
     fn parses_string_and_part_contents() {
-        let s = r#"{"choices":[{"message":{"role":"assistant","content":"  \"A red car\nparked outside.\"  "}}]}"#;
+        let s = concat!(
+            r#"{"choices":[{"message":{"role":"assistant","#,
+            r#""content":"  \"A red car\nparked outside.\"  "}}]}"#
+        );
         assert_eq!(
             caption_from_response(s).unwrap(),
             "A red car parked outside."
         );
-        let parts = r#"{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}}]}"#;
+        let parts = concat!(
+            r#"{"choices":[{"message":{"content":["#,
+            r#"{"type":"text","text":"a"},{"type":"text","text":"b"}]}}]}"#
+        );
         assert_eq!(caption_from_response(parts).unwrap(), "a b");
     }
 

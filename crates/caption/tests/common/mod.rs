@@ -63,7 +63,11 @@ impl Reply {
         let body = serde_json::json!({
             "id": "chatcmpl-test",
             "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop"
+            }],
         });
         Reply {
             status: 200,
@@ -164,7 +168,8 @@ fn serve(
     let reply = script(index, &request);
     std::thread::sleep(reply.delay);
     let mut out = format!(
-        "HTTP/1.1 {} Test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {} Test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: \
+         close\r\n",
         reply.status,
         reply.body.len()
     );

@@ -1,6 +1,7 @@
 //! Latent cache: one entry per (image content, bucket, crop, flip, mask use) and encoder.
 //! Entries hold `latent` (whatever shape the encoder returns, e.g. `[16, H/8, W/8]`) and, for
-//! subsets with `alpha_mask`, `mask` — the alpha mask average-pooled to the latent's spatial size.
+//! subsets with `alpha_mask`, `mask` — the alpha mask average-pooled to the latent's spatial
+//! size.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -224,7 +225,10 @@ pub fn pool_mask(mask: &HostTensor, latent: &HostTensor) -> Result<HostTensor> {
     if lh == 0 || lw == 0 || mh % lh != 0 || mw % lw != 0 {
         return Err(DataError::Cache {
             path: "<mask>".into(),
-            message: format!("latent size {lh}×{lw} does not divide the image size {mh}×{mw}; the encoder's downsampling must be an integer factor"),
+            message: format!(
+                "latent size {lh}×{lw} does not divide the image size {mh}×{mw}; the encoder's \
+                 downsampling must be an integer factor"
+            ),
         });
     }
     let (fy, fx) = (mh / lh, mw / lw);

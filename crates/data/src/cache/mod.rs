@@ -133,7 +133,10 @@ impl CacheDir {
         if given != opened {
             return Err(DataError::Cache {
                 path: self.dir.clone(),
-                message: format!("opened for encoder `{opened}` but given `{given}`; open the cache with the encoder's identity"),
+                message: format!(
+                    "opened for encoder `{opened}` but given `{given}`; open the cache with the \
+                     encoder's identity"
+                ),
             });
         }
         Ok(BuildStats {

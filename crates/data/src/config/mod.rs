@@ -289,7 +289,8 @@ pub(crate) fn validate_buckets(
         return Err((
             "min_bucket_reso",
             format!(
-                "need bucket_reso_steps ≤ min_bucket_reso ≤ max_bucket_reso, got {step}, {}, {}",
+                "need bucket_reso_steps ≤ min_bucket_reso ≤ max_bucket_reso, got {step}, {}, \
+                 {}",
                 b.min_bucket_reso, b.max_bucket_reso
             ),
         ));
@@ -330,7 +331,8 @@ pub(crate) fn validate_subset(ctx: &Ctx, name: &str, s: &SubsetSettings) -> Resu
             name,
             "caption_extension",
             format!(
-                "`{}` is not a file extension (it holds a path separator or `..`); use e.g. \".txt\"",
+                "`{}` is not a file extension (it holds a path separator or `..`); use e.g. \
+                 \".txt\"",
                 s.caption_extension
             ),
         ));

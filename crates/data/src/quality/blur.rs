@@ -5,11 +5,11 @@
 //! pixels, aspect kept, triangle filter — so that scores of large files do not depend on their
 //! resolution (smaller images are measured as they are: enlarging would blur them), then
 //! converted to luma in 0..255 (Rec. 709 weights). The 4-neighbour Laplacian
-//! `4·p(x,y) − p(x−1,y) − p(x+1,y) − p(x,y−1) − p(x,y+1)` is taken at every interior pixel and its
-//! population variance is the score. Below [`DEFAULT_BLUR_THRESHOLD`] (100, the value usually
-//! quoted for 8-bit images with OpenCV's `Laplacian` using the same kernel) an image is reported
-//! as blurry. Flat artwork (logos, plain backgrounds) also scores low: it is a warning, not a
-//! blocking problem.
+//! `4·p(x,y) − p(x−1,y) − p(x+1,y) − p(x,y−1) − p(x,y+1)` is taken at every interior
+//! pixel and its population variance is the score. Below [`DEFAULT_BLUR_THRESHOLD`] (100, the value
+//! usually quoted for 8-bit images with OpenCV's `Laplacian` using the same kernel) an image is
+//! reported as blurry. Flat artwork (logos, plain backgrounds) also scores low: it is a warning,
+//! not a blocking problem.
 
 use image::imageops::FilterType;
 use image::DynamicImage;

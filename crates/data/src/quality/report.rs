@@ -418,7 +418,11 @@ impl QualityReport {
             let _ = writeln!(s, "  {tag} {line}");
         }
         if blocking > 0 {
-            let _ = writeln!(s, "\nTraining would stop: fix the blocking problems, or set skip_bad_images = true to leave those files out.");
+            let _ = writeln!(
+                s,
+                "\nTraining would stop: fix the blocking problems, or set skip_bad_images = true \
+                 to leave those files out."
+            );
         }
         s
     }

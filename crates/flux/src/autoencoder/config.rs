@@ -69,7 +69,8 @@ impl AutoencoderConfig {
             || self.z_channels == 0
         {
             return bad(format!(
-                "ch {} / ch_mult {:?} / num_res_blocks {} / z_channels {} must all be non-empty and non-zero",
+                "ch {} / ch_mult {:?} / num_res_blocks {} / z_channels {} must all be non-empty \
+                 and non-zero",
                 self.ch, self.ch_mult, self.num_res_blocks, self.z_channels
             ));
         }
@@ -80,8 +81,8 @@ impl AutoencoderConfig {
             let c = self.ch * m;
             if c == 0 || !c.is_multiple_of(self.norm_groups) {
                 return bad(format!(
-                    "level width {c} (ch {} × {m}) is not divisible by norm_groups {}; set norm_groups to the \
-                     model's GroupNorm group count",
+                    "level width {c} (ch {} × {m}) is not divisible by norm_groups {}; set \
+                     norm_groups to the model's GroupNorm group count",
                     self.ch, self.norm_groups
                 ));
             }
@@ -113,15 +114,16 @@ impl AutoencoderConfig {
                     "autoencoder tensor `{key}` has shape {s:?}, expected a rank-{rank} tensor"
                 ))),
                 None => Err(FluxError::Config(format!(
-                    "autoencoder tensor `{key}` is missing; the file is not a complete KL autoencoder"
+                    "autoencoder tensor `{key}` is missing; the file is not a complete KL \
+                     autoencoder"
                 ))),
             }
         };
         for extra in ["quant_conv.weight", "post_quant_conv.weight"] {
             if shape(extra).is_some() {
                 return Err(FluxError::Config(format!(
-                    "autoencoder has `{extra}` (a Stable Diffusion-style VAE); the Flux autoencoder has none — \
-                     use FLUX.1's ae.safetensors or vae/ folder"
+                    "autoencoder has `{extra}` (a Stable Diffusion-style VAE); the Flux \
+                     autoencoder has none — use FLUX.1's ae.safetensors or vae/ folder"
                 )));
             }
         }

@@ -93,7 +93,8 @@ impl<B: Backend> Autoencoder<B> {
             path: path.into(),
             model: "Flux autoencoder",
             expected: "`encoder.down.0.block.0.conv1.weight` (BFL ae.safetensors) or \
-                       `encoder.down_blocks.0.resnets.0.conv1.weight` (diffusers vae/), optionally prefixed",
+                       `encoder.down_blocks.0.resnets.0.conv1.weight` (diffusers vae/), optionally \
+                       prefixed",
         })?;
         let dtype = storage_dtype::<B>(device, options.dtype)?;
         let base = AutoencoderConfig {

@@ -1,9 +1,9 @@
 //! The Flux autoencoder (BFL `AutoEncoder`, diffusers `AutoencoderKL` with Flux's config).
 //!
-//! Data flows `image [B, 3, H, W] in [−1, 1]` → [`Encoder`] → moments → posterior **mean** →
-//! `scale · (mean − shift)` = latent `[B, 16, H/8, W/8]` ([`Autoencoder::encode`]), and back:
-//! `latent / scale + shift` → [`Decoder`] → image ([`Autoencoder::decode`]). The tiled variants
-//! ([`tiled`]) run the same networks on overlapping tiles and blend them, as diffusers'
+//! Data flows `image [B, 3, H, W] in [−1, 1]` → [`Encoder`] → moments → posterior **mean**
+//! → `scale · (mean − shift)` = latent `[B, 16, H/8, W/8]` ([`Autoencoder::encode`]), and
+//! back: `latent / scale + shift` → [`Decoder`] → image ([`Autoencoder::decode`]). The tiled
+//! variants ([`tiled`]) run the same networks on overlapping tiles and blend them, as diffusers'
 //! `enable_tiling()` does, so a large image never needs the whole activation map at once.
 //!
 //! - [`config`]: architecture, Flux preset, inference from weights.
@@ -65,7 +65,8 @@ impl<B: Backend> Autoencoder<B> {
             return Err(FluxError::Input {
                 name: "image".into(),
                 message: format!(
-                    "shape {:?}: expected [B, {}, H, W] with H and W positive multiples of {f}; resize or crop the image",
+                    "shape {:?}: expected [B, {}, H, W] with H and W positive multiples of {f}; \
+                     resize or crop the image",
                     x.dims(),
                     self.config.in_channels
                 ),
@@ -110,8 +111,8 @@ impl<B: Backend> Autoencoder<B> {
         to_f32(z) / self.config.scale_factor + self.config.shift_factor
     }
 
-    /// The raw posterior mean `[B, z, H/f, W/f]` of an image `[B, 3, H, W]` in `[−1, 1]` (no scale
-    /// or shift), in f32.
+    /// The raw posterior mean `[B, z, H/f, W/f]` of an image `[B, 3, H, W]` in `[−1, 1]` (no
+    /// scale or shift), in f32.
     pub fn posterior_mean(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 4>> {
         self.check_image(&x)?;
         Ok(to_f32(self.moments(x).narrow(1, 0, self.config.z_channels)))

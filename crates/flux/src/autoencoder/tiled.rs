@@ -1,15 +1,15 @@
 //! Tiled encode/decode: the algorithm of diffusers' `AutoencoderKL` with `enable_tiling()`
 //! (`_tiled_encode` / `tiled_decode`), so results match it.
 //!
-//! The input is cut into tiles of `tile` side starting every `⌊tile·(1 − overlap)⌋` (edge tiles
-//! may be smaller); each tile is run through the network on its own; tiles are visited in raster
-//! order and each output tile is blended linearly with the (already blended) tile above over
-//! `⌊out_tile·overlap⌋` rows, then with the tile to its left over as many columns; the top-left
-//! `out_tile − blend` rows and columns of every tile make the result. Only the current tile's
-//! activations, the bottom strips of the previous tile row and the output exist at once, so peak
-//! memory is set by the tile size, not the image size. Inputs that fit in one tile are not tiled
-//! (as in diffusers). GroupNorm statistics and attention are per tile, so tiled results differ
-//! slightly from untiled ones.
+//! The input is cut into tiles of `tile` side starting every `⌊tile·(1 − overlap)⌋` (edge
+//! tiles may be smaller); each tile is run through the network on its own; tiles are visited in
+//! raster order and each output tile is blended linearly with the (already blended) tile above over
+//! `⌊out_tile·overlap⌋` rows, then with the tile to its left over as many columns; the
+//! top-left `out_tile − blend` rows and columns of every tile make the result. Only the current
+//! tile's activations, the bottom strips of the previous tile row and the output exist at once, so
+//! peak memory is set by the tile size, not the image size. Inputs that fit in one tile are not
+//! tiled (as in diffusers). GroupNorm statistics and attention are per tile, so tiled results
+//! differ slightly from untiled ones.
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 
@@ -46,8 +46,8 @@ impl TileOptions {
             && step(latent, self.overlap_factor) > 0;
         if !ok {
             return Err(FluxError::Config(format!(
-                "tile options {self:?}: sample_size must be a positive multiple of the downscale factor {downscale} \
-                 and overlap_factor in [0, 1) with a non-empty step"
+                "tile options {self:?}: sample_size must be a positive multiple of the downscale \
+                 factor {downscale} and overlap_factor in [0, 1) with a non-empty step"
             )));
         }
         Ok(())

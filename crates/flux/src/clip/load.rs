@@ -1,5 +1,5 @@
-//! Loading the CLIP text model from a transformers checkpoint: `text_model.embeddings.…` (FLUX.1's
-//! `text_encoder/`, ComfyUI's `clip_l.safetensors`, transformers < 5), `embeddings.…`
+//! Loading the CLIP text model from a transformers checkpoint: `text_model.embeddings.…`
+//! (FLUX.1's `text_encoder/`, ComfyUI's `clip_l.safetensors`, transformers < 5), `embeddings.…`
 //! (transformers ≥ 5 `save_pretrained`), or either under a further prefix (ComfyUI bundles'
 //! `text_encoders.clip_l.transformer.`).
 

@@ -84,8 +84,8 @@ impl<B: Backend> T5Encoder<B> {
             let f = format!("encoder.block.{i}.layer.1");
             if w.shape(&format!("{f}.DenseReluDense.wi.weight")).is_some() {
                 return Err(FluxError::Config(format!(
-                    "{}: `{}` is a T5 v1.0 (ReLU, ungated) feed-forward; Flux needs T5 v1.1 (gated GELU, \
-                     `wi_0`/`wi_1`)",
+                    "{}: `{}` is a T5 v1.0 (ReLU, ungated) feed-forward; Flux needs T5 v1.1 (gated \
+                     GELU, `wi_0`/`wi_1`)",
                     path.display(),
                     w.key(&format!("{f}.DenseReluDense.wi.weight"))
                 )));
@@ -135,8 +135,8 @@ fn infer_config<B: Backend>(
     let (num_buckets, num_heads) = (rel[0], rel[1]);
     if num_heads == 0 || q[0] % num_heads != 0 || num_buckets < 4 {
         return Err(FluxError::Config(format!(
-            "T5 attention width {} is not divisible by the {num_heads} heads of the relative-attention bias \
-             (buckets {num_buckets}); the file is damaged or not T5",
+            "T5 attention width {} is not divisible by the {num_heads} heads of the \
+             relative-attention bias (buckets {num_buckets}); the file is damaged or not T5",
             q[0]
         )));
     }

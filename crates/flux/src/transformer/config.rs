@@ -84,7 +84,8 @@ impl FluxConfig {
         let sum: usize = self.axes_dim.iter().sum();
         if sum != self.head_dim() {
             return bad(format!(
-                "axes_dim {:?} sums to {sum}, but the head dimension is {}; give an axes_dim that sums to it",
+                "axes_dim {:?} sums to {sum}, but the head dimension is {}; give an axes_dim that \
+                 sums to it",
                 self.axes_dim,
                 self.head_dim()
             ));
@@ -159,8 +160,9 @@ impl FluxConfig {
             None if head_dim == 128 => vec![16, 56, 56],
             None => {
                 return Err(FluxError::Config(format!(
-                    "head dimension {head_dim} is not Flux.1's 128, so the RoPE split axes_dim cannot be \
-                     assumed; pass axes_dim explicitly (three even numbers summing to {head_dim})"
+                    "head dimension {head_dim} is not Flux.1's 128, so the RoPE split axes_dim \
+                     cannot be assumed; pass axes_dim explicitly (three even numbers summing to \
+                     {head_dim})"
                 )))
             }
         };

@@ -16,12 +16,13 @@ pub const MAX_PERIOD: f64 = 10_000.0;
 pub const TIME_FACTOR: f64 = 1000.0;
 
 /// BFL `timestep_embedding(t, dim, max_period=10000, time_factor=1000)`:
-/// `args = 1000·t ⊗ exp(−ln(max_period)·i/half)`, `i < half = dim/2`, output `[cos(args), sin(args)]`
+/// `args = 1000·t ⊗ exp(−ln(max_period)·i/half)`, `i < half = dim/2`, output `[cos(args),
+/// sin(args)]`
 /// (`[B, dim]`). The arguments are formed in f32 exactly as the reference does.
 ///
 /// The table is computed on the host: the arguments reach 1000 rad, and GPU `sin`/`cos` promise
-/// accuracy only near [−π, π] (WGSL: absolute error ≤ 2⁻¹¹ inside it, nothing outside). The
-/// timesteps carry no gradient, so reading them back costs one tiny transfer.
+/// accuracy only near [−π, π] (WGSL: absolute error ≤ 2⁻¹¹ inside it, nothing outside).
+/// The timesteps carry no gradient, so reading them back costs one tiny transfer.
 pub fn timestep_embedding<B: Backend>(t: Tensor<B, 1>, dim: usize) -> Tensor<B, 2> {
     let device = t.device();
     let half = dim / 2;

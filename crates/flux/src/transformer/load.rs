@@ -267,7 +267,8 @@ impl<B: Backend> Flux<B> {
         if let Some(dtype) = options.base_dtype {
             if !dtype.is_float() || !B::supports_dtype(device, dtype) {
                 return Err(FluxError::Config(format!(
-                    "this backend/device cannot store and compute {dtype:?} weights; load with base_dtype None (f32)"
+                    "this backend/device cannot store and compute {dtype:?} weights; load with \
+                     base_dtype None (f32)"
                 )));
             }
         }

@@ -1,4 +1,5 @@
-//! The Flux transformer (BFL `Flux`): embeddings → double blocks → single blocks → final layer.
+//! The Flux transformer (BFL `Flux`): embeddings → double blocks → single blocks → final
+//! layer.
 
 use burn::module::Module;
 use burn::tensor::{backend::Backend, Tensor};
@@ -159,9 +160,13 @@ impl<B: Backend> Flux<B> {
         match (&x.guidance, c.guidance_embed) {
             (None, true) => bad(
                 "guidance",
-                "missing: this model is guidance-distilled (dev); pass a guidance strength per sample".into(),
+                "missing: this model is guidance-distilled (dev); pass a guidance strength per \
+                 sample"
+                    .into(),
             ),
-            (Some(g), true) if g.dims() != [b] => bad("guidance", format!("shape {:?}, expected [{b}]", g.dims())),
+            (Some(g), true) if g.dims() != [b] => {
+                bad("guidance", format!("shape {:?}, expected [{b}]", g.dims()))
+            }
             _ => Ok(()),
         }
     }

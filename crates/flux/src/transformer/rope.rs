@@ -1,10 +1,11 @@
 //! N-d rotary position embedding (BFL `EmbedND` / `rope` / `apply_rope`) and attention.
 //!
 //! Each token has an id triple (for images `(0, row, col)`, for text zeros). Axis `i` of the
-//! head dimension (width `axes_dim[i]`) rotates consecutive pairs `(x₂ⱼ, x₂ⱼ₊₁)` by the angle
-//! `pos_i · ω_j`, `ω_j = θ^(−2j/axes_dim[i])`:
+//! head dimension (width `axes_dim[i]`) rotates consecutive pairs `(x₂ⱼ, x₂ⱼ₊₁)` by the
+//! angle `pos_i · ω_j`, `ω_j = θ^(−2j/axes_dim[i])`:
 //!
-//! `out₂ⱼ = cos·x₂ⱼ − sin·x₂ⱼ₊₁`, `out₂ⱼ₊₁ = sin·x₂ⱼ + cos·x₂ⱼ₊₁`.
+//! `out₂ⱼ = cos·x₂ⱼ − sin·x₂ⱼ₊₁`,
+//! `out₂ⱼ₊₁ = sin·x₂ⱼ + cos·x₂ⱼ₊₁`.
 //!
 //! We write this as `x·cos + (x·P)·sin` with `cos`, `sin` repeated per pair and `P` the fixed
 //! signed pair-swap matrix, which is cheaper on Burn's CPU backends than reshape + `flip`.
@@ -42,7 +43,8 @@ impl<B: Backend> Rope<B> {
             angles.push(pos * omega); // [B, L, d/2]
         }
         let angles = Tensor::cat(angles, 2); // [B, L, half]
-                                             // Repeat each pair angle twice: [B, L, half, 1] → [B, L, half, 2] → [B, L, 2·half].
+                                             // Repeat each pair angle twice: [B, L, half, 1] →
+                                             // [B, L, half, 2] → [B, L, 2·half].
         let angles: Tensor<B, 3> =
             angles
                 .unsqueeze_dim::<4>(3)

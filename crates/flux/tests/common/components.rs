@@ -23,7 +23,8 @@ pub fn run<B: Backend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> 
     match case.component.as_str() {
         "transformer" | "sampler" | "schedule" => transformer::run::<B>(case, dev),
         other => Err(format!(
-            "unknown component `{other}`: add a runner arm in crates/flux/tests/common/components.rs"
+            "unknown component `{other}`: add a runner arm in \
+             crates/flux/tests/common/components.rs"
         )),
     }
 }

@@ -2,7 +2,8 @@
 //! `FluxLoraLoaderMixin.lora_state_dict` uses:
 //!
 //! 1. any `.lora_down`/`.lora_up` key ⇒ the kohya family: `transformer.` keys ⇒ PEFT,
-//!    `lora_transformer_` ⇒ OneTrainer, `diffusion_model.`/`text_encoders.` ⇒ ComfyUI, else kohya;
+//!    `lora_transformer_` ⇒ OneTrainer, `diffusion_model.`/`text_encoders.` ⇒ ComfyUI, else
+//!    kohya;
 //! 2. any `.processor.` key ⇒ XLabs;
 //! 3. any `query_norm.scale` key (control LoRA) or `base_model.model.` key (fal Kontext) ⇒ BFL;
 //! 4. then by prefix: `lora_transformer_` ⇒ OneTrainer, `lora_unet_`/`lora_te*` ⇒ kohya,

@@ -67,7 +67,8 @@ fn from_underscored(s: &str, prefix_us: &str, prefix: &str, table: &[&str]) -> O
         .map(|t| format!("{prefix}.{i}.{t}"))
 }
 
-/// `text_model_encoder_layers_0_self_attn_q_proj` → `text_model.encoder.layers.0.self_attn.q_proj`.
+/// `text_model_encoder_layers_0_self_attn_q_proj` →
+/// `text_model.encoder.layers.0.self_attn.q_proj`.
 pub fn clip_from_underscored(s: &str) -> Option<String> {
     from_underscored(
         s,

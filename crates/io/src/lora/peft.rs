@@ -253,7 +253,11 @@ mod tests {
         let mut meta = BTreeMap::new();
         meta.insert(
             ADAPTER_METADATA_KEY.to_string(),
-            r#"{"transformer.r": 4, "transformer.lora_alpha": 8, "transformer.alpha_pattern": {"single_transformer_blocks.0.attn.to_q": 2}}"#.into(),
+            concat!(
+                r#"{"transformer.r": 4, "transformer.lora_alpha": 8, "#,
+                r#""transformer.alpha_pattern": {"single_transformer_blocks.0.attn.to_q": 2}}"#
+            )
+            .into(),
         );
         let cfg = AlphaConfig::from_metadata(Path::new("t.safetensors"), &meta).unwrap();
         assert_eq!(

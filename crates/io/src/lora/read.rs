@@ -101,8 +101,15 @@ pub fn read_lora_from(file: &SafeTensorsFile, format: LoraFormat) -> Result<Lora
                 format!("module `{stem}` has no {missing} weight"),
             ));
         };
-        let target = parse_stem(format, stem)
-            .ok_or_else(|| key_err(down_k, format!("module `{stem}` is not a Flux transformer, CLIP-L or T5 linear this crate knows")))?;
+        let target = parse_stem(format, stem).ok_or_else(|| {
+            key_err(
+                down_k,
+                format!(
+                    "module `{stem}` is not a Flux transformer, CLIP-L or T5 linear this crate \
+                     knows"
+                ),
+            )
+        })?;
         let down = file.read_f32(down_k)?;
         let up = file.read_f32(up_k)?;
         let rank = down.shape.first().copied().unwrap_or(0);
@@ -155,9 +162,12 @@ fn unsupported_hint(key: &str) -> String {
     } else if key.contains("lora_mid") || key.contains("lokr_") || key.contains("hada_") {
         "LoCon/LoKr/LoHa tensors are not plain LoRA; convert the file to plain LoRA first".into()
     } else if key.ends_with(".scale") || key.ends_with(".diff") || key.ends_with(".set_weight") {
-        "full-weight replacements (e.g. BFL control LoRA norm scales) are not LoRA and cannot be loaded as one".into()
+        "full-weight replacements (e.g. BFL control LoRA norm scales) are not LoRA and cannot be \
+         loaded as one"
+            .into()
     } else {
-        "unknown key suffix; expected .lora_down/.lora_up/.lora_A/.lora_B(.weight), .alpha, .lora_B.bias or .diff_b"
+        "unknown key suffix; expected .lora_down/.lora_up/.lora_A/.lora_B(.weight), .alpha, \
+         .lora_B.bias or .diff_b"
             .into()
     }
 }

@@ -113,3 +113,12 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], mag: &[f64], rel: f64
         );
     }
 }
+
+/// A safetensors file from a header text and a data section, with a correct length prefix
+/// (how the damaged-file tests build what no writer would).
+pub fn build(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}

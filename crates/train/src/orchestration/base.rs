@@ -97,18 +97,25 @@ fn tokenizer(
     .into_iter()
     .flatten()
     .collect();
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
-        missing(
-            "pretrained_model_name_or_path",
-            format!(
-                "no {which} tokenizer.json (looked at {}); put the model's tokenizer.json at {} (from the \
-                 black-forest-labs/FLUX.1-dev repository's `{sub_name}/`)",
-                tried.join(", "),
-                tried.first().map(String::as_str).unwrap_or("tokenizer.json"),
-            ),
-        )
-    })
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            missing(
+                "pretrained_model_name_or_path",
+                format!(
+                    "no {which} tokenizer.json (looked at {}); put the model's tokenizer.json at \
+                     {} (from the black-forest-labs/FLUX.1-dev repository's `{sub_name}/`)",
+                    tried.join(", "),
+                    tried
+                        .first()
+                        .map(String::as_str)
+                        .unwrap_or("tokenizer.json"),
+                ),
+            )
+        })
 }
 
 impl BaseModel {
@@ -122,7 +129,8 @@ impl BaseModel {
         let root = c.model.as_deref().ok_or_else(|| {
             missing(
                 "pretrained_model_name_or_path",
-                "not set; give a Flux model folder (diffusers layout) or a transformer .safetensors".into(),
+                "not set; give a Flux model folder (diffusers layout) or a transformer .safetensors"
+                    .into(),
             )
         })?;
         if !root.exists() {
@@ -146,7 +154,8 @@ impl BaseModel {
                     missing(
                         key,
                         format!(
-                            "not set, and {} has no `{folder_sub}/`; set `{key}` to the {folder_sub} weights file",
+                            "not set, and {} has no `{folder_sub}/`; set `{key}` to the \
+                             {folder_sub} weights file",
                             root.display()
                         ),
                     )

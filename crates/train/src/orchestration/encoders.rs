@@ -54,7 +54,8 @@ fn encoder_error(e: impl std::fmt::Display) -> DataError {
     }
 }
 
-/// The autoencoder as a [`LatentEncoder`]: `[3, H, W]` in [−1, 1] → the Flux latent `[C, H/8, W/8]`.
+/// The autoencoder as a [`LatentEncoder`]: `[3, H, W]` in [−1, 1] → the Flux latent `[C, H/8,
+/// W/8]`.
 pub struct FluxLatentEncoder<B: Backend> {
     ae: Autoencoder<B>,
     tiles: Option<TileOptions>,
@@ -181,7 +182,8 @@ impl<B: Backend> FluxTextEncoder<B> {
         dtype: DType,
     ) -> String {
         format!(
-            "flux-text/clip={}/t5={}/tok={}+{}/t5_len={t5_max_length}/t5_mask={t5_mask}/dtype={dtype:?}",
+            "flux-text/clip={}/t5={}/tok={}+{}/t5_len={t5_max_length}/\
+             t5_mask={t5_mask}/dtype={dtype:?}",
             file_identity(&base.clip),
             file_identity(&base.t5),
             file_identity(&base.clip_tokenizer),

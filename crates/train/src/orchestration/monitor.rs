@@ -275,7 +275,8 @@ mod tests {
         let new = d.path().join("new.csv");
         std::fs::write(
             &new,
-            "step,loss,lr,sigma_mean,seconds,val_loss\n1,0.5,0.0001,0.3,0.1000,\n2,0.25,0.0001,0.3,0.1000,0.375\n3,0.125,0.0001,0.3,0.1000,\n",
+            "step,loss,lr,sigma_mean,seconds,val_loss\n1,0.5,0.0001,0.3,0.1000,\n\
+             2,0.25,0.0001,0.3,0.1000,0.375\n3,0.125,0.0001,0.3,0.1000,\n",
         )
         .unwrap();
         assert_eq!(

@@ -47,8 +47,8 @@ pub fn dataset_config(c: &TrainConfig) -> Result<DatasetConfig, TrainError> {
         (None, None) => {
             return Err(TrainError::Invalid {
                 key: "train_data_dir".into(),
-                message: "no dataset; set train_data_dir (a folder of images + .txt captions) or dataset_config \
-                          (a kohya dataset TOML)"
+                message: "no dataset; set train_data_dir (a folder of images + .txt captions) or \
+                          dataset_config (a kohya dataset TOML)"
                     .into(),
             })
         }
@@ -104,9 +104,11 @@ pub fn with_resolved_steps(
     if c.max_train_steps.is_none() {
         let preset = c.preset.ok_or_else(|| TrainError::Invalid {
             key: "max_train_steps".into(),
-            message: "is not set: give it (e.g. --max_train_steps 1500), give max_train_epochs, or choose \
-                      a --preset (character, style or concept), which derives it from the dataset's size"
-                .into(),
+            message:
+                "is not set: give it (e.g. --max_train_steps 1500), give max_train_epochs, or \
+                 choose a --preset (character, style or concept), which derives it from the \
+                 dataset's size"
+                    .into(),
         })?;
         c.max_train_steps = Some(preset.steps_for(images_per_epoch(dataset)));
     }
@@ -339,7 +341,8 @@ impl<B: Backend> TextEncoder for Lazy<'_, FluxTextEncoder<B>> {
     }
 }
 
-/// Opens and splits the dataset, then builds its caches with the base model's encoders, one at a time: the
+/// Opens and splits the dataset, then builds its caches with the base model's encoders, one at a
+/// time: the
 /// autoencoder, then CLIP + T5; each is dropped once its cache is complete.
 pub fn prepare_data<B: Backend>(
     c: &TrainConfig,

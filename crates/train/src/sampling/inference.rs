@@ -1,13 +1,13 @@
 //! Inference with LoRAs: bake weighted LoRA files into a loaded transformer
 //! ([`apply_loras`]) and draw a set of prompts with them ([`SampleRun`], [`sample_prompts`]).
 //!
-//! Applying adds `Σᵢ wᵢ·ΔWᵢ` (ΔW = (alpha/rank)·up·down, `[out, in]`) to the base weight of
-//! every linear a LoRA names, on the device: `downᵀ·upᵀ` is already Burn's `[in, out]` layout.
-//! An output-bias delta (`Δb`) goes into the bias. It works on a frozen model without adapters
-//! (any adapters present keep working on top). LoRA keys the model lacks (text-encoder modules,
-//! blocks beyond its depth) are skipped and listed in the [`ApplyReport`]; a LoRA none of whose
-//! modules fit is an error, and so is a module whose shape differs from the model's linear.
-//! Every LoRA is checked before any weight changes.
+//! Applying adds `Σᵢ wᵢ·ΔWᵢ` (ΔW = (alpha/rank)·up·down, `[out, in]`) to the base
+//! weight of every linear a LoRA names, on the device: `downᵀ·upᵀ` is already Burn's
+//! `[in, out]` layout. An output-bias delta (`Δb`) goes into the bias. It works on a frozen model
+//! without adapters (any adapters present keep working on top). LoRA keys the model lacks
+//! (text-encoder modules, blocks beyond its depth) are skipped and listed in the [`ApplyReport`]; a
+//! LoRA none of whose modules fit is an error, and so is a module whose shape differs from the
+//! model's linear. Every LoRA is checked before any weight changes.
 //!
 //! A sampling run encodes every prompt's text first (CLIP-L + T5, then drops both), loads the
 //! autoencoder and transformer, groups the prompts by their LoRA set (the run's LoRAs plus the
@@ -27,7 +27,7 @@ use fluxlora_flux::Flux;
 use fluxlora_io::lora::keys_te::{split_component, Component};
 use fluxlora_io::{read_lora, LoraModule, LoraWeights};
 
-use crate::config::{ModelType, TrainConfig};
+use crate::config::ModelType;
 use crate::error::TrainError;
 use crate::orchestration::encoders::FluxTextEncoder;
 use crate::sampling::prompts::SamplePrompt;
@@ -117,8 +117,8 @@ impl fmt::Display for ApplyReport {
     }
 }
 
-/// Adds `Σ wᵢ·ΔWᵢ` of `loras` into the matching linears of `flux` (see the module docs). LoRAs
-/// are named `lora #1`, `lora #2`, … in errors; [`apply_named_loras`] names their files.
+/// Adds `Σ wᵢ·ΔWᵢ` of `loras` into the matching linears of `flux` (see the module docs).
+/// LoRAs are named `lora #1`, `lora #2`, … in errors; [`apply_named_loras`] names their files.
 pub fn apply_loras<B: Backend>(
     flux: &mut Flux<B>,
     loras: &[(LoraWeights, f32)],
@@ -265,7 +265,8 @@ fn check_lora(
                 lora.modules.len(),
                 first_names(&skipped)
             ),
-            "the LoRA is for another model or only for the text encoders; use a Flux transformer LoRA",
+            "the LoRA is for another model or only for the text encoders; use a Flux transformer \
+             LoRA",
         ));
     }
     Ok(out)
@@ -308,9 +309,13 @@ pub fn resolve_lora_name(name: &str, search_dirs: &[PathBuf]) -> Result<PathBuf,
     Err(TrainError::Invalid {
         key: format!("<lora:{name}>"),
         message: format!(
-            "no file `{name}.safetensors` in {}; put the LoRA there, pass its folder with --lora-dir, or write the \
-             tag with a file path",
-            if searched.is_empty() { "any LoRA folder (none were given)".to_string() } else { searched.join(", ") }
+            "no file `{name}.safetensors` in {}; put the LoRA there, pass its folder with \
+             --lora-dir, or write the tag with a file path",
+            if searched.is_empty() {
+                "any LoRA folder (none were given)".to_string()
+            } else {
+                searched.join(", ")
+            }
         ),
     })
 }
@@ -404,10 +409,7 @@ impl SampleRun {
                 files.insert(path.clone(), read_lora(path)?.0);
             }
         }
-        let shift = base.is_dev(&TrainConfig {
-            model_type: self.model_type,
-            ..Default::default()
-        })?;
+        let shift = base.is_dev_as(self.model_type)?;
         let texts = self.encode_texts::<B>(base, device)?;
         let ae = base.load_autoencoder::<B>(None, device)?;
         let mut flux = base.load_transformer::<B>(self.base_dtype, device)?;

@@ -2,9 +2,9 @@
 //! `sample` job.
 //!
 //! [`prompts`] parses kohya prompt lines and files (`--w --h --s --d --g --n`) → [`inference`]
-//! applies LoRAs (`Σ wᵢ·ΔWᵢ` into the linears, with a report of what matched) and runs a set of
-//! prompts ([`inference::SampleRun`]) → [`sample`] encodes the prompt, draws the noise and runs
-//! the Euler sampler and the autoencoder. Grids and PNGs are `fluxlora-render`'s.
+//! applies LoRAs (`Σ wᵢ·ΔWᵢ` into the linears, with a report of what matched) and runs a set
+//! of prompts ([`inference::SampleRun`]) → [`sample`] encodes the prompt, draws the noise and
+//! runs the Euler sampler and the autoencoder. Grids and PNGs are `fluxlora-render`'s.
 
 pub mod inference;
 pub mod prompts;

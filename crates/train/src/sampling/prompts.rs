@@ -7,7 +7,8 @@
 //!
 //! | flag | meaning | kohya key |
 //! |---|---|---|
-//! | `--w N`, `--h N` | width / height in pixels, rounded down to a multiple of 16, at least 64 | `width`, `height` |
+//! | `--w N` | width in pixels, rounded down to a multiple of 16, at least 64 | `width` |
+//! | `--h N` | height in pixels, rounded down to a multiple of 16, at least 64 | `height` |
 //! | `--s N` | sampling steps, clamped to 1..=1000 | `sample_steps` |
 //! | `--d N` | seed | `seed` |
 //! | `--g X` | embedded (distilled) guidance of Flux dev | `guidance_scale` |
@@ -179,14 +180,19 @@ fn parse_line_at(
         }
         let whole = |what: &str| -> Result<u64, TrainError> {
             value.parse::<u64>().map_err(|_| {
-                err(format!("`--{name} {value}`: the {what} must be a whole number ≥ 0; write e.g. `--{name} {}`", example(&flag)))
+                err(format!(
+                    "`--{name} {value}`: the {what} must be a whole number ≥ 0; write e.g. \
+                     `--{name} {}`",
+                    example(&flag)
+                ))
             })
         };
         let real = |what: &str| -> Result<f32, TrainError> {
             match value.parse::<f32>() {
                 Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
                 _ => Err(err(format!(
-                    "`--{name} {value}`: the {what} must be a number ≥ 0; write e.g. `--{name} {}`",
+                    "`--{name} {value}`: the {what} must be a number ≥ 0; write e.g. `--{name} \
+                     {}`",
                     example(&flag)
                 ))),
             }
@@ -290,7 +296,8 @@ fn extract_loras(
                     return Err(TrainError::Config {
                         origin: at.to_string(),
                         message: format!(
-                            "`<lora:{body}>`: weight `{w}` is not a number; write e.g. `<lora:{name}:0.8>`"
+                            "`<lora:{body}>`: weight `{w}` is not a number; write e.g. \
+                             `<lora:{name}:0.8>`"
                         ),
                     })
                 }
@@ -342,7 +349,8 @@ mod tests {
     #[test]
     fn every_flag_is_read() {
         let p = parse_prompt_line(
-            "a cat on a mat --w 1024 --h 640 --s 28 --d 123456789012 --g 4.5 --l 2.0 --n blurry, ugly --ss euler_a",
+            "a cat on a mat --w 1024 --h 640 --s 28 --d 123456789012 --g 4.5 --l 2.0 --n blurry, \
+             ugly --ss euler_a",
             &d(),
         )
         .unwrap();

@@ -13,7 +13,8 @@
 //! scale (`--l`) other than 1, true classifier-free guidance runs against the negative prompt
 //! (`--n`, empty when not given) as kohya's and diffusers' `true_cfg_scale` do, two forward
 //! passes per step ([`fluxlora_flux::sampler::denoise_cfg`]). Run it on the inference module
-//! (`model.valid()`), never on the autodiff one: forward passes on an autodiff model without `backward()` leak the
+//! (`model.valid()`), never on the autodiff one: forward passes on an autodiff model without
+//! `backward()` leak the
 //! graph.
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -94,7 +95,8 @@ fn squeeze_batch(t: &HostTensor, rank: usize) -> Option<Vec<usize>> {
     }
 }
 
-/// Maps decoded values in about [−1, 1] to bytes: `round(127.5·(clamp(x, −1, 1) + 1))`; NaN → 0.
+/// Maps decoded values in about [−1, 1] to bytes: `round(127.5·(clamp(x, −1, 1) + 1))`; NaN
+/// → 0.
 pub fn to_u8(x: f32) -> u8 {
     if x.is_nan() {
         return 0;
@@ -113,20 +115,24 @@ fn check_embedding(
             shape_err(
                 "text embedding t5",
                 format!(
-                    "shape {:?}, the model needs [tokens, {}]; re-encode the sample prompts with this model's T5",
+                    "shape {:?}, the model needs [tokens, {}]; re-encode the sample prompts with \
+                     this model's T5",
                     text.t5.shape, cfg.context_in_dim
                 ),
             )
         })?;
-    squeeze_batch(&text.clip_pooled, 1).filter(|s| s[0] == cfg.vec_in_dim).ok_or_else(|| {
-        shape_err(
-            "text embedding clip_pooled",
-            format!(
-                "shape {:?}, the model needs [{}]; re-encode the sample prompts with this model's CLIP",
-                text.clip_pooled.shape, cfg.vec_in_dim
-            ),
-        )
-    })?;
+    squeeze_batch(&text.clip_pooled, 1)
+        .filter(|s| s[0] == cfg.vec_in_dim)
+        .ok_or_else(|| {
+            shape_err(
+                "text embedding clip_pooled",
+                format!(
+                    "shape {:?}, the model needs [{}]; re-encode the sample prompts with this \
+                     model's CLIP",
+                    text.clip_pooled.shape, cfg.vec_in_dim
+                ),
+            )
+        })?;
     Ok(t5_shape[0])
 }
 
@@ -134,7 +140,8 @@ fn check_embedding(
 /// `ae` with the text conditioning `text` (each embedding T5 `[L, context_in_dim]`, pooled CLIP
 /// `[vec_in_dim]`; a leading batch dimension of 1 is accepted). A CFG scale other than 1 needs
 /// `text.negative` ([`PromptText::encode`] provides it). `shift`: the resolution-dependent
-/// schedule shift (true for dev, false for schnell). Returns an image of `prompt.width × prompt.height`.
+/// schedule shift (true for dev, false for schnell). Returns an image of `prompt.width ×
+/// prompt.height`.
 ///
 /// Errors when the size is not a positive multiple of twice the autoencoder's downscale (16
 /// for Flux), when the latent width of `ae` does not fit `flux` (`in_channels = 4·z_channels`),
@@ -154,8 +161,8 @@ pub fn generate<B: Backend>(
         return Err(shape_err(
             "sample size",
             format!(
-                "{width}×{height} px: width and height must be positive multiples of {unit} (2 × the autoencoder's \
-                 downscale {down}); set --w/--h to a multiple of {unit}"
+                "{width}×{height} px: width and height must be positive multiples of {unit} (2 × \
+                 the autoencoder's downscale {down}); set --w/--h to a multiple of {unit}"
             ),
         ));
     }
@@ -165,8 +172,8 @@ pub fn generate<B: Backend>(
         return Err(shape_err(
             "sample models",
             format!(
-                "the autoencoder has {z} latent channels, so packed tokens are {} wide, but the transformer takes {}; \
-                 load the autoencoder that belongs to this model",
+                "the autoencoder has {z} latent channels, so packed tokens are {} wide, but the \
+                 transformer takes {}; load the autoencoder that belongs to this model",
                 4 * z,
                 cfg.in_channels
             ),

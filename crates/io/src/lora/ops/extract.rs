@@ -129,7 +129,8 @@ pub fn extract_lora(
                 tuned.source(),
                 OP,
                 format!(
-                    "has no `{key}` weight but the base {} does; the two checkpoints are different models",
+                    "has no `{key}` weight but the base {} does; the two checkpoints are different \
+                     models",
                     base.source().display()
                 ),
             ));
@@ -149,7 +150,8 @@ pub fn extract_lora(
                 tuned.source(),
                 OP,
                 format!(
-                    "`{wkey}` has shape {:?} but the base's is {:?}; the checkpoints are different models",
+                    "`{wkey}` has shape {:?} but the base's is {:?}; the checkpoints are different \
+                     models",
                     delta.shape, w_base.shape
                 ),
             ));
@@ -257,7 +259,8 @@ fn bias_difference(
             tuned.source(),
             OP,
             format!(
-                "`{bkey}` has shape {:?} (base {:?}), expected [{out}]; the checkpoints are different models",
+                "`{bkey}` has shape {:?} (base {:?}), expected [{out}]; the checkpoints are \
+                 different models",
                 t.shape, b.shape
             ),
         ));
@@ -284,8 +287,8 @@ pub fn extract_lora_file(
             tuned.source(),
             OP,
             format!(
-                "no module differs from the base by more than {} ({} unchanged); nothing to write — \
-                 is the tuned checkpoint really fine-tuned?",
+                "no module differs from the base by more than {} ({} unchanged); nothing to write \
+                 — is the tuned checkpoint really fine-tuned?",
                 opts.min_diff,
                 report.unchanged.len()
             ),

@@ -222,7 +222,8 @@ impl fmt::Display for LoraInspection {
         writeln!(f, "format     {}", self.format)?;
         writeln!(
             f,
-            "modules    {} (double blocks {}, single blocks {}, other transformer {}, CLIP-L {}, T5 {})",
+            "modules    {} (double blocks {}, single blocks {}, other transformer {}, CLIP-L {}, \
+             T5 {})",
             self.modules, c.double_blocks, c.single_blocks, c.transformer_other, c.clip_l, c.t5
         )?;
         writeln!(

@@ -14,9 +14,9 @@ pub(crate) fn layout_of(ckpt: &Checkpoint, op: &'static str) -> Result<FluxKeyLa
         op_error(
             ckpt.source(),
             op,
-            "not a Flux transformer checkpoint (no `img_in.weight` / `x_embedder.weight` with block \
-             weights, bare or under `model.diffusion_model.` / `transformer.`); pass the transformer \
-             weights (flux1-dev.safetensors or a diffusers `transformer/` folder)"
+            "not a Flux transformer checkpoint (no `img_in.weight` / `x_embedder.weight` with \
+             block weights, bare or under `model.diffusion_model.` / `transformer.`); pass the \
+             transformer weights (flux1-dev.safetensors or a diffusers `transformer/` folder)"
                 .into(),
         )
     })
@@ -52,7 +52,8 @@ pub(crate) fn read_bfl(
             let refs: Vec<&HostTensor> = parts.iter().collect();
             HostTensor::concat_rows(&refs).map_err(|_| {
                 bad(format!(
-                    "`{}` cannot be stacked into `{key}` (shapes {:?}); the checkpoint is damaged or not Flux",
+                    "`{}` cannot be stacked into `{key}` (shapes {:?}); the checkpoint is damaged \
+                     or not Flux",
                     v.join("`, `"),
                     parts.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()
                 ))

@@ -486,7 +486,11 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
         #[test]
-        fn svd_reconstructs_sorted_orthonormal(m in 1usize..24, n in 1usize..24, seed in any::<u64>()) {
+        fn svd_reconstructs_sorted_orthonormal(
+            m in 1usize..24,
+            n in 1usize..24,
+            seed in any::<u64>(),
+        ) {
             let a = random(m, n, seed);
             let d = svd(&a);
             let k = m.min(n);

@@ -1,7 +1,8 @@
-//! Baking LoRAs into a base transformer checkpoint: `W ← W + Σᵢ wᵢ·scaleᵢ·upᵢ·downᵢ` (and
-//! `b ← b + Σᵢ wᵢ·Δbᵢ`), written as a new single safetensors file in the base's own key layout
-//! and dtypes (F32/F16/BF16 tensors are rounded to nearest-even on write); every other tensor
-//! is copied byte for byte. Tensors are produced one at a time ([`super::stream_write`]).
+//! Baking LoRAs into a base transformer checkpoint:
+//! `W ← W + Σᵢ wᵢ·scaleᵢ·upᵢ·downᵢ` (and `b ← b + Σᵢ wᵢ·Δbᵢ`), written
+//! as a new single safetensors file in the base's own key layout and dtypes (F32/F16/BF16 tensors
+//! are rounded to nearest-even on write); every other tensor is copied byte for byte. Tensors are
+//! produced one at a time ([`super::stream_write`]).
 //!
 //! Canonical LoRA modules are BFL modules, so on a BFL base a fused `qkv`/`linear1` delta lands
 //! on the fused weight directly; on a diffusers base its rows are split over
@@ -100,8 +101,8 @@ fn placements(
             base.source(),
             OP,
             format!(
-                "{} needs base tensor `{key}`{}, which the base lacks; the LoRA is for another model, or the \
-                 base is not a complete Flux transformer checkpoint",
+                "{} needs base tensor `{key}`{}, which the base lacks; the LoRA is for another \
+                 model, or the base is not a complete Flux transformer checkpoint",
                 what(),
                 match recipe_names(layout, key) {
                     Some(n) if n != key => format!(" (stored as `{n}`)"),
@@ -168,8 +169,8 @@ pub fn merge_loras(
                         base.source(),
                         OP,
                         format!(
-                            "{} has ΔW shape [{}, {}] but the base's `{wkey}` is {shape:?}; the LoRA was \
-                             trained for a different model",
+                            "{} has ΔW shape [{}, {}] but the base's `{wkey}` is {shape:?}; the \
+                             LoRA was trained for a different model",
                             what(),
                             m.out_features(),
                             m.in_features()
@@ -195,8 +196,8 @@ pub fn merge_loras(
                         base.source(),
                         OP,
                         format!(
-                            "{} has a bias delta of {} values but the base's `{bkey}` is {:?}; the LoRA was \
-                             trained for a different model",
+                            "{} has a bias delta of {} values but the base's `{bkey}` is {:?}; the \
+                             LoRA was trained for a different model",
                             what(),
                             m.out_features(),
                             bshape.unwrap_or_default()
@@ -223,8 +224,8 @@ pub fn merge_loras(
                 base.source(),
                 OP,
                 format!(
-                    "base tensor `{name}` is {dtype}; merging into it would need re-quantisation — merge into \
-                     an F32/F16/BF16 base"
+                    "base tensor `{name}` is {dtype}; merging into it would need re-quantisation \
+                     — merge into an F32/F16/BF16 base"
                 ),
             ));
         }

@@ -3,8 +3,9 @@
 //! For `ΔW = s·up·down` (`up: [out, r]`, `down: [r, in]`): QR-factor `up = Q_u·R_u` and
 //! `downᵀ = Q_d·R_d`, take the SVD of the small core `s·R_u·R_dᵀ = U·Σ·Vᵀ`, so
 //! `ΔW = (Q_u·U)·Σ·(Q_d·V)ᵀ`. Keeping the top `r'` singular values gives the best rank-`r'`
-//! approximation (Eckart–Young); the new module is `up = Q_u·U·√Σ`, `down = √Σ·Vᵀ·Q_dᵀ`,
-//! `alpha = r'` (scale 1, kohya's convention). The output-bias delta is kept unchanged.
+//! approximation (Eckart–Young); the new module is `up = Q_u·U·√Σ`,
+//! `down = √Σ·Vᵀ·Q_dᵀ`, `alpha = r'` (scale 1, kohya's convention). The output-bias delta
+//! is kept unchanged.
 //!
 //! [`ResizeTarget::FroFraction`] keeps the fewest singular values whose Frobenius norm is at
 //! least the given fraction of the module's (kohya `sv_fro`; kohya's index arithmetic keeps
@@ -139,13 +140,14 @@ pub fn resize_lora(
                 .max_by_key(|(_, m)| m.rank())
                 .ok_or_else(|| err("the LoRA has no modules".into()))?;
             return Err(err(format!(
-                "rank {r} > the LoRA's rank {max_rank} (module `{key}`); resize only lowers rank — \
-                 ask for {max_rank} or less"
+                "rank {r} > the LoRA's rank {max_rank} (module `{key}`); resize only lowers rank \
+                 — ask for {max_rank} or less"
             )));
         }
         ResizeTarget::FroFraction { fraction, .. } if !(fraction > 0.0 && fraction <= 1.0) => {
             return Err(err(format!(
-                "Frobenius fraction {fraction} is outside (0, 1]; e.g. 0.9 keeps 90% of each module's norm"
+                "Frobenius fraction {fraction} is outside (0, 1]; e.g. 0.9 keeps 90% of each \
+                 module's norm"
             )));
         }
         _ => {}
@@ -279,7 +281,8 @@ mod tests {
         fn same_rank_keeps_delta(out in 1usize..40, inp in 1usize..40, r in 1usize..12,
                                  alpha in 0.5f32..64.0, seed in any::<u64>()) {
             let m = module(out, inp, r, alpha, seed);
-            let (res, rep) = resize_lora(&lora_of(m.clone()), ResizeTarget::Rank(r), Path::new("x")).unwrap();
+            let (res, rep) =
+                resize_lora(&lora_of(m.clone()), ResizeTarget::Rank(r), Path::new("x")).unwrap();
             let n = &res.modules["double_blocks.0.img_attn.proj"];
             prop_assert_eq!(n.rank(), r.min(out).min(inp));
             prop_assert_eq!(n.alpha, n.rank() as f32);
@@ -297,7 +300,8 @@ mod tests {
             let m = module(out, inp, r, 8.0, seed);
             let k = r.min(out).min(inp);
             let rp = k - 2;
-            let (res, rep) = resize_lora(&lora_of(m.clone()), ResizeTarget::Rank(rp), Path::new("x")).unwrap();
+            let (res, rep) =
+                resize_lora(&lora_of(m.clone()), ResizeTarget::Rank(rp), Path::new("x")).unwrap();
             let n = &res.modules["double_blocks.0.img_attn.proj"];
             prop_assert_eq!(n.rank(), rp);
             let a = dense(&m);
@@ -306,7 +310,8 @@ mod tests {
             prop_assume!(best.s[rp - 1] - best.s[rp] > 1e-3 * best.s[0]);
             let want = best.reconstruct(rp);
             let got = dense(n);
-            let diff = want.data.iter().zip(&got.data).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+            let diff =
+                want.data.iter().zip(&got.data).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
             prop_assert!(diff <= 1e-4 * a.fro(), "{}", diff / a.fro());
             let kept: f64 = best.s[..rp].iter().map(|s| s * s).sum();
             let total: f64 = best.s.iter().map(|s| s * s).sum();
@@ -340,7 +345,8 @@ mod tests {
             .sum::<f64>()
             .sqrt();
         assert!((diff - (4.0f64 + 1.0).sqrt()).abs() < 1e-4, "{diff}");
-        // Energies: 100, 125, 129, 130. 0.98² · 130 = 124.85 ⇒ 2 values; 0.99² · 130 = 127.4 ⇒ 3.
+        // Energies: 100, 125, 129, 130. 0.98² · 130 = 124.85 ⇒ 2 values; 0.99² · 130 = 127.4
+        // ⇒ 3.
         let dynamic = |f: f64, cap| {
             resize_lora(
                 &lora_of(m.clone()),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::TrainConfig;
 use crate::lora_export::import_lora;
 use crate::sampling::prompts::{parse_prompt_line, SampleDefaults};
 use crate::sampling::sample::tests::tiny_flux;
@@ -160,7 +161,8 @@ fn weight_scales_the_delta_and_undo_restores() {
 
     apply_loras(&mut flux, &[(lora.clone(), 0.5)]).unwrap();
     let w1 = weight_of(&mut flux, "img_in");
-    // Expected by hand: W[i][o] + 0.5 · (alpha/rank) · Σ_r up[o][r]·down[r][i], Burn layout [in, out].
+    // Expected by hand: W[i][o] + 0.5 · (alpha/rank) · Σ_r up[o][r]·down[r][i], Burn layout
+    // [in, out].
     let m = &lora.modules["img_in"];
     let (d_in, d_out, rank) = (16, 32, 4);
     for i in 0..d_in {
