@@ -60,14 +60,30 @@ fn dependencies(manifest: &Path) -> toml::Table {
 
 #[test]
 fn library_crates_turn_on_no_burn_backend() {
+    // `burn` itself only with `std` and `autodiff` (no backend); a backend crate (for the
+    // `FluxBackend` impls) only as an optional dependency, which the root package's backend
+    // features turn on.
     for c in crates() {
         let deps = dependencies(&c.join("Cargo.toml"));
         for (name, spec) in &deps {
-            if name.starts_with("burn") {
+            if name == "burn" {
                 let features = spec.get("features").and_then(|f| f.as_array());
+                let backend = features
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.as_str())
+                    .find(|f| !["std", "autodiff"].contains(f));
                 assert!(
-                    features.is_none_or(|f| f.is_empty()),
-                    "{}: {name} turns on {features:?}",
+                    backend.is_none(),
+                    "{}: burn turns on {backend:?}",
+                    c.display()
+                );
+            } else if name.starts_with("burn-") {
+                let optional = spec.get("optional").and_then(|o| o.as_bool());
+                assert_eq!(
+                    optional,
+                    Some(true),
+                    "{}: the backend crate {name} is not optional",
                     c.display()
                 );
             }

@@ -9,7 +9,9 @@
 //!
 //! Environment: `FLUXLORA_BENCH_STEPS` (timed steps, default 10; 2 warm-up steps come first),
 //! `FLUXLORA_BENCH_BACKENDS` (comma list of `ndarray`, `wgpu`; default both),
-//! `FLUXLORA_BENCH_CHECKPOINTING=1` to recompute blocks in backward.
+//! `FLUXLORA_BENCH_CHECKPOINTING=1` to recompute blocks in backward; `FLUXLORA_BENCH_HIDDEN`,
+//! `FLUXLORA_BENCH_HEADS` and `FLUXLORA_BENCH_GRID` (image tokens per side) change the shape, as
+//! the PyTorch script's `--hidden`, `--heads` and `--img` do (context width = hidden).
 //!
 //! Run: `cargo bench -p fluxlora-flux --bench train_step`.
 
@@ -17,19 +19,29 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, NdArray, Wgpu};
 use burn::optim::{AdamWConfig, Optimizer};
-use burn::tensor::{backend::AutodiffBackend, Distribution, ElementConversion, Tensor};
-use fluxlora_flux::{forward_backward, latents, Checkpointing, Flux, FluxConfig, FluxInputs};
+use burn::tensor::{Distribution, ElementConversion, Tensor};
+use fluxlora_flux::{
+    forward_backward, latents, Checkpointing, Flux, FluxAutodiffBackend, FluxConfig, FluxInputs,
+};
 use fluxlora_lora::{Preset, RuleOverride, TargetSelector};
 
+/// `name`'s value from the environment, or `default`.
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn bench_config() -> FluxConfig {
-    let hidden = 256;
-    let heads = 4;
+    let hidden = env("FLUXLORA_BENCH_HIDDEN", 256);
+    let heads = env("FLUXLORA_BENCH_HEADS", 4);
     let hd = hidden / heads;
     FluxConfig {
         in_channels: 64,
         out_channels: 64,
         vec_in_dim: 128,
-        context_in_dim: 256,
+        context_in_dim: hidden,
         hidden_size: hidden,
         mlp_hidden_dim: 4 * hidden,
         num_heads: heads,
@@ -42,7 +54,7 @@ fn bench_config() -> FluxConfig {
     }
 }
 
-fn run<B: AutodiffBackend>(name: &str, steps: usize, checkpointing: Checkpointing) {
+fn run<B: FluxAutodiffBackend>(name: &str, steps: usize, checkpointing: Checkpointing) {
     let dev = B::Device::default();
     B::seed(&dev, 0);
     let c = bench_config();
@@ -66,7 +78,7 @@ fn run<B: AutodiffBackend>(name: &str, steps: usize, checkpointing: Checkpointin
         .with_epsilon(1e-8)
         .with_weight_decay(0.01)
         .init::<B, Flux<B>>();
-    let (grid, l_txt) = (16, 64);
+    let (grid, l_txt) = (env("FLUXLORA_BENCH_GRID", 16), 64);
     let n = Distribution::Normal(0.0, 1.0);
     let x0: Tensor<B, 3> = Tensor::random([1, grid * grid, 64], n, &dev);
     let txt: Tensor<B, 3> = Tensor::random([1, l_txt, c.context_in_dim], n, &dev);

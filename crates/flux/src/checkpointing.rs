@@ -16,6 +16,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{backend::AutodiffBackend, Tensor};
 
 use crate::error::Result;
+use crate::fused::FluxAutodiffBackend;
 use crate::transformer::model::{Embedded, Flux, FluxInputs};
 use crate::transformer::rope::Rope;
 
@@ -101,7 +102,7 @@ fn add_grad<B: AutodiffBackend, const D: usize>(
 /// Runs the model on `inputs`, applies `loss_fn` to its output `[B, L_img, out_channels]`, and
 /// back-propagates. Gradients reach only parameters that require them (LoRA adapters when the
 /// base is frozen).
-pub fn forward_backward<B: AutodiffBackend>(
+pub fn forward_backward<B: FluxAutodiffBackend>(
     model: &Flux<B>,
     inputs: &FluxInputs<B>,
     checkpointing: Checkpointing,
@@ -135,7 +136,7 @@ fn inner_inputs<B: AutodiffBackend>(x: &FluxInputs<B>) -> FluxInputs<B::InnerBac
     }
 }
 
-fn recompute_blocks<B: AutodiffBackend>(
+fn recompute_blocks<B: FluxAutodiffBackend>(
     model: &Flux<B>,
     inputs: &FluxInputs<B>,
     loss_fn: impl Fn(Tensor<B, 3>) -> Tensor<B, 1>,

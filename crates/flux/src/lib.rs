@@ -13,6 +13,10 @@
 //! - [`schedule`]: sampling schedule, training σ samplers and loss weightings.
 //! - [`sampler`]: Euler denoising.
 //! - [`checkpointing`]: forward + backward with optional block-level recomputation.
+//! - [`fused`]: [`FluxBackend`], the fused training ops with their own backward (attention that
+//!   keeps no score matrix, adaLN modulate, QK RMSNorm, RoPE, GELU-tanh, gated residual); the
+//!   model is generic over it, and the crate's `ndarray` / `cubecl` / `fusion` / `flex` features
+//!   implement it for those backends.
 //! - [`autoencoder`]: the KL autoencoder (image ↔ latent), plain and tiled.
 //! - [`clip`], [`t5`]: the CLIP-L and T5 v1.1 text encoders; [`tokenizer`]: their tokenizers.
 //! - [`frozen`]: shape-checked loading of the frozen autoencoder / text-encoder weights (and
@@ -48,6 +52,7 @@ pub mod clip;
 pub mod error;
 pub mod export;
 pub mod frozen;
+pub mod fused;
 pub mod host;
 pub mod latents;
 pub mod sampler;
@@ -61,6 +66,7 @@ pub use checkpointing::{forward_backward, Checkpointing, StepGradients};
 pub use clip::{ClipLoadOptions, ClipOutput, ClipTextModel};
 pub use error::{FluxError, Result};
 pub use frozen::bf16_if_supported;
+pub use fused::{FluxAutodiffBackend, FluxBackend};
 pub use t5::{T5Encoder, T5LoadOptions};
 pub use tokenizer::{TextTokenizer, Tokens};
 pub use transformer::config::FluxConfig;

@@ -5,6 +5,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 
 use crate::error::{FluxError, Result};
+use crate::fused::FluxBackend;
 use crate::transformer::model::{Flux, FluxInputs};
 
 /// The conditioning that stays fixed across sampling steps.
@@ -26,7 +27,7 @@ pub struct Conditioning<B: Backend> {
 /// Runs the Euler sampler from `noise` (packed tokens `[B, L_img, in_channels]`) through
 /// `timesteps` (e.g. from [`crate::schedule::get_schedule`], first value 1.0 for pure noise) and
 /// returns the final tokens.
-pub fn denoise<B: Backend>(
+pub fn denoise<B: FluxBackend>(
     model: &Flux<B>,
     noise: Tensor<B, 3>,
     cond: &Conditioning<B>,
@@ -39,7 +40,7 @@ pub fn denoise<B: Backend>(
 /// `v_neg + scale·(v_pos − v_neg)`, `v_pos` under `cond` and `v_neg` under `negative` (the
 /// negative prompt's, or the empty prompt's, text). Two forward passes per step; `scale` 1 is
 /// [`denoise`] under `cond`.
-pub fn denoise_cfg<B: Backend>(
+pub fn denoise_cfg<B: FluxBackend>(
     model: &Flux<B>,
     noise: Tensor<B, 3>,
     cond: &Conditioning<B>,
@@ -55,7 +56,7 @@ pub fn denoise_cfg<B: Backend>(
 }
 
 /// The model's velocity at `img`, time `t`.
-fn velocity<B: Backend>(
+fn velocity<B: FluxBackend>(
     model: &Flux<B>,
     img: Tensor<B, 3>,
     cond: &Conditioning<B>,
@@ -78,7 +79,7 @@ fn velocity<B: Backend>(
 }
 
 /// The Euler steps over `timesteps` with velocity `v(img, t_curr)`.
-fn euler<B: Backend>(
+fn euler<B: FluxBackend>(
     noise: Tensor<B, 3>,
     timesteps: &[f64],
     mut v: impl FnMut(Tensor<B, 3>, f64) -> Result<Tensor<B, 3>>,

@@ -5,6 +5,7 @@ mod autoencoder;
 mod bf16_base;
 mod common;
 mod export;
+mod fused_ops;
 mod load_errors;
 mod lora;
 mod parity;

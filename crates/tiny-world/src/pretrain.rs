@@ -26,6 +26,8 @@
 //!
 //! Everything is drawn from the seed (scenes, noise, initial weights via `B::seed`).
 
+use fluxlora_flux::FluxAutodiffBackend;
+use fluxlora_flux::FluxBackend;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -33,7 +35,7 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use fluxlora_data::SplitMix64;
 use fluxlora_flux::autoencoder::AutoencoderConfig;
@@ -280,7 +282,7 @@ impl<B: Backend> ModuleMapper<B> for Trainable {
 }
 
 /// Trains the autoencoder; returns it (inner backend) with its measured scale/shift.
-fn pretrain_autoencoder<B: AutodiffBackend>(
+fn pretrain_autoencoder<B: FluxAutodiffBackend>(
     o: &PretrainOptions,
     world: &World,
     report: &mut PretrainReport,
@@ -466,7 +468,7 @@ fn flux_batch<B: Backend>(
     }
 }
 
-fn pretrain_transformer<B: AutodiffBackend>(
+fn pretrain_transformer<B: FluxAutodiffBackend>(
     o: &PretrainOptions,
     data: &FluxData,
     report: &mut PretrainReport,
@@ -607,7 +609,7 @@ pub fn write_dataset(
 }
 
 /// Samples a few base-domain captions with the finished base into `base/preview.png`.
-fn write_preview<B: Backend>(
+fn write_preview<B: FluxBackend>(
     o: &PretrainOptions,
     flux: &Flux<B>,
     ae: &Autoencoder<B>,
@@ -644,7 +646,7 @@ fn write_preview<B: Backend>(
 }
 
 /// Builds the tiny world into `o.out` (see the module docs). `progress` gets a line now and then.
-pub fn build_tiny_world<B: AutodiffBackend>(
+pub fn build_tiny_world<B: FluxAutodiffBackend>(
     o: &PretrainOptions,
     progress: &mut dyn FnMut(&str),
     device: &B::Device,

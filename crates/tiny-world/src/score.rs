@@ -6,9 +6,9 @@
 //! both sets share every seed, so the two scores differ only by the LoRA. The images go to one
 //! grid (base row over LoRA row per prompt) so the numbers can be checked by eye.
 
+use fluxlora_flux::FluxBackend;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use fluxlora_io::read_lora;
 use image::RgbImage;
 
@@ -43,7 +43,7 @@ pub struct ConceptScores {
 /// Scores `lora` on `base` with the prompts of `prompts_file` × `seeds` seeds; writes the grid as
 /// `grid_path`. `shift`: the dev schedule (true) or schnell's (false).
 #[allow(clippy::too_many_arguments)]
-pub fn concept_scores<B: Backend>(
+pub fn concept_scores<B: FluxBackend>(
     base: &BaseModel,
     lora: &Path,
     prompts_file: &Path,
@@ -118,7 +118,7 @@ pub fn concept_scores<B: Backend>(
 
 /// [`concept_scores`] for a finished run of `config`: its base model, its `sample_prompts`, its
 /// T5 length and schedule; the grid goes to `{output_dir}/{output_name}-concept.png`.
-pub fn concept_check<B: Backend>(
+pub fn concept_check<B: FluxBackend>(
     config: &TrainConfig,
     lora: &Path,
     seeds: usize,

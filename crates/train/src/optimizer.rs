@@ -5,11 +5,11 @@
 //! diffusers-style schedule (`lr_scheduler`, `lr_warmup_steps`, `lr_scheduler_num_cycles`,
 //! `lr_scheduler_power`) over `max_train_steps`.
 
+use fluxlora_flux::FluxAutodiffBackend;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::optim::{GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
 use fluxlora_flux::Flux;
 use fluxlora_optim::{
     Adafactor, AdafactorConfig, AdamW, AdamW8bit, AdamW8bitConfig, AdamWConfig, LoraOptimizer,
@@ -22,7 +22,7 @@ use crate::error::TrainError;
 /// The configured optimizer over a LoRA-wrapped [`Flux`].
 // One per run, never moved in a loop: boxing the large variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
-pub enum TrainOptimizer<B: AutodiffBackend> {
+pub enum TrainOptimizer<B: FluxAutodiffBackend> {
     /// f32 AdamW.
     AdamW(LoraOptimizer<AdamW, Flux<B>, B>),
     /// 8-bit AdamW.
@@ -44,7 +44,7 @@ macro_rules! each {
     };
 }
 
-impl<B: AutodiffBackend> TrainOptimizer<B> {
+impl<B: FluxAutodiffBackend> TrainOptimizer<B> {
     /// Builds the optimizer from the config.
     pub fn from_config(c: &TrainConfig) -> Result<Self, TrainError> {
         let mut args = Args::new(c)?;

@@ -13,9 +13,9 @@
 //! final name. σ/ε draws derive from (seed, step, micro-batch) and dropout reseeds the backend
 //! from the same numbers, so step + seed are the whole RNG state.
 
+use fluxlora_flux::FluxAutodiffBackend;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
 use fluxlora_flux::Flux;
 use fluxlora_io::{read_lora, TrainingMetadata};
 use serde::{Deserialize, Serialize};
@@ -111,7 +111,7 @@ pub fn lora_file_name(c: &TrainConfig) -> String {
 /// Writes a checkpoint folder at `dir` (replacing one of the same name) and returns its path.
 /// With `ema`, the LoRA file holds its averages and the folder also gets [`EMA_FILE`] and
 /// [`LIVE_FILE`].
-pub fn save_checkpoint<B: AutodiffBackend>(
+pub fn save_checkpoint<B: FluxAutodiffBackend>(
     dir: &Path,
     model: &mut Flux<B>,
     optimizer: &TrainOptimizer<B>,
@@ -347,7 +347,7 @@ fn changed_keys(dir: &Path, config: &TrainConfig) -> String {
 /// Restores the LoRA values and optimizer state of a checkpoint into `model` / `optimizer`
 /// (whose adapters must already be applied with the run's targets), and with `ema` its EMA
 /// state and the live weights from [`LIVE_FILE`]; returns the state.
-pub fn load_checkpoint<B: AutodiffBackend>(
+pub fn load_checkpoint<B: FluxAutodiffBackend>(
     dir: &Path,
     model: &mut Flux<B>,
     optimizer: &mut TrainOptimizer<B>,

@@ -28,13 +28,13 @@
 //! SIGINT handler); the loop then finishes the current step, saves a resumable checkpoint and
 //! returns. The crate installs no signal handler itself.
 
+use fluxlora_flux::FluxAutodiffBackend;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use fluxlora_flux::Flux;
 use fluxlora_lora::{BlockList, Preset, TargetSelector};
 use fluxlora_optim::{GradientMean, LrSchedule};
@@ -110,13 +110,13 @@ pub struct RunSummary {
 /// The weights an observer is shown: those the saves hold. With `ema_decay` set these are the
 /// EMA averages, a model clone sharing the base that is built on the first [`ShownModel::get`]
 /// only, so steps on which no observer looks cost nothing; otherwise the live model.
-pub struct ShownModel<'a, B: AutodiffBackend> {
+pub struct ShownModel<'a, B: FluxAutodiffBackend> {
     live: &'a Flux<B>,
     ema: Option<&'a LoraEma>,
     averaged: std::cell::OnceCell<Flux<B>>,
 }
 
-impl<'a, B: AutodiffBackend> ShownModel<'a, B> {
+impl<'a, B: FluxAutodiffBackend> ShownModel<'a, B> {
     /// The live weights as they are (no EMA).
     pub fn live(model: &'a Flux<B>) -> Self {
         Self::new(model, None)
@@ -148,7 +148,7 @@ impl<'a, B: AutodiffBackend> ShownModel<'a, B> {
 /// optimizer step, after every intermediate checkpoint, and at the end. Sampling, the loss curve
 /// and validation hook in here ([`crate::orchestration::monitor::Monitor`]); every method defaults
 /// to nothing.
-pub trait RunObserver<B: AutodiffBackend> {
+pub trait RunObserver<B: FluxAutodiffBackend> {
     /// Before the first step of this `run` (step 0, or the resumed step).
     fn on_start(&mut self, _step: u64, _model: &ShownModel<'_, B>) -> Result<(), TrainError> {
         Ok(())
@@ -183,10 +183,10 @@ pub trait RunObserver<B: AutodiffBackend> {
 /// The observer that does nothing.
 pub struct NoObserver;
 
-impl<B: AutodiffBackend> RunObserver<B> for NoObserver {}
+impl<B: FluxAutodiffBackend> RunObserver<B> for NoObserver {}
 
 /// The training loop over a LoRA-wrapped [`Flux`].
-pub struct Trainer<B: AutodiffBackend> {
+pub struct Trainer<B: FluxAutodiffBackend> {
     config: TrainConfig,
     model: Option<Flux<B>>,
     optimizer: TrainOptimizer<B>,
@@ -211,7 +211,7 @@ fn mix(seed: u64, step: u64, micro: u64) -> u64 {
     r.next_u64()
 }
 
-impl<B: AutodiffBackend> Trainer<B> {
+impl<B: FluxAutodiffBackend> Trainer<B> {
     /// Validates the config, freezes `model`'s base and adds the configured adapters, and builds
     /// the optimizer and schedule. `max_train_steps` must be set.
     pub fn new(

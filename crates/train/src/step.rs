@@ -22,8 +22,10 @@
 //! `timesteps / 1000` (σ·1000/1000 in f32, at most an ulp from σ); this step feeds σ itself.
 
 use burn::optim::GradientsParams;
-use burn::tensor::{backend::AutodiffBackend, backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 use fluxlora_flux::schedule::{LossWeighting, SigmaSampler, BASE_SHIFT, MAX_SHIFT};
+use fluxlora_flux::FluxAutodiffBackend;
+use fluxlora_flux::FluxBackend;
 use fluxlora_flux::{forward_backward, host, latents, Checkpointing, Flux, FluxInputs};
 
 use crate::config::{
@@ -310,7 +312,7 @@ pub fn scalar<B: Backend>(loss: Tensor<B, 1>) -> Result<f32, TrainError> {
 }
 
 /// Runs one training forward + backward on `batch` with the draws `draw`.
-pub fn training_step<B: AutodiffBackend>(
+pub fn training_step<B: FluxAutodiffBackend>(
     model: &Flux<B>,
     batch: &TrainBatch<B>,
     draw: &NoiseDraw,
@@ -341,7 +343,7 @@ pub fn training_step<B: AutodiffBackend>(
 /// The loss [`training_step`] would report for `batch` under `draw`, forward only: for a model
 /// on a plain backend (e.g. `model.valid()`), so no autodiff graph is built and no dropout
 /// applies. Same inputs, prediction type, element loss, σ weighting, mask and sample weights.
-pub fn evaluation_loss<B: Backend>(
+pub fn evaluation_loss<B: FluxBackend>(
     model: &Flux<B>,
     batch: &TrainBatch<B>,
     draw: &NoiseDraw,

@@ -19,6 +19,7 @@
 //! function, weighting, mask and guidance, without autodiff or dropout; the validation loss is
 //! the mean over the items.
 
+use fluxlora_flux::FluxBackend;
 use std::path::PathBuf;
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -247,7 +248,7 @@ impl ValidationSet {
     }
 
     /// The mean loss over the items for `model` (a plain-backend model, e.g. `model.valid()`).
-    pub fn loss<B: Backend>(
+    pub fn loss<B: FluxBackend>(
         &self,
         model: &Flux<B>,
         settings: &StepSettings,

@@ -5,6 +5,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use fluxlora_lora::LoraLinear;
 
 use crate::error::Result;
+use crate::fused::{gated_residual, FluxBackend};
 use crate::transformer::layers::{gelu_tanh, linear, modulate, Modulation, QkNorm};
 use crate::transformer::load::WeightSource;
 use crate::transformer::rope::{attention, Rope};
@@ -20,7 +21,7 @@ pub struct SelfAttention<B: Backend> {
     pub proj: LoraLinear<B>,
 }
 
-impl<B: Backend> SelfAttention<B> {
+impl<B: FluxBackend> SelfAttention<B> {
     fn new(
         path: &str,
         hidden: usize,
@@ -42,20 +43,13 @@ impl<B: Backend> SelfAttention<B> {
 }
 
 /// `B L (K H D) -> K B H L D`, then QK RMSNorm on q and k.
-pub(crate) fn split_qkv<B: Backend>(
+pub(crate) fn split_qkv<B: FluxBackend>(
     qkv: Tensor<B, 3>,
     heads: usize,
     norm: &QkNorm<B>,
 ) -> [Tensor<B, 4>; 3] {
-    let [b, l, three_hidden] = qkv.dims();
-    let hidden = three_hidden / 3;
-    let d = hidden / heads;
-    let part = |i: usize| {
-        qkv.clone()
-            .narrow(2, i * hidden, hidden)
-            .reshape([b, l, heads, d])
-            .swap_dims(1, 2)
-    };
+    let hidden = qkv.dims()[2] / 3;
+    let part = |i: usize| B::to_heads(qkv.clone().narrow(2, i * hidden, hidden), heads);
     let (q, k, v) = (part(0), part(1), part(2));
     [norm.query_norm.forward(q), norm.key_norm.forward(k), v]
 }
@@ -69,7 +63,7 @@ pub struct Mlp<B: Backend> {
     pub layer2: LoraLinear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: FluxBackend> Mlp<B> {
     fn new(path: &str, hidden: usize, mlp: usize, w: &mut impl WeightSource<B>) -> Result<Self> {
         Ok(Self {
             layer0: w.linear(&format!("{path}.0"), hidden, mlp, true)?,
@@ -104,7 +98,7 @@ pub struct DoubleStreamBlock<B: Backend> {
     pub num_heads: usize,
 }
 
-impl<B: Backend> DoubleStreamBlock<B> {
+impl<B: FluxBackend> DoubleStreamBlock<B> {
     /// Builds block `double_blocks.{index}` from `w`.
     pub(crate) fn new(
         index: usize,
@@ -158,12 +152,16 @@ impl<B: Backend> DoubleStreamBlock<B> {
         let txt_attn = attn.clone().narrow(1, 0, l_txt);
         let img_attn = attn.narrow(1, l_txt, l_img);
 
-        let img = img + im1.gate.clone() * linear(&self.img_attn.proj, img_attn);
-        let img = img.clone()
-            + im2.gate.clone() * self.img_mlp.forward(modulate(img, &im2.shift, &im2.scale));
-        let txt = txt + tm1.gate.clone() * linear(&self.txt_attn.proj, txt_attn);
-        let txt = txt.clone()
-            + tm2.gate.clone() * self.txt_mlp.forward(modulate(txt, &tm2.shift, &tm2.scale));
+        let img = gated_residual(img, &im1.gate, linear(&self.img_attn.proj, img_attn));
+        let img_mlp = self
+            .img_mlp
+            .forward(modulate(img.clone(), &im2.shift, &im2.scale));
+        let img = gated_residual(img, &im2.gate, img_mlp);
+        let txt = gated_residual(txt, &tm1.gate, linear(&self.txt_attn.proj, txt_attn));
+        let txt_mlp = self
+            .txt_mlp
+            .forward(modulate(txt.clone(), &tm2.shift, &tm2.scale));
+        let txt = gated_residual(txt, &tm2.gate, txt_mlp);
         (img, txt)
     }
 }

@@ -1,15 +1,16 @@
-//! Small building blocks shared by the Flux blocks: the linear call, LayerNorm without affine,
-//! GELU-tanh, QK RMSNorm, adaLN modulation and the final layer.
+//! Small building blocks shared by the Flux blocks: the linear call, QK RMSNorm, adaLN
+//! modulation and the final layer (the fused ops themselves live in [`crate::fused`]).
 
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{activation, backend::Backend, Tensor};
+
 use fluxlora_lora::LoraLinear;
 
 use crate::error::Result;
+use crate::fused::FluxBackend;
 use crate::transformer::load::WeightSource;
 
-/// Epsilon of every LayerNorm and RMSNorm in Flux.
-pub const NORM_EPS: f64 = 1e-6;
+pub use crate::fused::{gelu_tanh, modulate, NORM_EPS};
 
 /// Applies a linear and returns the result in the input's dtype (a bf16-stored base computes in
 /// bf16 and is cast back).
@@ -21,31 +22,6 @@ pub fn linear<B: Backend, const D: usize>(layer: &LoraLinear<B>, x: Tensor<B, D>
     } else {
         y
     }
-}
-
-/// LayerNorm over the last dimension without affine parameters (`elementwise_affine=False`,
-/// eps 1e-6): `(x − mean) / √(var + eps)` with the biased variance.
-pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let (var, mean) = x.clone().var_mean_bias(D - 1);
-    (x - mean) * (var + NORM_EPS).sqrt().recip()
-}
-
-/// `(1 + scale)·LayerNorm(x) + shift`, the adaLN modulation of every Flux block.
-pub fn modulate<B: Backend>(
-    x: Tensor<B, 3>,
-    shift: &Tensor<B, 3>,
-    scale: &Tensor<B, 3>,
-) -> Tensor<B, 3> {
-    layer_norm(x) * (scale.clone() + 1.0) + shift.clone()
-}
-
-/// GELU with the tanh approximation, written as `x·sigmoid(2·√(2/π)·(x + 0.044715·x³))`
-/// (identical to `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, and faster in Burn).
-pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    const TWO_SQRT_2_OVER_PI: f64 = 1.595_769_121_605_730_7;
-    let cube = x.clone() * x.clone() * x.clone();
-    let inner = (x.clone() + cube * 0.044715).mul_scalar(TWO_SQRT_2_OVER_PI);
-    x * activation::sigmoid(inner)
 }
 
 /// RMSNorm with a learned scale (BFL `RMSNorm`, eps 1e-6): `x / √(mean(x²) + eps) · scale`.
@@ -62,19 +38,12 @@ impl<B: Backend> RmsNorm<B> {
             scale: Param::initialized(ParamId::new(), w.vector(&format!("{path}.scale"), dim)?),
         })
     }
+}
 
-    /// Normalises the last dimension of `x`.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let rrms = (x.clone().square().mean_dim(D - 1) + NORM_EPS)
-            .sqrt()
-            .recip();
-        let scale = self.scale.val();
-        let scale = if scale.dtype() != x.dtype() {
-            scale.cast(x.dtype())
-        } else {
-            scale
-        };
-        x * rrms * scale.unsqueeze::<D>()
+impl<B: FluxBackend> RmsNorm<B> {
+    /// Normalises the last dimension of `x: [B, H, L, D]` (one fused op).
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        B::rms_norm(x, self.scale.val(), NORM_EPS)
     }
 }
 
@@ -152,7 +121,7 @@ pub struct LastLayer<B: Backend> {
     pub ada_ln_modulation: LoraLinear<B>,
 }
 
-impl<B: Backend> LastLayer<B> {
+impl<B: FluxBackend> LastLayer<B> {
     pub(crate) fn new(
         hidden: usize,
         out_channels: usize,

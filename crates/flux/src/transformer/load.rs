@@ -13,6 +13,7 @@ use fluxlora_io::{Checkpoint, HostTensor};
 use fluxlora_lora::LoraLinear;
 
 use crate::error::{FluxError, Result};
+use crate::fused::FluxBackend;
 use crate::transformer::config::FluxConfig;
 use crate::transformer::model::Flux;
 
@@ -248,7 +249,7 @@ impl<B: Backend> WeightSource<B> for CheckpointWeights<'_, B> {
     }
 }
 
-impl<B: Backend> Flux<B> {
+impl<B: FluxBackend> Flux<B> {
     /// Loads a transformer from a checkpoint path (format auto-detected, configuration inferred).
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions, device: &B::Device) -> Result<Self> {
         let ckpt = FluxCheckpoint::open(path)?;

@@ -6,6 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use fluxlora_lora::LoraLinear;
 
 use crate::error::{FluxError, Result};
+use crate::fused::FluxBackend;
 use crate::transformer::config::FluxConfig;
 use crate::transformer::double_block::DoubleStreamBlock;
 use crate::transformer::embed::{timestep_embedding, MlpEmbedder, TIMESTEP_DIM};
@@ -71,7 +72,7 @@ pub struct Flux<B: Backend> {
     pub config: FluxConfig,
 }
 
-impl<B: Backend> Flux<B> {
+impl<B: FluxBackend> Flux<B> {
     /// A randomly initialised model (PyTorch-style linear init, unit norm scales): for tests and
     /// benches; real models come from [`Flux::load`](crate::transformer::load).
     pub fn init(config: &FluxConfig, device: &B::Device) -> Result<Self> {

@@ -7,20 +7,17 @@
 //! `out₂ⱼ = cos·x₂ⱼ − sin·x₂ⱼ₊₁`,
 //! `out₂ⱼ₊₁ = sin·x₂ⱼ + cos·x₂ⱼ₊₁`.
 //!
-//! We write this as `x·cos + (x·P)·sin` with `cos`, `sin` repeated per pair and `P` the fixed
-//! signed pair-swap matrix, which is cheaper on Burn's CPU backends than reshape + `flip`.
+//! The rotation and the attention are fused ops ([`crate::fused`]): RoPE is one op whose
+//! backward is the inverse rotation, and attention keeps no score matrix for its backward.
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use crate::fused::{self, FluxBackend, RopeTables};
 
 /// Precomputed rotation tables for one forward pass.
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
-    /// `[B, 1, L, head_dim]`: cos of each pair's angle, repeated for both pair members.
-    cos: Tensor<B, 4>,
-    /// `[B, 1, L, head_dim]`: sin of each pair's angle, repeated for both pair members.
-    sin: Tensor<B, 4>,
-    /// `[head_dim, head_dim]`: `x·P = (−x₁, x₀, −x₃, x₂, …)`.
-    swap: Tensor<B, 2>,
+    tables: RopeTables<B>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -29,8 +26,6 @@ impl<B: Backend> Rope<B> {
     /// `axes_dim` must have one entry per id axis, each even; they sum to the head dimension.
     pub fn new(ids: Tensor<B, 3>, axes_dim: &[usize], theta: f64) -> Self {
         let device = ids.device();
-        let [b, l, _] = ids.dims();
-        let half: usize = axes_dim.iter().sum::<usize>() / 2;
         let mut angles = Vec::with_capacity(axes_dim.len());
         for (axis, &d) in axes_dim.iter().enumerate() {
             // ω_j = 1 / θ^(2j/d), computed in f64 as the reference does.
@@ -42,60 +37,33 @@ impl<B: Backend> Rope<B> {
             let pos = ids.clone().narrow(2, axis, 1); // [B, L, 1]
             angles.push(pos * omega); // [B, L, d/2]
         }
-        let angles = Tensor::cat(angles, 2); // [B, L, half]
-                                             // Repeat each pair angle twice: [B, L, half, 1] →
-                                             // [B, L, half, 2] → [B, L, 2·half].
-        let angles: Tensor<B, 3> =
-            angles
-                .unsqueeze_dim::<4>(3)
-                .repeat_dim(3, 2)
-                .reshape([b, l, 2 * half]);
-        let angles: Tensor<B, 4> = angles.unsqueeze_dim(1);
-        let dim = 2 * half;
-        let mut p = vec![0.0f32; dim * dim];
-        for j in 0..half {
-            // column 2j gets −x[2j+1]; column 2j+1 gets x[2j]  (P[row, col], row-major)
-            p[(2 * j + 1) * dim + 2 * j] = -1.0;
-            p[(2 * j) * dim + 2 * j + 1] = 1.0;
-        }
         Self {
-            cos: angles.clone().cos(),
-            sin: angles.sin(),
-            swap: Tensor::from_data(TensorData::new(p, [dim, dim]), &device),
+            tables: RopeTables::from_angles(Tensor::cat(angles, 2)),
         }
-    }
-
-    /// Rotates `x: [B, H, L, head_dim]`.
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let swapped = x.clone().matmul(self.swap.clone().unsqueeze::<4>());
-        x * self.cos.clone() + swapped * self.sin.clone()
     }
 
     /// Head dimension covered by the tables.
     pub fn head_dim(&self) -> usize {
-        self.swap.dims()[0]
+        self.tables.head_dim()
+    }
+}
+
+impl<B: FluxBackend> Rope<B> {
+    /// Rotates `x: [B, H, L, head_dim]`.
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        B::rope(x, &self.tables, false)
     }
 }
 
 /// Scaled dot-product attention over `[B, H, L, D]` tensors with RoPE on q and k, returning
 /// `[B, L, H·D]` (BFL `attention`: `B H L D -> B L (H D)`).
-///
-/// The softmax subtracts a detached row maximum (mathematically a no-op; it only keeps `exp` in
-/// range and saves one autodiff node).
-pub fn attention<B: Backend>(
+pub fn attention<B: FluxBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     rope: &Rope<B>,
 ) -> Tensor<B, 3> {
-    let [b, h, l, d] = q.dims();
-    let q = rope.apply(q).mul_scalar(1.0 / (d as f64).sqrt());
-    let k = rope.apply(k);
-    let scores = q.matmul(k.swap_dims(2, 3)); // [B, H, L, L]
-    let max = scores.clone().detach().max_dim(3);
-    let e = (scores - max).exp();
-    let p = e.clone() / e.sum_dim(3);
-    p.matmul(v).swap_dims(1, 2).reshape([b, l, h * d])
+    B::from_heads(fused::attention(rope.apply(q), rope.apply(k), v, None))
 }
 
 #[cfg(test)]

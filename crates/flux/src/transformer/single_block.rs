@@ -6,6 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use fluxlora_lora::LoraLinear;
 
 use crate::error::Result;
+use crate::fused::{gated_residual, FluxBackend};
 use crate::transformer::double_block::split_qkv;
 use crate::transformer::layers::{gelu_tanh, linear, modulate, Modulation, QkNorm};
 use crate::transformer::load::WeightSource;
@@ -26,7 +27,7 @@ pub struct SingleStreamBlock<B: Backend> {
     pub num_heads: usize,
 }
 
-impl<B: Backend> SingleStreamBlock<B> {
+impl<B: FluxBackend> SingleStreamBlock<B> {
     /// Builds block `single_blocks.{index}` from `w` (BFL's `linear1` always has a bias).
     pub(crate) fn new(
         index: usize,
@@ -62,6 +63,6 @@ impl<B: Backend> SingleStreamBlock<B> {
         let [q, k, v] = split_qkv(qkv, self.num_heads, &self.norm);
         let attn = attention(q, k, v, rope);
         let out = linear(&self.linear2, Tensor::cat(vec![attn, gelu_tanh(mlp)], 2));
-        x + m.gate.clone() * out
+        gated_residual(x, &m.gate, out)
     }
 }

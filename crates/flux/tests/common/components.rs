@@ -1,7 +1,7 @@
 //! Which runner handles which `component` of a parity case. A new component needs one arm here
 //! (and a runner module beside this file); cases themselves need no code.
 
-use burn::tensor::backend::Backend;
+use fluxlora_flux::FluxBackend;
 
 use super::{transformer, Case, Outcome};
 
@@ -19,7 +19,7 @@ pub const OTHER_SUITES: &[&str] = &[
 ];
 
 /// Runs `case` on backend `B`; an unknown component is an error, never a silent skip.
-pub fn run<B: Backend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> {
+pub fn run<B: FluxBackend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> {
     match case.component.as_str() {
         "transformer" | "sampler" | "schedule" => transformer::run::<B>(case, dev),
         other => Err(format!(

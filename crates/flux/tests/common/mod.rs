@@ -170,6 +170,9 @@ pub fn compare<B: Backend, const D: usize>(
 }
 
 /// Runs one case on backend `B` (dispatching on its component).
-pub fn run_case<B: Backend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> {
+pub fn run_case<B: fluxlora_flux::FluxBackend>(
+    case: &Case,
+    dev: &B::Device,
+) -> Result<Outcome, String> {
     components::run::<B>(case, dev)
 }

@@ -1,14 +1,14 @@
 //! Runners for the transformer components: `transformer`, `sampler`, `schedule`.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use fluxlora_flux::sampler::{denoise, Conditioning};
 use fluxlora_flux::schedule::{get_schedule, BASE_SHIFT, MAX_SHIFT};
 use fluxlora_flux::transformer::load::FluxKeyFormat;
-use fluxlora_flux::{Flux, FluxCheckpoint, FluxInputs, LoadOptions};
+use fluxlora_flux::{Flux, FluxBackend, FluxCheckpoint, FluxInputs, LoadOptions};
 
 use super::{compare, to_tensor, Case, Io, Outcome};
 
-fn load_model<B: Backend>(case: &Case, dev: &B::Device) -> Result<Flux<B>, String> {
+fn load_model<B: FluxBackend>(case: &Case, dev: &B::Device) -> Result<Flux<B>, String> {
     let ckpt = FluxCheckpoint::open(case.model_path()).map_err(|e| e.to_string())?;
     let want = match case.format.as_str() {
         "bfl" => FluxKeyFormat::Bfl,
@@ -37,7 +37,7 @@ fn load_model<B: Backend>(case: &Case, dev: &B::Device) -> Result<Flux<B>, Strin
 }
 
 /// Runs a `transformer`, `sampler` or `schedule` case.
-pub fn run<B: Backend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> {
+pub fn run<B: FluxBackend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> {
     let io = Io::open(case)?;
     let expected = io.get("out")?;
     match case.component.as_str() {

@@ -9,6 +9,7 @@
 //! record: the autoencoder's group count and scale/shift, CLIP's head count, activation and
 //! epsilon, and the transformer's RoPE axes.
 
+use fluxlora_flux::FluxBackend;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
@@ -214,7 +215,7 @@ impl BaseModel {
     }
 
     /// Loads the transformer (frozen base, f32 or the given base dtype).
-    pub fn load_transformer<B: Backend>(
+    pub fn load_transformer<B: FluxBackend>(
         &self,
         base_dtype: Option<burn::tensor::DType>,
         device: &B::Device,

@@ -8,10 +8,12 @@
 //! decoding. Samples run on the inference view of the model (`valid()`), so they add nothing to
 //! the autodiff graph.
 
+use fluxlora_flux::FluxAutodiffBackend;
+use fluxlora_flux::FluxBackend;
 use std::path::{Path, PathBuf};
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use fluxlora_flux::{Autoencoder, Flux};
 
 use crate::config::TrainConfig;
@@ -34,7 +36,7 @@ pub struct Sampler<B: Backend> {
     device: B::Device,
 }
 
-impl<B: Backend> Sampler<B> {
+impl<B: FluxBackend> Sampler<B> {
     /// Reads the config's prompts file (sizes default to the training resolution), encodes every
     /// prompt (loading and then dropping CLIP + T5) and loads the autoencoder.
     pub fn new(
@@ -107,7 +109,7 @@ impl<B: Backend> Sampler<B> {
 }
 
 /// Loss history, loss curve and sample grids of a run.
-pub struct Monitor<B: AutodiffBackend> {
+pub struct Monitor<B: FluxAutodiffBackend> {
     layout: RunLayout,
     sampler: Option<Sampler<B::InnerBackend>>,
     sample_every: Option<u64>,
@@ -122,7 +124,7 @@ pub struct Monitor<B: AutodiffBackend> {
     pub loss_curve: Option<PathBuf>,
 }
 
-impl<B: AutodiffBackend> Monitor<B> {
+impl<B: FluxAutodiffBackend> Monitor<B> {
     /// A monitor for the config's run; `history` is the loss log so far (on resume).
     pub fn new(
         c: &TrainConfig,
@@ -201,7 +203,7 @@ pub fn read_validation_history(csv: &Path) -> Vec<(u64, f64)> {
         .validation
 }
 
-impl<B: AutodiffBackend> RunObserver<B> for Monitor<B> {
+impl<B: FluxAutodiffBackend> RunObserver<B> for Monitor<B> {
     fn on_start(&mut self, step: u64, model: &ShownModel<'_, B>) -> Result<(), TrainError> {
         for w in self
             .sampler

@@ -7,11 +7,11 @@
 //! validation points, sample grids) → the files it produced and the best checkpoint by
 //! validation loss.
 
+use fluxlora_flux::FluxAutodiffBackend;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use burn::tensor::backend::AutodiffBackend;
 use fluxlora_data::BuildStats;
 use fluxlora_flux::bf16_if_supported;
 
@@ -86,7 +86,7 @@ impl SessionReport {
 }
 
 /// Runs a whole training session on backend `B` (see the module docs).
-pub fn train_session<B: AutodiffBackend>(
+pub fn train_session<B: FluxAutodiffBackend>(
     mut config: TrainConfig,
     device: &B::Device,
     options: SessionOptions,

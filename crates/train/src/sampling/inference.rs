@@ -17,6 +17,7 @@
 //! leaves rounding of about one ulp per touched weight per set (seen as ±1 in a few pixels).
 //! Images are written as `NNN-<slug>.png` (NNN = the prompt's index) plus `grid.png` of all.
 
+use fluxlora_flux::FluxBackend;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -389,7 +390,7 @@ type LoraSet = Vec<(PathBuf, u32)>;
 
 impl SampleRun {
     /// Draws every prompt (see the module docs) and writes the images and the grid.
-    pub fn run<B: Backend>(
+    pub fn run<B: FluxBackend>(
         &self,
         base: &BaseModel,
         device: &B::Device,
@@ -530,7 +531,7 @@ fn image_text(p: &SamplePrompt, set: &LoraSet) -> Vec<(String, String)> {
 
 /// Draws `prompts` from `base` with `loras` (+ each prompt's tags, looked up in `lora_dirs`) and
 /// returns the written files: one PNG per prompt, then the grid. See [`SampleRun`].
-pub fn sample_prompts<B: Backend>(
+pub fn sample_prompts<B: FluxBackend>(
     base: &BaseModel,
     loras: &[(PathBuf, f32)],
     prompts: &[SamplePrompt],

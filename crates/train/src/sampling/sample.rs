@@ -17,10 +17,11 @@
 //! `backward()` leak the
 //! graph.
 
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use fluxlora_data::{SplitMix64, TextEmbedding, TextEncoder};
 use fluxlora_flux::sampler::{denoise, denoise_cfg, Conditioning};
 use fluxlora_flux::schedule::{get_schedule, BASE_SHIFT, MAX_SHIFT};
+use fluxlora_flux::FluxBackend;
 use fluxlora_flux::{latents, Autoencoder, Flux};
 use fluxlora_io::HostTensor;
 use image::RgbImage;
@@ -146,7 +147,7 @@ fn check_embedding(
 /// Errors when the size is not a positive multiple of twice the autoencoder's downscale (16
 /// for Flux), when the latent width of `ae` does not fit `flux` (`in_channels = 4·z_channels`),
 /// or when the embedding widths do not match the model.
-pub fn generate<B: Backend>(
+pub fn generate<B: FluxBackend>(
     flux: &Flux<B>,
     ae: &Autoencoder<B>,
     text: &PromptText,
