@@ -79,6 +79,28 @@ fn blocks(len: usize, rows: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |s| (s, rows.min(len - s)))
 }
 
+/// The softmax of one block's scores `[B, H, rows, L_k]` over the keys, and each row's
+/// log-sum-exp `[B, H, rows, 1]`, from Burn ops (the row maximum is subtracted first).
+pub fn softmax_rows<B: Backend>(s: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let m = s.clone().max_dim(3);
+    let e = (s - m.clone()).exp();
+    let l = e.clone().sum_dim(3);
+    (e / l.clone(), m + l.log())
+}
+
+/// The block's probabilities `P = exp(S − lse)` and score gradient `dS = P ∘ (dP − delta)`, from
+/// Burn ops.
+pub fn softmax_rows_backward<B: Backend>(
+    s: Tensor<B, 4>,
+    lse: Tensor<B, 4>,
+    dp: Tensor<B, 4>,
+    delta: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let p = (s - lse).exp();
+    let ds = p.clone() * (dp - delta);
+    (p, ds)
+}
+
 /// Forward: the attention output `[B, H, L_q, D]` and each row's log-sum-exp `[B, H, L_q, 1]`.
 ///
 /// `q: [B, H, L_q, D]`, `k`, `v: [B, H, L_k, D]`; `bias` broadcasts to `[B, H, L_q, L_k]` (use a
@@ -91,24 +113,39 @@ pub fn forward<B: Backend>(
     scale: f64,
     block_rows: usize,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    forward_with(q, k, v, bias, scale, block_rows, softmax_rows)
+}
+
+/// [`forward`] with the block softmax `softmax(S) → (P, lse)` supplied (a backend's own kernel).
+pub fn forward_with<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 4>>,
+    scale: f64,
+    block_rows: usize,
+    softmax: impl Fn(Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>),
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let l_q = q.dims()[2];
     let kt = k.swap_dims(2, 3);
     let mut outs = Vec::new();
     let mut lses = Vec::new();
     for (start, rows) in blocks(l_q, block_rows) {
-        let qb = if rows == l_q {
-            q.clone()
-        } else {
-            q.clone().narrow(2, start, rows)
-        };
-        let s = scores(qb, &kt, bias.as_ref(), start, scale);
-        let m = s.clone().max_dim(3);
-        let p = (s - m.clone()).exp();
-        let l = p.clone().sum_dim(3);
-        outs.push(p.matmul(v.clone()) / l.clone());
-        lses.push(m + l.log());
+        let qb = take(&q, start, rows, l_q);
+        let (p, lse) = softmax(scores(qb, &kt, bias.as_ref(), start, scale));
+        outs.push(p.matmul(v.clone()));
+        lses.push(lse);
     }
     (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
+}
+
+/// Rows `start..start + rows` of `t` along the query axis (all of it without a copy).
+fn take<B: Backend>(t: &Tensor<B, 4>, start: usize, rows: usize, len: usize) -> Tensor<B, 4> {
+    if rows == len {
+        t.clone()
+    } else {
+        t.clone().narrow(2, start, rows)
+    }
 }
 
 /// Backward: `(dq, dk, dv)` from the forward's inputs, its output and log-sum-exp, and the output
@@ -126,28 +163,39 @@ pub fn backward<B: Backend>(
     scale: f64,
     block_rows: usize,
 ) -> [Tensor<B, 4>; 3] {
+    let inputs = [q, k, v, out, lse, dout];
+    backward_with(inputs, bias, scale, block_rows, softmax_rows_backward)
+}
+
+/// [`backward`] with the block step `(S, lse, dP, delta) → (P, dS)` supplied; `inputs` are
+/// `[q, k, v, out, lse, dout]`.
+pub fn backward_with<B: Backend>(
+    inputs: [Tensor<B, 4>; 6],
+    bias: Option<Tensor<B, 4>>,
+    scale: f64,
+    block_rows: usize,
+    step: impl Fn(
+        Tensor<B, 4>,
+        Tensor<B, 4>,
+        Tensor<B, 4>,
+        Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>),
+) -> [Tensor<B, 4>; 3] {
+    let [q, k, v, out, lse, dout] = inputs;
     let l_q = q.dims()[2];
     let kt = k.clone().swap_dims(2, 3);
     let vt = v.clone().swap_dims(2, 3);
     let mut dq = Vec::new();
     let mut dk: Option<Tensor<B, 4>> = None;
     let mut dv: Option<Tensor<B, 4>> = None;
-    let take = |t: &Tensor<B, 4>, start: usize, rows: usize| {
-        if rows == l_q {
-            t.clone()
-        } else {
-            t.clone().narrow(2, start, rows)
-        }
-    };
     for (start, rows) in blocks(l_q, block_rows) {
-        let qb = take(&q, start, rows);
-        let dob = take(&dout, start, rows);
-        let delta = (dob.clone() * take(&out, start, rows)).sum_dim(3);
+        let qb = take(&q, start, rows, l_q);
+        let dob = take(&dout, start, rows, l_q);
+        let delta = (dob.clone() * take(&out, start, rows, l_q)).sum_dim(3);
         let s = scores(qb.clone(), &kt, bias.as_ref(), start, scale);
-        let p = (s - take(&lse, start, rows)).exp();
-        let pt = p.clone().swap_dims(2, 3);
-        let dvb = pt.matmul(dob.clone());
-        let ds = p * (dob.matmul(vt.clone()) - delta);
+        let dp = dob.clone().matmul(vt.clone());
+        let (p, ds) = step(s, take(&lse, start, rows, l_q), dp, delta);
+        let dvb = p.swap_dims(2, 3).matmul(dob);
         dq.push(ds.clone().matmul(k.clone()).mul_scalar(scale));
         let dkb = ds.swap_dims(2, 3).matmul(qb).mul_scalar(scale);
         dk = Some(match dk {

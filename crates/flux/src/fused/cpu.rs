@@ -386,6 +386,64 @@ pub fn gated_residual(
     out
 }
 
+/// Row softmax of one attention block in place: each row of `s` (`cols` wide, row-major)
+/// becomes `exp(s − m) / l` with `m` its maximum and `l = Σ exp(s − m)`; returns each row's
+/// log-sum-exp `m + ln l`. Rows are independent and run in parallel.
+pub fn softmax_rows(s: &mut [f32], cols: usize) -> Vec<f32> {
+    let par = parallel(s.len());
+    map_chunks(s, cols.max(1), par, |_, row| {
+        let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut l = 0.0f32;
+        for x in row.iter_mut() {
+            *x = (*x - m).exp();
+            l += *x;
+        }
+        let inv = 1.0 / l;
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+        m + l.ln()
+    })
+}
+
+/// A row of scores and a row of their gradient, with the row's log-sum-exp and delta.
+type RowPair<'a> = ((&'a mut [f32], &'a mut [f32]), (&'a f32, &'a f32));
+
+/// One attention block's backward elementwise step, in place: each row of `s` becomes
+/// `P = exp(s − lse)` and each row of `dp` becomes `dS = P ∘ (dp − delta)` (`lse`, `delta`: one
+/// value a row). Rows run in parallel.
+pub fn softmax_rows_backward(
+    s: &mut [f32],
+    lse: &[f32],
+    dp: &mut [f32],
+    delta: &[f32],
+    cols: usize,
+) {
+    debug_assert_eq!(s.len(), dp.len());
+    debug_assert_eq!(lse.len() * cols, s.len());
+    debug_assert_eq!(delta.len(), lse.len());
+    let cols = cols.max(1);
+    let step = |((row, drow), (&lse, &delta)): RowPair<'_>| {
+        for (p, d) in row.iter_mut().zip(drow.iter_mut()) {
+            *p = (*p - lse).exp();
+            *d = *p * (*d - delta);
+        }
+    };
+    if parallel(s.len()) {
+        let min = block_rows(cols);
+        s.par_chunks_mut(cols)
+            .zip(dp.par_chunks_mut(cols))
+            .zip(lse.par_iter().zip(delta.par_iter()))
+            .with_min_len(min)
+            .for_each(step);
+    } else {
+        s.chunks_mut(cols)
+            .zip(dp.chunks_mut(cols))
+            .zip(lse.iter().zip(delta.iter()))
+            .for_each(step);
+    }
+}
+
 #[cfg(test)]
 #[path = "cpu_tests.rs"]
 mod tests;

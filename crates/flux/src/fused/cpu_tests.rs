@@ -313,3 +313,32 @@ fn backward_reductions_are_deterministic_across_thread_counts() {
         assert_eq!(global, pool.install(run), "{threads} threads");
     }
 }
+
+/// Softmax, log-sum-exp and the backward step of an attention block against f64, for rows that
+/// fit the sequential path and a block large enough for the parallel one, with huge logits.
+#[test]
+fn softmax_rows_and_their_backward_match_reference() {
+    for (rows, cols, amp) in [(1, 1, 1.0f32), (3, 7, 1.0), (70, 300, 40.0), (9, 5, 1e3)] {
+        let [s, dp, delta] = gen(rows as u64 + 11, [rows * cols, rows * cols, rows]);
+        let s: Vec<f32> = s.iter().map(|x| x * amp).collect();
+        let mut p = s.clone();
+        let lse = softmax_rows(&mut p, cols);
+        let (mut want_p, mut want_lse) = (Vec::new(), Vec::new());
+        for row in s.chunks(cols) {
+            let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let z: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+            want_p.extend(row.iter().map(|&x| (x as f64 - m).exp() / z));
+            want_lse.push(m + z.ln());
+        }
+        close("softmax", &p, &want_p, 1e-5, 1e-6);
+        close("lse", &lse, &want_lse, 1e-6, 1.0);
+        // The backward step recomputes P from the scores and the log-sum-exp.
+        let (mut p2, mut ds) = (s.clone(), dp.clone());
+        softmax_rows_backward(&mut p2, &lse, &mut ds, &delta, cols);
+        close("recomputed P", &p2, &want_p, 1e-4, 1e-6);
+        let want_ds: Vec<f64> = (0..rows * cols)
+            .map(|i| want_p[i] * (dp[i] as f64 - delta[i / cols] as f64))
+            .collect();
+        close("dS", &ds, &want_ds, 1e-4, 1e-6);
+    }
+}

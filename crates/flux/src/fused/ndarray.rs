@@ -1,13 +1,14 @@
 //! [`FluxBackend`] for NdArray: the elementwise ops run the rayon kernels of `cpu.rs` on the
 //! tensors' host data (f32 only; other dtypes take the composed defaults). Attention keeps the
-//! composed, query-blocked default: its time is in the matmuls, which NdArray already threads.
+//! composed, query-blocked structure and NdArray's threaded matmuls, with each block's softmax
+//! (and its backward step) as one parallel host pass.
 
 use burn::tensor::{backend::Backend, Tensor, TensorData, TensorPrimitive};
 use burn_ndarray::{
     FloatNdArrayElement, IntNdArrayElement, NdArray, NdArrayTensor, QuantElement, SharedArray,
 };
 
-use crate::fused::{composed, cpu, FluxBackend, RopeTables};
+use crate::fused::{attention, composed, cpu, FluxBackend, RopeTables};
 
 /// The f32 values of `t` as a standard-layout (row-major) array sharing the tensor's buffer when
 /// it already is one, or `None` for another dtype.
@@ -203,6 +204,62 @@ where
     fn from_heads(x: Tensor<Self, 4>) -> Tensor<Self, 3> {
         let [b, h, l, d] = x.dims();
         contiguous(x.swap_dims(1, 2)).reshape([b, l, h * d])
+    }
+
+    fn attention_forward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+        scale: f64,
+        block_rows: usize,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>) {
+        attention::forward_with(q, k, v, bias, scale, block_rows, |s| {
+            let dims = s.dims();
+            match host(&s) {
+                Some(hs) => {
+                    let mut p = values(&hs).to_vec();
+                    drop(hs);
+                    let lse = cpu::softmax_rows(&mut p, dims[3]);
+                    let dev = s.device();
+                    let lse = device(lse, [dims[0], dims[1], dims[2], 1], &dev);
+                    (device(p, dims, &dev), lse)
+                }
+                None => attention::softmax_rows(s),
+            }
+        })
+    }
+
+    fn attention_backward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        out: Tensor<Self, 4>,
+        lse: Tensor<Self, 4>,
+        dout: Tensor<Self, 4>,
+        bias: Option<Tensor<Self, 4>>,
+        scale: f64,
+        block_rows: usize,
+    ) -> [Tensor<Self, 4>; 3] {
+        let inputs = [q, k, v, out, lse, dout];
+        attention::backward_with(inputs, bias, scale, block_rows, |s, lse, dp, delta| {
+            let dims = s.dims();
+            match (host(&s), host(&lse), host(&dp), host(&delta)) {
+                (Some(hs), Some(hl), Some(hd), Some(hdelta)) => {
+                    let (mut p, mut ds) = (values(&hs).to_vec(), values(&hd).to_vec());
+                    cpu::softmax_rows_backward(
+                        &mut p,
+                        values(&hl),
+                        &mut ds,
+                        values(&hdelta),
+                        dims[3],
+                    );
+                    let dev = s.device();
+                    (device(p, dims, &dev), device(ds, dims, &dev))
+                }
+                _ => attention::softmax_rows_backward(s, lse, dp, delta),
+            }
+        })
     }
 
     fn gelu_tanh(x: Tensor<Self, 3>) -> Tensor<Self, 3> {
