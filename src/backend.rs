@@ -167,6 +167,7 @@ macro_rules! with_backend {
             $crate::backend::BackendKind::NdArray => {
                 type $B = burn::backend::NdArray;
                 let $dev: burn::tensor::Device<$B> = Default::default();
+                fluxlora_flux::fused::retain_freed_host_memory();
                 $body
             }
             #[allow(unreachable_patterns)]

@@ -9,7 +9,9 @@
 //!
 //! Environment: `FLUXLORA_BENCH_STEPS` (timed steps, default 10; 2 warm-up steps come first),
 //! `FLUXLORA_BENCH_BACKENDS` (comma list of `ndarray`, `wgpu`; default both),
-//! `FLUXLORA_BENCH_CHECKPOINTING=1` to recompute blocks in backward; `FLUXLORA_BENCH_HIDDEN`,
+//! `FLUXLORA_BENCH_GLIBC_DEFAULTS=1` to keep glibc's allocator defaults (the NdArray run calls
+//! `fused::retain_freed_host_memory` as the jobs do), `FLUXLORA_BENCH_CHECKPOINTING=1` to
+//! recompute blocks in backward; `FLUXLORA_BENCH_HIDDEN`,
 //! `FLUXLORA_BENCH_HEADS` and `FLUXLORA_BENCH_GRID` (image tokens per side) change the shape, as
 //! the PyTorch script's `--hidden`, `--heads` and `--img` do (context width = hidden).
 //!
@@ -145,7 +147,13 @@ fn main() {
     };
     for b in backends.split(',').map(str::trim) {
         match b {
-            "ndarray" => run::<Autodiff<NdArray>>("ndarray", steps, ckpt),
+            "ndarray" => {
+                // As the jobs do for NdArray (set FLUXLORA_BENCH_GLIBC_DEFAULTS to compare).
+                if std::env::var_os("FLUXLORA_BENCH_GLIBC_DEFAULTS").is_none() {
+                    fluxlora_flux::fused::retain_freed_host_memory();
+                }
+                run::<Autodiff<NdArray>>("ndarray", steps, ckpt)
+            }
             "wgpu" => run::<Autodiff<Wgpu>>("wgpu", steps, ckpt),
             "" => {}
             other => eprintln!("unknown backend {other:?} (ndarray, wgpu)"),

@@ -24,6 +24,9 @@ mod impls;
 #[cfg(feature = "ndarray")]
 mod ndarray;
 
+#[cfg(feature = "ndarray")]
+pub use ndarray::retain_freed_host_memory;
+
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 

@@ -10,6 +10,25 @@ use burn_ndarray::{
 
 use crate::fused::{attention, composed, cpu, FluxBackend, RopeTables};
 
+/// Tells glibc's allocator to keep freed memory for reuse (Linux with glibc; elsewhere a no-op):
+/// allocations up to 256 MiB come from the heap instead of fresh `mmap`s, and up to 1 GiB of free
+/// heap is kept instead of being handed back to the kernel after every op.
+///
+/// NdArray allocates a new buffer for every op's output; with glibc's defaults the larger ones
+/// are mapped and unmapped each time, and the page faults cost a quarter of a CPU training step.
+/// Measured on the flux bench (2 cores): step 0.30 → 0.26 s; one 1024²-size double block 65 →
+/// 40 s with 8 % more peak memory. Process-wide: call it once, before training, in a program that
+/// trains on NdArray.
+pub fn retain_freed_host_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets allocator parameters; it is safe to call at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 /// The f32 values of `t` as a standard-layout (row-major) array sharing the tensor's buffer when
 /// it already is one, or `None` for another dtype.
 fn host<E, I, Q, const D: usize>(t: &Tensor<NdArray<E, I, Q>, D>) -> Option<SharedArray<f32>>
