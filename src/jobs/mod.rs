@@ -6,12 +6,14 @@
 //! | job | arguments | result | runs on |
 //! |---|---|---|---|
 //! | [`train`] | [`TrainArgs`] | [`TrainOutcome`] | the selected autodiff backend |
+//! | [`bench`] | [`BenchArgs`] | [`BenchOutcome`] | the selected autodiff backend |
 //! | [`prep`] | [`PrepArgs`] | [`PrepOutcome`] | host; caches on the selected backend |
 //! | [`sample`] | [`SampleArgs`] | [`SampleOutcome`] | the selected backend |
 //! | [`caption`] | [`CaptionArgs`] | [`CaptionOutcome`] | CPU (tagger) or a VLM server |
 //! | [`lora`] | [`LoraArgs`] | text | host only |
 //! | [`pretrain_tiny`] | [`PretrainArgs`] | [`PretrainOutcome`] | the selected autodiff backend |
 
+pub mod bench;
 pub mod caption;
 pub mod lora;
 pub mod prep;
@@ -19,6 +21,7 @@ pub mod pretrain;
 pub mod sample;
 pub mod train;
 
+pub use bench::{bench, BenchArgs, BenchOutcome};
 pub use caption::{caption, CaptionArgs, CaptionOutcome};
 pub use lora::{lora, LoraArgs, LoraCommand};
 pub use prep::{prep, PrepArgs, PrepOutcome};

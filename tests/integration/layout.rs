@@ -150,7 +150,7 @@ fn backends_are_instantiated_in_one_place() {
 #[test]
 fn examples_are_thin_clap_shells() {
     let examples = rust_files(&root().join("examples"));
-    assert_eq!(examples.len(), 6, "{examples:?}");
+    assert_eq!(examples.len(), 7, "{examples:?}");
     for f in examples {
         let text = std::fs::read_to_string(&f).unwrap();
         assert!(

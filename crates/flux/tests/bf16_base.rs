@@ -18,7 +18,7 @@ fn case() -> std::path::PathBuf {
 fn options() -> LoadOptions {
     LoadOptions {
         axes_dim: Some(vec![4, 2, 2]),
-        base_dtype: Some(DType::BF16),
+        base_dtype: fluxlora_lora::BaseDtype::Bf16,
         ..Default::default()
     }
 }
@@ -45,10 +45,9 @@ fn bf16_base_forward_is_close_to_the_f32_reference() {
     let ckpt = FluxCheckpoint::open(case().join("model.safetensors")).unwrap();
     let cfg = ckpt.infer_config(Some(vec![4, 2, 2])).unwrap();
     let m = Flux::<Flex>::from_checkpoint(&ckpt, &cfg, &options(), &dev).unwrap();
-    assert_eq!(
-        m.double_blocks[0].img_attn.qkv.weight.val().dtype(),
-        DType::BF16
-    );
+    let qkv = m.double_blocks[0].img_attn.qkv.frozen.as_ref().unwrap();
+    assert_eq!(qkv.meta().compute, DType::BF16);
+    assert_eq!(qkv.meta().format, fluxlora_lora::FrozenFormat::Float);
     assert_eq!(
         m.double_blocks[0]
             .img_attn

@@ -10,5 +10,6 @@ mod load_errors;
 mod lora;
 mod parity;
 mod parity_encoders;
+mod quantized_base;
 mod sampler_cfg;
 mod text_encoders;

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::backend::NdArray;
-use burn::tensor::DType;
 use fluxlora_flux::{Flux, FluxCheckpoint, FluxError, LoadOptions};
 use fluxlora_io::{write_safetensors, HostTensor, SafeTensorsFile, TensorRef};
 
@@ -132,15 +131,19 @@ fn not_a_flux_checkpoint_is_reported() {
 }
 
 #[test]
-fn bf16_base_is_refused_where_the_backend_cannot_hold_it() {
-    // NdArray stores f32/f64 only (`supports_dtype(BF16)` is false).
+fn bf16_base_is_kept_as_codes_where_the_backend_has_no_bf16() {
+    // NdArray stores f32/f64 only (`supports_dtype(BF16)` is false): the weights are kept as
+    // bf16 codes and decoded to f32 for each matmul.
     let opts = LoadOptions {
         axes_dim: Some(vec![2, 2, 4]),
-        base_dtype: Some(DType::BF16),
+        base_dtype: fluxlora_lora::BaseDtype::Bf16,
         ..Default::default()
     };
-    match Flux::<NdArray>::load(bfl_case(), &opts, &Default::default()) {
-        Err(FluxError::Config(m)) => assert!(m.contains("BF16"), "{m}"),
-        other => panic!("expected a Config error, got {:?}", other.map(|_| ())),
-    }
+    let m = Flux::<NdArray>::load(bfl_case(), &opts, &Default::default()).unwrap();
+    let qkv = m.double_blocks[0].img_attn.qkv.frozen.as_ref().unwrap();
+    assert_eq!(
+        qkv.meta().format,
+        fluxlora_lora::FrozenFormat::Quantized(fluxlora_io::QuantFormat::Bf16)
+    );
+    assert_eq!(qkv.meta().compute, burn::tensor::DType::F32);
 }

@@ -627,6 +627,13 @@ pub enum IoError {
     #[error("is given both whole and as split pieces")]
     LoraWholeAndPieces,
 
+    /// A LyCORIS (LoKr / LoHa) module or DoRA magnitude is malformed; `problem` says how.
+    #[error("{problem}")]
+    LycorisShape {
+        /// What is wrong, naming the tensors and their shapes.
+        problem: String,
+    },
+
     /// A module has no key in the requested format.
     #[error("is not a module {format} keys can name (a Flux transformer, CLIP-L or T5 linear)")]
     LoraUnnamed {

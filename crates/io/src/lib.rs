@@ -24,10 +24,14 @@
 //! - [`ae_keys`] — BFL ↔ diffusers key layouts of autoencoder checkpoints.
 //! - [`text_encoder_keys`] — how CLIP-L and T5 checkpoints are recognised (probe key, prefix).
 //! - [`atomic`] — [`atomic_write`].
-//! - [`lora`] — canonical LoRA, key maps per format, exact fuse/split, detection.
+//! - [`lora`] — canonical LoRA, key maps per format, exact fuse/split, detection; LyCORIS
+//!   modules (LoKr, LoHa) and DoRA magnitudes in ComfyUI / LyCORIS / PEFT layouts ([`lora::lycoris`]).
 //! - [`lora::ops`] — LoRA tools: inspect, convert, resize by SVD, extract from two
 //!   checkpoints, merge into a base checkpoint.
 //! - [`metadata`] — kohya training metadata.
+//! - [`random_flux`] — a random full-size checkpoint in BFL layout (fp8 weights), streamed.
+//! - [`quant`] — [`QuantizedHost`]: frozen weights as bf16 / fp8 E4M3 / int8 codes with a
+//!   scale per output channel, for the low-precision base.
 //! - [`error`] — [`IoError`], the crate's one error type.
 //!
 //! ```
@@ -62,6 +66,8 @@ pub mod flux_keys;
 pub mod flux_linears;
 pub mod lora;
 pub mod metadata;
+pub mod quant;
+pub mod random_flux;
 pub mod safetensors;
 pub mod sharded;
 pub mod tensor;
@@ -75,8 +81,12 @@ pub use lora::ops::{
     convert_lora_file, extract_lora, extract_lora_file, inspect_lora, merge_loras, resize_lora,
     resize_lora_file, ExtractOptions, LoraInspection, ResizeTarget, WeightedLora,
 };
-pub use lora::{detect, read_lora, write_lora, write_lora_as, LoraFormat, LoraModule, LoraWeights};
+pub use lora::{
+    detect, read_lora, write_lora, write_lora_as, DoraAxis, DoraScale, KronFactor, LoraFormat,
+    LoraModule, LoraWeights, LycorisModule,
+};
 pub use metadata::{iso8601_utc, FluxVariant, TrainingMetadata};
+pub use quant::{QuantFormat, QuantizedHost};
 pub use safetensors::{
     serialize_safetensors, write_safetensors, Dtype, SafeTensorsFile, TensorRef,
 };

@@ -6,6 +6,7 @@ mod dtypes;
 mod fuzz_headers;
 mod lora_formats;
 mod lora_roundtrip;
+mod lycoris_formats;
 mod malformed;
 mod safetensors_roundtrip;
 mod sharded;

@@ -186,6 +186,7 @@ fn build(c: &Case) -> LoraWeights {
     LoraWeights {
         modules: m,
         metadata: [("ss_network_dim".to_string(), r.to_string())].into(),
+        ..Default::default()
     }
 }
 

@@ -11,6 +11,7 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{Distribution, Tensor};
 
 use crate::error::LoraError;
+use crate::network::Network;
 use crate::param_id::stable_param_id;
 
 /// How to build one adapter.
@@ -30,6 +31,9 @@ pub struct AdapterSpec {
     pub module_dropout: f64,
     /// Output rows `[start, end)` of the base linear the adapter writes to; `None` = all.
     pub rows: Option<(usize, usize)>,
+    /// The algorithm: plain LoRA (this module's [`LoraAdapter`]) or a LyCORIS kind
+    /// ([`LycorisAdapter`](crate::LycorisAdapter)); rank and alpha mean what that kind says.
+    pub network: Network,
 }
 
 impl AdapterSpec {
@@ -43,6 +47,7 @@ impl AdapterSpec {
             rank_dropout: 0.0,
             module_dropout: 0.0,
             rows: None,
+            network: Network::Lora,
         }
     }
 

@@ -13,6 +13,15 @@
 //!
 //! - [`adapter`]: one low-rank adapter (A, B, alpha, multiplier, dropouts) and its ΔW.
 //! - [`linear`]: the base linear with stacked adapters, merge and unmerge.
+//! - [`network`]: which algorithm a target gets (`network_type`: lora, lokr, loha, dora).
+//! - [`lokr`], [`loha`], [`dora`]: the LyCORIS adapters — Kronecker (`kron(W1, W2)`), Hadamard
+//!   (`(W1a·W1b) ⊙ (W2a·W2b)`) and weight-decomposed (`m ⊙ (W + ΔW)/‖W + ΔW‖` per output
+//!   channel) — with the conventions of LyCORIS, PEFT and ComfyUI's loaders.
+//! - [`lycoris`]: [`LycorisAdapter`] (one of the three), and how a stack of them adds to the
+//!   output, merges into a dense weight and unmerges.
+//! - [`frozen`]: frozen base weights (f32, bf16, fp8 E4M3, int8; on the device or streamed from
+//!   host memory) and [`FrozenLinearBackend`], the matmul whose backward decodes the weight again
+//!   instead of keeping a decoded copy in the graph.
 //! - [`target`]: presets (kohya 304, ai-toolkit 494, attention-only), block lists, per-type
 //!   ranks and regex rules.
 //! - [`param_id`]: deterministic parameter ids derived from module paths (stable across runs,
@@ -38,13 +47,25 @@
 #![allow(clippy::result_large_err, clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod adapter;
+pub mod dora;
 pub mod error;
+pub mod frozen;
 pub mod linear;
+pub mod loha;
+pub mod lokr;
+pub mod lycoris;
+pub mod network;
 pub mod param_id;
 pub mod target;
 
 pub use adapter::{AdapterSpec, LoraAdapter};
+pub use dora::DoraAdapter;
+pub use loha::LohaAdapter;
+pub use lokr::{Factor, LokrAdapter};
+pub use lycoris::LycorisAdapter;
+pub use network::Network;
 pub use error::LoraError;
+pub use frozen::{BaseDtype, FrozenFormat, FrozenLinearBackend, FrozenWeight};
 pub use linear::LoraLinear;
 pub use param_id::stable_param_id;
 pub use target::{BlockList, ModuleKind, Preset, RuleOverride, TargetSelector, TargetSpec};

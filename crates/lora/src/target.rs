@@ -26,6 +26,7 @@ use std::str::FromStr;
 use regex::Regex;
 
 use crate::adapter::AdapterSpec;
+use crate::network::Network;
 use crate::error::LoraError;
 
 /// The base selection and its granularity.
@@ -276,6 +277,8 @@ pub struct TargetSelector {
     pub train_embedders: bool,
     /// Also train `final_layer.linear` and `final_layer.adaLN_modulation.1`.
     pub train_final_layer: bool,
+    /// The adapter algorithm of every target (`network_type`).
+    pub network: Network,
     rules: Vec<(Regex, RuleOverride)>,
 }
 
@@ -294,6 +297,7 @@ impl TargetSelector {
             type_ranks: BTreeMap::new(),
             train_embedders: false,
             train_final_layer: false,
+            network: Network::Lora,
             rules: Vec::new(),
         }
     }
@@ -348,6 +352,7 @@ impl TargetSelector {
             rank_dropout: self.rank_dropout,
             module_dropout: self.module_dropout,
             rows: None,
+            network: self.network,
         };
         let adapters = match self.row_split(&site, d_in, d_out) {
             Some(ranges) => ranges

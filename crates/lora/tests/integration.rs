@@ -2,5 +2,7 @@
 //! file).
 
 mod common;
+mod frozen;
 mod lora_math;
+mod lycoris_math;
 mod targets;

@@ -483,8 +483,8 @@ fn pretrain_transformer<B: FluxAutodiffBackend>(
         Some(path) => {
             let options = LoadOptions {
                 axes_dim: Some(o.transformer.axes_dim.clone()),
-                base_dtype: None,
                 trainable_base: true,
+                ..Default::default()
             };
             (
                 Flux::<B>::from_checkpoint(

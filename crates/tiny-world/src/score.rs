@@ -79,7 +79,7 @@ pub fn concept_scores<B: FluxBackend>(
             .collect::<Result<Vec<_>, _>>()?
     };
     let ae = base.load_autoencoder::<B>(None, device)?;
-    let mut flux = base.load_transformer::<B>(None, device)?;
+    let mut flux = base.load_transformer::<B>(Default::default(), 0, device)?;
     let draw = |flux: &fluxlora_flux::Flux<B>| -> Result<Vec<RgbImage>, TinyWorldError> {
         let images = prompts
             .iter()

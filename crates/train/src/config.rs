@@ -28,6 +28,31 @@ pub enum ModelType {
     Schnell,
 }
 
+/// The config spelling of the frozen base's storage (`base_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseDtypeKey {
+    /// f32.
+    F32,
+    /// bf16.
+    Bf16,
+    /// fp8 E4M3 with a scale per output channel.
+    Fp8,
+    /// int8 with a scale per output channel.
+    Int8,
+}
+
+impl From<BaseDtypeKey> for fluxlora_lora::BaseDtype {
+    fn from(k: BaseDtypeKey) -> Self {
+        match k {
+            BaseDtypeKey::F32 => fluxlora_lora::BaseDtype::F32,
+            BaseDtypeKey::Bf16 => fluxlora_lora::BaseDtype::Bf16,
+            BaseDtypeKey::Fp8 => fluxlora_lora::BaseDtype::Fp8,
+            BaseDtypeKey::Int8 => fluxlora_lora::BaseDtype::Int8,
+        }
+    }
+}
+
 /// Optimizer, by kohya's `optimizer_type` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum OptimizerType {
@@ -151,8 +176,23 @@ pub struct TrainConfig {
     pub t5xxl: Option<PathBuf>,
     /// Model variant.
     pub model_type: ModelType,
-    /// Store the frozen base in bf16 where the backend computes it (never on wgpu).
+    /// Store the frozen base in bf16 where the backend computes it (never on wgpu); used when
+    /// `base_dtype` is not given.
     pub base_bf16: bool,
+    /// Storage of the frozen base: `f32`, `bf16`, `fp8` (E4M3, scale per output channel) or
+    /// `int8`; unset = `base_bf16`'s choice. See [`crate::memory`].
+    pub base_dtype: Option<BaseDtypeKey>,
+    /// kohya's synonym for `base_dtype = "fp8"`.
+    pub fp8_base: bool,
+    /// kohya's block swap: stream the frozen weights of this many blocks (double-block
+    /// equivalents) from host memory.
+    pub blocks_to_swap: usize,
+    /// Let the memory planner pick `base_dtype`, `blocks_to_swap` and checkpointing so the
+    /// run fits the device.
+    pub auto_memory: bool,
+    /// Device memory the planner may use, in GiB (unset: the device's own size where the
+    /// backend reports it, else no limit).
+    pub device_memory_gb: Option<f64>,
 
     /// kohya dataset TOML (several datasets / subsets).
     pub dataset_config: Option<PathBuf>,
@@ -300,6 +340,11 @@ impl Default for TrainConfig {
             t5xxl: None,
             model_type: ModelType::Auto,
             base_bf16: true,
+            base_dtype: None,
+            fp8_base: false,
+            blocks_to_swap: 0,
+            auto_memory: false,
+            device_memory_gb: None,
             dataset_config: None,
             train_data_dir: None,
             trigger_word: None,

@@ -74,7 +74,7 @@ pub fn restore_adapters<B: Backend>(
     };
     let mut used = 0;
     for (path, lin) in model.linears_mut() {
-        let device = lin.weight.device();
+        let device = lin.device();
         for (i, a) in lin.adapters.iter_mut().enumerate() {
             for (suffix, param) in [("lora_a", &mut a.lora_a), ("lora_b", &mut a.lora_b)] {
                 let key = format!("{path}.{i}.{suffix}");

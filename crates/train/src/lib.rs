@@ -20,6 +20,7 @@
 //! - [`optimizer`]: optimizer and LR schedule from the config.
 //! - [`ema`]: EMA of the LoRA weights (`ema_decay`), saved instead of the live weights.
 //! - [`lora_export`]: model adapters ↔ canonical `LoraWeights`.
+//! - [`memory`]: the memory planner (peak device / host estimate, the refusal, `auto_memory`).
 //! - [`save`]: LoRA files with metadata, self-check, retention.
 //! - [`resume`]: checkpoint folders and `--resume`.
 //! - [`log`]: CSV log, progress bar, NaN/inf guard.
@@ -61,6 +62,7 @@ pub mod error;
 pub mod layout;
 pub mod log;
 pub mod lora_export;
+pub mod memory;
 pub mod noise;
 pub mod optimizer;
 pub mod orchestration;

@@ -78,7 +78,7 @@ pub fn import_lora<B: Backend>(
     let mut used = 0;
     let mut seen = std::collections::BTreeSet::new();
     for (path, lin) in model.linears_mut() {
-        let device = lin.weight.device();
+        let device = lin.device();
         let module = lora.modules.get(&path);
         if let Some(m) = module {
             seen.insert(path.clone());

@@ -299,3 +299,56 @@ fn image_limits_reach_a_plain_image_folder() {
     .unwrap();
     assert_eq!(defaults.image_limits, fluxlora_data::ImageLimits::default());
 }
+
+#[test]
+fn base_dtype_accepts_kohya_fp8_base_and_refuses_a_conflict() {
+    use fluxlora_lora::BaseDtype;
+    use fluxlora_train::memory::requested_base;
+    let c = TrainConfig::load(None, &args("--fp8_base true")).unwrap();
+    assert_eq!(requested_base(&c, false).unwrap(), BaseDtype::Fp8);
+    let c = TrainConfig::load(None, &args("--base_dtype int8 --blocks_to_swap 4")).unwrap();
+    assert_eq!(requested_base(&c, true).unwrap(), BaseDtype::Int8);
+    assert_eq!(c.blocks_to_swap, 4);
+    // Unset: bf16 where the backend computes in bf16, else f32 (`base_bf16`, on by default).
+    let c = TrainConfig::load(None, &[]).unwrap();
+    assert_eq!(requested_base(&c, true).unwrap(), BaseDtype::Bf16);
+    assert_eq!(requested_base(&c, false).unwrap(), BaseDtype::F32);
+    let c = TrainConfig::load(None, &args("--fp8_base true --base_dtype bf16")).unwrap();
+    match requested_base(&c, true) {
+        Err(TrainError::Invalid { key, message }) => {
+            assert_eq!(key, "fp8_base");
+            assert!(message.contains("base_dtype"), "{message}");
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(TrainConfig::load(None, &args("--base_dtype fp4")).is_err());
+}
+
+#[test]
+fn the_planner_counts_the_base_by_dtype_and_streaming() {
+    use fluxlora_lora::BaseDtype;
+    use fluxlora_train::memory::{estimate, gib, MemoryInputs};
+    let m = |base, swap| MemoryInputs {
+        flux: fluxlora_flux::FluxConfig::dev(),
+        base,
+        blocks_to_swap: swap,
+        lora_params: 0,
+        optimizer_bytes: 0.0,
+        ema: false,
+        batch: 1,
+        image_tokens: 4096,
+        text_tokens: 512,
+        checkpointing: true,
+        host_device: false,
+    };
+    let part = |e: &fluxlora_train::memory::MemoryEstimate| e.parts[0].1;
+    let f32_base = part(&estimate(&m(BaseDtype::F32, 0)).unwrap());
+    let fp8_base = part(&estimate(&m(BaseDtype::Fp8, 0)).unwrap());
+    // Flux.1-dev's linears: 11.9 B weights (47.6 GB in f32, 11.9 GB in fp8, from the model card
+    // sizes in shared/reference/scale-and-variants.md).
+    assert!((gib(f32_base) * 1.073741824 - 47.6).abs() < 0.6, "{}", gib(f32_base));
+    assert!((gib(fp8_base) * 1.073741824 - 11.9).abs() < 0.3, "{}", gib(fp8_base));
+    let swapped = part(&estimate(&m(BaseDtype::Fp8, 20)).unwrap());
+    assert!(swapped < fp8_base * 0.55, "{} vs {}", gib(swapped), gib(fp8_base));
+    assert!(estimate(&m(BaseDtype::Fp8, 40)).is_err());
+}

@@ -33,7 +33,7 @@ use burn::tensor::{Tensor, TensorData};
 /// A [`Backend`] with Flux's fused ops. Implemented for NdArray, Flex, the CubeCL backends (CUDA,
 /// wgpu), `Fusion` of those and `Autodiff` of any of them, as far as the crate's features
 /// (`ndarray`, `flex`, `cubecl`, `fusion`) compile them in.
-pub trait FluxBackend: Backend {
+pub trait FluxBackend: fluxlora_lora::FrozenLinearBackend {
     /// `(1 + scale)·LayerNorm(x) + shift` (LayerNorm without affine, biased variance);
     /// `x: [B, L, C]`, `shift`, `scale: [B, 1, C]`.
     fn modulate(

@@ -57,7 +57,7 @@ pub struct MlpEmbedder<B: Backend> {
     pub out_layer: LoraLinear<B>,
 }
 
-impl<B: Backend> MlpEmbedder<B> {
+impl<B: fluxlora_lora::FrozenLinearBackend> MlpEmbedder<B> {
     pub(crate) fn new(
         path: &str,
         in_dim: usize,

@@ -14,7 +14,10 @@ pub use crate::fused::{gelu_tanh, modulate, NORM_EPS};
 
 /// Applies a linear and returns the result in the input's dtype (a bf16-stored base computes in
 /// bf16 and is cast back).
-pub fn linear<B: Backend, const D: usize>(layer: &LoraLinear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn linear<B: fluxlora_lora::FrozenLinearBackend, const D: usize>(
+    layer: &LoraLinear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
     let dtype = x.dtype();
     let y = layer.forward(x);
     if y.dtype() != dtype {
@@ -83,7 +86,7 @@ pub struct Modulation<B: Backend> {
     pub lin: LoraLinear<B>,
 }
 
-impl<B: Backend> Modulation<B> {
+impl<B: fluxlora_lora::FrozenLinearBackend> Modulation<B> {
     pub(crate) fn new(
         path: &str,
         hidden: usize,

@@ -8,6 +8,7 @@
 //! - [`model`]: `Flux` and its forward pass.
 //! - [`load`]: checkpoint loading (BFL / ComfyUI / diffusers, any float dtype).
 //! - [`lora`]: LoRA targets, freezing, merge/unmerge.
+//! - [`swap`]: block swap (`blocks_to_swap`): frozen block weights streamed from host memory.
 
 pub mod config;
 pub mod double_block;
@@ -18,3 +19,4 @@ pub mod lora;
 pub mod model;
 pub mod rope;
 pub mod single_block;
+pub mod swap;

@@ -1,10 +1,12 @@
 //! ComfyUI names: `diffusion_model.<bfl path>` for the transformer,
 //! `text_encoders.clip_l.transformer.<CLIP path>` and `text_encoders.t5xxl.transformer.<T5 path>`
 //! for the text encoders. Written with `.lora_A.weight`, `.lora_B.weight`, `.alpha` (scale =
-//! alpha/rank, as ComfyUI applies it) and `.diff_b` (output-bias delta, applied as is).
+//! alpha/rank, as ComfyUI applies it) and `.diff_b` (output-bias delta, applied as is); LyCORIS
+//! modules with `.lokr_*` / `.hada_*` / `.alpha` and DoRA's `.dora_scale` (see [`super::lycoris`]).
 
 use super::keys_flux::{is_bfl_module, Target};
 use super::keys_te::{split_component, Component, TE_CLIP, TE_T5};
+use super::lycoris;
 use super::out_tensor::{module_tensors, OutTensor, Roles};
 use super::{LoraFormat, LoraWeights};
 use crate::error::IoError;
@@ -34,16 +36,27 @@ pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, IoE
     };
     let mut out = Vec::new();
     for (key, m) in &lora.modules {
-        let stem = match split_component(key) {
-            (Component::Transformer, p) if is_bfl_module(p) => format!("diffusion_model.{p}"),
-            (Component::Transformer, _) => {
-                let format = LoraFormat::ComfyUi.name();
-                return Err((key.clone(), IoError::LoraUnnamed { format }));
-            }
-            (Component::ClipL, p) => format!("{CLIP}{p}"),
-            (Component::T5, p) => format!("{T5}{p}"),
-        };
+        let stem = stem_for(key)?;
         out.extend(module_tensors(&stem, m, &roles));
+        if let Some(d) = lora.dora.get(key) {
+            out.push(lycoris::dora_tensor(&stem, d, false));
+        }
+    }
+    for (key, m) in &lora.lycoris {
+        out.extend(m.tensors(&stem_for(key)?));
     }
     Ok(out)
+}
+
+/// The ComfyUI stem of canonical `key`.
+fn stem_for(key: &str) -> Result<String, (String, IoError)> {
+    Ok(match split_component(key) {
+        (Component::Transformer, p) if is_bfl_module(p) => format!("diffusion_model.{p}"),
+        (Component::Transformer, _) => {
+            let format = LoraFormat::ComfyUi.name();
+            return Err((key.to_string(), IoError::LoraUnnamed { format }));
+        }
+        (Component::ClipL, p) => format!("{CLIP}{p}"),
+        (Component::T5, p) => format!("{T5}{p}"),
+    })
 }

@@ -54,7 +54,7 @@ pub fn detect_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Lora
     if any(&|n| n.ends_with("query_norm.scale")) || any(&starts("base_model.model.")) {
         return Some(LoraFormat::Bfl);
     }
-    if any(&starts("lora_transformer_")) {
+    if any(&starts("lora_transformer_")) || any(&starts("lycoris_")) {
         return Some(LoraFormat::OneTrainer);
     }
     if any(&|n| n.starts_with("lora_unet_") || n.starts_with("lora_te")) {

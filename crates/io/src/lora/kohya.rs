@@ -2,13 +2,15 @@
 //! path with _>` and `lora_te3_<T5 path with _>` for the text encoders (`lora_te_` and
 //! `lora_te2_` are read as CLIP and T5 too — the latter is OneTrainer's T5 prefix). Roles
 //! `.lora_down.weight`, `.lora_up.weight`, `.alpha` (scalar, scale = alpha/rank), `.diff_b`.
-//! Fused modules stay fused (kohya's `split_qkv` also saves fused, block-diagonal).
+//! Fused modules stay fused (kohya's `split_qkv` also saves fused, block-diagonal). LyCORIS
+//! modules and DoRA magnitudes use the same stems (see [`super::lycoris`]).
 
 use super::keys_flux::{bfl_from_underscored, is_bfl_module, Target};
 use super::keys_te::{
     clip_from_underscored, is_clip_module, is_t5_module, split_component, t5_from_underscored,
     Component, TE_CLIP, TE_T5,
 };
+use super::lycoris;
 use super::out_tensor::{module_tensors, OutTensor, Roles};
 use super::{LoraFormat, LoraWeights};
 use crate::error::IoError;
@@ -71,6 +73,13 @@ pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, IoE
     for (key, m) in &lora.modules {
         let stem = stem_for(key).map_err(|e| (key.clone(), e))?;
         out.extend(module_tensors(&stem, m, &roles));
+        if let Some(d) = lora.dora.get(key) {
+            out.push(lycoris::dora_tensor(&stem, d, false));
+        }
+    }
+    for (key, m) in &lora.lycoris {
+        let stem = stem_for(key).map_err(|e| (key.clone(), e))?;
+        out.extend(m.tensors(&stem));
     }
     Ok(out)
 }

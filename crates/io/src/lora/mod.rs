@@ -21,6 +21,11 @@
 //!   exact in F32/F16/BF16 away from overflow).
 //! - BFL and XLabs: no alpha (scale 1) unless `.alpha` tensors are present.
 //! - `lora_B.bias` (BFL, PEFT) and `.diff_b` (kohya/ComfyUI) carry the output-bias delta.
+//!
+//! LyCORIS adapters ([`lycoris`]) sit beside the LoRA modules: LoKr and LoHa modules in
+//! [`LoraWeights::lycoris`] (kohya and ComfyUI names, ComfyUI's `lokr_*` / `hada_*` roles),
+//! DoRA magnitudes in [`LoraWeights::dora`] next to their LoRA module (`dora_scale` in kohya
+//! and ComfyUI files, `lora_magnitude_vector` in PEFT files).
 
 pub mod bfl;
 pub mod comfy;
@@ -29,6 +34,7 @@ pub mod fuse;
 pub mod keys_flux;
 pub mod keys_te;
 pub mod kohya;
+pub mod lycoris;
 pub mod onetrainer;
 pub mod ops;
 mod out_tensor;
@@ -44,6 +50,7 @@ use crate::error::{IoError, Result};
 use crate::tensor::HostTensor;
 
 pub use detect::{detect, detect_names};
+pub use lycoris::{DoraAxis, DoraScale, KronFactor, LycorisModule};
 pub use read::{read_lora, read_lora_from};
 pub use write::{write_lora, write_lora_as};
 
@@ -159,24 +166,35 @@ impl LoraModule {
 pub struct LoraWeights {
     /// Canonical key → module (see the module docs for the key scheme).
     pub modules: BTreeMap<String, LoraModule>,
+    /// Canonical key → LoKr / LoHa module (whole BFL modules; never also in `modules`).
+    pub lycoris: BTreeMap<String, LycorisModule>,
+    /// Canonical key → DoRA magnitude of the LoRA module under the same key in `modules`.
+    pub dora: BTreeMap<String, DoraScale>,
     /// `__metadata__` of the file it came from / will be written with.
     pub metadata: BTreeMap<String, String>,
 }
 
 impl LoraWeights {
-    /// Number of modules.
+    /// Number of modules (LoRA and LyCORIS).
     pub fn len(&self) -> usize {
-        self.modules.len()
+        self.modules.len() + self.lycoris.len()
     }
 
     /// Whether there are no modules.
     pub fn is_empty(&self) -> bool {
-        self.modules.is_empty()
+        self.modules.is_empty() && self.lycoris.is_empty()
     }
 
     /// Total stored values.
     pub fn num_params(&self) -> usize {
-        self.modules.values().map(LoraModule::num_params).sum()
+        self.modules.values().map(LoraModule::num_params).sum::<usize>()
+            + self.lycoris.values().map(LycorisModule::num_params).sum::<usize>()
+            + self.dora.values().map(|d| d.values.numel()).sum::<usize>()
+    }
+
+    /// Whether any module is LoKr / LoHa or carries a DoRA magnitude.
+    pub fn has_lycoris(&self) -> bool {
+        !self.lycoris.is_empty() || !self.dora.is_empty()
     }
 }
 

@@ -10,7 +10,10 @@
 //! the bare `LoraConfig` is accepted too); else alpha = rank. `alpha_pattern` keys match a
 //! module the way PEFT does: the regex `(.*\.)?(KEY)$` over the whole module name.
 //!
-//! On write the scale is folded into the weights (see [`super`]); no alpha is written.
+//! On write the scale is folded into the weights (see [`super`]); no alpha is written. DoRA
+//! magnitudes are `.lora_magnitude_vector [out]` (PEFT's own key, split with the rows of
+//! fused modules: the norm is per output channel, so the split is exact); LoKr/LoHa have no
+//! PEFT layout and are refused.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,7 +24,9 @@ use serde_json::Value;
 use super::fuse::{split_rows, swap_halves};
 use super::keys_flux::{bfl_from_diffusers, diffusers_names, fused_segments, Target};
 use super::keys_te::{split_component, Component, TE_CLIP, TE_T5};
+use super::lycoris::{dora_tensor, DoraAxis, DoraScale};
 use super::out_tensor::OutTensor;
+use crate::tensor::HostTensor;
 use super::{LoraFormat, LoraModule, LoraWeights};
 use crate::error::IoError;
 
@@ -197,12 +202,48 @@ fn folded(stem: &str, m: &LoraModule, out: &mut Vec<OutTensor>) {
 
 /// Every tensor of a PEFT file.
 pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, IoError)> {
+    if let Some(key) = lora.lycoris.keys().next() {
+        let problem = "LoKr/LoHa have no PEFT/diffusers layout; write kohya or ComfyUI".into();
+        return Err((key.clone(), IoError::LycorisShape { problem }));
+    }
     let mut out = Vec::new();
     for (key, m) in &lora.modules {
         let err = |e: IoError| (key.clone(), e);
+        let dora = match lora.dora.get(key) {
+            Some(d) if d.axis == DoraAxis::Input => {
+                let problem = "a per-input DoRA magnitude (LyCORIS wd_on_out=False) has no PEFT \
+                               layout; write kohya or ComfyUI"
+                    .into();
+                return Err(err(IoError::LycorisShape { problem }));
+            }
+            other => other,
+        };
+        let mag = |stem: &str, values: &[f32], out: &mut Vec<OutTensor>| {
+            let values = HostTensor {
+                shape: vec![values.len()],
+                data: values.to_vec(),
+            };
+            let d = DoraScale {
+                values,
+                axis: DoraAxis::Output,
+            };
+            out.push(dora_tensor(stem, &d, true));
+        };
         match split_component(key) {
-            (Component::ClipL, p) => folded(&format!("text_encoder.{p}"), m, &mut out),
-            (Component::T5, p) => folded(&format!("text_encoder_2.{p}"), m, &mut out),
+            (Component::ClipL, p) => {
+                let stem = format!("text_encoder.{p}");
+                folded(&stem, m, &mut out);
+                if let Some(d) = dora {
+                    mag(&stem, &d.values.data, &mut out);
+                }
+            }
+            (Component::T5, p) => {
+                let stem = format!("text_encoder_2.{p}");
+                folded(&stem, m, &mut out);
+                if let Some(d) = dora {
+                    mag(&stem, &d.values.data, &mut out);
+                }
+            }
             (Component::Transformer, p) => {
                 let (names, swapped) = diffusers_names(p).ok_or_else(|| {
                     err(IoError::LoraUnnamed {
@@ -225,8 +266,20 @@ pub(crate) fn tensors(lora: &LoraWeights) -> Result<Vec<OutTensor>, (String, IoE
                 } else {
                     vec![m]
                 };
+                let mut values = dora.map(|d| d.values.data.clone());
+                if let (Some(v), true) = (values.as_mut(), swapped) {
+                    let h = v.len() / 2;
+                    v.rotate_left(h);
+                }
+                let mut row = 0;
                 for (name, part) in names.iter().zip(&parts) {
-                    folded(&format!("transformer.{name}"), part, &mut out);
+                    let stem = format!("transformer.{name}");
+                    folded(&stem, part, &mut out);
+                    let rows = part.out_features();
+                    if let Some(v) = &values {
+                        mag(&stem, &v[row..row + rows], &mut out);
+                    }
+                    row += rows;
                 }
             }
         }

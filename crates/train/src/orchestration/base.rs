@@ -214,18 +214,32 @@ impl BaseModel {
         }
     }
 
-    /// Loads the transformer (frozen base, f32 or the given base dtype).
+    /// The RoPE split from the transformer's `config.json` (`axes_dims_rope`), when given.
+    fn axes_dim(&self) -> Result<Option<Vec<usize>>, TrainError> {
+        Ok(read_config(&self.transformer, "transformer")?
+            .and_then(|v| v.get("axes_dims_rope").cloned())
+            .and_then(|v| serde_json::from_value::<Vec<usize>>(v).ok()))
+    }
+
+    /// The transformer's architecture, from its checkpoint's shapes (headers only).
+    pub fn transformer_config(&self) -> Result<fluxlora_flux::FluxConfig, TrainError> {
+        let ckpt = fluxlora_flux::FluxCheckpoint::open(&self.transformer)?;
+        Ok(ckpt.infer_config(self.axes_dim()?)?)
+    }
+
+    /// Loads the transformer with a frozen base stored as `base_dtype`, streaming
+    /// `blocks_to_swap` blocks from host memory.
     pub fn load_transformer<B: FluxBackend>(
         &self,
-        base_dtype: Option<burn::tensor::DType>,
+        base_dtype: fluxlora_lora::BaseDtype,
+        blocks_to_swap: usize,
         device: &B::Device,
     ) -> Result<Flux<B>, TrainError> {
-        let axes_dim = read_config(&self.transformer, "transformer")?
-            .and_then(|v| v.get("axes_dims_rope").cloned())
-            .and_then(|v| serde_json::from_value::<Vec<usize>>(v).ok());
+        let axes_dim = self.axes_dim()?;
         let options = LoadOptions {
             axes_dim,
             base_dtype,
+            blocks_to_swap,
             trainable_base: false,
         };
         Ok(Flux::load(&self.transformer, &options, device)?)

@@ -13,7 +13,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use fluxlora_data::BuildStats;
-use fluxlora_flux::bf16_if_supported;
 
 use crate::config::TrainConfig;
 use crate::error::TrainError;
@@ -98,12 +97,8 @@ pub fn train_session<B: FluxAutodiffBackend>(
     config.max_train_steps = Some(data.max_train_steps);
     config.max_train_epochs = None;
     let sampler = Sampler::<B::InnerBackend>::new(&config, &base, device)?;
-    let dtype = if config.base_bf16 {
-        bf16_if_supported::<B>(device)
-    } else {
-        None
-    };
-    let flux = base.load_transformer::<B>(dtype, device)?;
+    let plan = crate::memory::plan_for_run::<B>(&config, &base, device)?;
+    let flux = base.load_transformer::<B>(plan.base_dtype, plan.blocks_to_swap, device)?;
     let mut trainer =
         Trainer::new(config.clone(), flux, device.clone())?.with_progress(options.progress);
     if let Some(set) = data.validation_set::<B::InnerBackend>(&config, device)? {

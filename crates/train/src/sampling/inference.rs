@@ -165,18 +165,36 @@ pub fn apply_named_loras<B: Backend>(
         let Some(parts) = per_linear.get(path.as_str()) else {
             continue;
         };
-        let device = lin.weight.device();
+        let device = lin.device();
+        // A frozen f32 / bf16 base becomes dense so the file LoRAs merge into it; a quantised
+        // (or streamed) one keeps them as adapters.
+        if let Some(f) = lin.frozen.as_ref() {
+            if f.meta().format == fluxlora_lora::FrozenFormat::Float && !f.is_streamed() {
+                let w = f.dequantize(&device).transpose();
+                lin.weight = Some(burn::module::Param::from_tensor(w).set_require_grad(false));
+                lin.frozen = None;
+            }
+        }
         let mut delta: Option<Tensor<B, 2>> = None;
         let mut delta_bias: Option<Tensor<B, 1>> = None;
         for &(m, weight) in parts {
             let factor = weight * m.scale();
             let down_t = upload::<B, 2>(&m.down.transpose()?, &device)?;
             let up_t = upload::<B, 2>(&m.up.transpose()?.scaled(factor), &device)?;
-            let d = down_t.matmul(up_t);
-            delta = Some(match delta {
-                Some(acc) => acc + d,
-                None => d,
-            });
+            if lin.weight.is_none() {
+                // A quantised base keeps the LoRA as an adapter (scale folded into `up`).
+                let rank = down_t.dims()[1];
+                let spec = fluxlora_lora::AdapterSpec::new(rank, rank as f32);
+                let adapter = fluxlora_lora::LoraAdapter::from_factors(&path, down_t, up_t, &spec);
+                lin.push_adapter(&path, adapter)
+                    .map_err(|e| fluxlora_flux::FluxError::Config(format!("applying a LoRA: {e}")))?;
+            } else {
+                let d = down_t.matmul(up_t);
+                delta = Some(match delta {
+                    Some(acc) => acc + d,
+                    None => d,
+                });
+            }
             if let Some(b) = &m.up_bias {
                 let db = Tensor::<B, 1>::from_data(
                     TensorData::new(b.scaled(factor).data, [b.numel()]),
@@ -189,7 +207,7 @@ pub fn apply_named_loras<B: Backend>(
             }
         }
         if let Some(d) = delta {
-            lin.weight = lin.weight.clone().map(|w| add_delta(w, d));
+            lin.weight = lin.weight.take().map(|p| p.map(|w| add_delta(w, d)));
         }
         if let Some(db) = delta_bias {
             lin.bias = Some(match lin.bias.take() {
@@ -413,7 +431,11 @@ impl SampleRun {
         let shift = base.is_dev_as(self.model_type)?;
         let texts = self.encode_texts::<B>(base, device)?;
         let ae = base.load_autoencoder::<B>(None, device)?;
-        let mut flux = base.load_transformer::<B>(self.base_dtype, device)?;
+        let base_dtype = match self.base_dtype {
+            Some(DType::BF16) => fluxlora_lora::BaseDtype::Bf16,
+            _ => fluxlora_lora::BaseDtype::F32,
+        };
+        let mut flux = base.load_transformer::<B>(base_dtype, 0, device)?;
         std::fs::create_dir_all(&self.out_dir).map_err(|e| TrainError::io(&self.out_dir, e))?;
 
         let mut groups: Vec<(LoraSet, Vec<usize>)> = Vec::new();

@@ -321,6 +321,7 @@ mod tests {
                     .map(|(k, m)| (k.to_string(), m))
                     .collect(),
                 metadata: BTreeMap::new(),
+                ..Default::default()
             },
             weight,
         }

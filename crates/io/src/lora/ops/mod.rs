@@ -18,7 +18,7 @@ mod layout;
 pub mod linalg;
 pub mod merge;
 pub mod resize;
-mod stream_write;
+pub(crate) mod stream_write;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,6 +110,7 @@ mod tests {
         let lora = LoraWeights {
             modules: [("single_blocks.1.linear2".to_string(), m)].into(),
             metadata: BTreeMap::new(),
+            ..Default::default()
         };
         let a = dir.path().join("a.safetensors");
         let b = dir.path().join("b.safetensors");

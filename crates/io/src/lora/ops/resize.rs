@@ -155,6 +155,7 @@ pub fn resize_lora(
     let mut out = LoraWeights {
         modules: BTreeMap::new(),
         metadata: lora.metadata.clone(),
+        ..Default::default()
     };
     let mut report = ResizeReport::default();
     for (key, m) in &lora.modules {
@@ -270,6 +271,7 @@ mod tests {
         LoraWeights {
             modules: [("double_blocks.0.img_attn.proj".to_string(), m)].into(),
             metadata: BTreeMap::new(),
+            ..Default::default()
         }
     }
 

@@ -37,7 +37,7 @@ fn weight_of(flux: &mut Flux<B>, path: &str) -> Vec<f32> {
         .into_iter()
         .find(|(p, _)| p == path)
         .unwrap();
-    l.weight.val().into_data().to_vec::<f32>().unwrap()
+    l.base_weight().into_data().to_vec::<f32>().unwrap()
 }
 
 /// Modules on `paths` of `flux` (rank 4, alpha 2: scale 0.5).
@@ -281,7 +281,7 @@ fn sample_prompts_writes_each_image_and_a_grid() {
     let dev = Default::default();
     let base = tiny_base();
     let loras = tempfile::tempdir().unwrap();
-    let mut flux = base.load_transformer::<B>(None, &dev).unwrap();
+    let mut flux = base.load_transformer::<B>(Default::default(), 0, &dev).unwrap();
     let lora = lora_for(
         &mut flux,
         &[
