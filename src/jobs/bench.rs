@@ -14,8 +14,8 @@ use fluxlora_flux::{
     FluxConfig, FluxInputs, LoadOptions,
 };
 use fluxlora_lora::{BaseDtype, Preset, TargetSelector};
-use fluxlora_train::memory::{estimate, gib, optimizer_bytes, lora_params, MemoryInputs};
 use fluxlora_train::config::OptimizerType;
+use fluxlora_train::memory::{estimate, gib, lora_params, optimizer_bytes, MemoryInputs};
 
 use crate::backend;
 use crate::error::Error;
@@ -232,9 +232,7 @@ fn run<B: FluxAutodiffBackend>(
             txt_ids: latents::txt_ids::<B>(1, args.text_tokens, dev),
             timesteps: ts,
             y: y.clone(),
-            guidance: config
-                .guidance_embed
-                .then(|| Tensor::full([1], 3.5, dev)),
+            guidance: config.guidance_embed.then(|| Tensor::full([1], 3.5, dev)),
         };
         let target = noise - x0.clone();
         let step = forward_backward(&model, &x, Checkpointing::Blocks, |out| {

@@ -44,7 +44,11 @@ pub fn write_random_flux(path: &Path, dims: &FluxDims, head_dim: usize, seed: u6
         .iter()
         .map(|(name, shape)| StreamEntry {
             name: name.clone(),
-            dtype: if shape.len() == 2 { Dtype::F8_E4M3 } else { Dtype::BF16 },
+            dtype: if shape.len() == 2 {
+                Dtype::F8_E4M3
+            } else {
+                Dtype::BF16
+            },
             shape: shape.clone(),
         })
         .collect();
@@ -105,11 +109,19 @@ mod tests {
         let c = Checkpoint::open(&p).unwrap();
         let (dt, shape) = c.info("double_blocks.0.img_attn.qkv.weight").unwrap();
         assert_eq!((dt, shape), (Dtype::F8_E4M3, &[24usize, 8][..]));
-        assert_eq!(c.info("single_blocks.1.norm.key_norm.scale").unwrap().0, Dtype::BF16);
+        assert_eq!(
+            c.info("single_blocks.1.norm.key_norm.scale").unwrap().0,
+            Dtype::BF16
+        );
         let w = c.read_f32("double_blocks.0.img_mlp.0.weight").unwrap();
         let bound = 1.0 / 8f32.sqrt();
         assert!(w.data.iter().all(|v| v.abs() <= bound * 1.07));
         assert!(w.data.iter().any(|v| *v != 0.0));
-        assert_eq!(c.read_f32("single_blocks.0.norm.query_norm.scale").unwrap().data, vec![1.0; 4]);
+        assert_eq!(
+            c.read_f32("single_blocks.0.norm.query_norm.scale")
+                .unwrap()
+                .data,
+            vec![1.0; 4]
+        );
     }
 }

@@ -16,7 +16,9 @@ use proptest::prelude::*;
 use crate::common::values;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity/lycoris").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/parity/lycoris")
+        .join(name)
 }
 
 fn t(shape: &[usize], seed: u64) -> HostTensor {
@@ -55,7 +57,10 @@ fn files_by_lycoris_and_peft_give_their_own_weight_change() {
             let got = merged(&lora, key, &base);
             let scale = want.max_abs().max(1.0);
             let diff = got.max_abs_diff(&want).unwrap();
-            assert!(diff <= 2e-5 * scale, "{name} {key}: max diff {diff} (scale {scale})");
+            assert!(
+                diff <= 2e-5 * scale,
+                "{name} {key}: max diff {diff} (scale {scale})"
+            );
             // ΔW is not trivially zero: the case tests something.
             assert!(want.max_abs_diff(&base).unwrap() > 1e-2, "{name} {key}");
             checked += 1;
@@ -67,8 +72,14 @@ fn files_by_lycoris_and_peft_give_their_own_weight_change() {
 #[test]
 fn dora_axes_follow_the_magnitude_shape() {
     let (lora, _) = read_lora(fixture("dora_lycoris.safetensors")).unwrap();
-    assert_eq!(lora.dora["double_blocks.1.img_attn.proj"].axis, DoraAxis::Output);
-    assert_eq!(lora.dora["double_blocks.1.txt_attn.proj"].axis, DoraAxis::Input);
+    assert_eq!(
+        lora.dora["double_blocks.1.img_attn.proj"].axis,
+        DoraAxis::Output
+    );
+    assert_eq!(
+        lora.dora["double_blocks.1.txt_attn.proj"].axis,
+        DoraAxis::Input
+    );
     let (peft, _) = read_lora(fixture("dora_peft.safetensors")).unwrap();
     assert_eq!(peft.dora["img_in"].axis, DoraAxis::Output);
     assert_eq!(peft.dora["img_in"].values.numel(), 12);
@@ -116,14 +127,21 @@ fn reference_delta(m: &LycorisModule) -> Vec<f64> {
                 for j in 0..q {
                     for k in 0..r {
                         for l in 0..s {
-                            out[(i * r + k) * q * s + j * s + l] = scale * a[i * q + j] * b[k * s + l];
+                            out[(i * r + k) * q * s + j * s + l] =
+                                scale * a[i * q + j] * b[k * s + l];
                         }
                     }
                 }
             }
             out
         }
-        LycorisModule::Loha { w1_a, w1_b, w2_a, w2_b, alpha } => {
+        LycorisModule::Loha {
+            w1_a,
+            w1_b,
+            w2_a,
+            w2_b,
+            alpha,
+        } => {
             let (m1, _, _) = mm(w1_a, w1_b);
             let (m2, _, _) = mm(w2_a, w2_b);
             let scale = alpha.map_or(1.0, |a| f64::from(a) / w1_b.shape[0] as f64);
@@ -132,10 +150,21 @@ fn reference_delta(m: &LycorisModule) -> Vec<f64> {
     }
 }
 
-fn lokr(seed: u64, l: usize, m: usize, k: usize, n: usize, r: usize, lowrank: [bool; 2]) -> LycorisModule {
+fn lokr(
+    seed: u64,
+    l: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    r: usize,
+    lowrank: [bool; 2],
+) -> LycorisModule {
     let factor = |s: u64, rows: usize, cols: usize, low: bool| {
         if low {
-            KronFactor::LowRank { a: t(&[rows, r], s), b: t(&[r, cols], s + 1) }
+            KronFactor::LowRank {
+                a: t(&[rows, r], s),
+                b: t(&[r, cols], s + 1),
+            }
         } else {
             KronFactor::Full(t(&[rows, cols], s))
         }
@@ -223,7 +252,10 @@ fn kron_is_the_textbook_product() {
     // [[1, 2], [3, 4]] ⊗ [[0, 1]] = [[0, 1, 0, 2], [0, 3, 0, 4]]
     let a = HostTensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
     let b = HostTensor::new(vec![1, 2], vec![0.0, 1.0]).unwrap();
-    assert_eq!(kron(&a, &b).unwrap().data, vec![0.0, 1.0, 0.0, 2.0, 0.0, 3.0, 0.0, 4.0]);
+    assert_eq!(
+        kron(&a, &b).unwrap().data,
+        vec![0.0, 1.0, 0.0, 2.0, 0.0, 3.0, 0.0, 4.0]
+    );
 }
 
 #[test]
@@ -237,7 +269,12 @@ fn tucker_cores_and_pieces_are_refused_by_name() {
             .collect();
         let refs: Vec<(&str, fluxlora_io::TensorRef)> = tensors
             .iter()
-            .map(|(n, t)| (n.as_str(), fluxlora_io::TensorRef::cast(t, fluxlora_io::Dtype::F32)))
+            .map(|(n, t)| {
+                (
+                    n.as_str(),
+                    fluxlora_io::TensorRef::cast(t, fluxlora_io::Dtype::F32),
+                )
+            })
             .collect();
         fluxlora_io::write_safetensors(&p, &refs, &BTreeMap::new()).unwrap();
         read_lora(&p).unwrap_err().to_string()
@@ -250,10 +287,25 @@ fn tucker_cores_and_pieces_are_refused_by_name() {
     ]);
     assert!(e.contains("lokr_t2") && e.contains("t.safetensors"), "{e}");
     let e = mk(&[
-        ("lycoris_transformer_blocks_0_attn_to_q.hada_w1_a", vec![2, 1]),
-        ("lycoris_transformer_blocks_0_attn_to_q.hada_w1_b", vec![1, 2]),
-        ("lycoris_transformer_blocks_0_attn_to_q.hada_w2_a", vec![2, 1]),
-        ("lycoris_transformer_blocks_0_attn_to_q.hada_w2_b", vec![1, 2]),
+        (
+            "lycoris_transformer_blocks_0_attn_to_q.hada_w1_a",
+            vec![2, 1],
+        ),
+        (
+            "lycoris_transformer_blocks_0_attn_to_q.hada_w1_b",
+            vec![1, 2],
+        ),
+        (
+            "lycoris_transformer_blocks_0_attn_to_q.hada_w2_a",
+            vec![2, 1],
+        ),
+        (
+            "lycoris_transformer_blocks_0_attn_to_q.hada_w2_b",
+            vec![1, 2],
+        ),
     ]);
-    assert!(e.contains("one piece of BFL's fused `double_blocks.0.img_attn.qkv`"), "{e}");
+    assert!(
+        e.contains("one piece of BFL's fused `double_blocks.0.img_attn.qkv`"),
+        "{e}"
+    );
 }

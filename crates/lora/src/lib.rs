@@ -60,12 +60,12 @@ pub mod target;
 
 pub use adapter::{AdapterSpec, LoraAdapter};
 pub use dora::DoraAdapter;
+pub use error::LoraError;
+pub use frozen::{BaseDtype, FrozenFormat, FrozenLinearBackend, FrozenWeight};
+pub use linear::LoraLinear;
 pub use loha::LohaAdapter;
 pub use lokr::{Factor, LokrAdapter};
 pub use lycoris::LycorisAdapter;
 pub use network::Network;
-pub use error::LoraError;
-pub use frozen::{BaseDtype, FrozenFormat, FrozenLinearBackend, FrozenWeight};
-pub use linear::LoraLinear;
 pub use param_id::stable_param_id;
 pub use target::{BlockList, ModuleKind, Preset, RuleOverride, TargetSelector, TargetSpec};

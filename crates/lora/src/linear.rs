@@ -166,7 +166,11 @@ impl<B: Backend> LoraLinear<B> {
 
     /// Adds an existing LyCORIS adapter after checking it fits (a merged linear is unmerged
     /// and merged again around it).
-    pub fn push_lycoris(&mut self, path: &str, adapter: LycorisAdapter<B>) -> Result<(), LoraError> {
+    pub fn push_lycoris(
+        &mut self,
+        path: &str,
+        adapter: LycorisAdapter<B>,
+    ) -> Result<(), LoraError> {
         adapter.check_fits(path, self.d_in(), self.d_out())?;
         let merged = self.merged;
         self.unmerge();

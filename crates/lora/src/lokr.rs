@@ -188,7 +188,11 @@ impl<B: Backend> LokrAdapter<B> {
         self.rank().map_or(1.0, |r| self.alpha / r as f32)
     }
 
-    fn dense(full: &Option<Param<Tensor<B, 2>>>, a: &Option<Param<Tensor<B, 2>>>, b: &Option<Param<Tensor<B, 2>>>) -> Tensor<B, 2> {
+    fn dense(
+        full: &Option<Param<Tensor<B, 2>>>,
+        a: &Option<Param<Tensor<B, 2>>>,
+        b: &Option<Param<Tensor<B, 2>>>,
+    ) -> Tensor<B, 2> {
         match (full, a, b) {
             (Some(w), _, _) => w.val(),
             (None, Some(a), Some(b)) => a.val().matmul(b.val()),
@@ -246,10 +250,12 @@ impl<B: Backend> LokrAdapter<B> {
 
     /// Number of stored values.
     pub fn num_params(&self) -> usize {
-        [&self.w1, &self.w1_a, &self.w1_b, &self.w2, &self.w2_a, &self.w2_b]
-            .iter()
-            .filter_map(|p| p.as_ref().map(|p| p.shape().num_elements()))
-            .sum()
+        [
+            &self.w1, &self.w1_a, &self.w1_b, &self.w2, &self.w2_a, &self.w2_b,
+        ]
+        .iter()
+        .filter_map(|p| p.as_ref().map(|p| p.shape().num_elements()))
+        .sum()
     }
 }
 

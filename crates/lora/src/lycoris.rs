@@ -157,7 +157,9 @@ pub(crate) fn forward_all<B: Backend, const D: usize>(
     base: impl FnOnce() -> Tensor<B, 2>,
     d_out: usize,
 ) -> Option<Tensor<B, D>> {
-    let dora = adapters.iter().any(|a| matches!(a, LycorisAdapter::Dora(_)));
+    let dora = adapters
+        .iter()
+        .any(|a| matches!(a, LycorisAdapter::Dora(_)));
     let (base_y, base) = if dora {
         (Some(base_y()), Some(base()))
     } else {
@@ -326,8 +328,11 @@ pub(crate) fn output_dropouts<B: Backend>(
     }
     if rank_p > 0.0 {
         let rows = h.dims()[1];
-        let mask =
-            Tensor::<B, 2>::random([1, rows], Distribution::Bernoulli(1.0 - rank_p), &h.device());
+        let mask = Tensor::<B, 2>::random(
+            [1, rows],
+            Distribution::Bernoulli(1.0 - rank_p),
+            &h.device(),
+        );
         h = h * mask * (1.0 / (1.0 - rank_p));
     }
     if p > 0.0 {

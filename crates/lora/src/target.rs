@@ -26,8 +26,8 @@ use std::str::FromStr;
 use regex::Regex;
 
 use crate::adapter::AdapterSpec;
-use crate::network::Network;
 use crate::error::LoraError;
+use crate::network::Network;
 
 /// The base selection and its granularity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -277,7 +277,8 @@ pub struct TargetSelector {
     pub train_embedders: bool,
     /// Also train `final_layer.linear` and `final_layer.adaLN_modulation.1`.
     pub train_final_layer: bool,
-    /// The adapter algorithm of every target (`network_type`).
+    /// The adapter algorithm of every target (`network_type`). LoKr, LoHa and DoRA get one
+    /// adapter per BFL module, never the row split of the diffusers-granular presets.
     pub network: Network,
     rules: Vec<(Regex, RuleOverride)>,
 }
@@ -354,7 +355,13 @@ impl TargetSelector {
             rows: None,
             network: self.network,
         };
-        let adapters = match self.row_split(&site, d_in, d_out) {
+        // LyCORIS kinds sit on whole BFL modules (as LyCORIS applies them to kohya names):
+        // their ΔW has no row-split form the file formats could fuse.
+        let split = match self.network {
+            Network::Lora => self.row_split(&site, d_in, d_out),
+            _ => None,
+        };
+        let adapters = match split {
             Some(ranges) => ranges
                 .into_iter()
                 .map(|(s, e)| base.clone().with_rows(s, e))

@@ -39,7 +39,10 @@ fn frozen<B: Backend>(
         ),
         Some(f) => {
             let q = QuantizedHost::quantize(&host, f).unwrap();
-            (q.dequantize().data, FrozenWeight::from_host(&q, DType::F32, &dev))
+            (
+                q.dequantize().data,
+                FrozenWeight::from_host(&q, DType::F32, &dev),
+            )
         }
     }
 }
@@ -67,7 +70,11 @@ where
         values(seed + 2, n * d_out),
     );
     let (decoded, weight) = frozen::<B>(format, &w, d_out, d_in);
-    let weight = if stream { weight.stream_from_host() } else { weight };
+    let weight = if stream {
+        weight.stream_from_host()
+    } else {
+        weight
+    };
     let xt = Tensor::<B, 2>::from_data(TensorData::new(x.clone(), [n, d_in]), &dev).require_grad();
     let gt = Tensor::<B, 2>::from_data(TensorData::new(g.clone(), [n, d_out]), &dev);
     let before = streamed_bytes();
@@ -80,12 +87,26 @@ where
     let y = y.into_data().to_vec::<f32>().unwrap();
     let dx = dx.into_data().to_vec::<f32>().unwrap();
     let tol = 1e-4 * (d_in.max(d_out) as f32).sqrt();
-    prop_assert!(max_abs_diff(&y, &y_ref) < tol, "{:?} y: {}", format, max_abs_diff(&y, &y_ref));
-    prop_assert!(max_abs_diff(&dx, &dx_ref) < tol, "{:?} dx: {}", format, max_abs_diff(&dx, &dx_ref));
+    prop_assert!(
+        max_abs_diff(&y, &y_ref) < tol,
+        "{:?} y: {}",
+        format,
+        max_abs_diff(&y, &y_ref)
+    );
+    prop_assert!(
+        max_abs_diff(&dx, &dx_ref) < tol,
+        "{:?} dx: {}",
+        format,
+        max_abs_diff(&dx, &dx_ref)
+    );
     if stream {
         // The forward and the backward each copied the storage once: the backward decoded
         // again rather than keeping a decoded copy in the graph.
-        prop_assert!(moved >= 2 * weight.storage_bytes() as u64, "{} bytes moved", moved);
+        prop_assert!(
+            moved >= 2 * weight.storage_bytes() as u64,
+            "{} bytes moved",
+            moved
+        );
     }
     Ok(())
 }
@@ -136,14 +157,23 @@ fn a_frozen_base_trains_its_adapter_as_the_dense_base_does() {
     frozen.adapters = dense.adapters.clone();
     // Give B non-zero values so A gets a gradient.
     for l in [&mut dense, &mut frozen] {
-        l.adapters[0].lora_b = l.adapters[0].lora_b.clone().map(|b| b.ones_like().require_grad());
+        l.adapters[0].lora_b = l.adapters[0]
+            .lora_b
+            .clone()
+            .map(|b| b.ones_like().require_grad());
     }
     let run = |l: &LoraLinear<NdAd>| {
         let y = l.forward(xt());
         let grads = y.clone().powf_scalar(2.0).sum().backward();
         (
             y.into_data().to_vec::<f32>().unwrap(),
-            l.adapters[0].lora_a.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(),
+            l.adapters[0]
+                .lora_a
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap(),
         )
     };
     let (y_d, ga_d) = run(&dense);

@@ -69,13 +69,24 @@ fn close(got: &[f32], want: &[f64], rel: f64) -> Result<(), String> {
     if got.len() == want.len() && diff <= rel * scale {
         Ok(())
     } else {
-        Err(format!("max diff {diff} (scale {scale}, lengths {} {})", got.len(), want.len()))
+        Err(format!(
+            "max diff {diff} (scale {scale}, lengths {} {})",
+            got.len(),
+            want.len()
+        ))
     }
 }
 
 /// A LoKr with random factors (W1 `[l, m]`, W2 `[k, n]` low-rank when `low`) and its ΔW in
 /// Burn layout `[m·n, l·k]`, in f64.
-fn lokr(seed: u64, [l, m, k, n]: [usize; 4], r: usize, low: bool, alpha: f32, mult: f32) -> (LokrAdapter<B>, Vec<f64>) {
+fn lokr(
+    seed: u64,
+    [l, m, k, n]: [usize; 4],
+    r: usize,
+    low: bool,
+    alpha: f32,
+    mult: f32,
+) -> (LokrAdapter<B>, Vec<f64>) {
     let w1 = values(seed, l * m);
     let mut spec = AdapterSpec::new(r, alpha);
     spec.multiplier = mult;
@@ -119,9 +130,20 @@ fn loha(seed: u64, rows: usize, d_in: usize, r: usize, alpha: f32) -> (LohaAdapt
 
 /// A DoRA with random LoRA factors and magnitudes over `w` (`[d_in, d_out]`); its merged weight
 /// (Burn layout) in f64: `W + m_u·(g⊙(W + ΔW) − W)` with the per-output-channel norm.
-fn dora(seed: u64, w: &[f32], d_in: usize, d_out: usize, r: usize, alpha: f32, mult: f32) -> (DoraAdapter<B>, Vec<f64>) {
+fn dora(
+    seed: u64,
+    w: &[f32],
+    d_in: usize,
+    d_out: usize,
+    r: usize,
+    alpha: f32,
+    mult: f32,
+) -> (DoraAdapter<B>, Vec<f64>) {
     let (a, b) = (values(seed, d_in * r), values(seed + 1, r * d_out));
-    let mag: Vec<f32> = values(seed + 2, d_out).iter().map(|v| 1.0 + v.abs()).collect();
+    let mag: Vec<f32> = values(seed + 2, d_out)
+        .iter()
+        .map(|v| 1.0 + v.abs())
+        .collect();
     let mut spec = AdapterSpec::new(r, alpha);
     spec.multiplier = mult;
     spec.network = Network::Dora;
@@ -134,10 +156,17 @@ fn dora(seed: u64, w: &[f32], d_in: usize, d_out: usize, r: usize, alpha: f32, m
     );
     let s = f64::from(alpha) / r as f64;
     let dw = mm(&a, &b, d_in, r, d_out);
-    let wc: Vec<f64> = w.iter().zip(&dw).map(|(w, d)| f64::from(*w) + s * d).collect();
+    let wc: Vec<f64> = w
+        .iter()
+        .zip(&dw)
+        .map(|(w, d)| f64::from(*w) + s * d)
+        .collect();
     let mut out = f64s(w);
     for c in 0..d_out {
-        let norm = (0..d_in).map(|i| wc[i * d_out + c].powi(2)).sum::<f64>().sqrt();
+        let norm = (0..d_in)
+            .map(|i| wc[i * d_out + c].powi(2))
+            .sum::<f64>()
+            .sqrt();
         let g = f64::from(mag[c]) / (norm + f64::from(f32::EPSILON));
         for i in 0..d_in {
             let k = i * d_out + c;
@@ -245,7 +274,9 @@ fn dora_row_range_touches_only_its_rows() {
     spec.network = Network::Dora;
     let mut lin = LoraLinear::<B>::from_weights(tensor2(&w, d_in, d_out), None);
     lin.add_adapter("qkv", &spec, &dev()).unwrap();
-    let LycorisAdapter::Dora(d) = &mut lin.lycoris[0] else { panic!("a DoRA") };
+    let LycorisAdapter::Dora(d) = &mut lin.lycoris[0] else {
+        panic!("a DoRA")
+    };
     d.lora.lora_b = d.lora.lora_b.clone().map(|b| b + 0.5);
     let delta = to_vec(lin.delta_weight());
     for i in 0..d_in {
@@ -262,22 +293,46 @@ fn gradients_reach_the_lycoris_factors_and_the_dora_magnitude() {
     let d = dev();
     let (d_in, d_out) = (6, 4);
     let w = Tensor::<AB, 2>::from_data(TensorData::new(values(4, d_in * d_out), [d_in, d_out]), &d);
-    for network in [Network::Lokr { factor: -1, full_rank: false }, Network::Loha, Network::Dora] {
+    for network in [
+        Network::Lokr {
+            factor: -1,
+            full_rank: false,
+        },
+        Network::Loha,
+        Network::Dora,
+    ] {
         let mut lin = LoraLinear::<AB>::from_weights(w.clone(), None).freeze_base();
         let mut spec = AdapterSpec::new(2, 2.0);
         spec.network = network;
         lin.add_adapter("g", &spec, &d).unwrap();
         let x = Tensor::<AB, 2>::from_data(TensorData::new(values(6, 3 * d_in), [3, d_in]), &d);
         let y = lin.forward(x);
-        let target = Tensor::<AB, 2>::from_data(TensorData::new(values(7, 3 * d_out), [3, d_out]), &d);
+        let target =
+            Tensor::<AB, 2>::from_data(TensorData::new(values(7, 3 * d_out), [3, d_out]), &d);
         let grads = (y - target).powi_scalar(2).sum().backward();
-        assert!(lin.weight.as_ref().unwrap().val().grad(&grads).is_none(), "{network}: base got a gradient");
-        let some = |p: &burn::module::Param<Tensor<AB, 2>>| p.val().grad(&grads).map(|g| g.abs().sum().into_scalar()).unwrap_or(0.0);
+        assert!(
+            lin.weight.as_ref().unwrap().val().grad(&grads).is_none(),
+            "{network}: base got a gradient"
+        );
+        let some = |p: &burn::module::Param<Tensor<AB, 2>>| {
+            p.val()
+                .grad(&grads)
+                .map(|g| g.abs().sum().into_scalar())
+                .unwrap_or(0.0)
+        };
         let total = match &lin.lycoris[0] {
-            LycorisAdapter::Lokr(a) => [&a.w1, &a.w2, &a.w2_a, &a.w2_b].iter().filter_map(|p| p.as_ref()).map(some).sum::<f32>(),
+            LycorisAdapter::Lokr(a) => [&a.w1, &a.w2, &a.w2_a, &a.w2_b]
+                .iter()
+                .filter_map(|p| p.as_ref())
+                .map(some)
+                .sum::<f32>(),
             LycorisAdapter::Loha(a) => some(&a.w2_a),
             LycorisAdapter::Dora(a) => {
-                let gm = a.magnitude.val().grad(&grads).expect("magnitude has a gradient");
+                let gm = a
+                    .magnitude
+                    .val()
+                    .grad(&grads)
+                    .expect("magnitude has a gradient");
                 assert!(gm.abs().sum().into_scalar() > 0.0);
                 some(&a.lora.lora_b)
             }
@@ -298,7 +353,11 @@ fn factorization_matches_lycoris() {
     assert_eq!(t.shape[1], 4);
     for row in t.data.chunks(4) {
         let (dim, factor) = (row[0] as usize, row[1] as i64);
-        assert_eq!(factorization(dim, factor), (row[2] as usize, row[3] as usize), "{dim} {factor}");
+        assert_eq!(
+            factorization(dim, factor),
+            (row[2] as usize, row[3] as usize),
+            "{dim} {factor}"
+        );
     }
 }
 
@@ -306,44 +365,78 @@ fn factorization_matches_lycoris() {
 /// placed on a `LoraLinear` over their base, merge to the weight LyCORIS's forward gives.
 #[test]
 fn lycoris_fixture_modules_give_the_reference_merged_weight() {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity/lycoris");
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity/lycoris");
     let expected = fixture();
     let lokr = SafeTensorsFile::open(dir.join("lokr.safetensors")).unwrap();
     let dora = SafeTensorsFile::open(dir.join("dora_lycoris.safetensors")).unwrap();
     let host = |f: &SafeTensorsFile, k: &str| {
         let t = f.read_f32(k).unwrap();
         let s = t.shape.clone();
-        (Tensor::<B, 2>::from_data(TensorData::new(t.data, [s[0], s[1]]), &dev()), s)
+        (
+            Tensor::<B, 2>::from_data(TensorData::new(t.data, [s[0], s[1]]), &dev()),
+            s,
+        )
     };
     let mut checked = 0;
     for (path, stem) in [
-        ("double_blocks.0.img_attn.proj", "lora_unet_double_blocks_0_img_attn_proj"),
-        ("double_blocks.0.txt_attn.proj", "lora_unet_double_blocks_0_txt_attn_proj"),
-        ("single_blocks.0.linear2", "lora_unet_single_blocks_0_linear2"),
-        ("double_blocks.1.img_attn.proj", "lora_unet_double_blocks_1_img_attn_proj"),
+        (
+            "double_blocks.0.img_attn.proj",
+            "lora_unet_double_blocks_0_img_attn_proj",
+        ),
+        (
+            "double_blocks.0.txt_attn.proj",
+            "lora_unet_double_blocks_0_txt_attn_proj",
+        ),
+        (
+            "single_blocks.0.linear2",
+            "lora_unet_single_blocks_0_linear2",
+        ),
+        (
+            "double_blocks.1.img_attn.proj",
+            "lora_unet_double_blocks_1_img_attn_proj",
+        ),
     ] {
         let base = expected.read_f32(&format!("{path}.base")).unwrap();
         let want = expected.read_f32(&format!("{path}.merged")).unwrap();
         let (o, i) = (base.shape[0], base.shape[1]);
-        let w = Tensor::<B, 2>::from_data(TensorData::new(base.data.clone(), [o, i]), &dev()).transpose();
+        let w = Tensor::<B, 2>::from_data(TensorData::new(base.data.clone(), [o, i]), &dev())
+            .transpose();
         let mut lin = LoraLinear::<B>::from_weights(w, None);
         let names: Vec<&str> = lokr.names().chain(dora.names()).collect();
         let has = |role: &str| names.contains(&format!("{stem}.{role}").as_str());
-        let file = if has("lokr_w1") || has("lokr_w1_a") { &lokr } else { &dora };
+        let file = if has("lokr_w1") || has("lokr_w1_a") {
+            &lokr
+        } else {
+            &dora
+        };
         let alpha = file.read_scalar(&format!("{stem}.alpha")).unwrap();
         let factor = |name: &str| {
             if has(name) {
                 Factor::Full(host(file, &format!("{stem}.{name}")).0)
             } else {
-                Factor::LowRank(host(file, &format!("{stem}.{name}_a")).0, host(file, &format!("{stem}.{name}_b")).0)
+                Factor::LowRank(
+                    host(file, &format!("{stem}.{name}_a")).0,
+                    host(file, &format!("{stem}.{name}_b")).0,
+                )
             }
         };
         let adapter = if has("lokr_w1") || has("lokr_w1_a") {
-            LycorisAdapter::Lokr(LokrAdapter::from_factors(path, factor("lokr_w1"), factor("lokr_w2"), &AdapterSpec::new(1, alpha)))
+            LycorisAdapter::Lokr(LokrAdapter::from_factors(
+                path,
+                factor("lokr_w1"),
+                factor("lokr_w2"),
+                &AdapterSpec::new(1, alpha),
+            ))
         } else {
             let (down, s) = host(file, &format!("{stem}.lora_down.weight"));
             let (up, _) = host(file, &format!("{stem}.lora_up.weight"));
-            let lora = LoraAdapter::from_factors(path, down.transpose(), up.transpose(), &AdapterSpec::new(s[0], alpha));
+            let lora = LoraAdapter::from_factors(
+                path,
+                down.transpose(),
+                up.transpose(),
+                &AdapterSpec::new(s[0], alpha),
+            );
             let mag = file.read_f32(&format!("{stem}.dora_scale")).unwrap();
             assert_eq!(mag.shape, vec![o, 1], "per-output-channel dora_scale");
             let mag = Tensor::<B, 1>::from_data(TensorData::new(mag.data, [o]), &dev());

@@ -125,7 +125,9 @@ fn a_shortened_pretraining_writes_a_world_the_loaders_read() {
     let ae = base.load_autoencoder::<B>(None, &dev).unwrap();
     assert_eq!(ae.config().z_channels, o.autoencoder.z_channels);
     assert_eq!(ae.config().downscale(), 4);
-    let flux = base.load_transformer::<B>(Default::default(), 0, &dev).unwrap();
+    let flux = base
+        .load_transformer::<B>(Default::default(), 0, &dev)
+        .unwrap();
     assert_eq!(flux.config, o.transformer);
     assert!(base.is_dev(&config).unwrap());
     let caption = std::fs::read_to_string(tmp.path().join("dataset/sks_00.txt")).unwrap();

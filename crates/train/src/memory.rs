@@ -71,7 +71,12 @@ pub struct MemoryEstimate {
 
 impl std::fmt::Display for MemoryEstimate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "device {:.2} GiB, host {:.2} GiB (", gib(self.device), gib(self.host))?;
+        write!(
+            f,
+            "device {:.2} GiB, host {:.2} GiB (",
+            gib(self.device),
+            gib(self.host)
+        )?;
         for (i, (name, b)) in self.parts.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             write!(f, "{sep}{name} {:.2}", gib(*b))?;
@@ -250,7 +255,9 @@ pub fn inputs_for<B: Backend>(
 ) -> Result<MemoryInputs, TrainError> {
     let selector = crate::run::target_selector(config)?;
     let side = config.resolution as usize / 16;
-    let text = config.t5xxl_max_token_length.unwrap_or(if flux.guidance_embed { 512 } else { 256 });
+    let text = config
+        .t5xxl_max_token_length
+        .unwrap_or(if flux.guidance_embed { 512 } else { 256 });
     Ok(MemoryInputs {
         flux: flux.clone(),
         base: plan.base_dtype,
@@ -303,8 +310,12 @@ pub fn plan_for_run<B: Backend>(
     for base_dtype in [requested.base_dtype, BaseDtype::Fp8] {
         let max_swap = (0..=(flux.depth * 2).max(1))
             .take_while(|&n| {
-                fluxlora_flux::transformer::swap::SwapPlan::kohya(n, flux.depth, flux.depth_single_blocks)
-                    .is_ok()
+                fluxlora_flux::transformer::swap::SwapPlan::kohya(
+                    n,
+                    flux.depth,
+                    flux.depth_single_blocks,
+                )
+                .is_ok()
             })
             .last()
             .unwrap_or(0);

@@ -346,9 +346,22 @@ fn the_planner_counts_the_base_by_dtype_and_streaming() {
     let fp8_base = part(&estimate(&m(BaseDtype::Fp8, 0)).unwrap());
     // Flux.1-dev's linears: 11.9 B weights (47.6 GB in f32, 11.9 GB in fp8, from the model card
     // sizes in shared/reference/scale-and-variants.md).
-    assert!((gib(f32_base) * 1.073741824 - 47.6).abs() < 0.6, "{}", gib(f32_base));
-    assert!((gib(fp8_base) * 1.073741824 - 11.9).abs() < 0.3, "{}", gib(fp8_base));
+    assert!(
+        (gib(f32_base) * 1.073741824 - 47.6).abs() < 0.6,
+        "{}",
+        gib(f32_base)
+    );
+    assert!(
+        (gib(fp8_base) * 1.073741824 - 11.9).abs() < 0.3,
+        "{}",
+        gib(fp8_base)
+    );
     let swapped = part(&estimate(&m(BaseDtype::Fp8, 20)).unwrap());
-    assert!(swapped < fp8_base * 0.55, "{} vs {}", gib(swapped), gib(fp8_base));
+    assert!(
+        swapped < fp8_base * 0.55,
+        "{} vs {}",
+        gib(swapped),
+        gib(fp8_base)
+    );
     assert!(estimate(&m(BaseDtype::Fp8, 40)).is_err());
 }

@@ -65,7 +65,9 @@ fn base_model_folder_resolves_and_loads_every_part() {
         "the tiny base has a guidance embedder"
     );
     let dev = Default::default();
-    let flux = base.load_transformer::<AB>(Default::default(), 0, &dev).unwrap();
+    let flux = base
+        .load_transformer::<AB>(Default::default(), 0, &dev)
+        .unwrap();
     assert_eq!(
         flux.config.axes_dim,
         vec![8, 12, 12],
@@ -117,7 +119,9 @@ fn data_to_caches_to_trained_lora_and_back() {
         (0, 4, 0, 4)
     );
 
-    let flux = base.load_transformer::<AB>(Default::default(), 0, &dev).unwrap();
+    let flux = base
+        .load_transformer::<AB>(Default::default(), 0, &dev)
+        .unwrap();
     let mut t = Trainer::new(c.clone(), flux, dev)
         .unwrap()
         .with_progress(false);
@@ -184,7 +188,9 @@ fn session_trains_samples_saves_and_the_reloaded_lora_samples_the_same() {
     let base = BaseModel::resolve(&c).unwrap();
     let lora_path = report.run.lora.clone().unwrap();
     let (weights, _) = fluxlora_io::read_lora(&lora_path).unwrap();
-    let mut fresh = base.load_transformer::<NdArray>(Default::default(), 0, &dev).unwrap();
+    let mut fresh = base
+        .load_transformer::<NdArray>(Default::default(), 0, &dev)
+        .unwrap();
     let before = fresh_sample(&base, &c, &fresh);
     assert!(import_lora(&mut fresh, &weights, &lora_path).unwrap() > 0);
     let after = fresh_sample(&base, &c, &fresh);

@@ -144,7 +144,10 @@ fn frozen_from_host<B: Backend>(
     let shape = [w.shape[0], w.shape[1]];
     Ok(match (base.quant_format(), compute) {
         (None, _) | (Some(fluxlora_io::QuantFormat::Bf16), DType::BF16) => {
-            FrozenWeight::from_float(Tensor::from_data(TensorData::new(w.data, shape), device), compute)
+            FrozenWeight::from_float(
+                Tensor::from_data(TensorData::new(w.data, shape), device),
+                compute,
+            )
         }
         (Some(format), _) => {
             FrozenWeight::from_host(&QuantizedHost::quantize(&w, format)?, compute, device)
@@ -359,7 +362,10 @@ impl FluxCheckpoint {
         let io = self.io();
         let mut t = self.store.read_f32(s).map_err(&io)?;
         let (dtype, _) = self.store.info(s).map_err(&io)?;
-        if matches!(dtype, fluxlora_io::Dtype::F8_E4M3 | fluxlora_io::Dtype::F8_E5M2) {
+        if matches!(
+            dtype,
+            fluxlora_io::Dtype::F8_E4M3 | fluxlora_io::Dtype::F8_E5M2
+        ) {
             let rows = t.shape.first().copied().unwrap_or(1);
             if let Some(scale) = self.fp8_scale(s, rows)? {
                 let cols = t.numel() / rows.max(1);
@@ -456,7 +462,9 @@ impl<B: Backend> WeightSource<B> for CheckpointWeights<'_, B> {
                 FrozenWeight::from_float(self.tensor(&key, [d_out, d_in])?, compute)
             }
             (dtype, _) => {
-                let format = dtype.quant_format().unwrap_or(fluxlora_io::QuantFormat::Bf16);
+                let format = dtype
+                    .quant_format()
+                    .unwrap_or(fluxlora_io::QuantFormat::Bf16);
                 let q = self.ckpt.read_quantized(&key, [d_out, d_in], format)?;
                 FrozenWeight::from_host(&q, compute, self.device)
             }

@@ -33,7 +33,10 @@ impl SwapPlan {
         if fits(plan(blocks_to_swap)) {
             return Ok(plan(blocks_to_swap));
         }
-        let max = (0..=blocks_to_swap).rev().find(|&n| fits(plan(n))).unwrap_or(0);
+        let max = (0..=blocks_to_swap)
+            .rev()
+            .find(|&n| fits(plan(n)))
+            .unwrap_or(0);
         Err(FluxError::Config(format!(
             "blocks_to_swap = {blocks_to_swap} is larger than the model: it would stream {} \
              double and {} single blocks, but the model has {depth} and {single_depth}; use \

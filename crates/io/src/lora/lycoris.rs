@@ -149,7 +149,10 @@ impl LycorisModule {
                 w2_b,
                 alpha,
             } => {
-                let ok = w1_a.dims2().zip(w1_b.dims2()).zip(w2_a.dims2().zip(w2_b.dims2()));
+                let ok = w1_a
+                    .dims2()
+                    .zip(w1_b.dims2())
+                    .zip(w2_a.dims2().zip(w2_b.dims2()));
                 let fits = matches!(ok, Some((((o1, r1), (r1b, i1)), ((o2, r2), (r2b, i2))))
                     if r1 == r1b && r2 == r2b && o1 == o2 && i1 == i2 && r1 > 0 && r2 > 0);
                 let consistent = [w1_a, w1_b, w2_a, w2_b].iter().all(|t| t.is_consistent());
@@ -341,7 +344,12 @@ impl DoraScale {
 
     /// The merged weight `W + s·(m ⊙ (W + ΔW)/(‖W + ΔW‖ + eps) − W)` for `base` and the
     /// LoRA's `delta`, both `[out, in]`.
-    pub fn apply(&self, base: &HostTensor, delta: &HostTensor, strength: f32) -> Result<HostTensor> {
+    pub fn apply(
+        &self,
+        base: &HostTensor,
+        delta: &HostTensor,
+        strength: f32,
+    ) -> Result<HostTensor> {
         let (o, i) = base.dims2().ok_or_else(|| IoError::LycorisShape {
             problem: format!("base weight {:?} is not 2-D", base.shape),
         })?;
@@ -389,9 +397,12 @@ impl DoraScale {
 
 /// `kron(a, b)`: `[p·r, q·s]` with `out[i·r + k, j·s + l] = a[i, j]·b[k, l]`.
 pub fn kron(a: &HostTensor, b: &HostTensor) -> Result<HostTensor> {
-    let ((p, q), (r, s)) = a.dims2().zip(b.dims2()).ok_or_else(|| IoError::LycorisShape {
-        problem: format!("kron of {:?} and {:?} needs two matrices", a.shape, b.shape),
-    })?;
+    let ((p, q), (r, s)) = a
+        .dims2()
+        .zip(b.dims2())
+        .ok_or_else(|| IoError::LycorisShape {
+            problem: format!("kron of {:?} and {:?} needs two matrices", a.shape, b.shape),
+        })?;
     let mut out = vec![0f32; p * r * q * s];
     for i in 0..p {
         for j in 0..q {
@@ -528,7 +539,10 @@ mod tests {
     fn roles_split_longest_first() {
         assert_eq!(split_role("a.lokr_w1_a"), Some(("a", "lokr_w1_a")));
         assert_eq!(split_role("a.lokr_w1"), Some(("a", "lokr_w1")));
-        assert_eq!(split_role("x.y.lora_magnitude_vector"), Some(("x.y", "lora_magnitude_vector")));
+        assert_eq!(
+            split_role("x.y.lora_magnitude_vector"),
+            Some(("x.y", "lora_magnitude_vector"))
+        );
         assert_eq!(split_role("a.lora_down.weight"), None);
         assert_eq!(split_role(".dora_scale"), None);
     }

@@ -187,8 +187,15 @@ impl LoraWeights {
 
     /// Total stored values.
     pub fn num_params(&self) -> usize {
-        self.modules.values().map(LoraModule::num_params).sum::<usize>()
-            + self.lycoris.values().map(LycorisModule::num_params).sum::<usize>()
+        self.modules
+            .values()
+            .map(LoraModule::num_params)
+            .sum::<usize>()
+            + self
+                .lycoris
+                .values()
+                .map(LycorisModule::num_params)
+                .sum::<usize>()
             + self.dora.values().map(|d| d.values.numel()).sum::<usize>()
     }
 

@@ -26,9 +26,9 @@ use super::keys_flux::{bfl_from_diffusers, diffusers_names, fused_segments, Targ
 use super::keys_te::{split_component, Component, TE_CLIP, TE_T5};
 use super::lycoris::{dora_tensor, DoraAxis, DoraScale};
 use super::out_tensor::OutTensor;
-use crate::tensor::HostTensor;
 use super::{LoraFormat, LoraModule, LoraWeights};
 use crate::error::IoError;
+use crate::tensor::HostTensor;
 
 /// Header key diffusers stores the adapter configs under.
 pub const ADAPTER_METADATA_KEY: &str = "lora_adapter_metadata";

@@ -13,8 +13,8 @@ use std::path::Path;
 use super::detect::detect;
 use super::fuse::Assembler;
 use super::keys_flux::Target;
-use super::role::split_role;
 use super::lycoris::{self, DoraAxis, DoraScale};
+use super::role::split_role;
 use super::{bfl, comfy, kohya, onetrainer, peft, xlabs, LoraFormat, LoraModule, LoraWeights};
 use crate::error::{IoError, Result};
 use crate::safetensors::SafeTensorsFile;
@@ -104,7 +104,10 @@ pub fn read_lora_from(file: &SafeTensorsFile, format: LoraFormat) -> Result<Lora
                 e => module_err(stem, e),
             })?;
             if lyco.insert(key.clone(), module).is_some() {
-                return Err(key_err(stem, format!("a second LyCORIS module for `{key}`")));
+                return Err(key_err(
+                    stem,
+                    format!("a second LyCORIS module for `{key}`"),
+                ));
             }
             continue;
         }
@@ -165,7 +168,10 @@ pub fn read_lora_from(file: &SafeTensorsFile, format: LoraFormat) -> Result<Lora
             (None, None) => {}
         }
         module.check().map_err(|e| module_err(stem, e))?;
-        let magnitude = g.keys.get("dora_scale").or(g.keys.get("lora_magnitude_vector"));
+        let magnitude = g
+            .keys
+            .get("dora_scale")
+            .or(g.keys.get("lora_magnitude_vector"));
         if let Some(k) = magnitude {
             let t = file.read_f32(k)?;
             let d = DoraScale::from_file(t, module.out_features(), module.in_features())
@@ -212,7 +218,9 @@ fn read_lycoris(
     let target = parse_stem(format, stem).ok_or_else(|| {
         key_err(
             &first,
-            format!("module `{stem}` is not a Flux transformer, CLIP-L or T5 linear this crate knows"),
+            format!(
+                "module `{stem}` is not a Flux transformer, CLIP-L or T5 linear this crate knows"
+            ),
         )
     })?;
     if target.segments.is_some() || target.swap_halves {
@@ -226,10 +234,20 @@ fn read_lycoris(
             ),
         ));
     }
-    if let Some(k) = ["down", "up", "bias", "diff_b"].iter().find_map(|r| g.keys.get(r)) {
-        return Err(key_err(k, format!("module `{stem}` mixes LoRA and LoKr/LoHa keys")));
+    if let Some(k) = ["down", "up", "bias", "diff_b"]
+        .iter()
+        .find_map(|r| g.keys.get(r))
+    {
+        return Err(key_err(
+            k,
+            format!("module `{stem}` mixes LoRA and LoKr/LoHa keys"),
+        ));
     }
-    let alpha = g.keys.get("alpha").map(|k| file.read_scalar(k)).transpose()?;
+    let alpha = g
+        .keys
+        .get("alpha")
+        .map(|k| file.read_scalar(k))
+        .transpose()?;
     let has = |r: &str| g.keys.contains_key(r);
     let mut get = |r: &str| match g.keys.get(r) {
         Some(k) => file.read_f32(k),
@@ -239,7 +257,8 @@ fn read_lycoris(
     if let Some(d) = g.keys.get("dora_scale") {
         return Err(key_err(
             d,
-            "DoRA on a LoKr/LoHa module is not supported; export it without weight_decompose".into(),
+            "DoRA on a LoKr/LoHa module is not supported; export it without weight_decompose"
+                .into(),
         ));
     }
     Ok((target.key, module))
@@ -258,7 +277,8 @@ impl DoraPieces {
             let n = d.values.numel();
             if d.axis != DoraAxis::Output || n % 2 != 0 {
                 return Err(IoError::LycorisShape {
-                    problem: "a DoRA magnitude on norm_out.linear must be per output channel".into(),
+                    problem: "a DoRA magnitude on norm_out.linear must be per output channel"
+                        .into(),
                 });
             }
             d.values.data.rotate_left(n / 2);

@@ -31,7 +31,10 @@ pub trait FrozenLinearBackend: Backend {
 pub fn composed_forward<B: Backend>(x: Tensor<B, 2>, weight: &FrozenWeight<B>) -> Tensor<B, 2> {
     let dtype = x.dtype();
     let w = decode(weight.meta(), weight.resident(&x.device()));
-    cast_to(cast_to(x, weight.meta().compute).matmul(w.transpose()), dtype)
+    cast_to(
+        cast_to(x, weight.meta().compute).matmul(w.transpose()),
+        dtype,
+    )
 }
 
 /// The composed input gradient: decode the whole weight, then `matmul`.

@@ -176,7 +176,9 @@ impl<B: Backend> FrozenWeight<B> {
                 codes,
                 (device, code_dtype::<B>(q.format, device)),
             ))),
-            scale: Some(Param::from_tensor(Tensor::from_data(scale, device)).set_require_grad(false)),
+            scale: Some(
+                Param::from_tensor(Tensor::from_data(scale, device)).set_require_grad(false),
+            ),
             meta: FrozenMeta {
                 format: FrozenFormat::Quantized(q.format),
                 shape: q.shape,
@@ -209,9 +211,13 @@ impl<B: Backend> FrozenWeight<B> {
             Some(_) => {
                 let r = self.resident(device);
                 Self {
-                    values: r.values.map(|t| Param::from_tensor(t).set_require_grad(false)),
+                    values: r
+                        .values
+                        .map(|t| Param::from_tensor(t).set_require_grad(false)),
                     codes: r.codes.map(int_param),
-                    scale: r.scale.map(|t| Param::from_tensor(t).set_require_grad(false)),
+                    scale: r
+                        .scale
+                        .map(|t| Param::from_tensor(t).set_require_grad(false)),
                     meta: FrozenMeta {
                         host: None,
                         ..self.meta
@@ -243,7 +249,9 @@ impl<B: Backend> FrozenWeight<B> {
         }
         let [o, i] = self.meta.shape;
         match self.meta.format {
-            FrozenFormat::Float => o * i * self.values.as_ref().map_or(4, |v| v.val().dtype().size()),
+            FrozenFormat::Float => {
+                o * i * self.values.as_ref().map_or(4, |v| v.val().dtype().size())
+            }
             FrozenFormat::Quantized(_) => {
                 let code = self.codes.as_ref().map_or(1, |c| c.val().dtype().size());
                 o * i * code + 4 * o

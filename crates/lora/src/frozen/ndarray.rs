@@ -59,9 +59,7 @@ where
     }
     let r = w.resident(&Default::default());
     match meta.format {
-        FrozenFormat::Float => {
-            float_host(r.values?.into_primitive().tensor()).map(Storage::Float)
-        }
+        FrozenFormat::Float => float_host(r.values?.into_primitive().tensor()).map(Storage::Float),
         FrozenFormat::Quantized(q) => {
             let scale = float_host(r.scale?.into_primitive().tensor())?;
             let codes = match r.codes?.into_primitive() {
@@ -77,7 +75,14 @@ where
 }
 
 /// Decodes rows `[r0, r0 + out.len() / k)` into `out` (row-major, `k` values a row).
-fn decode_tile(codes: &Codes, scale: &[f32], format: QuantFormat, r0: usize, k: usize, out: &mut [f32]) {
+fn decode_tile(
+    codes: &Codes,
+    scale: &[f32],
+    format: QuantFormat,
+    r0: usize,
+    k: usize,
+    out: &mut [f32],
+) {
     let table = f8_e4m3fn_table();
     out.par_chunks_mut(k).enumerate().for_each(|(j, row)| {
         let r = r0 + j;
@@ -93,12 +98,16 @@ fn decode_tile(codes: &Codes, scale: &[f32], format: QuantFormat, r0: usize, k: 
         match (codes, format) {
             (Codes::U8(c), _) => each!(c.as_slice().unwrap(), |c: u8| table[c as usize]),
             (Codes::I8(c), _) => each!(c.as_slice().unwrap(), |c: i8| c as f32),
-            (Codes::U16(c), _) => each!(c.as_slice().unwrap(), |c: u16| f32::from_bits((c as u32) << 16)),
+            (Codes::U16(c), _) => each!(c.as_slice().unwrap(), |c: u16| f32::from_bits(
+                (c as u32) << 16
+            )),
             (Codes::I32(c), QuantFormat::Fp8E4M3) => {
                 each!(c.as_slice().unwrap(), |c: i32| table[(c & 0xFF) as usize])
             }
             (Codes::I32(c), QuantFormat::Bf16) => {
-                each!(c.as_slice().unwrap(), |c: i32| f32::from_bits((c as u32 & 0xFFFF) << 16))
+                each!(c.as_slice().unwrap(), |c: i32| f32::from_bits(
+                    (c as u32 & 0xFFFF) << 16
+                ))
             }
             (Codes::I32(c), QuantFormat::Int8) => each!(c.as_slice().unwrap(), |c: i32| c as f32),
         }
@@ -175,7 +184,16 @@ where
         match store {
             Storage::Float(w) => {
                 let ws = w.as_slice().unwrap();
-                gemm((n, k, m), xs.as_ptr(), (k, 1), ws.as_ptr(), (1, k), false, y.as_mut_ptr(), (m, 1));
+                gemm(
+                    (n, k, m),
+                    xs.as_ptr(),
+                    (k, 1),
+                    ws.as_ptr(),
+                    (1, k),
+                    false,
+                    y.as_mut_ptr(),
+                    (m, 1),
+                );
             }
             Storage::Codes(codes, scale, format) => {
                 let t = tile_rows(k, m);
@@ -215,7 +233,16 @@ where
         match store {
             Storage::Float(w) => {
                 let ws = w.as_slice().unwrap();
-                gemm((n, m, k), ds.as_ptr(), (m, 1), ws.as_ptr(), (k, 1), false, dx.as_mut_ptr(), (k, 1));
+                gemm(
+                    (n, m, k),
+                    ds.as_ptr(),
+                    (m, 1),
+                    ws.as_ptr(),
+                    (k, 1),
+                    false,
+                    dx.as_mut_ptr(),
+                    (k, 1),
+                );
             }
             Storage::Codes(codes, scale, format) => {
                 let t = tile_rows(k, m);

@@ -186,8 +186,9 @@ pub fn apply_named_loras<B: Backend>(
                 let rank = down_t.dims()[1];
                 let spec = fluxlora_lora::AdapterSpec::new(rank, rank as f32);
                 let adapter = fluxlora_lora::LoraAdapter::from_factors(&path, down_t, up_t, &spec);
-                lin.push_adapter(&path, adapter)
-                    .map_err(|e| fluxlora_flux::FluxError::Config(format!("applying a LoRA: {e}")))?;
+                lin.push_adapter(&path, adapter).map_err(|e| {
+                    fluxlora_flux::FluxError::Config(format!("applying a LoRA: {e}"))
+                })?;
             } else {
                 let d = down_t.matmul(up_t);
                 delta = Some(match delta {

@@ -281,7 +281,9 @@ fn sample_prompts_writes_each_image_and_a_grid() {
     let dev = Default::default();
     let base = tiny_base();
     let loras = tempfile::tempdir().unwrap();
-    let mut flux = base.load_transformer::<B>(Default::default(), 0, &dev).unwrap();
+    let mut flux = base
+        .load_transformer::<B>(Default::default(), 0, &dev)
+        .unwrap();
     let lora = lora_for(
         &mut flux,
         &[
