@@ -440,9 +440,10 @@ fn kohya_comfy_and_peft_hand_built() {
 #[test]
 fn bad_keys_and_read_only_formats_are_errors() {
     let dir = tempfile::tempdir().unwrap();
+    // DoRA over a plain LoRA reads (see lycoris_formats.rs); over a LoKr it is refused.
     let mut b = Builder::new();
-    b.mat("lora_unet_img_in.lora_down.weight", 2, 4);
-    b.mat("lora_unet_img_in.lora_up.weight", 4, 2);
+    b.mat("lora_unet_img_in.lokr_w1", 2, 2);
+    b.mat("lora_unet_img_in.lokr_w2", 2, 2);
     b.vec("lora_unet_img_in.dora_scale", 4);
     let p = b.write(dir.path(), "dora.safetensors", None);
     let e = read_lora(&p).unwrap_err();

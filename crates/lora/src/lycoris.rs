@@ -21,6 +21,9 @@ use crate::lokr::LokrAdapter;
 use crate::network::Network;
 
 /// One LyCORIS adapter.
+// One per adapted linear, a few hundred per model: the size of the largest variant does not
+// matter, and Burn's `Module` derive has no boxed fields.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum LycorisAdapter<B: Backend> {
     /// Kronecker product.

@@ -275,7 +275,7 @@ impl DoraPieces {
     fn add(&mut self, target: &Target, mut d: DoraScale) -> Result<()> {
         if target.swap_halves {
             let n = d.values.numel();
-            if d.axis != DoraAxis::Output || n % 2 != 0 {
+            if d.axis != DoraAxis::Output || !n.is_multiple_of(2) {
                 return Err(IoError::LycorisShape {
                     problem: "a DoRA magnitude on norm_out.linear must be per output channel"
                         .into(),
