@@ -13,8 +13,11 @@
 //! - **activations**: `ACT_PER_TOKEN` f32 values per token and hidden unit for every block
 //!   without checkpointing; with block checkpointing each block keeps only its input (1 per
 //!   token and hidden unit) plus one block's activations during its recompute; plus the
-//!   query-blocked attention's score budget;
-//! - **runtime**: a fixed allowance for the process, allocator and caches (`RUNTIME_BYTES`).
+//!   query-blocked attention's live scores (its score budget, or the whole score matrix when
+//!   that is smaller), three times over (scores, probabilities, their gradient);
+//! - **runtime**: a fixed allowance for the process, allocator and caches: `HOST_RUNTIME_BYTES`
+//!   when the device is the host (measured on the tiny world), `RUNTIME_BYTES` on a GPU (not yet
+//!   measured).
 
 use burn::tensor::backend::Backend;
 use fluxlora_flux::FluxConfig;
@@ -28,8 +31,13 @@ use crate::orchestration::base::BaseModel;
 /// (LoRA inputs, modulated inputs, q/k/v, attention output, MLP hidden and GELU input).
 pub const ACT_PER_TOKEN: f64 = 26.0;
 
-/// The process, allocator and caches outside the model (calibrated on the tiny world).
+/// The device runtime's allowance outside the model on a GPU (allocator pools and caches; a
+/// first guess, not yet measured on a GPU).
 pub const RUNTIME_BYTES: f64 = 160.0 * 1024.0 * 1024.0;
+
+/// The process outside the model when the device is the host (binary, libraries, allocator,
+/// data caches): the tiny world's peak RSS less its modelled parts, NdArray, release build.
+pub const HOST_RUNTIME_BYTES: f64 = 48.0 * 1024.0 * 1024.0;
 
 /// What a run trains with, as far as memory goes.
 #[derive(Debug, Clone)]
@@ -73,13 +81,13 @@ impl std::fmt::Display for MemoryEstimate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "device {:.2} GiB, host {:.2} GiB (",
+            "device {:.3} GiB, host {:.3} GiB (",
             gib(self.device),
             gib(self.host)
         )?;
         for (i, (name, b)) in self.parts.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
-            write!(f, "{sep}{name} {:.2}", gib(*b))?;
+            write!(f, "{sep}{name} {:.3}", gib(*b))?;
         }
         write!(f, ")")
     }
@@ -172,7 +180,10 @@ pub fn estimate(m: &MemoryInputs) -> Result<MemoryEstimate, TrainError> {
     } else {
         4.0 * tokens * h * ACT_PER_TOKEN * blocks
     };
-    let scores = 3.0 * fluxlora_flux::fused::attention::DEFAULT_SCORE_BUDGET_BYTES as f64;
+    let seq = (m.image_tokens + m.text_tokens) as f64;
+    let whole_scores = 4.0 * m.batch as f64 * c.num_heads as f64 * seq * seq;
+    let budget = fluxlora_flux::fused::attention::DEFAULT_SCORE_BUDGET_BYTES as f64;
+    let scores = 3.0 * whole_scores.min(budget);
     let mut parts = vec![
         ("base", resident + in_flight),
         ("decode", decode),
@@ -182,12 +193,16 @@ pub fn estimate(m: &MemoryInputs) -> Result<MemoryEstimate, TrainError> {
     let device_only: f64 = parts.iter().map(|(_, b)| b).sum();
     let (device, host) = if m.host_device {
         parts.push(("streamed", streamed));
-        parts.push(("runtime", RUNTIME_BYTES));
-        let all = device_only + streamed + RUNTIME_BYTES;
+        parts.push(("runtime", HOST_RUNTIME_BYTES));
+        let all = device_only + streamed + HOST_RUNTIME_BYTES;
         (all, all)
     } else {
         // The host holds the streamed blocks and one tensor being loaded (f32).
-        (device_only, streamed + 4.0 * largest as f64 + RUNTIME_BYTES)
+        parts.push(("runtime", RUNTIME_BYTES));
+        (
+            device_only + RUNTIME_BYTES,
+            streamed + 4.0 * largest as f64 + HOST_RUNTIME_BYTES,
+        )
     };
     Ok(MemoryEstimate {
         device,
