@@ -57,6 +57,40 @@ fn lora_forward_matches_ndarray() {
 
 /// `fluxlora-optim`: AdamW8bit (the op-heaviest rule: gathers, masks, integer codes) through
 /// `LoraOptimizer` on wgpu gives the NdArray result.
+/// `fluxlora-lora`: an fp8 frozen base streamed from host memory gives the resident result on
+/// wgpu, in value and input gradient, and holds no bytes on the device.
+#[test]
+fn streamed_fp8_base_matches_resident() {
+    use fluxlora_io::{HostTensor, QuantFormat, QuantizedHost};
+    use fluxlora_lora::{FrozenWeight, LoraLinear};
+    type A = Autodiff<Wgpu>;
+    let dev = Default::default();
+    let (o, i) = (7, 5);
+    let w = HostTensor::new(vec![o, i], lora_common::values(3, o * i)).unwrap();
+    let q = QuantizedHost::quantize(&w, QuantFormat::Fp8E4M3).unwrap();
+    let run = |stream: bool| {
+        let f = FrozenWeight::<A>::from_host(&q, burn::tensor::DType::F32, &dev);
+        let f = if stream { f.stream_from_host() } else { f };
+        let bytes = f.device_bytes();
+        let lin = LoraLinear::from_frozen(f, None);
+        let x =
+            Tensor::<A, 2>::from_data(TensorData::new(lora_common::values(4, 3 * i), [3, i]), &dev)
+                .require_grad();
+        let y = lin.forward(x.clone());
+        let g = y.clone().powi_scalar(2).sum().backward();
+        let gx = x.grad(&g).unwrap().into_data().to_vec::<f32>().unwrap();
+        (y.into_data().to_vec::<f32>().unwrap(), gx, bytes)
+    };
+    let (y, gx, resident) = run(false);
+    let (ys, gxs, streamed) = run(true);
+    assert_eq!(y, ys, "streaming changed the output");
+    assert_eq!(gx, gxs, "streaming changed the input gradient");
+    assert!(
+        resident > 0 && streamed == 0,
+        "device bytes {resident} → {streamed}"
+    );
+}
+
 #[test]
 fn adamw8bit_matches_ndarray() {
     use fluxlora_optim::*;
