@@ -1,5 +1,6 @@
-//! The `lora` job: inspect, convert, resize (SVD), extract from two checkpoints and merge into a
-//! base checkpoint; host-side only (`fluxlora_io::lora::ops`), no Burn backend involved.
+//! The `lora` job: inspect, convert, resize (SVD; also LoKr/LoHa → LoRA), extract from two
+//! checkpoints and merge (LoRA, LoKr, LoHa, DoRA) into a base checkpoint; host-side only
+//! (`fluxlora_io::lora::ops`), no Burn backend involved.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -26,15 +27,17 @@ pub struct LoraArgs {
 /// A `lora` sub-command.
 #[derive(Subcommand, Debug, Clone)]
 pub enum LoraCommand {
-    /// Summarise a LoRA: format, modules, ranks, alphas, parameters, metadata.
+    /// Summarise a LoRA: format, module kinds (LoRA, LoKr, LoHa, DoRA), ranks, alphas,
+    /// parameters, metadata.
     Inspect {
         /// The LoRA file.
         file: PathBuf,
-        /// Also print ‖ΔW‖_F of every module.
+        /// Also print ‖ΔW‖_F of every module (LoKr/LoHa included).
         #[arg(long)]
         norms: bool,
     },
-    /// Rewrite a LoRA (any readable format) as kohya, PEFT/diffusers or ComfyUI.
+    /// Rewrite a LoRA (any readable format) as kohya, PEFT/diffusers or ComfyUI; LoKr/LoHa and
+    /// DoRA modules go along (LoKr/LoHa have no PEFT layout: write kohya or ComfyUI).
     Convert {
         /// The LoRA to read (any readable format).
         input: PathBuf,
@@ -47,13 +50,15 @@ pub enum LoraCommand {
         #[arg(long, value_enum)]
         dtype: Option<SaveDtype>,
     },
-    /// Lower a LoRA's rank by SVD (kohya resize_lora.py).
+    /// Lower a LoRA's rank by SVD (kohya resize_lora.py), or turn a LoKr/LoHa into a LoRA
+    /// (truncated SVD of its ΔW). DoRA files are refused.
     Resize {
         /// The LoRA to resize.
         input: PathBuf,
         /// Where to write the resized LoRA.
         output: PathBuf,
-        /// New rank; with --dynamic-fro, the largest rank allowed.
+        /// New rank (for LoKr/LoHa modules, the rank of the LoRA made from them); with
+        /// --dynamic-fro, the largest rank allowed.
         #[arg(long, required_unless_present = "dynamic_fro")]
         rank: Option<usize>,
         /// Keep per module the fewest singular values holding this fraction of ‖ΔW‖_F (e.g.
@@ -97,13 +102,15 @@ pub enum LoraCommand {
         #[arg(long, value_enum, default_value = "bf16")]
         dtype: SaveDtype,
     },
-    /// Bake LoRAs into a base transformer checkpoint (keeps its layout and dtypes).
+    /// Bake LoRAs (LoRA, LoKr, LoHa, DoRA) into a base transformer checkpoint, in the order
+    /// given (keeps its layout and dtypes).
     Merge {
         /// The base transformer checkpoint (BFL or diffusers layout).
         base: PathBuf,
         /// Where to write the merged checkpoint.
         output: PathBuf,
-        /// FILE or FILE:WEIGHT (weight 1 when omitted); repeat for several LoRAs.
+        /// FILE or FILE:WEIGHT (weight 1 when omitted); repeat for several LoRAs, applied in
+        /// order (DoRA depends on the weight it is applied to).
         #[arg(long = "lora", required = true, value_parser = parse_weighted)]
         loras: Vec<(PathBuf, f32)>,
     },
@@ -167,9 +174,11 @@ pub fn lora(args: &LoraArgs) -> Result<String, Error> {
             let r = convert_lora_file(&input, &output, to.into(), dtype.map(Into::into))?;
             let _ = writeln!(
                 out,
-                "{}: {} modules, {} → {} ({}), wrote {}",
+                "{}: {} modules ({} LoKr/LoHa, {} DoRA), {} → {} ({}), wrote {}",
                 input.display(),
                 r.modules,
+                r.lycoris_modules,
+                r.dora_modules,
                 r.from,
                 r.to,
                 r.dtype,
@@ -203,8 +212,9 @@ pub fn lora(args: &LoraArgs) -> Result<String, Error> {
                 for m in &r.modules {
                     let _ = writeln!(
                         out,
-                        "{:<48} rank {:>3} → {:>3}  ‖ΔW‖ retained {:>6.2}%  σmax {:.4}",
+                        "{:<48} {:<4} rank {:>3} → {:>3}  ‖ΔW‖ retained {:>6.2}%  σmax {:.4}",
                         m.key,
+                        m.kind,
                         m.old_rank,
                         m.new_rank,
                         100.0 * m.fro_retained,
@@ -215,10 +225,13 @@ pub fn lora(args: &LoraArgs) -> Result<String, Error> {
             let (lo, hi) = r.modules.iter().fold((usize::MAX, 0), |(lo, hi), m| {
                 (lo.min(m.new_rank), hi.max(m.new_rank))
             });
+            let converted = r.modules.iter().filter(|m| m.kind != "lora").count();
             let _ = writeln!(
                 out,
-                "resized {} modules to rank {}–{}; mean ‖ΔW‖_F retained {:.2}%; wrote {}",
+                "resized {} modules ({} LoKr/LoHa turned into LoRA) to rank {}–{}; mean ‖ΔW‖_F \
+                 retained {:.2}%; wrote {}",
                 r.modules.len(),
+                converted,
                 lo.min(hi),
                 hi,
                 100.0 * r.mean_fro_retained(),
@@ -280,8 +293,11 @@ pub fn lora(args: &LoraArgs) -> Result<String, Error> {
             let r = merge_loras(&ckpt, &loras, &output)?;
             let _ = writeln!(
                 out,
-                "merged {} LoRA modules into {} tensors ({} copied unchanged){}; wrote {}",
+                "merged {} modules ({} LoKr/LoHa, {} DoRA) into {} tensors ({} copied \
+                 unchanged){}; wrote {}",
                 r.merged_modules,
+                r.lycoris_modules,
+                r.dora_modules,
                 r.modified_tensors.len(),
                 r.copied_tensors,
                 if r.skipped_text_encoder > 0 {

@@ -26,8 +26,8 @@
 //! - [`atomic`] — [`atomic_write`].
 //! - [`lora`] — canonical LoRA, key maps per format, exact fuse/split, detection; LyCORIS
 //!   modules (LoKr, LoHa) and DoRA magnitudes in ComfyUI / LyCORIS / PEFT layouts ([`lora::lycoris`]).
-//! - [`lora::ops`] — LoRA tools: inspect, convert, resize by SVD, extract from two
-//!   checkpoints, merge into a base checkpoint.
+//! - [`lora::ops`] — LoRA tools: inspect, convert, resize by SVD (also LoKr / LoHa → LoRA),
+//!   extract from two checkpoints, merge (LoRA, LoKr, LoHa, DoRA) into a base checkpoint.
 //! - [`metadata`] — kohya training metadata.
 //! - [`random_flux`] — a random full-size checkpoint in BFL layout (fp8 weights), streamed.
 //! - [`quant`] — [`QuantizedHost`]: frozen weights as bf16 / fp8 E4M3 / int8 codes with a

@@ -7,6 +7,7 @@ mod fuzz_headers;
 mod lora_formats;
 mod lora_roundtrip;
 mod lycoris_formats;
+mod lycoris_ops;
 mod malformed;
 mod safetensors_roundtrip;
 mod sharded;

@@ -8,7 +8,7 @@
 //! has a gain (see [`crate::dora`]). Unmerge inverts that column by column with the norms kept
 //! at merge time.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Distribution, Tensor};
@@ -74,6 +74,96 @@ impl<B: Backend> LycorisAdapter<B> {
             Self::Loha(a) => a.rows,
             Self::Dora(a) => a.rows(),
         }
+    }
+
+    /// The trained tensors by role, 2-D: LoKr's `lokr_w1[_a/_b]` / `lokr_w2[_a/_b]` and LoHa's
+    /// `hada_w{1,2}_{a,b}` in file layout `[out, in]`; DoRA's `lora_a [d_in, r]` /
+    /// `lora_b [r, rows]` in Burn layout and its `magnitude` as `[1, rows]`. Keys of EMA and
+    /// live-weight files ([`set_tensor`](Self::set_tensor) takes them back).
+    pub fn tensors(&self) -> Vec<(&'static str, Tensor<B, 2>)> {
+        let mut out = Vec::new();
+        let mut push = |role: &'static str, p: &Option<Param<Tensor<B, 2>>>| {
+            if let Some(p) = p {
+                out.push((role, p.val()));
+            }
+        };
+        match self {
+            Self::Lokr(a) => {
+                push("lokr_w1", &a.w1);
+                push("lokr_w1_a", &a.w1_a);
+                push("lokr_w1_b", &a.w1_b);
+                push("lokr_w2", &a.w2);
+                push("lokr_w2_a", &a.w2_a);
+                push("lokr_w2_b", &a.w2_b);
+            }
+            Self::Loha(a) => {
+                for (role, p) in [
+                    ("hada_w1_a", &a.w1_a),
+                    ("hada_w1_b", &a.w1_b),
+                    ("hada_w2_a", &a.w2_a),
+                    ("hada_w2_b", &a.w2_b),
+                ] {
+                    out.push((role, p.val()));
+                }
+            }
+            Self::Dora(a) => {
+                out.push(("lora_a", a.lora.lora_a.val()));
+                out.push(("lora_b", a.lora.lora_b.val()));
+                out.push(("magnitude", a.magnitude.val().unsqueeze_dim(0)));
+            }
+        }
+        out
+    }
+
+    /// Replaces the tensor `role` (as [`tensors`](Self::tensors) names and shapes it), keeping
+    /// its parameter id so optimizer state still applies; `path` names the linear in errors.
+    pub fn set_tensor(
+        &mut self,
+        path: &str,
+        role: &str,
+        value: Tensor<B, 2>,
+    ) -> Result<(), LoraError> {
+        let fail = |reason: String| LoraError::Setting {
+            what: path.to_string(),
+            reason,
+        };
+        fn put<B: Backend, const D: usize>(
+            p: &mut Param<Tensor<B, D>>,
+            v: Tensor<B, D>,
+        ) -> Result<(), String> {
+            let want = p.val().dims();
+            if v.dims() != want {
+                return Err(format!("shape {:?}, the adapter has {want:?}", v.dims()));
+            }
+            *p = Param::initialized(p.id, v.require_grad());
+            Ok(())
+        }
+        fn slot<'a, B: Backend>(
+            p: Option<&'a mut Param<Tensor<B, 2>>>,
+            role: &str,
+        ) -> Result<&'a mut Param<Tensor<B, 2>>, String> {
+            p.ok_or_else(|| format!("this {} adapter has no tensor {role:?}", self_kind(role)))
+        }
+        let done = match (self, role) {
+            (Self::Lokr(a), "lokr_w1") => slot(a.w1.as_mut(), role).and_then(|p| put(p, value)),
+            (Self::Lokr(a), "lokr_w1_a") => slot(a.w1_a.as_mut(), role).and_then(|p| put(p, value)),
+            (Self::Lokr(a), "lokr_w1_b") => slot(a.w1_b.as_mut(), role).and_then(|p| put(p, value)),
+            (Self::Lokr(a), "lokr_w2") => slot(a.w2.as_mut(), role).and_then(|p| put(p, value)),
+            (Self::Lokr(a), "lokr_w2_a") => slot(a.w2_a.as_mut(), role).and_then(|p| put(p, value)),
+            (Self::Lokr(a), "lokr_w2_b") => slot(a.w2_b.as_mut(), role).and_then(|p| put(p, value)),
+            (Self::Loha(a), "hada_w1_a") => put(&mut a.w1_a, value),
+            (Self::Loha(a), "hada_w1_b") => put(&mut a.w1_b, value),
+            (Self::Loha(a), "hada_w2_a") => put(&mut a.w2_a, value),
+            (Self::Loha(a), "hada_w2_b") => put(&mut a.w2_b, value),
+            (Self::Dora(a), "lora_a") => put(&mut a.lora.lora_a, value),
+            (Self::Dora(a), "lora_b") => put(&mut a.lora.lora_b, value),
+            (Self::Dora(a), "magnitude") => match value.dims() {
+                [1, _] => put(&mut a.magnitude, value.squeeze_dim(0)),
+                d => Err(format!("magnitude shape {d:?}, expected [1, rows]")),
+            },
+            (a, _) => Err(format!("a {} adapter has no tensor {role:?}", a.network())),
+        };
+        done.map_err(fail)
     }
 
     /// Number of stored values.
@@ -276,6 +366,17 @@ pub(crate) fn check_rows(
 pub(crate) fn kaiming<B: Backend>(shape: [usize; 2], device: &B::Device) -> Tensor<B, 2> {
     let bound = 1.0 / (shape[1] as f64).sqrt();
     Tensor::random(shape, Distribution::Uniform(-bound, bound), device)
+}
+
+/// The adapter kind a role name belongs to (for messages).
+fn self_kind(role: &str) -> &'static str {
+    if role.starts_with("lokr") {
+        "LoKr"
+    } else if role.starts_with("hada") {
+        "LoHa"
+    } else {
+        "DoRA"
+    }
 }
 
 /// `kron(a, b)` of `a [p, q]` and `b [r, s]`: `[p·r, q·s]`, `out[i·r + k, j·s + l] =

@@ -56,6 +56,29 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Values one adapter of this kind stores on a linear `d_in → rows` at `rank` (the shapes
+    /// [`LycorisAdapter::init`](crate::LycorisAdapter::init) builds; LoKr's W2 is full when
+    /// `full_rank` or when `2·rank` reaches its larger side, as in LyCORIS).
+    pub fn num_params(self, rank: usize, d_in: usize, rows: usize) -> usize {
+        match self {
+            Network::Lora => rank * (d_in + rows),
+            Network::Lokr { factor, full_rank } => {
+                let (in_m, in_n) = crate::lokr::factorization(d_in, factor);
+                let (out_l, out_k) = crate::lokr::factorization(rows, factor);
+                let w2 = if full_rank || 2 * rank >= out_k.max(in_n) {
+                    out_k * in_n
+                } else {
+                    rank * (out_k + in_n)
+                };
+                out_l * in_m + w2
+            }
+            Network::Loha => 2 * rank * (d_in + rows),
+            Network::Dora => rank * (d_in + rows) + rows,
+        }
+    }
+}
+
 impl std::fmt::Display for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -75,5 +98,50 @@ mod tests {
         assert_eq!(Network::parse("hada").unwrap(), Network::Loha);
         let e = Network::parse("oft").unwrap_err().to_string();
         assert!(e.contains("\"oft\"") && e.contains("lokr"), "{e}");
+    }
+
+    #[test]
+    fn parameter_counts_match_the_adapters_built() {
+        use burn::backend::NdArray;
+        let device = Default::default();
+        let base = || burn::tensor::Tensor::<NdArray, 2>::ones([24, 36], &device);
+        for network in [
+            Network::Lora,
+            Network::Lokr {
+                factor: -1,
+                full_rank: false,
+            },
+            Network::Lokr {
+                factor: 4,
+                full_rank: false,
+            },
+            Network::Lokr {
+                factor: -1,
+                full_rank: true,
+            },
+            Network::Loha,
+            Network::Dora,
+        ] {
+            for rank in [1, 2, 8] {
+                let mut spec = crate::AdapterSpec::new(rank, rank as f32);
+                spec.network = network;
+                let built = match crate::LycorisAdapter::init("m", &spec, 24, 36, base, &device)
+                    .unwrap()
+                {
+                    Some(a) => a.num_params(),
+                    None => {
+                        let a = crate::LoraAdapter::<NdArray>::init("m", 24, 36, &spec, &device)
+                            .unwrap();
+                        a.lora_a.val().shape().num_elements()
+                            + a.lora_b.val().shape().num_elements()
+                    }
+                };
+                assert_eq!(
+                    network.num_params(rank, 24, 36),
+                    built,
+                    "{network:?} rank {rank}"
+                );
+            }
+        }
     }
 }

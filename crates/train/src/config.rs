@@ -222,6 +222,19 @@ pub struct TrainConfig {
     pub rank_dropout: f64,
     /// Module dropout.
     pub module_dropout: f64,
+    /// Adapter algorithm: `lora`, `lokr`, `loha` or `dora` (unset: `network_args`'s `algo`,
+    /// else `lora`; see [`crate::network`]).
+    pub network_type: Option<String>,
+    /// LoKr's Kronecker factor (LyCORIS `factor`; unset = -1, as balanced as possible).
+    pub lokr_factor: Option<i64>,
+    /// LoKr with a full-rank W2 (LyCORIS `full_matrix`).
+    pub lokr_full_rank: Option<bool>,
+    /// kohya's `network_module`: `networks.lora_flux`, or `lycoris.kohya` with `algo=` in
+    /// `network_args`.
+    pub network_module: Option<String>,
+    /// kohya / LyCORIS network arguments `key=value`: `algo=lokr|loha|lora`, `factor=8`,
+    /// `full_matrix=true`, `dora_wd=true`.
+    pub network_args: Vec<String>,
     /// Target preset: `kohya`, `aitoolkit` or `attention`.
     pub lora_targets: String,
     /// Double blocks to train, e.g. `"0-18"` or `"all"`.
@@ -358,6 +371,11 @@ impl Default for TrainConfig {
             network_dropout: 0.0,
             rank_dropout: 0.0,
             module_dropout: 0.0,
+            network_type: None,
+            lokr_factor: None,
+            lokr_full_rank: None,
+            network_module: None,
+            network_args: Vec::new(),
             lora_targets: "kohya".into(),
             train_double_block_indices: "all".into(),
             train_single_block_indices: "all".into(),
@@ -496,6 +514,7 @@ impl TrainConfig {
                 ),
             );
         }
+        crate::network::network(self)?;
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return bad(
                 "learning_rate",

@@ -2,7 +2,7 @@
 //! `ema_config`, diffusers' `EMAModel`).
 //!
 //! After every optimizer step [`LoraEma::update`] moves a shadow copy of every adapter factor
-//! (`lora_a`, `lora_b` of each adapter) towards the live value:
+//! (`lora_a`, `lora_b` of each adapter; every tensor of a LyCORIS adapter) towards the live value:
 //! `ema ← ema − (1 − d_k)·(ema − w)` (= `d_k·ema + (1 − d_k)·w`), in f32, with
 //! diffusers' default decay schedule for the k-th update (k = 1, 2, …):
 //! `d_k = min(d, (1 + s)/(10 + s))`, `s = k − 1` — so the first update copies the weights
@@ -17,7 +17,8 @@
 //! Saving: LoRA files written with EMA on hold the averages ([`LoraEma::apply_to`] on a clone of
 //! the model), marked by the metadata key [`EMA_METADATA_KEY`]; training continues on the live
 //! weights. The EMA state is a safetensors file ([`LoraEma::save`], `ema.safetensors` in a
-//! checkpoint) keyed `<linear path>.<adapter index>.lora_a|lora_b` in the model's layout, with
+//! checkpoint) keyed `<linear path>.<adapter index>.lora_a|lora_b` in the model's layout (LyCORIS:
+//! `<linear path>.lycoris<index>.<role>`, roles as `LycorisAdapter::tensors` names them), with
 //! the decay and update count as metadata. [`read_adapters`] / [`write_adapters`] /
 //! [`restore_adapters`] use the same layout for the live weights (`live.safetensors`).
 
@@ -50,6 +51,11 @@ pub fn read_adapters<B: Backend>(model: &mut Flux<B>) -> Result<AdapterTensors, 
             out.push((format!("{path}.{i}.lora_a"), download(a.lora_a.val())?));
             out.push((format!("{path}.{i}.lora_b"), download(a.lora_b.val())?));
         }
+        for (i, a) in lin.lycoris.iter().enumerate() {
+            for (role, t) in a.tensors() {
+                out.push((format!("{path}.lycoris{i}.{role}"), download(t)?));
+            }
+        }
     }
     Ok(out)
 }
@@ -68,9 +74,9 @@ pub fn restore_adapters<B: Backend>(
         path: origin.to_path_buf(),
         key: key.to_string(),
         problem,
-        fix:
-            "resume with the same lora_targets / block lists / network_dim as the run that wrote it"
-                .into(),
+        fix: "resume with the same lora_targets / block lists / network_dim / network_type as the \
+             run that wrote it"
+            .into(),
     };
     let mut used = 0;
     for (path, lin) in model.linears_mut() {
@@ -90,6 +96,28 @@ pub fn restore_adapters<B: Backend>(
                 }
                 let id = param.id;
                 *param = Param::initialized(id, upload::<B, 2>(t, &device)?.require_grad());
+                used += 1;
+            }
+        }
+        for (i, a) in lin.lycoris.iter_mut().enumerate() {
+            let roles: Vec<(&'static str, Vec<usize>)> = a
+                .tensors()
+                .into_iter()
+                .map(|(r, t)| (r, t.dims().to_vec()))
+                .collect();
+            for (role, want) in roles {
+                let key = format!("{path}.lycoris{i}.{role}");
+                let t = by_key.get(key.as_str()).ok_or_else(|| {
+                    mismatch(&key, "missing, but the model trains this adapter".into())
+                })?;
+                if t.shape != want {
+                    return Err(mismatch(
+                        &key,
+                        format!("shape {:?} in the file, {want:?} in the model", t.shape),
+                    ));
+                }
+                a.set_tensor(&path, role, upload::<B, 2>(t, &device)?)
+                    .map_err(|e| mismatch(&key, e.to_string()))?;
                 used += 1;
             }
         }

@@ -15,11 +15,13 @@
 //!
 //! - [`config`]: settings, layering and validation.
 //! - [`preset`]: character / style / concept presets and dataset advice.
+//! - [`network`]: which adapter algorithm a config trains (`network_type`, LyCORIS's
+//!   `network_args`).
 //! - [`noise`]: seeded σ / ε draws.
 //! - [`step`]: one flow-matching training step and its loss.
 //! - [`optimizer`]: optimizer and LR schedule from the config.
 //! - [`ema`]: EMA of the LoRA weights (`ema_decay`), saved instead of the live weights.
-//! - [`lora_export`]: model adapters ↔ canonical `LoraWeights`.
+//! - [`lora_export`]: model adapters ↔ canonical `LoraWeights` (LoRA, LoKr, LoHa, DoRA).
 //! - [`memory`]: the memory planner (peak device / host estimate, the refusal, `auto_memory`).
 //! - [`save`]: LoRA files with metadata, self-check, retention.
 //! - [`resume`]: checkpoint folders and `--resume`.
@@ -62,7 +64,9 @@ pub mod error;
 pub mod layout;
 pub mod log;
 pub mod lora_export;
+mod lycoris_export;
 pub mod memory;
+pub mod network;
 pub mod noise;
 pub mod optimizer;
 pub mod orchestration;

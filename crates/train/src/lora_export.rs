@@ -4,7 +4,8 @@
 //! canonical module stores `down [r, d_in]` and `up [rows, r]` (kohya/PyTorch), so each factor is
 //! transposed. Keys are BFL module paths; a linear with several row-range adapters (diffusers
 //! granularity on the fused `qkv` / `linear1`) is exported as one fused module, as kohya keeps
-//! them, and split back along the same row ranges and ranks on import.
+//! them, and split back along the same row ranges and ranks on import. LyCORIS adapters (LoKr,
+//! LoHa, DoRA; always whole modules) go through [`crate::lycoris_export`].
 
 use burn::module::Param;
 use burn::tensor::backend::Backend;
@@ -16,6 +17,7 @@ use fluxlora_lora::{AdapterSpec, LoraAdapter};
 use std::path::Path;
 
 use crate::error::TrainError;
+use crate::lycoris_export::{export_adapter, FileModule};
 
 fn adapter_module<B: Backend>(a: &LoraAdapter<B>) -> Result<LoraModule, TrainError> {
     let down = download(a.lora_a.val())?.transpose()?;
@@ -31,6 +33,9 @@ fn adapter_module<B: Backend>(a: &LoraAdapter<B>) -> Result<LoraModule, TrainErr
 pub fn export_lora<B: Backend>(model: &mut Flux<B>) -> Result<LoraWeights, TrainError> {
     let mut out = LoraWeights::default();
     for (path, lin) in model.linears_mut() {
+        for a in &lin.lycoris {
+            export_adapter(&path, a, &mut out)?;
+        }
         if lin.adapters.is_empty() {
             continue;
         }
@@ -79,6 +84,61 @@ pub fn import_lora<B: Backend>(
     let mut seen = std::collections::BTreeSet::new();
     for (path, lin) in model.linears_mut() {
         let device = lin.device();
+        if let Some(file) = FileModule::of(lora, &path) {
+            seen.insert(path.clone());
+            let (out, inp) = file.dims();
+            if (out, inp) != (lin.d_out(), lin.d_in()) {
+                return Err(mismatch(
+                    &path,
+                    format!(
+                        "ΔW is [{out}, {inp}] ([out, in]), the linear [{}, {}]",
+                        lin.d_out(),
+                        lin.d_in()
+                    ),
+                    "the LoRA is for a different model",
+                ));
+            }
+            if !lin.adapters.is_empty() {
+                return Err(mismatch(
+                    &path,
+                    format!("the file has a {} module, the run trains LoRA", file.kind()),
+                    "resume with the network_type of the run that wrote it",
+                ));
+            }
+            match lin.lycoris.as_mut_slice() {
+                [] => {
+                    let a = file.adapter::<B>(&path, 1.0, &device)?;
+                    lin.push_lycoris(&path, a).map_err(|e| {
+                        mismatch(&path, e.to_string(), "the LoRA is for a different model")
+                    })?;
+                }
+                [a] => file.restore(&path, a).map_err(|e| {
+                    mismatch(
+                        &path,
+                        e.to_string(),
+                        "resume with the network_type, lokr_factor and network_dim of the run \
+                         that wrote it",
+                    )
+                })?,
+                _ => {
+                    return Err(mismatch(
+                        &path,
+                        "the linear carries several LyCORIS adapters".into(),
+                        "import into a model with at most one adapter per linear",
+                    ))
+                }
+            }
+            used += 1;
+            continue;
+        }
+        if !lin.lycoris.is_empty() {
+            let kind = lin.lycoris[0].network();
+            return Err(mismatch(
+                &path,
+                format!("missing from the file, but the model trains a {kind} adapter there"),
+                "resume with the network_type of the run that wrote it",
+            ));
+        }
         let module = lora.modules.get(&path);
         if let Some(m) = module {
             seen.insert(path.clone());
@@ -158,7 +218,8 @@ pub fn import_lora<B: Backend>(
         }
         used += 1;
     }
-    if let Some(extra) = lora.modules.keys().find(|k| !seen.contains(*k)) {
+    let keys = lora.modules.keys().chain(lora.lycoris.keys());
+    if let Some(extra) = keys.into_iter().find(|k| !seen.contains(*k)) {
         return Err(mismatch(
             extra,
             "the model has no linear with this path".into(),

@@ -117,16 +117,20 @@ fn linears(c: &FluxConfig) -> Vec<(String, usize, usize)> {
         .collect()
 }
 
-/// LoRA parameters `selector` adds to a model of shapes `c`: `rank · (d_in + rows)` per
-/// adapter, `rows` being its output rows.
+/// Adapter parameters `selector` adds to a model of shapes `c`: `rank · (d_in + rows)` per
+/// LoRA adapter, `rows` being its output rows, and what [`Network::num_params`] counts for
+/// the LyCORIS kinds.
+///
+/// [`Network::num_params`]: fluxlora_lora::Network::num_params
 pub fn lora_params(c: &FluxConfig, selector: &TargetSelector) -> usize {
     linears(c)
         .iter()
         .filter_map(|(p, i, o)| selector.select(p, *i, *o).map(|t| (t, *i, *o)))
         .flat_map(|(t, i, o)| {
-            t.adapters
-                .into_iter()
-                .map(move |a| a.rank * (i + a.rows.map_or(o, |(s, e)| e - s)))
+            t.adapters.into_iter().map(move |a| {
+                a.network
+                    .num_params(a.rank, i, a.rows.map_or(o, |(s, e)| e - s))
+            })
         })
         .sum()
 }

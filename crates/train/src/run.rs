@@ -66,6 +66,7 @@ pub fn target_selector(c: &TrainConfig) -> Result<TargetSelector, TrainError> {
         .parse()
         .map_err(|e| invalid("lora_targets", e))?;
     let mut s = TargetSelector::new(preset, c.network_dim, c.network_alpha);
+    s.network = crate::network::network(c)?;
     s.dropout = c.network_dropout;
     s.rank_dropout = c.rank_dropout;
     s.module_dropout = c.module_dropout;

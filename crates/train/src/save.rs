@@ -1,7 +1,8 @@
 //! Writing the LoRA: kohya keys by default (PEFT/diffusers or ComfyUI via `save_format`), F32,
 //! `ss_*` / `modelspec.*` metadata, atomically (`fluxlora-io` writes a temporary file and
 //! renames it). After each write a self-check reloads the file and compares key count, shapes
-//! and ΔW = scale·up·down with the adapters in memory. Retention keeps the last K checkpoint
+//! and ΔW = scale·up·down with the adapters in memory (for LyCORIS modules, the whole change
+//! `W' − W` each side computes, the file's in `fluxlora-io`'s host arithmetic). Retention keeps the last K checkpoint
 //! folders `<name>-step<N>`. With `ema_decay` set, the metadata carries `fluxlora_ema_decay` and
 //! `fluxlora_ema_warmup` (the file then holds EMA weights; see [`crate::ema`]).
 
@@ -14,6 +15,8 @@ use fluxlora_io::{iso8601_utc, read_lora, write_lora, FluxVariant, LoraFormat, T
 use crate::config::{SaveFormat, TrainConfig};
 use crate::error::TrainError;
 use crate::lora_export::export_lora;
+use crate::lycoris_export::FileModule;
+use crate::network::{network, network_metadata};
 
 /// The io crate's format for a `save_format`.
 pub fn lora_format(f: SaveFormat) -> LoraFormat {
@@ -60,7 +63,11 @@ pub fn training_metadata(
     m.modelspec_title = Some(format!("{} step {step}", c.output_name));
     m.modelspec_date = Some(iso8601_utc(now as i64));
     m.modelspec_resolution = Some((c.resolution, c.resolution));
-    m.network_args = Some(vec![("lora_targets".into(), c.lora_targets.clone())]);
+    // The config was validated when it was loaded, so its network is known.
+    let (module, mut args) = network_metadata(network(c).unwrap_or_default());
+    m.network_module = Some(module.into());
+    args.push(("lora_targets".into(), c.lora_targets.clone()));
+    m.network_args = Some(args);
     if let Some(d) = c.ema_decay {
         m.extra
             .insert(crate::ema::EMA_METADATA_KEY.into(), d.to_string());
@@ -107,6 +114,17 @@ pub fn save_lora<B: Backend>(
             }
         }
     }
+    let lycoris = weights.lycoris.iter().map(|(k, m)| (k, m.delta()));
+    let dora = weights.dora.iter().map(|(k, d)| (k, Ok(d.values.clone())));
+    for (key, t) in lycoris.chain(dora) {
+        if let Some(value) = t?.data.iter().find(|v| !v.is_finite()) {
+            return Err(TrainError::NonFiniteWeights {
+                path: path.to_path_buf(),
+                key: key.clone(),
+                value: *value,
+            });
+        }
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     }
@@ -126,8 +144,34 @@ pub fn self_check<B: Backend>(model: &mut Flux<B>, path: &Path) -> Result<SelfCh
     let mut count = 0;
     let mut max_diff = 0.0f32;
     for (key, lin) in model.linears_mut() {
+        if !lin.lycoris.is_empty() {
+            count += 1;
+            let m = FileModule::of(&file, &key).ok_or_else(|| {
+                fail(format!(
+                    "{} module `{key}` is missing from the file",
+                    lin.lycoris[0].network()
+                ))
+            })?;
+            let want = fluxlora_flux::host::download(lin.delta_weight())?.transpose()?;
+            let base = fluxlora_flux::host::download(lin.base_weight())?.transpose()?;
+            let mut got = m.merged(&base, 1.0)?;
+            for (g, b) in got.data.iter_mut().zip(&base.data) {
+                *g -= b;
+            }
+            let diff = got.max_abs_diff(&want)?;
+            // The host and the device round W + ΔW differently; DoRA's ΔW is that difference.
+            let tol = 1e-5 * want.max_abs().max(base.max_abs()).max(1e-3);
+            if !(diff <= tol) {
+                return Err(fail(format!(
+                    "{} module `{key}`: ΔW differs by {diff:e} (tolerance {tol:e})",
+                    m.kind()
+                )));
+            }
+            max_diff = max_diff.max(diff);
+            continue;
+        }
         if lin.adapters.is_empty() {
-            if file.modules.contains_key(&key) {
+            if file.modules.contains_key(&key) || file.lycoris.contains_key(&key) {
                 return Err(fail(format!(
                     "module `{key}` is in the file but has no adapter in memory"
                 )));
@@ -164,10 +208,10 @@ pub fn self_check<B: Backend>(model: &mut Flux<B>, path: &Path) -> Result<SelfCh
         }
         max_diff = max_diff.max(diff);
     }
-    if file.modules.len() != count {
+    if file.len() != count {
         return Err(fail(format!(
             "{} modules in the file, {count} adapters in memory",
-            file.modules.len()
+            file.len()
         )));
     }
     Ok(SelfCheck {

@@ -6,6 +6,7 @@ mod common;
 mod config;
 mod ema;
 mod kill_during_save;
+mod lycoris;
 mod pipeline;
 mod resume;
 mod tensorboard;

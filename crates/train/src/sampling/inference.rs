@@ -7,7 +7,10 @@
 //! without adapters (any adapters present keep working on top). LoRA keys the model lacks
 //! (text-encoder modules, blocks beyond its depth) are skipped and listed in the [`ApplyReport`]; a
 //! LoRA none of whose modules fit is an error, and so is a module whose shape differs from the
-//! model's linear. Every LoRA is checked before any weight changes.
+//! model's linear. Every LoRA is checked before any weight changes. LyCORIS modules follow the
+//! file's own convention (`fluxlora-io`): LoKr / LoHa add their ΔW the same way; DoRA, whose
+//! change depends on the weight, is stacked as an adapter, as LoKr / LoHa are over a quantised
+//! base; [`remove_named_loras`] takes the stacked ones off again.
 //!
 //! A sampling run encodes every prompt's text first (CLIP-L + T5, then drops both), loads the
 //! autoencoder and transformer, groups the prompts by their LoRA set (the run's LoRAs plus the
@@ -30,6 +33,7 @@ use fluxlora_io::{read_lora, LoraModule, LoraWeights};
 
 use crate::config::ModelType;
 use crate::error::TrainError;
+use crate::lycoris_export::FileModule;
 use crate::orchestration::encoders::FluxTextEncoder;
 use crate::sampling::prompts::SamplePrompt;
 use crate::sampling::sample::{generate, PromptText};
@@ -140,6 +144,24 @@ pub fn apply_named_loras<B: Backend>(
     flux: &mut Flux<B>,
     loras: &[(&Path, &LoraWeights, f32)],
 ) -> Result<ApplyReport, TrainError> {
+    apply_or_remove(flux, loras, false)
+}
+
+/// Takes `loras`, applied by [`apply_named_loras`] with the same weights and nothing applied
+/// since, off `flux` again: additive changes are subtracted, and the adapters the apply
+/// stacked (DoRA; LoKr / LoHa over a quantised base) are removed.
+pub fn remove_named_loras<B: Backend>(
+    flux: &mut Flux<B>,
+    loras: &[(&Path, &LoraWeights, f32)],
+) -> Result<ApplyReport, TrainError> {
+    apply_or_remove(flux, loras, true)
+}
+
+fn apply_or_remove<B: Backend>(
+    flux: &mut Flux<B>,
+    loras: &[(&Path, &LoraWeights, f32)],
+    remove: bool,
+) -> Result<ApplyReport, TrainError> {
     let dims: BTreeMap<String, (usize, usize)> = flux
         .linears_mut()
         .into_iter()
@@ -149,32 +171,35 @@ pub fn apply_named_loras<B: Backend>(
     for &(origin, lora, weight) in loras {
         report.loras.push(check_lora(origin, lora, weight, &dims)?);
     }
+    let sign = if remove { -1.0 } else { 1.0 };
     let mut per_linear: BTreeMap<&str, Vec<(&LoraModule, f32)>> = BTreeMap::new();
+    let mut per_linear_lycoris: BTreeMap<&str, Vec<(FileModule<'_>, f32)>> = BTreeMap::new();
     for (&(_, lora, weight), applied) in loras.iter().zip(&report.loras) {
         if weight == 0.0 {
             continue;
         }
         for path in &applied.matched {
-            per_linear
-                .entry(path.as_str())
-                .or_default()
-                .push((&lora.modules[path], weight));
+            match FileModule::of(lora, path) {
+                Some(m) => per_linear_lycoris
+                    .entry(path.as_str())
+                    .or_default()
+                    .push((m, weight)),
+                None => per_linear
+                    .entry(path.as_str())
+                    .or_default()
+                    .push((&lora.modules[path], sign * weight)),
+            }
         }
     }
     for (path, lin) in flux.linears_mut() {
+        if let Some(parts) = per_linear_lycoris.get(path.as_str()) {
+            apply_lycoris(&path, lin, parts, remove)?;
+        }
         let Some(parts) = per_linear.get(path.as_str()) else {
             continue;
         };
         let device = lin.device();
-        // A frozen f32 / bf16 base becomes dense so the file LoRAs merge into it; a quantised
-        // (or streamed) one keeps them as adapters.
-        if let Some(f) = lin.frozen.as_ref() {
-            if f.meta().format == fluxlora_lora::FrozenFormat::Float && !f.is_streamed() {
-                let w = f.dequantize(&device).transpose();
-                lin.weight = Some(burn::module::Param::from_tensor(w).set_require_grad(false));
-                lin.frozen = None;
-            }
-        }
+        densify(lin, &device);
         let mut delta: Option<Tensor<B, 2>> = None;
         let mut delta_bias: Option<Tensor<B, 1>> = None;
         for &(m, weight) in parts {
@@ -218,6 +243,57 @@ pub fn apply_named_loras<B: Backend>(
         }
     }
     Ok(report)
+}
+
+/// Applies (or with `remove`, takes off) the LyCORIS modules of one linear: LoKr / LoHa add
+/// their ΔW into a dense base (made dense from an unstreamed f32 / bf16 frozen one, as plain
+/// LoRAs are); DoRA, and LoKr / LoHa over a quantised base, are stacked as adapters and removed
+/// again by count.
+fn apply_lycoris<B: Backend>(
+    path: &str,
+    lin: &mut fluxlora_lora::LoraLinear<B>,
+    parts: &[(FileModule<'_>, f32)],
+    remove: bool,
+) -> Result<(), TrainError> {
+    let device = lin.device();
+    densify(lin, &device);
+    let additive = |m: &FileModule<'_>| matches!(m, FileModule::Lycoris(_));
+    let dense = lin.weight.is_some();
+    let stacked = parts
+        .iter()
+        .filter(|(m, _)| !(dense && additive(m)))
+        .count();
+    if remove {
+        let keep = lin.lycoris.len().saturating_sub(stacked);
+        lin.lycoris.truncate(keep);
+    }
+    for (m, weight) in parts {
+        if dense && additive(m) {
+            let (out, inp) = m.dims();
+            let zero = fluxlora_io::HostTensor::new(vec![out, inp], vec![0.0; out * inp])?;
+            let w = if remove { -weight } else { *weight };
+            let delta = m.merged(&zero, w)?.transpose()?;
+            let d = upload::<B, 2>(&delta, &device)?;
+            lin.weight = lin.weight.take().map(|p| p.map(|w| add_delta(w, d)));
+        } else if !remove {
+            let a = m.adapter::<B>(path, *weight, &device)?;
+            lin.push_lycoris(path, a)
+                .map_err(|e| fluxlora_flux::FluxError::Config(format!("applying a LoRA: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes an unstreamed f32 / bf16 frozen base dense, so file LoRAs merge into it; a quantised
+/// (or streamed) one stays frozen and takes them as adapters.
+fn densify<B: Backend>(lin: &mut fluxlora_lora::LoraLinear<B>, device: &B::Device) {
+    if let Some(f) = lin.frozen.as_ref() {
+        if f.meta().format == fluxlora_lora::FrozenFormat::Float && !f.is_streamed() {
+            let w = f.dequantize(device).transpose();
+            lin.weight = Some(burn::module::Param::from_tensor(w).set_require_grad(false));
+            lin.frozen = None;
+        }
+    }
 }
 
 /// Sorts one LoRA's modules into matched / skipped and checks every matched shape.
@@ -271,6 +347,26 @@ fn check_lora(
         }
         out.matched.push(key.clone());
     }
+    for (key, m) in &lora.lycoris {
+        let Some(&(d_in, d_out)) = dims.get(key) else {
+            out.skipped_missing.push(key.clone());
+            continue;
+        };
+        m.check()
+            .map_err(|e| mismatch(key, e.to_string(), "the file is damaged; re-export it"))?;
+        if m.dims() != (d_out, d_in) {
+            return Err(mismatch(
+                key,
+                format!(
+                    "the {} ΔW is {:?} ([out, in]) but the model's linear is [{d_out}, {d_in}]",
+                    m.kind(),
+                    m.dims()
+                ),
+                "the LoRA was trained for a different Flux model size; use one made for this base",
+            ));
+        }
+        out.matched.push(key.clone());
+    }
     if out.matched.is_empty() {
         let skipped: Vec<String> = out
             .skipped_text_encoder
@@ -282,7 +378,7 @@ fn check_lora(
             skipped.first().map_or("(none)", String::as_str),
             format!(
                 "none of its {} modules is a linear of this transformer (first: {})",
-                lora.modules.len(),
+                lora.len(),
                 first_names(&skipped)
             ),
             "the LoRA is for another model or only for the text encoders; use a Flux transformer \
@@ -478,9 +574,7 @@ impl SampleRun {
                 images[i] = Some(img);
             }
             if !named.is_empty() && g + 1 < n_groups {
-                let undo: Vec<(&Path, &LoraWeights, f32)> =
-                    named.iter().map(|&(p, l, w)| (p, l, -w)).collect();
-                apply_named_loras(&mut flux, &undo)?;
+                remove_named_loras(&mut flux, &named)?;
             }
         }
         let mut grid = SampleGrid::new(grid_title(base), 0);

@@ -1,4 +1,6 @@
-//! What is in a LoRA file: [`inspect_lora`] → [`LoraInspection`] (printable with `{}`).
+//! What is in a LoRA file: [`inspect_lora`] → [`LoraInspection`] (printable with `{}`):
+//! LoRA modules, LoKr / LoHa modules ([`LycorisSummary`]) and DoRA magnitudes, with their
+//! counts per kind ([`KindCounts`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,7 +9,10 @@ use std::path::{Path, PathBuf};
 use super::linalg::Mat;
 use crate::error::{IoError, Result};
 use crate::lora::keys_te::{split_component, Component};
-use crate::lora::{detect, read_lora_from, LoraFormat, LoraModule, LoraWeights};
+use crate::lora::{
+    detect, read_lora_from, DoraAxis, KronFactor, LoraFormat, LoraModule, LoraWeights,
+    LycorisModule,
+};
 use crate::safetensors::{Dtype, SafeTensorsFile};
 
 /// How many modules each component holds.
@@ -25,6 +30,117 @@ pub struct ComponentCounts {
     pub t5: usize,
 }
 
+/// How many modules of each kind a LoRA holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    /// Plain LoRA modules (`up·down`), with or without a DoRA magnitude.
+    pub lora: usize,
+    /// LoKr modules.
+    pub lokr: usize,
+    /// LoHa modules.
+    pub loha: usize,
+    /// LoRA modules carrying a DoRA magnitude (counted in `lora` too).
+    pub dora: usize,
+}
+
+impl fmt::Display for KindCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "lora {}, lokr {}, loha {}, dora {}",
+            self.lora, self.lokr, self.loha, self.dora
+        )
+    }
+}
+
+/// One LoKr / LoHa module of a LoRA file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LycorisSummary {
+    /// Canonical module key.
+    pub key: String,
+    /// `lokr` or `loha`.
+    pub kind: &'static str,
+    /// `[out, in]` of its ΔW.
+    pub shape: [usize; 2],
+    /// The stored tensors by role (`lokr_w1`, `lokr_w2_a`, `hada_w1_a`, …) with their shapes.
+    pub factors: Vec<(&'static str, Vec<usize>)>,
+    /// The rank LyCORIS calls `lora_dim`; `None` for a LoKr whose factors are both full.
+    pub rank: Option<usize>,
+    /// `.alpha`, when the file has one.
+    pub alpha: Option<f32>,
+    /// The scale ΔW carries (see [`LycorisModule::scale`]).
+    pub scale: f32,
+    /// Stored values.
+    pub params: usize,
+}
+
+impl LycorisSummary {
+    fn of(key: &str, m: &LycorisModule) -> Self {
+        let shape = |t: &crate::tensor::HostTensor| t.shape.clone();
+        let factors = match m {
+            LycorisModule::Lokr { w1, w2, .. } => {
+                let mut v = Vec::new();
+                for (f, full, a, b) in [
+                    (w1, "lokr_w1", "lokr_w1_a", "lokr_w1_b"),
+                    (w2, "lokr_w2", "lokr_w2_a", "lokr_w2_b"),
+                ] {
+                    match f {
+                        KronFactor::Full(w) => v.push((full, shape(w))),
+                        KronFactor::LowRank { a: ta, b: tb } => {
+                            v.push((a, shape(ta)));
+                            v.push((b, shape(tb)));
+                        }
+                    }
+                }
+                v
+            }
+            LycorisModule::Loha {
+                w1_a,
+                w1_b,
+                w2_a,
+                w2_b,
+                ..
+            } => vec![
+                ("hada_w1_a", shape(w1_a)),
+                ("hada_w1_b", shape(w1_b)),
+                ("hada_w2_a", shape(w2_a)),
+                ("hada_w2_b", shape(w2_b)),
+            ],
+        };
+        let (out, inp) = m.dims();
+        LycorisSummary {
+            key: key.to_string(),
+            kind: m.kind(),
+            shape: [out, inp],
+            factors,
+            rank: m.rank(),
+            alpha: match m {
+                LycorisModule::Lokr { alpha, .. } | LycorisModule::Loha { alpha, .. } => *alpha,
+            },
+            scale: m.scale(),
+            params: m.num_params(),
+        }
+    }
+}
+
+impl fmt::Display for LycorisSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let factors = self
+            .factors
+            .iter()
+            .map(|(r, s)| format!("{r} {s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rank = self.rank.map_or("full".to_string(), |r| r.to_string());
+        let alpha = self.alpha.map_or("none".to_string(), |a| a.to_string());
+        write!(
+            f,
+            "{:<40} {} {:?}  rank {rank}  alpha {alpha} (scale {})  params {}  ({factors})",
+            self.key, self.kind, self.shape, self.scale, self.params
+        )
+    }
+}
+
 /// A summary of one LoRA file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraInspection {
@@ -40,19 +156,27 @@ pub struct LoraInspection {
     pub modules: usize,
     /// Number of canonical modules per component (transformer blocks, CLIP-L, T5).
     pub components: ComponentCounts,
-    /// Rank → number of modules.
+    /// Number of modules per kind (LoRA, LoKr, LoHa, DoRA).
+    pub kinds: KindCounts,
+    /// Rank → number of LoRA modules (LoKr / LoHa ranks are in `lycoris`).
     pub ranks: BTreeMap<usize, usize>,
-    /// Distinct alphas with their module counts, ascending.
+    /// Distinct alphas of the LoRA modules with their module counts, ascending.
     pub alphas: Vec<(f32, usize)>,
+    /// The LoKr / LoHa modules, in key order.
+    pub lycoris: Vec<LycorisSummary>,
+    /// The LoRA modules carrying a DoRA magnitude, with its axis, in key order.
+    pub dora: Vec<(String, DoraAxis)>,
     /// Modules carrying an output-bias delta.
     pub with_bias: usize,
-    /// Stored values of the canonical modules (down + up + bias).
+    /// Stored values of the canonical modules (down + up + bias, LoKr / LoHa factors, DoRA
+    /// magnitudes).
     pub params: usize,
     /// The `ss_*` and `modelspec.*` metadata entries.
     pub metadata: BTreeMap<String, String>,
     /// Number of other metadata entries.
     pub other_metadata: usize,
-    /// `‖ΔW‖_F` per module, when asked for.
+    /// `‖ΔW‖_F` per module (LoRA modules, then LoKr / LoHa), when asked for. For a DoRA
+    /// module it is the norm of its LoRA change, before the magnitude rescales the weight.
     pub norms: Option<Vec<(String, f64)>>,
 }
 
@@ -113,14 +237,7 @@ pub fn inspect_lora(path: impl AsRef<Path>, norms: bool) -> Result<LoraInspectio
     for name in file.names() {
         *tensor_dtypes.entry(file.info(name)?.0).or_default() += 1;
     }
-    Ok(summarise(
-        path,
-        format,
-        file_size,
-        tensor_dtypes,
-        &lora,
-        norms,
-    ))
+    summarise(path, format, file_size, tensor_dtypes, &lora, norms)
 }
 
 fn summarise(
@@ -130,11 +247,11 @@ fn summarise(
     tensor_dtypes: BTreeMap<Dtype, usize>,
     lora: &LoraWeights,
     norms: bool,
-) -> LoraInspection {
+) -> Result<LoraInspection> {
     let mut components = ComponentCounts::default();
     let mut ranks = BTreeMap::new();
     let mut alphas: Vec<(f32, usize)> = Vec::new();
-    for (key, m) in &lora.modules {
+    for key in lora.modules.keys().chain(lora.lycoris.keys()) {
         match split_component(key) {
             (Component::ClipL, _) => components.clip_l += 1,
             (Component::T5, _) => components.t5 += 1,
@@ -146,6 +263,8 @@ fn summarise(
             }
             (Component::Transformer, _) => components.transformer_other += 1,
         }
+    }
+    for m in lora.modules.values() {
         *ranks.entry(m.rank()).or_default() += 1;
         match alphas
             .iter_mut()
@@ -161,15 +280,49 @@ fn summarise(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .partition(|(k, _)| k.starts_with("ss_") || k.starts_with("modelspec."));
-    LoraInspection {
+    let lycoris: Vec<LycorisSummary> = lora
+        .lycoris
+        .iter()
+        .map(|(k, m)| LycorisSummary::of(k, m))
+        .collect();
+    let kinds = KindCounts {
+        lora: lora.modules.len(),
+        lokr: lycoris.iter().filter(|m| m.kind == "lokr").count(),
+        loha: lycoris.iter().filter(|m| m.kind == "loha").count(),
+        dora: lora.dora.len(),
+    };
+    let norms = if norms {
+        let mut v: Vec<(String, f64)> = lora
+            .modules
+            .iter()
+            .map(|(k, m)| (k.clone(), delta_fro_norm(m)))
+            .collect();
+        for (k, m) in &lora.lycoris {
+            let d = m.delta().map_err(|e| IoError::LoraModule {
+                path: path.into(),
+                module: k.clone(),
+                format: format.name(),
+                source: Box::new(e),
+            })?;
+            let sq: f64 = d.data.iter().map(|x| f64::from(*x).powi(2)).sum();
+            v.push((k.clone(), sq.sqrt()));
+        }
+        Some(v)
+    } else {
+        None
+    };
+    Ok(LoraInspection {
         path: path.into(),
         format,
         file_size,
         tensor_dtypes,
         modules: lora.len(),
         components,
+        kinds,
         ranks,
         alphas,
+        lycoris,
+        dora: lora.dora.iter().map(|(k, d)| (k.clone(), d.axis)).collect(),
         with_bias: lora
             .modules
             .values()
@@ -178,13 +331,8 @@ fn summarise(
         params: lora.num_params(),
         metadata,
         other_metadata: other.len(),
-        norms: norms.then(|| {
-            lora.modules
-                .iter()
-                .map(|(k, m)| (k.clone(), delta_fro_norm(m)))
-                .collect()
-        }),
-    }
+        norms,
+    })
 }
 
 fn human_bytes(n: u64) -> String {
@@ -226,18 +374,42 @@ impl fmt::Display for LoraInspection {
              T5 {})",
             self.modules, c.double_blocks, c.single_blocks, c.transformer_other, c.clip_l, c.t5
         )?;
-        writeln!(
-            f,
-            "ranks      min {} max {} — {}",
-            self.min_rank(),
-            self.max_rank(),
-            counts(self.ranks.iter().map(|(r, n)| (r, *n)))
-        )?;
-        writeln!(
-            f,
-            "alphas     {}",
-            counts(self.alphas.iter().map(|(a, n)| (a, *n)))
-        )?;
+        writeln!(f, "kinds      {}", self.kinds)?;
+        if self.kinds.lora > 0 || self.lycoris.is_empty() {
+            writeln!(
+                f,
+                "ranks      min {} max {} — {}",
+                self.min_rank(),
+                self.max_rank(),
+                counts(self.ranks.iter().map(|(r, n)| (r, *n)))
+            )?;
+            writeln!(
+                f,
+                "alphas     {}",
+                counts(self.alphas.iter().map(|(a, n)| (a, *n)))
+            )?;
+        }
+        if !self.dora.is_empty() {
+            let per_out = self
+                .dora
+                .iter()
+                .filter(|(_, a)| *a == DoraAxis::Output)
+                .count();
+            writeln!(
+                f,
+                "dora       {} LoRA modules carry a DoRA magnitude (per output channel {}, per \
+                 input column {})",
+                self.dora.len(),
+                per_out,
+                self.dora.len() - per_out
+            )?;
+        }
+        if !self.lycoris.is_empty() {
+            writeln!(f, "LoKr/LoHa modules:")?;
+            for m in &self.lycoris {
+                writeln!(f, "  {m}")?;
+            }
+        }
         if self.with_bias > 0 {
             writeln!(
                 f,
@@ -279,7 +451,14 @@ impl fmt::Display for LoraInspection {
         if let Some(norms) = &self.norms {
             writeln!(f, "‖ΔW‖_F per module:")?;
             for (k, n) in norms {
-                writeln!(f, "  {k:<48} {n:.6}")?;
+                let mark = if let Some(m) = self.lycoris.iter().find(|m| &m.key == k) {
+                    format!("  ({})", m.kind)
+                } else if self.dora.iter().any(|(d, _)| d == k) {
+                    "  (dora: the LoRA change, before the magnitude)".to_string()
+                } else {
+                    String::new()
+                };
+                writeln!(f, "  {k:<48} {n:.6}{mark}")?;
             }
         }
         Ok(())

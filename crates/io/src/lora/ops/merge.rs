@@ -1,27 +1,36 @@
 //! Baking LoRAs into a base transformer checkpoint:
-//! `W ← W + Σᵢ wᵢ·scaleᵢ·upᵢ·downᵢ` (and `b ← b + Σᵢ wᵢ·Δbᵢ`), written
-//! as a new single safetensors file in the base's own key layout and dtypes (F32/F16/BF16 tensors
-//! are rounded to nearest-even on write); every other tensor is copied byte for byte. Tensors are
-//! produced one at a time ([`super::stream_write`]).
+//! `W ← W + Σᵢ wᵢ·ΔWᵢ` (and `b ← b + Σᵢ wᵢ·Δbᵢ`), written as a new single safetensors file in
+//! the base's own key layout and dtypes (F32/F16/BF16 tensors are rounded to nearest-even on
+//! write); every other tensor is copied byte for byte. Tensors are produced one at a time
+//! ([`super::stream_write`]).
+//!
+//! ΔW is `scale·up·down` for a LoRA module and the dense change of a LoKr / LoHa module
+//! ([`LycorisModule::delta`](crate::lora::LycorisModule::delta)). A LoRA module with a DoRA
+//! magnitude replaces the weight by [`DoraScale::apply`](crate::lora::DoraScale::apply) of it
+//! (`W + w·(m ⊙ (W + ΔW)/‖W + ΔW‖ − W)`, the trainers' definition, `w` the LoRA's weight), so
+//! it depends on the weight it is applied to: the LoRAs are applied in the order given, each to
+//! the result of the ones before.
 //!
 //! Canonical LoRA modules are BFL modules, so on a BFL base a fused `qkv`/`linear1` delta lands
 //! on the fused weight directly; on a diffusers base its rows are split over
 //! `to_q/to_k/to_v(/proj_mlp)`, and `final_layer.adaLN_modulation.1`'s halves are swapped onto
-//! `norm_out.linear` ([`crate::flux_keys::Recipe`]). Text-encoder modules are skipped (the base
-//! is a transformer checkpoint) and counted in the report.
+//! `norm_out.linear` ([`crate::flux_keys::Recipe`]); DoRA magnitudes per output channel follow
+//! the rows (`merge_apply`). A per-input DoRA magnitude normalises over all the rows of
+//! the module, so it cannot be merged into a base that splits the module over several tensors
+//! (an error before anything is written). Text-encoder modules are skipped (the base is a
+//! transformer checkpoint) and counted in the report.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-
 use super::layout::{layout_of, present_recipe};
+use super::merge_apply::{Change, Contribution, RowMap};
 use super::op_error;
 use super::stream_write::{write_streamed, StreamEntry};
 use crate::error::Result;
 use crate::flux_keys::Recipe;
 use crate::lora::keys_te::{split_component, Component};
-use crate::lora::{LoraModule, LoraWeights};
+use crate::lora::{DoraAxis, LoraWeights};
 use crate::safetensors::dtype::encode_from_f32;
 use crate::safetensors::Dtype;
 use crate::sharded::Checkpoint;
@@ -54,39 +63,18 @@ impl WeightedLora {
 /// What [`merge_loras`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MergeReport {
-    /// LoRA modules merged, summed over the LoRAs.
+    /// Modules merged (LoRA, LoKr and LoHa), summed over the LoRAs.
     pub merged_modules: usize,
+    /// Of those, LoKr / LoHa modules.
+    pub lycoris_modules: usize,
+    /// Of those, LoRA modules with a DoRA magnitude.
+    pub dora_modules: usize,
     /// Base tensors that changed, in name order.
     pub modified_tensors: Vec<String>,
     /// Base tensors copied unchanged.
     pub copied_tensors: usize,
     /// Text-encoder modules skipped, summed over the LoRAs.
     pub skipped_text_encoder: usize,
-}
-
-/// Target row `i` of a checkpoint tensor is row `map(i)` of the BFL module.
-#[derive(Debug, Clone, Copy)]
-enum RowMap {
-    Offset(usize),
-    /// Halves swapped: `(i + half) mod 2·half`.
-    Swap(usize),
-}
-
-impl RowMap {
-    fn map(self, i: usize) -> usize {
-        match self {
-            RowMap::Offset(o) => o + i,
-            RowMap::Swap(h) => (i + h) % (2 * h),
-        }
-    }
-}
-
-struct Contribution<'a> {
-    module: &'a LoraModule,
-    /// `weight · scale`.
-    factor: f32,
-    rows: RowMap,
-    bias: bool,
 }
 
 /// Checkpoint tensors of BFL tensor `key` with their row maps; errors when absent.
@@ -134,7 +122,39 @@ fn recipe_names(layout: &crate::flux_keys::FluxKeyLayout, key: &str) -> Option<S
     crate::flux_keys::recipe(layout, key).map(|r| r.sources().join("`, `"))
 }
 
-/// Merges `loras` into `base` and writes the result to `output` (atomically).
+/// The base's shape of BFL tensor `key` (`None` when absent; [`placements`] reports that).
+fn base_shape(
+    base: &Checkpoint,
+    layout: &crate::flux_keys::FluxKeyLayout,
+    key: &str,
+) -> Option<Vec<usize>> {
+    present_recipe(base, layout, key)
+        .and_then(|r| r.shape(|s| base.info(s).ok().map(|(_, sh)| sh.to_vec())))
+}
+
+/// Errors unless the base's `key` weight is `[out, inp]`.
+fn check_shape(
+    base: &Checkpoint,
+    layout: &crate::flux_keys::FluxKeyLayout,
+    wkey: &str,
+    (out, inp): (usize, usize),
+    what: &dyn Fn() -> String,
+) -> Result<()> {
+    match base_shape(base, layout, wkey) {
+        Some(shape) if shape[..] != [out, inp] => Err(op_error(
+            base.source(),
+            OP,
+            format!(
+                "{} has ΔW shape [{out}, {inp}] but the base's `{wkey}` is {shape:?}; the LoRA \
+                 was trained for a different model",
+                what()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Merges `loras` into `base`, in order, and writes the result to `output` (atomically).
 pub fn merge_loras(
     base: &Checkpoint,
     loras: &[WeightedLora],
@@ -145,52 +165,95 @@ pub fn merge_loras(
     let mut report = MergeReport::default();
     let mut targets: BTreeMap<String, Vec<Contribution>> = BTreeMap::new();
     for wl in loras {
+        let damaged = |key: &str, p: String| {
+            op_error(
+                &wl.path,
+                OP,
+                format!("module `{key}`: {p}; the LoRA file is damaged"),
+            )
+        };
+        if let Some(key) = wl
+            .lora
+            .dora
+            .keys()
+            .find(|k| !wl.lora.modules.contains_key(*k))
+        {
+            return Err(damaged(
+                key,
+                "has a DoRA magnitude but no LoRA module to apply it to".into(),
+            ));
+        }
         for (key, m) in &wl.lora.modules {
             if split_component(key).0 != Component::Transformer {
                 report.skipped_text_encoder += 1;
                 continue;
             }
-            m.check().map_err(|p| {
-                op_error(
-                    &wl.path,
-                    OP,
-                    format!("module `{key}`: {p}; the LoRA file is damaged"),
-                )
-            })?;
+            m.check().map_err(|p| damaged(key, p.to_string()))?;
             let what = || format!("LoRA {} module `{key}`", wl.path.display());
             let wkey = format!("{key}.weight");
-            let recipe = present_recipe(base, &layout, &wkey);
-            let shape = recipe
-                .as_ref()
-                .and_then(|r| r.shape(|s| base.info(s).ok().map(|(_, sh)| sh.to_vec())));
-            if let Some(shape) = &shape {
-                if shape[..] != [m.out_features(), m.in_features()] {
-                    return Err(op_error(
-                        base.source(),
-                        OP,
+            let dims = (m.out_features(), m.in_features());
+            check_shape(base, &layout, &wkey, dims, &what)?;
+            let dora = wl.lora.dora.get(key);
+            let places = placements(base, &layout, &wkey, what)?;
+            if let Some(d) = dora {
+                let want = match d.axis {
+                    DoraAxis::Output => dims.0,
+                    DoraAxis::Input => dims.1,
+                };
+                if d.values.numel() != want {
+                    return Err(damaged(
+                        key,
                         format!(
-                            "{} has ΔW shape [{}, {}] but the base's `{wkey}` is {shape:?}; the \
-                             LoRA was trained for a different model",
-                            what(),
-                            m.out_features(),
-                            m.in_features()
+                            "has {} DoRA magnitudes for a [{}, {}] module, which needs {want}",
+                            d.values.numel(),
+                            dims.0,
+                            dims.1
                         ),
                     ));
                 }
+                if d.axis == DoraAxis::Input && places.len() > 1 {
+                    return Err(op_error(
+                        &wl.path,
+                        OP,
+                        format!(
+                            "module `{key}` has a per-input DoRA magnitude (LyCORIS \
+                             wd_on_out=False), which normalises each column over all {} rows of \
+                             the fused module, but the base {} stores it split over `{}`; merge \
+                             into a BFL-layout base (e.g. flux1-dev.safetensors), or re-train \
+                             with DoRA per output channel",
+                            dims.0,
+                            base.source().display(),
+                            places
+                                .iter()
+                                .map(|(n, _)| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join("`, `")
+                        ),
+                    ));
+                }
+                report.dora_modules += 1;
             }
-            let factor = wl.weight * m.scale();
-            for (name, rows) in placements(base, &layout, &wkey, what)? {
-                targets.entry(name).or_default().push(Contribution {
-                    module: m,
-                    factor,
-                    rows,
-                    bias: false,
-                });
+            for (name, rows) in places {
+                let change = match dora {
+                    Some(dora) => Change::Dora {
+                        module: m,
+                        dora,
+                        weight: wl.weight,
+                    },
+                    None => Change::LowRank {
+                        module: m,
+                        factor: wl.weight * m.scale(),
+                        bias: false,
+                    },
+                };
+                targets
+                    .entry(name)
+                    .or_default()
+                    .push(Contribution { change, rows });
             }
             if m.up_bias.is_some() {
                 let bkey = format!("{key}.bias");
-                let bshape = present_recipe(base, &layout, &bkey)
-                    .and_then(|r| r.shape(|s| base.info(s).ok().map(|(_, sh)| sh.to_vec())));
+                let bshape = base_shape(base, &layout, &bkey);
                 if bshape.as_ref().is_some_and(|s| s[..] != [m.out_features()]) {
                     return Err(op_error(
                         base.source(),
@@ -205,15 +268,40 @@ pub fn merge_loras(
                     ));
                 }
                 for (name, rows) in placements(base, &layout, &bkey, what)? {
-                    targets.entry(name).or_default().push(Contribution {
+                    let change = Change::LowRank {
                         module: m,
-                        factor,
-                        rows,
+                        factor: wl.weight * m.scale(),
                         bias: true,
-                    });
+                    };
+                    targets
+                        .entry(name)
+                        .or_default()
+                        .push(Contribution { change, rows });
                 }
             }
             report.merged_modules += 1;
+        }
+        for (key, m) in &wl.lora.lycoris {
+            if split_component(key).0 != Component::Transformer {
+                report.skipped_text_encoder += 1;
+                continue;
+            }
+            m.check().map_err(|p| damaged(key, p.to_string()))?;
+            let what = || format!("LoRA {} {} module `{key}`", wl.path.display(), m.kind());
+            let wkey = format!("{key}.weight");
+            check_shape(base, &layout, &wkey, m.dims(), &what)?;
+            for (name, rows) in placements(base, &layout, &wkey, what)? {
+                let change = Change::Dense {
+                    module: m,
+                    weight: wl.weight,
+                };
+                targets
+                    .entry(name)
+                    .or_default()
+                    .push(Contribution { change, rows });
+            }
+            report.merged_modules += 1;
+            report.lycoris_modules += 1;
         }
     }
     let mut entries = Vec::with_capacity(base.len());
@@ -249,7 +337,7 @@ pub fn merge_loras(
                     1
                 };
                 for c in contribs {
-                    add_contribution(&mut t.data, cols, c);
+                    c.apply(&mut t, cols).map_err(std::io::Error::other)?;
                 }
                 let mut buf = Vec::with_capacity(t.data.len() * e.dtype.size());
                 encode_from_f32(e.dtype, &t.data, &mut buf)
@@ -261,39 +349,11 @@ pub fn merge_loras(
     Ok(report)
 }
 
-/// `data[i, :] += factor · up[map(i), :] · down` (or `+= factor · up_bias[map(i)]`).
-fn add_contribution(data: &mut [f32], cols: usize, c: &Contribution) {
-    let m = c.module;
-    let r = m.rank();
-    if c.bias {
-        let b = &m
-            .up_bias
-            .as_ref()
-            .expect("bias contributions come from modules with a bias")
-            .data;
-        for (i, v) in data.iter_mut().enumerate() {
-            *v += c.factor * b[c.rows.map(i)];
-        }
-        return;
-    }
-    let (up, down) = (&m.up.data, &m.down.data);
-    data.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
-        let src = c.rows.map(i);
-        for k in 0..r {
-            let coeff = c.factor * up[src * r + k];
-            if coeff != 0.0 {
-                row.iter_mut()
-                    .zip(&down[k * cols..(k + 1) * cols])
-                    .for_each(|(o, d)| *o += coeff * d);
-            }
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::linalg::GaussianRng;
     use super::*;
+    use crate::lora::LoraModule;
     use crate::safetensors::{write_safetensors, SafeTensorsFile, TensorRef};
     use crate::tensor::HostTensor;
 

@@ -1,15 +1,18 @@
 //! LoRA tool operations, as kohya's `networks/*.py` scripts, ai-toolkit and ComfyUI nodes
 //! offer them, on the host:
 //!
-//! - [`inspect`] — [`inspect_lora`]: format, ranks, alphas, components, parameters, metadata
-//!   and optionally each module's ‖ΔW‖_F ([`LoraInspection`], printable).
-//! - [`convert_lora_file`] (here) — any readable format to kohya / PEFT / ComfyUI.
+//! - [`inspect`] — [`inspect_lora`]: format, module kinds (LoRA, LoKr, LoHa, DoRA), ranks,
+//!   alphas, components, parameters, metadata and optionally each module's ‖ΔW‖_F
+//!   ([`LoraInspection`], printable).
+//! - [`convert_lora_file`] (here) — any readable format to kohya / PEFT / ComfyUI; LoKr, LoHa
+//!   and DoRA modules go along (LoKr / LoHa have no PEFT layout: an error naming the file).
 //! - [`resize`] — [`resize_lora`]: lower the rank by SVD without forming ΔW (fixed rank or a
-//!   Frobenius-energy criterion).
+//!   Frobenius-energy criterion), and turn LoKr / LoHa modules into LoRA modules by a truncated
+//!   SVD of their dense ΔW ([`to_lora`]); DoRA is refused.
 //! - [`extract`] — [`extract_lora`]: a LoRA from the difference of two full transformer
 //!   checkpoints by randomized truncated SVD.
-//! - [`merge`] — [`merge_loras`]: bake weighted LoRAs into a base checkpoint, streaming one
-//!   tensor at a time, keeping every dtype.
+//! - [`merge`] — [`merge_loras`]: bake weighted LoRAs (LoRA, LoKr, LoHa, DoRA) into a base
+//!   checkpoint, in order, streaming one tensor at a time, keeping every dtype.
 //! - [`linalg`] — the `f64` QR / Jacobi SVD / randomized SVD they share.
 
 pub mod extract;
@@ -17,8 +20,10 @@ pub mod inspect;
 mod layout;
 pub mod linalg;
 pub mod merge;
+mod merge_apply;
 pub mod resize;
 pub(crate) mod stream_write;
+pub mod to_lora;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +35,9 @@ use crate::safetensors::Dtype;
 pub use extract::{
     extract_lora, extract_lora_file, ExtractOptions, ExtractReport, ExtractedModule,
 };
-pub use inspect::{delta_fro_norm, inspect_lora, ComponentCounts, LoraInspection};
+pub use inspect::{
+    delta_fro_norm, inspect_lora, ComponentCounts, KindCounts, LoraInspection, LycorisSummary,
+};
 pub use merge::{merge_loras, MergeReport, WeightedLora};
 pub use resize::{resize_lora, resize_lora_file, ModuleResize, ResizeReport, ResizeTarget};
 
@@ -63,13 +70,18 @@ pub struct ConvertReport {
     pub to: LoraFormat,
     /// The dtype the weights were stored as.
     pub dtype: Dtype,
-    /// Number of canonical modules converted.
+    /// Number of canonical modules converted (LoRA, LoKr and LoHa).
     pub modules: usize,
+    /// Of those, LoKr / LoHa modules.
+    pub lycoris_modules: usize,
+    /// LoRA modules carrying a DoRA magnitude.
+    pub dora_modules: usize,
 }
 
 /// Reads `input` (any supported format) and writes it to `output` as `to` (kohya, PEFT or
 /// ComfyUI), weights stored as `dtype` — by default the input's weight dtype when it is F32,
-/// F16 or BF16, else F32.
+/// F16 or BF16, else F32. LoKr / LoHa modules and DoRA magnitudes are written along; PEFT has
+/// no LoKr / LoHa layout, so converting such a file to PEFT is an error naming it.
 pub fn convert_lora_file(
     input: impl AsRef<Path>,
     output: impl AsRef<Path>,
@@ -78,6 +90,22 @@ pub fn convert_lora_file(
 ) -> Result<ConvertReport> {
     let input = input.as_ref();
     let (lora, from) = read_lora(input)?;
+    if to == LoraFormat::Peft {
+        if let Some((key, m)) = lora.lycoris.iter().next() {
+            return Err(op_error(
+                input,
+                "convert the LoRA to PEFT/diffusers",
+                format!(
+                    "module `{key}` is {} ({} LoKr/LoHa modules in all) and PEFT/diffusers has \
+                     no LoKr/LoHa safetensors layout; write kohya or ComfyUI instead (--to kohya \
+                     or --to comfyui), or turn it into a plain LoRA first (`lora resize --rank \
+                     N`)",
+                    m.kind(),
+                    lora.lycoris.len()
+                ),
+            ));
+        }
+    }
     let dtype = match dtype {
         Some(d) => d,
         None => inspect::weights_dtype(&crate::SafeTensorsFile::open(input)?),
@@ -89,6 +117,8 @@ pub fn convert_lora_file(
         to,
         dtype,
         modules: lora.len(),
+        lycoris_modules: lora.lycoris.len(),
+        dora_modules: lora.dora.len(),
     })
 }
 

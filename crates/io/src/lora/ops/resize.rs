@@ -10,11 +10,17 @@
 //! [`ResizeTarget::FroFraction`] keeps the fewest singular values whose Frobenius norm is at
 //! least the given fraction of the module's (kohya `sv_fro`; kohya's index arithmetic keeps
 //! one value more than the criterion needs, this keeps exactly what it needs).
+//!
+//! LoKr / LoHa modules become LoRA modules the same way, from the SVD of their dense ΔW
+//! ([`super::to_lora`]); their "old rank" is the most ΔW's rank can be
+//! ([`rank_bound`]). DoRA modules are refused: their merged weight
+//! `m ⊙ (W + ΔW)/‖W + ΔW‖` depends on the base weight, which no LoRA can express.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::linalg::{qr_thin, svd, Mat};
+use super::to_lora::{lycoris_to_lora, rank_bound};
 use super::{op_error, output_format};
 use crate::error::Result;
 use crate::lora::{read_lora, write_lora_as, LoraFormat, LoraModule, LoraWeights};
@@ -25,7 +31,8 @@ use crate::tensor::HostTensor;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ResizeTarget {
     /// Every module gets rank `min(rank, its rank)`; `rank` must not exceed the LoRA's
-    /// largest rank (resizing only lowers rank).
+    /// largest rank (resizing only lowers rank). A LoKr / LoHa module's rank here is the most
+    /// its ΔW's rank can be ([`rank_bound`]).
     Rank(usize),
     /// Per module, the fewest singular values keeping `fraction` (in `(0, 1]`) of ΔW's
     /// Frobenius norm, at most `max_rank` when given.
@@ -42,7 +49,9 @@ pub enum ResizeTarget {
 pub struct ModuleResize {
     /// Canonical module key.
     pub key: String,
-    /// Rank before the resize.
+    /// What the module was: `lora`, `lokr` or `loha` (it is a LoRA module after the resize).
+    pub kind: &'static str,
+    /// Rank before the resize (for LoKr / LoHa the most their ΔW's rank can be).
     pub old_rank: usize,
     /// Rank after the resize.
     pub new_rank: usize,
@@ -93,6 +102,24 @@ fn factored_svd(m: &LoraModule) -> FactoredSvd {
     }
 }
 
+/// The first module carrying a DoRA magnitude as an error, if any.
+fn refuse_dora(lora: &LoraWeights, source: &Path) -> Result<()> {
+    match lora.dora.keys().next() {
+        None => Ok(()),
+        Some(key) => Err(op_error(
+            source,
+            "resize the LoRA",
+            format!(
+                "module `{key}` carries a DoRA magnitude ({} DoRA modules in all): its merged \
+                 weight m ⊙ (W + ΔW)/‖W + ΔW‖ depends on the base weight W, so no LoRA expresses \
+                 it and resizing would drop the magnitude; keep the DoRA file, or merge it into \
+                 the base (`lora merge`) and extract a LoRA from the result (`lora extract`)",
+                lora.dora.len()
+            ),
+        )),
+    }
+}
+
 /// Number of leading singular values whose norm reaches `fraction` of the total.
 fn fro_rank(s: &[f64], fraction: f64) -> usize {
     let total: f64 = s.iter().map(|v| v * v).sum();
@@ -111,21 +138,26 @@ fn fro_rank(s: &[f64], fraction: f64) -> usize {
     s.len()
 }
 
-/// Resizes every module of `lora` (see the module docs). `source` names the file the LoRA came
+/// Resizes every module of `lora`, turning LoKr / LoHa modules into LoRA modules (see the
+/// module docs); a LoRA with DoRA magnitudes is refused. `source` names the file the LoRA came
 /// from, for error messages. The metadata's `ss_network_dim`/`ss_network_alpha` are updated
-/// and a note is prepended to `ss_training_comment`, as kohya does.
+/// and a note is prepended to `ss_training_comment`, as kohya does; a LyCORIS
+/// `ss_network_module` becomes `networks.lora` and its `ss_network_args` are dropped.
 pub fn resize_lora(
     lora: &LoraWeights,
     target: ResizeTarget,
     source: &Path,
 ) -> Result<(LoraWeights, ResizeReport)> {
     let err = |problem: String| op_error(source, "resize the LoRA", problem);
-    let max_rank = lora
+    refuse_dora(lora, source)?;
+    let bounds = lora
         .modules
-        .values()
-        .map(LoraModule::rank)
-        .max()
-        .unwrap_or(0);
+        .iter()
+        .map(|(k, m)| (k, m.rank()))
+        .chain(lora.lycoris.iter().map(|(k, m)| (k, rank_bound(m))));
+    let (max_key, max_rank) = bounds
+        .max_by_key(|(_, r)| *r)
+        .map_or((None, 0), |(k, r)| (Some(k), r));
     match target {
         ResizeTarget::Rank(0)
         | ResizeTarget::FroFraction {
@@ -134,11 +166,7 @@ pub fn resize_lora(
             return Err(err("rank 0 is not a LoRA; ask for rank 1 or more".into()));
         }
         ResizeTarget::Rank(r) if r > max_rank => {
-            let (key, _) = lora
-                .modules
-                .iter()
-                .max_by_key(|(_, m)| m.rank())
-                .ok_or_else(|| err("the LoRA has no modules".into()))?;
+            let key = max_key.ok_or_else(|| err("the LoRA has no modules".into()))?;
             return Err(err(format!(
                 "rank {r} > the LoRA's rank {max_rank} (module `{key}`); resize only lowers rank \
                  — ask for {max_rank} or less"
@@ -187,6 +215,7 @@ pub fn resize_lora(
         };
         report.modules.push(ModuleResize {
             key: key.clone(),
+            kind: "lora",
             old_rank: m.rank(),
             new_rank: k,
             fro_retained: if total > 0.0 {
@@ -198,12 +227,33 @@ pub fn resize_lora(
         });
         out.modules.insert(key.clone(), new);
     }
+    for (key, m) in &lora.lycoris {
+        let module_err =
+            |p: crate::error::IoError| err(format!("{} module `{key}`: {p}", m.kind()));
+        m.check().map_err(module_err)?;
+        let (new, st) = lycoris_to_lora(m, target).map_err(module_err)?;
+        if out.modules.insert(key.clone(), new).is_some() {
+            return Err(err(format!(
+                "`{key}` is both a LoRA and a {} module; keep one",
+                m.kind()
+            )));
+        }
+        report.modules.push(ModuleResize {
+            key: key.clone(),
+            kind: m.kind(),
+            old_rank: st.rank_bound,
+            new_rank: st.rank,
+            fro_retained: st.fro_retained,
+            sigma_max: st.sigma_max,
+        });
+    }
+    report.modules.sort_by(|a, b| a.key.cmp(&b.key));
     let comment = lora
         .metadata
         .get("ss_training_comment")
         .cloned()
         .unwrap_or_default();
-    let (dim, alpha, note) = match target {
+    let (dim, alpha, mut note) = match target {
         ResizeTarget::Rank(r) => (
             r.to_string(),
             format!("{r}.0"),
@@ -215,6 +265,21 @@ pub fn resize_lora(
             format!("Dynamic resize with sv_fro: {fraction} from {max_rank}"),
         ),
     };
+    if !lora.lycoris.is_empty() {
+        note = format!(
+            "{} LoKr/LoHa modules converted to LoRA by SVD, {note}",
+            lora.lycoris.len()
+        );
+        if out
+            .metadata
+            .get("ss_network_module")
+            .is_some_and(|v| v.starts_with("lycoris"))
+        {
+            out.metadata
+                .insert("ss_network_module".into(), "networks.lora".into());
+            out.metadata.remove("ss_network_args");
+        }
+    }
     out.metadata.insert("ss_network_dim".into(), dim);
     out.metadata.insert("ss_network_alpha".into(), alpha);
     out.metadata
