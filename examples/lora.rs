@@ -1,10 +1,13 @@
 //! LoRA file tools: inspect, convert, resize (SVD), extract from two checkpoints, merge into a
-//! base checkpoint.
+//! base checkpoint. LyCORIS files (LoKr, LoHa, DoRA) are inspected, converted between kohya and
+//! ComfyUI, merged, and — LoKr / LoHa — turned into a plain LoRA by `resize` (the SVD of their
+//! ΔW), for tools that read only LoRA.
 //!
 //! ```text
 //! cargo run --release --example lora -- inspect my_lora.safetensors --norms
 //! cargo run --release --example lora -- convert in.safetensors out.safetensors --to comfyui
 //! cargo run --release --example lora -- resize in.safetensors out.safetensors --rank 8
+//! cargo run --release --example lora -- resize lokr.safetensors as_lora.safetensors --rank 32
 //! cargo run --release --example lora -- resize in.safetensors out.safetensors \
 //!     --dynamic-fro 0.9 --rank 32
 //! cargo run --release --example lora -- extract flux1-dev.safetensors tuned.safetensors \

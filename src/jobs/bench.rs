@@ -226,6 +226,7 @@ fn run<B: FluxAutodiffBackend>(
         let tt: Tensor<B, 3> = ts.clone().reshape([1, 1, 1]);
         let xt = x0.clone() * (tt.clone().neg() + 1.0) + noise.clone() * tt;
         let x = FluxInputs {
+            txt_mask: None,
             img: xt,
             img_ids: latents::img_ids::<B>(1, side, side, dev),
             txt: txt.clone(),

@@ -76,6 +76,7 @@ impl TextEncoder for BytesEncoder {
                 shape: vec![self.max_len, 1],
                 data: t5,
             },
+            t5_mask: None,
             clip_pooled: HostTensor {
                 shape: vec![1],
                 data: vec![caption.len() as f32],

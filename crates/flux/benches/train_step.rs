@@ -96,6 +96,7 @@ fn run<B: FluxAutodiffBackend>(name: &str, steps: usize, checkpointing: Checkpoi
         let tt: Tensor<B, 3> = t.clone().reshape([1, 1, 1]);
         let xt = x0.clone() * (tt.clone().neg() + 1.0) + noise.clone() * tt;
         let inputs = FluxInputs {
+            txt_mask: None,
             img: xt,
             img_ids: img_ids.clone(),
             txt: txt.clone(),

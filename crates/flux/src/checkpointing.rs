@@ -18,7 +18,6 @@ use burn::tensor::{backend::AutodiffBackend, Tensor};
 use crate::error::Result;
 use crate::fused::FluxAutodiffBackend;
 use crate::transformer::model::{Embedded, Flux, FluxInputs};
-use crate::transformer::rope::Rope;
 
 /// Whether block activations are kept (off) or recomputed in backward (blocks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,6 +132,7 @@ fn inner_inputs<B: AutodiffBackend>(x: &FluxInputs<B>) -> FluxInputs<B::InnerBac
         timesteps: x.timesteps.clone().inner(),
         y: x.y.clone().inner(),
         guidance: x.guidance.clone().map(Tensor::inner),
+        txt_mask: x.txt_mask.clone().map(Tensor::inner),
     }
 }
 
@@ -161,16 +161,8 @@ fn recompute_blocks<B: FluxAutodiffBackend>(
     drop(valid);
     drop(rope_inner);
 
-    // RoPE tables are constants: build them once on the autodiff backend.
-    let n_axes = model.config.axes_dim.len();
-    let ids = Tensor::cat(
-        vec![
-            inputs.txt_ids.clone().narrow(2, 0, n_axes),
-            inputs.img_ids.clone().narrow(2, 0, n_axes),
-        ],
-        1,
-    );
-    let rope = Rope::new(ids, &model.config.axes_dim, model.config.theta);
+    // RoPE tables and the key mask are constants: build them once on the autodiff backend.
+    let rope = model.rope(inputs);
     let mut out = GradientsParams::new();
 
     // 2. Head: final layer and loss.

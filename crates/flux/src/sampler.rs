@@ -22,6 +22,8 @@ pub struct Conditioning<B: Backend> {
     /// Guidance strength (dev: BFL default 4.0 in `denoise`, 3.5 in diffusers); ignored by
     /// schnell-like models.
     pub guidance: Option<f32>,
+    /// T5 padding mask `[B, L_txt]` (see [`FluxInputs::txt_mask`]).
+    pub txt_mask: Option<Tensor<B, 2>>,
 }
 
 /// Runs the Euler sampler from `noise` (packed tokens `[B, L_img, in_channels]`) through
@@ -74,6 +76,7 @@ fn velocity<B: FluxBackend>(
         guidance: cond
             .guidance
             .map(|g| Tensor::<B, 1>::full([batch], g, &device)),
+        txt_mask: cond.txt_mask.clone(),
     };
     model.forward(&inputs)
 }

@@ -28,6 +28,7 @@ fn inputs<B: burn::tensor::backend::Backend>(
 ) -> (FluxInputs<B>, fluxlora_io::HostTensor) {
     let io = common::Io(SafeTensorsFile::open(case().join("io.safetensors")).unwrap());
     let x = FluxInputs {
+        txt_mask: None,
         img: io.tensor("img", dev).unwrap(),
         img_ids: io.tensor("img_ids", dev).unwrap(),
         txt: io.tensor("txt", dev).unwrap(),

@@ -12,4 +12,5 @@ mod parity;
 mod parity_encoders;
 mod quantized_base;
 mod sampler_cfg;
+mod t5_mask;
 mod text_encoders;

@@ -39,6 +39,7 @@ pub(crate) fn inputs<Bk: Backend>(
     let (h, w, l_txt) = (2, 3, 4);
     let n = Distribution::Normal(0.0, 1.0);
     FluxInputs {
+        txt_mask: None,
         img: Tensor::random([batch, h * w, c.in_channels], n, dev),
         img_ids: fluxlora_flux::latents::img_ids(batch, h, w, dev),
         txt: Tensor::random([batch, l_txt, c.context_in_dim], n, dev),

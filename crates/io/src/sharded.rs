@@ -214,9 +214,16 @@ impl Checkpoint {
         self.shard(name)?.raw(name)
     }
 
-    /// Decodes tensor `name` to `f32`.
+    /// Decodes tensor `name` to `f32` (its mapped pages released, see
+    /// [`SafeTensorsFile::release`]).
     pub fn read_f32(&self, name: &str) -> Result<HostTensor> {
         self.shard(name)?.read_f32(name)
+    }
+
+    /// Takes tensor `name`'s mapped pages out of the resident set ([`SafeTensorsFile::release`]);
+    /// call it once the bytes from [`raw`](Self::raw) are copied.
+    pub fn release(&self, name: &str) -> Result<()> {
+        self.shard(name)?.release(name)
     }
 
     /// The `__metadata__` of the first shard (diffusers shards carry `format: pt` only).

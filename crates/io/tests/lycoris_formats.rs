@@ -14,6 +14,7 @@ use fluxlora_io::{
 use proptest::prelude::*;
 
 use crate::common::values;
+use crate::lycoris_ops::ref_delta as reference_delta;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -83,71 +84,6 @@ fn dora_axes_follow_the_magnitude_shape() {
     let (peft, _) = read_lora(fixture("dora_peft.safetensors")).unwrap();
     assert_eq!(peft.dora["img_in"].axis, DoraAxis::Output);
     assert_eq!(peft.dora["img_in"].values.numel(), 12);
-}
-
-/// `ΔW[i·k + p, j·n + q] = scale·W1[i, j]·W2[p, q]` and the Hadamard product, in f64 loops.
-fn reference_delta(m: &LycorisModule) -> Vec<f64> {
-    let mm = |a: &HostTensor, b: &HostTensor| -> (Vec<f64>, usize, usize) {
-        let (n, k) = a.dims2().unwrap();
-        let (_, c) = b.dims2().unwrap();
-        let mut out = vec![0.0; n * c];
-        for i in 0..n {
-            for j in 0..c {
-                for t in 0..k {
-                    out[i * c + j] += f64::from(a.data[i * k + t]) * f64::from(b.data[t * c + j]);
-                }
-            }
-        }
-        (out, n, c)
-    };
-    let dense = |f: &KronFactor| match f {
-        KronFactor::Full(w) => (
-            w.data.iter().map(|v| f64::from(*v)).collect::<Vec<_>>(),
-            w.shape[0],
-            w.shape[1],
-        ),
-        KronFactor::LowRank { a, b } => mm(a, b),
-    };
-    match m {
-        LycorisModule::Lokr { w1, w2, alpha } => {
-            let (a, p, q) = dense(w1);
-            let (b, r, s) = dense(w2);
-            let rank = match (w1, w2) {
-                (_, KronFactor::LowRank { b, .. }) | (KronFactor::LowRank { b, .. }, _) => {
-                    Some(b.shape[0])
-                }
-                _ => None,
-            };
-            let scale = match (alpha, rank) {
-                (Some(al), Some(r)) => f64::from(*al) / r as f64,
-                _ => 1.0,
-            };
-            let mut out = vec![0.0; p * r * q * s];
-            for i in 0..p {
-                for j in 0..q {
-                    for k in 0..r {
-                        for l in 0..s {
-                            out[(i * r + k) * q * s + j * s + l] =
-                                scale * a[i * q + j] * b[k * s + l];
-                        }
-                    }
-                }
-            }
-            out
-        }
-        LycorisModule::Loha {
-            w1_a,
-            w1_b,
-            w2_a,
-            w2_b,
-            alpha,
-        } => {
-            let (m1, _, _) = mm(w1_a, w1_b);
-            let (m2, _, _) = mm(w2_a, w2_b);
-            let scale = alpha.map_or(1.0, |a| f64::from(a) / w1_b.shape[0] as f64);
-            m1.iter().zip(&m2).map(|(x, y)| x * y * scale).collect()
-        }
-    }
 }
 
 fn lokr(

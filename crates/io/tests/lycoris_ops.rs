@@ -63,7 +63,7 @@ fn factor(f: &KronFactor) -> (Vec<f64>, usize, usize) {
 
 /// `scale·kron(W1, W2)` or `scale·(W1a·W1b) ⊙ (W2a·W2b)`, the scale as the LyCORIS docs give
 /// it (alpha over the decomposed factor's inner dimension, 1 without alpha or decomposition).
-fn ref_delta(m: &LycorisModule) -> Vec<f64> {
+pub(crate) fn ref_delta(m: &LycorisModule) -> Vec<f64> {
     match m {
         LycorisModule::Lokr { w1, w2, alpha } => {
             let ((a, p, q), (b, r, s)) = (factor(w1), factor(w2));

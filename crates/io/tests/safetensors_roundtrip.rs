@@ -192,3 +192,30 @@ fn our_file_read_by_reference_matches_with_many_random_tensors() {
         assert_eq!(&got, &t.data);
     }
 }
+
+#[test]
+fn released_tensors_read_back_the_same_bytes() {
+    // Tensors of several pages and of a few bytes, sharing pages at their edges: dropping one
+    // tensor's pages (`madvise(DONTNEED)`, also done by `read_f32`) must leave every byte of it
+    // and of its neighbours readable and unchanged.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big.safetensors");
+    let sizes = [100_003usize, 3, 250_000, 1];
+    let tensors: Vec<(String, Raw)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (format!("t{i}"), f32_raw(&[n], &values(40 + i as u64, n))))
+        .collect();
+    write_reference(&p, &tensors, None);
+    let f = SafeTensorsFile::open(&p).unwrap();
+    for round in 0..2 {
+        for (name, raw) in tensors.iter().rev() {
+            let t = f.read_f32(name).unwrap();
+            let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(bytes, raw.bytes, "{name}, round {round}");
+            f.release(name).unwrap();
+            assert_eq!(f.raw(name).unwrap(), &raw.bytes[..], "{name} after release");
+        }
+    }
+    assert!(f.release("missing").is_err());
+}

@@ -464,6 +464,7 @@ fn flux_batch<B: Backend>(
         ),
         y: Tensor::from_data(TensorData::new(y, [b, c.vec_in_dim]), device),
         mask: None,
+        txt_mask: None,
         is_reg: vec![false; b],
     }
 }

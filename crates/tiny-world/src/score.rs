@@ -41,7 +41,8 @@ pub struct ConceptScores {
 }
 
 /// Scores `lora` on `base` with the prompts of `prompts_file` × `seeds` seeds; writes the grid as
-/// `grid_path`. `shift`: the dev schedule (true) or schnell's (false).
+/// `grid_path`. `shift`: the dev schedule (true) or schnell's (false); `t5_mask`: the run's
+/// `apply_t5_attn_mask`.
 #[allow(clippy::too_many_arguments)]
 pub fn concept_scores<B: FluxBackend>(
     base: &BaseModel,
@@ -49,6 +50,7 @@ pub fn concept_scores<B: FluxBackend>(
     prompts_file: &Path,
     seeds: usize,
     t5_max_length: usize,
+    t5_mask: bool,
     shift: bool,
     grid_path: &Path,
     device: &B::Device,
@@ -72,7 +74,7 @@ pub fn concept_scores<B: FluxBackend>(
         });
     }
     let texts = {
-        let encoder = FluxTextEncoder::<B>::load(base, t5_max_length, false, device)?;
+        let encoder = FluxTextEncoder::<B>::load(base, t5_max_length, t5_mask, device)?;
         prompts
             .iter()
             .map(|p| PromptText::encode(&encoder, p))
@@ -141,6 +143,7 @@ pub fn concept_check<B: FluxBackend>(
         prompts,
         seeds,
         base.t5_max_length(config)?,
+        config.apply_t5_attn_mask,
         shift,
         &grid,
         device,

@@ -298,7 +298,8 @@ pub struct TrainConfig {
     pub loss_type: LossType,
     /// Huber parameter.
     pub huber_c: f32,
-    /// Mask T5 padding in attention (BFL inference does not).
+    /// Mask T5 padding: in T5's own attention and in the transformer's, where no token attends
+    /// to the padding (kohya's `apply_t5_attn_mask`; BFL inference does not).
     pub apply_t5_attn_mask: bool,
     /// T5 tokens (`None`: 512 for dev, 256 for schnell).
     pub t5xxl_max_token_length: Option<usize>,

@@ -6,7 +6,7 @@
 
 use fluxlora_lora::Network;
 
-use crate::config::TrainConfig;
+use crate::config::{SaveFormat, TrainConfig};
 use crate::error::TrainError;
 
 /// The `network_args` keys understood here.
@@ -201,6 +201,16 @@ pub fn network(c: &TrainConfig) -> Result<Network, TrainError> {
             ),
         ));
     }
+    if c.save_format == SaveFormat::Peft && matches!(net, Network::Lokr { .. } | Network::Loha) {
+        return Err(invalid(
+            "save_format",
+            format!(
+                "PEFT / diffusers files have no {} layout that loaders read; save as kohya or \
+                 comfyui (ComfyUI and Forge read those)",
+                net.name()
+            ),
+        ));
+    }
     Ok(net)
 }
 
@@ -328,6 +338,13 @@ mod tests {
                     c.loraplus_lr_ratio = Some(16.0);
                 }),
                 "loraplus_lr_ratio",
+            ),
+            (
+                cfg(|c| {
+                    c.network_type = Some("lokr".into());
+                    c.save_format = SaveFormat::Peft;
+                }),
+                "save_format",
             ),
         ];
         for (c, key) in cases {

@@ -110,6 +110,7 @@ pub fn cached_batch<B: Backend>(
 ) -> Result<TrainBatch<B>, TrainError> {
     let (mut lat, mut masks, mut t5, mut pooled, mut is_reg) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut t5_masks = Vec::new();
     for s in samples {
         let key = LatentKey::of(dataset, s);
         let item_path = dataset
@@ -125,6 +126,20 @@ pub fn cached_batch<B: Backend>(
             .ok_or_else(|| missing("text", format!("the caption of {item_path}")))?;
         masks.push(cached.mask.map(|m| (m.shape, m.data)));
         lat.push((cached.latent.shape, cached.latent.data));
+        let tokens = text.t5.shape.first().copied().unwrap_or(0);
+        t5_masks.push(match text.t5_mask {
+            Some(m) if m.shape == [tokens] => Some((m.shape, m.data)),
+            Some(m) => {
+                return Err(TrainError::Shape {
+                    what: format!("cached text of {item_path}"),
+                    message: format!(
+                        "t5_mask {:?} does not fit {tokens} T5 tokens; delete the text cache",
+                        m.shape
+                    ),
+                })
+            }
+            None => None,
+        });
         t5.push((text.t5.shape, text.t5.data));
         pooled.push((text.clip_pooled.shape, text.clip_pooled.data));
         is_reg.push(s.is_reg);
@@ -145,8 +160,27 @@ pub fn cached_batch<B: Backend>(
     } else {
         None
     };
+    // One encoder wrote every entry, so either all have a padding mask or none has.
+    let with_mask = t5_masks.iter().filter(|m| m.is_some()).count();
+    let txt_mask = match with_mask {
+        0 => None,
+        n if n == t5_masks.len() => Some(stack(
+            t5_masks.into_iter().flatten().collect(),
+            "T5 masks",
+            device,
+        )?),
+        _ => {
+            return Err(TrainError::Shape {
+                what: "cached text of a batch".into(),
+                message: "some entries carry a T5 padding mask and some do not; delete the \
+                          text cache so one encoder writes it again"
+                    .into(),
+            })
+        }
+    };
     Ok(TrainBatch {
         latents: tokens,
+        txt_mask,
         grid: (hh / 2, ww / 2),
         txt: stack(t5, "T5 embeddings", device)?,
         y: stack(pooled, "CLIP pooled vectors", device)?,

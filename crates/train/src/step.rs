@@ -47,6 +47,9 @@ pub struct TrainBatch<B: Backend> {
     pub y: Tensor<B, 2>,
     /// Loss mask `[B, L, 1]` (per token) or `[B, L, C]` (per element), values in [0, 1].
     pub mask: Option<Tensor<B, 3>>,
+    /// T5 padding mask `[B, L_txt]` (1 = token, 0 = padding), from an encoder that masks
+    /// padding (`apply_t5_attn_mask`): the transformer's attention then hides the padding.
+    pub txt_mask: Option<Tensor<B, 2>>,
     /// Which samples are regularisation images (weighted by `prior_loss_weight`).
     pub is_reg: Vec<bool>,
 }
@@ -286,6 +289,7 @@ fn prepare<B: Backend>(
         timesteps: sigmas.clone(),
         y: batch.y.clone().detach(),
         guidance: guidance_embed.then(|| Tensor::full([b], s.guidance, &device)),
+        txt_mask: batch.txt_mask.clone(),
     };
     Ok(Prepared {
         inputs,

@@ -132,6 +132,7 @@ pub struct ValidationItem {
     txt: TensorData,
     y: TensorData,
     mask: Option<TensorData>,
+    txt_mask: Option<TensorData>,
     is_reg: bool,
     /// σ and ε of this item, the same at every evaluation.
     pub draw: NoiseDraw,
@@ -146,6 +147,7 @@ impl ValidationItem {
             txt: Tensor::from_data(self.txt.clone(), device),
             y: Tensor::from_data(self.y.clone(), device),
             mask: self.mask.clone().map(|m| Tensor::from_data(m, device)),
+            txt_mask: self.txt_mask.clone().map(|m| Tensor::from_data(m, device)),
             is_reg: vec![self.is_reg],
         }
     }
@@ -186,6 +188,7 @@ impl ValidationSet {
                     host(one(batch.txt.clone())),
                     host(batch.y.clone().narrow(0, i, 1)),
                     batch.mask.clone().map(|m| host(one(m))),
+                    batch.txt_mask.clone().map(|m| host(m.narrow(0, i, 1))),
                     batch.is_reg[i],
                 ));
             }
@@ -194,20 +197,23 @@ impl ValidationSet {
         let items = parts
             .into_iter()
             .enumerate()
-            .map(|(index, (name, latents, grid, txt, y, mask, is_reg))| {
-                let (l, c) = (latents.shape[1], latents.shape[2]);
-                let draw = fixed_draw(seed, index, count, sampler, l, c);
-                ValidationItem {
-                    name,
-                    latents,
-                    grid,
-                    txt,
-                    y,
-                    mask,
-                    is_reg,
-                    draw,
-                }
-            })
+            .map(
+                |(index, (name, latents, grid, txt, y, mask, txt_mask, is_reg))| {
+                    let (l, c) = (latents.shape[1], latents.shape[2]);
+                    let draw = fixed_draw(seed, index, count, sampler, l, c);
+                    ValidationItem {
+                        name,
+                        latents,
+                        grid,
+                        txt,
+                        y,
+                        mask,
+                        txt_mask,
+                        is_reg,
+                        draw,
+                    }
+                },
+            )
             .collect();
         Ok(Self { items })
     }

@@ -61,10 +61,34 @@ impl TextEncoder for Bytes8 {
                 shape: vec![3, 8],
                 data: b[..24].to_vec(),
             },
+            t5_mask: None,
             clip_pooled: HostTensor {
                 shape: vec![8],
                 data: b[24..].to_vec(),
             },
+        })
+    }
+}
+
+/// [`Bytes8`] from an encoder that masks T5 padding: of the 3 tokens, 1 + (last byte mod 3)
+/// are text, the rest padding.
+struct Bytes8Masked;
+
+impl Bytes8Masked {
+    fn mask(caption: &str) -> Vec<f32> {
+        let text = 1 + usize::from(caption.bytes().last().unwrap_or(0) % 3);
+        (0..3).map(|i| if i < text { 1.0 } else { 0.0 }).collect()
+    }
+}
+
+impl TextEncoder for Bytes8Masked {
+    fn identity(&self) -> String {
+        "bytes8-masked/test".into()
+    }
+    fn encode(&self, caption: &str) -> Result<TextEmbedding, DataError> {
+        Ok(TextEmbedding {
+            t5_mask: Some(HostTensor::new(vec![3], Self::mask(caption)).unwrap()),
+            ..Bytes8.encode(caption)?
         })
     }
 }
@@ -111,9 +135,18 @@ fn write_dataset_with(dir: &Path, alpha: bool) -> Arc<Dataset> {
 }
 
 fn source(dir: &Path, dataset: &Arc<Dataset>, seed: u64) -> CachedBatches {
+    source_with(dir, dataset, seed, &Bytes8)
+}
+
+fn source_with(
+    dir: &Path,
+    dataset: &Arc<Dataset>,
+    seed: u64,
+    text: &dyn TextEncoder,
+) -> CachedBatches {
     let loader = Loader::new(dataset.clone(), seed);
     let latents = LatentCache::open(&dir.join("lat"), &Pool4.identity()).unwrap();
-    let texts = TextCache::open(&dir.join("txt"), &Bytes8.identity()).unwrap();
+    let texts = TextCache::open(&dir.join("txt"), &text.identity()).unwrap();
     let samples: Vec<_> = (0..3)
         .flat_map(|e| fluxlora_data::epoch_plan(dataset, seed, e))
         .flat_map(|b| b.samples)
@@ -124,7 +157,7 @@ fn source(dir: &Path, dataset: &Arc<Dataset>, seed: u64) -> CachedBatches {
     texts
         .build(
             &loader.captions_for_epochs(0..3),
-            &Bytes8,
+            text,
             &BuildOptions::default(),
         )
         .unwrap();
@@ -234,4 +267,47 @@ fn alpha_masks_become_per_element_weights_on_the_packed_tokens() {
             }
         }
     }
+}
+
+#[test]
+fn t5_padding_masks_reach_the_batch_and_a_run_trains_with_them() {
+    let _g = backend_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = write_dataset(tmp.path());
+    let dev = Default::default();
+    let mut src = source_with(tmp.path(), &ds, 3, &Bytes8Masked);
+    let mut padded = 0;
+    for planned in fluxlora_data::epoch_plan(&ds, 3, 0) {
+        let batch = BatchSource::<AB>::next_batch(&mut src, &dev).unwrap();
+        let got: Vec<f32> = batch
+            .txt_mask
+            .expect("the encoder masks padding")
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let want: Vec<f32> = planned
+            .samples
+            .iter()
+            .flat_map(|s| Bytes8Masked::mask(&s.caption))
+            .collect();
+        assert_eq!(got, want);
+        padded += want.iter().filter(|&&v| v == 0.0).count();
+    }
+    assert!(padded > 0, "the captions gave no padding to mask");
+    // Without the masking encoder there is no mask.
+    let plain = tempfile::tempdir().unwrap();
+    let mut src_plain = source(plain.path(), &write_dataset(plain.path()), 3);
+    assert!(BatchSource::<AB>::next_batch(&mut src_plain, &dev)
+        .unwrap()
+        .txt_mask
+        .is_none());
+
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_train_config(out.path(), 2);
+    cfg.apply_t5_attn_mask = true;
+    let mut t = Trainer::new(cfg, tiny_flux(1), dev)
+        .unwrap()
+        .with_progress(false);
+    let summary = t.run(&mut src).unwrap();
+    assert!(summary.last_loss.is_some_and(f32::is_finite));
 }

@@ -12,8 +12,11 @@ use fluxlora_io::{read_lora, SafeTensorsFile};
 use fluxlora_train::sampling::inference::{apply_named_loras, remove_named_loras};
 use fluxlora_train::{import_lora, SaveFormat, TrainConfig, Trainer};
 
+/// A change to the test config.
+type Tweak = fn(&mut TrainConfig);
+
 /// The kinds tested: name, config tweak, the role a saved module must carry.
-fn kinds() -> Vec<(&'static str, fn(&mut TrainConfig), &'static str)> {
+fn kinds() -> Vec<(&'static str, Tweak, &'static str)> {
     vec![
         (
             "lokr (low-rank W2)",
@@ -153,7 +156,7 @@ fn every_lycoris_kind_trains_saves_and_reloads() {
     }
 }
 
-fn straight_vs_resumed(tweak: fn(&mut TrainConfig), ema: bool) {
+fn straight_vs_resumed(tweak: Tweak, ema: bool) {
     let dev = Default::default();
     let config = |out: &std::path::Path| {
         let mut c = tiny_train_config(out, 4);

@@ -1,5 +1,6 @@
 //! Text-embedding cache: one entry per (caption text, encoder). Entries hold `t5` (T5 hidden
-//! states, `[tokens, 4096]` for Flux) and `clip_pooled` (`[768]`).
+//! states, `[tokens, 4096]` for Flux), `clip_pooled` (`[768]`) and, from an encoder that masks
+//! T5's padding (`apply_t5_attn_mask`), `t5_mask` (`[tokens]`, 1 for a token, 0 for padding).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -15,6 +16,10 @@ use crate::error::{DataError, Result};
 pub struct TextEmbedding {
     /// T5 hidden states of the caption's tokens, `[tokens, 4096]` for Flux.
     pub t5: HostTensor,
+    /// T5's attention mask, `[tokens]`: 1 for text and special tokens, 0 for padding. Present
+    /// when the encoder masks padding (`apply_t5_attn_mask`); the transformer then hides the
+    /// padding from its attention too, as kohya does.
+    pub t5_mask: Option<HostTensor>,
     /// CLIP's pooled text embedding, `[768]`.
     pub clip_pooled: HostTensor,
 }
@@ -59,6 +64,7 @@ impl TextCache {
             .load(&self.digest(caption), &["t5", "clip_pooled"])?;
         Some(TextEmbedding {
             t5: t.remove("t5")?,
+            t5_mask: t.remove("t5_mask"),
             clip_pooled: t.remove("clip_pooled")?,
         })
     }
@@ -93,11 +99,11 @@ impl TextCache {
                 ("caption".to_string(), caption.clone()),
                 ("encoder".to_string(), self.encoder.clone()),
             ]);
-            self.dir.store(
-                &self.digest(caption),
-                &[("t5", &emb.t5), ("clip_pooled", &emb.clip_pooled)],
-                meta,
-            )?;
+            let mut tensors = vec![("t5", &emb.t5), ("clip_pooled", &emb.clip_pooled)];
+            if let Some(m) = &emb.t5_mask {
+                tensors.push(("t5_mask", m));
+            }
+            self.dir.store(&self.digest(caption), &tensors, meta)?;
             stats.built += 1;
             bar.inc(1);
         }

@@ -335,7 +335,10 @@ impl FluxCheckpoint {
                 let shape = [shape[0], shape[1]];
                 let scale = self.fp8_scale(s, shape[0])?.unwrap_or_else(|| vec![1.0]);
                 let raw = self.store.raw(s).map_err(&io)?;
-                return QuantizedHost::from_fp8_bytes(shape, raw, &scale).map_err(&io);
+                let q = QuantizedHost::from_fp8_bytes(shape, raw, &scale).map_err(&io)?;
+                // The codes are copied: the file's pages need not stay resident.
+                self.store.release(s).map_err(&io)?;
+                return Ok(q);
             }
             QuantizedHost::quantize(&self.read_source(s)?, format).map_err(&io)
         };

@@ -33,6 +33,9 @@ pub struct FluxInputs<B: Backend> {
     /// Guidance strength per sample `[B]`; required by guidance-distilled (dev) models, ignored
     /// otherwise.
     pub guidance: Option<Tensor<B, 1>>,
+    /// T5 padding mask `[B, L_txt]` (1 = token, 0 = padding): with it, no token attends to the
+    /// padding (`apply_t5_attn_mask`); `None` attends to every text token, as BFL does.
+    pub txt_mask: Option<Tensor<B, 2>>,
 }
 
 /// The embedded inputs the blocks work on (the state passed between blocks).
@@ -158,6 +161,15 @@ impl<B: FluxBackend> Flux<B> {
                 format!("shape {:?}, expected [{b}, {}]", x.y.dims(), c.vec_in_dim),
             );
         }
+        if let Some(m) = &x.txt_mask {
+            let l_txt = x.txt.dims()[1];
+            if m.dims() != [b, l_txt] {
+                return bad(
+                    "txt_mask",
+                    format!("shape {:?}, expected [{b}, {l_txt}]", m.dims()),
+                );
+            }
+        }
         match (&x.guidance, c.guidance_embed) {
             (None, true) => bad(
                 "guidance",
@@ -183,6 +195,12 @@ impl<B: FluxBackend> Flux<B> {
         }
         vec = vec + self.vector_in.forward(x.y.clone());
         let txt = linear(&self.txt_in, x.txt.clone());
+        (Embedded { img, txt, vec }, self.rope(x))
+    }
+
+    /// The RoPE tables of `txt_ids ‖ img_ids`, with the key mask of `x.txt_mask` (image keys
+    /// are never hidden).
+    pub fn rope(&self, x: &FluxInputs<B>) -> Rope<B> {
         let n_axes = self.config.axes_dim.len();
         let ids = Tensor::cat(
             vec![
@@ -192,7 +210,14 @@ impl<B: FluxBackend> Flux<B> {
             1,
         );
         let rope = Rope::new(ids, &self.config.axes_dim, self.config.theta);
-        (Embedded { img, txt, vec }, rope)
+        match &x.txt_mask {
+            Some(m) => {
+                let [b, l_img, _] = x.img.dims();
+                let img_keys = Tensor::ones([b, l_img], &m.device());
+                rope.with_key_mask(Tensor::cat(vec![m.clone(), img_keys], 1))
+            }
+            None => rope,
+        }
     }
 
     /// Runs the double blocks, then the single blocks over `txt ‖ img`; returns the image part.

@@ -14,10 +14,17 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 use crate::fused::{self, FluxBackend, RopeTables};
 
-/// Precomputed rotation tables for one forward pass.
+/// The score a hidden key gets in the attention bias (`exp` of it is 0 in f32 and bf16).
+pub const MASKED_SCORE: f32 = -1.0e9;
+
+/// Precomputed rotation tables for one forward pass, and the attention's key mask (hidden T5
+/// padding, `apply_t5_attn_mask`) that every block shares with them.
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
     tables: RopeTables<B>,
+    /// Additive bias `[B, 1, 1, L]` over the keys of `txt ‖ img`: 0, or [`MASKED_SCORE`] for
+    /// a hidden key.
+    key_bias: Option<Tensor<B, 4>>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -39,7 +46,18 @@ impl<B: Backend> Rope<B> {
         }
         Self {
             tables: RopeTables::from_angles(Tensor::cat(angles, 2)),
+            key_bias: None,
         }
+    }
+
+    /// Hides the keys where `mask` (`[B, L]` over `txt ‖ img`, 1 = attend, 0 = hide) is 0 from
+    /// every attention that uses these tables (kohya's `txt_attention_mask`: queries still
+    /// compute, no token attends to a hidden one).
+    pub fn with_key_mask(mut self, mask: Tensor<B, 2>) -> Self {
+        let [b, l] = mask.dims();
+        let bias = (mask.neg() + 1.0) * MASKED_SCORE;
+        self.key_bias = Some(bias.reshape([b, 1, 1, l]));
+        self
     }
 
     /// Head dimension covered by the tables.
@@ -63,7 +81,8 @@ pub fn attention<B: FluxBackend>(
     v: Tensor<B, 4>,
     rope: &Rope<B>,
 ) -> Tensor<B, 3> {
-    B::from_heads(fused::attention(rope.apply(q), rope.apply(k), v, None))
+    let bias = rope.key_bias.clone().map(|b| b.cast(q.dtype()));
+    B::from_heads(fused::attention(rope.apply(q), rope.apply(k), v, bias))
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ pub fn run<B: FluxBackend>(case: &Case, dev: &B::Device) -> Result<Outcome, Stri
         "transformer" => {
             let model = load_model::<B>(case, dev)?;
             let inputs = FluxInputs {
+                txt_mask: None,
                 img: io.tensor("img", dev)?,
                 img_ids: io.tensor("img_ids", dev)?,
                 txt: io.tensor("txt", dev)?,
@@ -61,6 +62,7 @@ pub fn run<B: FluxBackend>(case: &Case, dev: &B::Device) -> Result<Outcome, Stri
         "sampler" => {
             let model = load_model::<B>(case, dev)?;
             let cond = Conditioning {
+                txt_mask: None,
                 txt: io.tensor("txt", dev)?,
                 txt_ids: io.tensor("txt_ids", dev)?,
                 img_ids: io.tensor("img_ids", dev)?,

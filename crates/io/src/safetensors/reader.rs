@@ -105,16 +105,41 @@ impl SafeTensorsFile {
         Ok(&self.map[base + e.start..base + e.end])
     }
 
-    /// Decodes tensor `name` to `f32` (floats upcast exactly; integers and bools by value).
+    /// Decodes tensor `name` to `f32` (floats upcast exactly; integers and bools by value), then
+    /// [`release`](Self::release)s its bytes: the copy is what the caller keeps.
     pub fn read_f32(&self, name: &str) -> Result<HostTensor> {
         let e = self.entry(name)?;
         let bytes = self.raw(name)?;
         let mut data = Vec::new();
         decode_to_f32(e.dtype, bytes, &mut data);
+        self.release(name)?;
         Ok(HostTensor {
             shape: e.shape.clone(),
             data,
         })
+    }
+
+    /// Takes tensor `name`'s pages out of this process's resident set (`madvise(MADV_DONTNEED)`
+    /// on its byte range; a no-op off Unix). The bytes stay readable: a later read maps them
+    /// again from the page cache or the file. Loading a checkpoint tensor by tensor with this
+    /// keeps its mapped pages from adding up to the file's size in the peak RSS.
+    pub fn release(&self, name: &str) -> Result<()> {
+        let e = self.entry(name)?;
+        let (start, len) = (self.header.data_start + e.start, e.end - e.start);
+        #[cfg(unix)]
+        if len > 0 {
+            // SAFETY: the map is a read-only mapping of a file that is not modified while open
+            // (see the module docs), so dropping its pages loses nothing: the next access faults
+            // them in again with the same bytes. No `&mut` to the map exists.
+            unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            }
+            .map_err(|e| IoError::io(&self.path, "madvise", e))?;
+        }
+        #[cfg(not(unix))]
+        let _ = (start, len);
+        Ok(())
     }
 
     /// Reads a scalar (shape `[]` or `[1]`) as `f32`.

@@ -181,9 +181,12 @@ impl<B: Backend> FluxTextEncoder<B> {
         t5_mask: bool,
         dtype: DType,
     ) -> String {
+        // Masked entries also keep the mask for the transformer; those written before it was
+        // kept must not be reused.
+        let mask_kept = if t5_mask { "+kept" } else { "" };
         format!(
             "flux-text/clip={}/t5={}/tok={}+{}/t5_len={t5_max_length}/\
-             t5_mask={t5_mask}/dtype={dtype:?}",
+             t5_mask={t5_mask}{mask_kept}/dtype={dtype:?}",
             file_identity(&base.clip),
             file_identity(&base.t5),
             file_identity(&base.clip_tokenizer),
@@ -224,8 +227,16 @@ impl<B: Backend> TextEncoder for FluxTextEncoder<B> {
         let [_, l, d] = hidden.dims();
         let [_, p] = pooled.dims();
         let t5 = download(hidden.reshape([l, d])).map_err(encoder_error)?;
+        let t5_mask = if self.t5_mask {
+            let tokens = self.t5_tokenizer.encode(caption).map_err(encoder_error)?;
+            let m = tokens.attention_mask.iter().map(|&v| v as f32).collect();
+            Some(HostTensor::new(vec![l], m).map_err(encoder_error)?)
+        } else {
+            None
+        };
         Ok(TextEmbedding {
             t5,
+            t5_mask,
             clip_pooled: download(pooled.reshape([p])).map_err(encoder_error)?,
         })
     }

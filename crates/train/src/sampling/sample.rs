@@ -199,6 +199,19 @@ pub fn generate<B: FluxBackend>(
                 device,
             ),
             guidance: cfg.guidance_embed.then_some(prompt.guidance),
+            txt_mask: match &text.t5_mask {
+                Some(m) if m.numel() == txt_len => Some(Tensor::from_data(
+                    TensorData::new(m.data.clone(), [1, txt_len]),
+                    device,
+                )),
+                Some(m) => {
+                    return Err(shape_err(
+                        "text embedding t5_mask",
+                        format!("{:?} values for {txt_len} T5 tokens", m.shape),
+                    ))
+                }
+                None => None,
+            },
         })
     };
     let cond = condition(&text.positive)?;
@@ -318,6 +331,7 @@ pub(crate) mod tests {
         let clip: Vec<f32> = (0..8).map(|i| (i as f32 - 3.5) / 4.0).collect();
         TextEmbedding {
             t5: HostTensor::new(vec![5, 8], t5).unwrap(),
+            t5_mask: None,
             clip_pooled: HostTensor::new(vec![8], clip).unwrap(),
         }
     }

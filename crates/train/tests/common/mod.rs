@@ -115,6 +115,7 @@ impl<B: Backend> BatchSource<B> for RandomBatches {
             txt: Tensor::from_data(t(values(&mut rng, b * 3 * 8), vec![b, 3, 8]), device),
             y: Tensor::from_data(t(values(&mut rng, b * 8), vec![b, 8]), device),
             mask,
+            txt_mask: None,
             is_reg: (0..b).map(|i| i == 1).collect(),
         })
     }

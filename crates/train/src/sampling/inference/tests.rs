@@ -57,6 +57,7 @@ fn inputs(dev: &burn::tensor::Device<B>) -> FluxInputs<B> {
         Tensor::<B, 3>::from_data(TensorData::new(values(n, seed, 1.0), shape), dev)
     };
     FluxInputs {
+        txt_mask: None,
         img: t(vec![1, 4, 16], 3),
         img_ids: latents::img_ids(1, 2, 2, dev),
         txt: t(vec![1, 3, 8], 4),
