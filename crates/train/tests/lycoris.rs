@@ -86,7 +86,13 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn every_lycoris_kind_trains_saves_and_reloads() {
     let _guard = backend_rng_lock();
     for (name, tweak, role) in kinds() {
-        for format in [SaveFormat::Kohya, SaveFormat::Comfyui] {
+        // DoRA also goes to PEFT / diffusers (`lora_magnitude_vector`); LoKr / LoHa cannot.
+        let formats: &[SaveFormat] = if name == "dora" {
+            &[SaveFormat::Kohya, SaveFormat::Comfyui, SaveFormat::Peft]
+        } else {
+            &[SaveFormat::Kohya, SaveFormat::Comfyui]
+        };
+        for &format in formats {
             let dir = tempfile::tempdir().unwrap();
             let mut cfg = tiny_train_config(dir.path(), 3);
             cfg.save_format = format;
@@ -118,14 +124,16 @@ fn every_lycoris_kind_trains_saves_and_reloads() {
             let file = summary.lora.clone().unwrap();
             let st = SafeTensorsFile::open(&file).unwrap();
             let names: Vec<String> = st.names().map(str::to_string).collect();
-            let prefix = match format {
-                SaveFormat::Kohya => "lora_unet_double_blocks_0_img_attn_qkv.",
-                _ => "diffusion_model.double_blocks.0.img_attn.qkv.",
+            let key = match format {
+                SaveFormat::Kohya => format!("lora_unet_double_blocks_0_img_attn_qkv.{role}"),
+                SaveFormat::Comfyui => {
+                    format!("diffusion_model.double_blocks.0.img_attn.qkv.{role}")
+                }
+                SaveFormat::Peft => {
+                    "transformer.transformer_blocks.0.attn.to_q.lora_magnitude_vector".into()
+                }
             };
-            assert!(
-                names.iter().any(|n| n == &format!("{prefix}{role}")),
-                "{name}: no {prefix}{role} in {names:?}"
-            );
+            assert!(names.contains(&key), "{name}: no {key} in {names:?}");
             let meta = st.metadata();
             assert_eq!(
                 meta.get("ss_network_module").map(String::as_str),
