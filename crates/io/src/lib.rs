@@ -25,7 +25,8 @@
 //! - [`text_encoder_keys`] — how CLIP-L and T5 checkpoints are recognised (probe key, prefix).
 //! - [`atomic`] — [`atomic_write`].
 //! - [`lora`] — canonical LoRA, key maps per format, exact fuse/split, detection; LyCORIS
-//!   modules (LoKr, LoHa) and DoRA magnitudes in ComfyUI / LyCORIS / PEFT layouts ([`lora::lycoris`]).
+//!   modules (LoKr, LoHa) and DoRA magnitudes in ComfyUI / LyCORIS / PEFT layouts
+//!   ([`lora::lycoris`]).
 //! - [`lora::ops`] — LoRA tools: inspect, convert, resize by SVD (also LoKr / LoHa → LoRA),
 //!   extract from two checkpoints, merge (LoRA, LoKr, LoHa, DoRA) into a base checkpoint.
 //! - [`metadata`] — kohya training metadata.

@@ -2,8 +2,8 @@
 //! `ss_*` / `modelspec.*` metadata, atomically (`fluxlora-io` writes a temporary file and
 //! renames it). After each write a self-check reloads the file and compares key count, shapes
 //! and ΔW = scale·up·down with the adapters in memory (for LyCORIS modules, the whole change
-//! `W' − W` each side computes, the file's in `fluxlora-io`'s host arithmetic). Retention keeps the last K checkpoint
-//! folders `<name>-step<N>`. With `ema_decay` set, the metadata carries `fluxlora_ema_decay` and
+//! `W' − W` each side computes, the file's in `fluxlora-io`'s host arithmetic). Retention keeps
+//! the last K checkpoint folders `<name>-step<N>`. With `ema_decay` set, the metadata carries `fluxlora_ema_decay` and
 //! `fluxlora_ema_warmup` (the file then holds EMA weights; see [`crate::ema`]).
 
 use std::path::{Path, PathBuf};
