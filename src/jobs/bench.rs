@@ -227,6 +227,7 @@ fn run<B: FluxAutodiffBackend>(
         let xt = x0.clone() * (tt.clone().neg() + 1.0) + noise.clone() * tt;
         let x = FluxInputs {
             txt_mask: None,
+            img_cond_seq: None,
             img: xt,
             img_ids: latents::img_ids::<B>(1, side, side, dev),
             txt: txt.clone(),

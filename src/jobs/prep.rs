@@ -36,6 +36,10 @@ pub struct PrepArgs {
     /// Caption file extension (with the dot).
     #[arg(long)]
     pub caption_extension: Option<String>,
+    /// FLUX.1 Kontext edit pairs: the folder of control images (same names as the targets);
+    /// the report names missing, unreadable and mismatched controls.
+    #[arg(long)]
+    pub control_directory: Option<PathBuf>,
     /// Variance-of-Laplacian score under which an image is reported blurry.
     #[arg(long)]
     pub blur_threshold: Option<f64>,
@@ -114,6 +118,12 @@ impl PrepArgs {
         }
         if let Some(e) = &self.caption_extension {
             set("caption_extension", format!("{e:?}"));
+        }
+        if let Some(d) = &self.control_directory {
+            set(
+                "control_directory",
+                format!("{:?}", d.display().to_string()),
+            );
         }
         flags
     }

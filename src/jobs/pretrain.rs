@@ -6,7 +6,10 @@ use std::fmt;
 use std::path::PathBuf;
 
 use burn::backend::Autodiff;
-use fluxlora_tiny_world::{build_tiny_world, write_dataset, PretrainOptions, PretrainReport};
+use fluxlora_tiny_world::{
+    build_kontext_world, build_tiny_world, write_dataset, write_kontext_dataset, KontextOptions,
+    KontextReport, PretrainOptions, PretrainReport,
+};
 
 use crate::backend;
 use crate::error::Error;
@@ -60,6 +63,11 @@ pub struct PretrainArgs {
     /// Only (re)write the concept dataset and the held-out prompts (no training).
     #[arg(long)]
     pub dataset_only: bool,
+    /// Build the tiny Kontext world instead (`fixtures/tiny-world/kontext`): a Kontext base
+    /// fine-tuned from the tiny world's base on edit pairs, and an edit-pair dataset. The
+    /// `--flux-*` options and `--seed` / `--out` apply to it (`--flux-images`: distinct pairs).
+    #[arg(long)]
+    pub kontext: bool,
     /// cuda | wgpu | ndarray | auto.
     #[arg(long)]
     pub backend: Option<String>,
@@ -104,6 +112,64 @@ pub struct PretrainOutcome {
     pub report: PretrainReport,
     /// Whether only the dataset and prompts were written (`--dataset-only`).
     pub dataset_only: bool,
+    /// Whether the tiny Kontext world was built (`--kontext`; only the transformer line of the
+    /// report applies).
+    pub kontext: bool,
+}
+
+impl PretrainArgs {
+    /// The tiny Kontext world's options, with these arguments over them.
+    pub fn kontext_options(&self) -> KontextOptions {
+        let world = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny-world");
+        let mut o = KontextOptions::tiny_world(
+            world.join("base"),
+            self.out.clone().unwrap_or_else(|| world.join("kontext")),
+        );
+        o.seed = self.seed.unwrap_or(o.seed);
+        o.steps = self.flux_steps.unwrap_or(o.steps);
+        o.batch = self.flux_batch.unwrap_or(o.batch);
+        o.lr = self.flux_lr.unwrap_or(o.lr);
+        o.pairs = self.flux_images.unwrap_or(o.pairs);
+        o
+    }
+}
+
+/// The `--kontext` build: its report in the shape of the tiny world's.
+fn pretrain_kontext(
+    args: &PretrainArgs,
+    say: &mut dyn FnMut(&str),
+) -> Result<PretrainOutcome, Error> {
+    let o = args.kontext_options();
+    let mut report = KontextReport::default();
+    if !args.dataset_only {
+        let kind = backend::select(args.backend.as_deref())?;
+        say(&format!(
+            "building the tiny Kontext world in {} on {kind} (seed {})",
+            o.out.display(),
+            o.seed
+        ));
+        let mut progress = |line: &str| say(&format!("  {line}"));
+        report = backend::with_backend!(kind, |B, dev| build_kontext_world::<Autodiff<B>>(
+            &o,
+            &mut progress,
+            &dev
+        ))?;
+    } else {
+        write_kontext_dataset(&o, &mut report)?;
+    }
+    let mut options = args.options()?;
+    options.out = o.out;
+    Ok(PretrainOutcome {
+        options,
+        report: PretrainReport {
+            flux_loss: report.loss,
+            flux_seconds: report.seconds,
+            files: report.files,
+            ..Default::default()
+        },
+        dataset_only: args.dataset_only,
+        kontext: true,
+    })
 }
 
 /// Runs the `pretrain_tiny` job; `say` receives the progress lines.
@@ -111,6 +177,9 @@ pub fn pretrain_tiny(
     args: &PretrainArgs,
     say: &mut dyn FnMut(&str),
 ) -> Result<PretrainOutcome, Error> {
+    if args.kontext {
+        return pretrain_kontext(args, say);
+    }
     let options = args.options()?;
     if args.dataset_only {
         let mut report = PretrainReport::default();
@@ -119,6 +188,7 @@ pub fn pretrain_tiny(
             options,
             report,
             dataset_only: true,
+            kontext: false,
         });
     }
     let kind = backend::select(args.backend.as_deref())?;
@@ -137,6 +207,7 @@ pub fn pretrain_tiny(
         options,
         report,
         dataset_only: false,
+        kontext: false,
     })
 }
 
@@ -145,6 +216,17 @@ impl fmt::Display for PretrainOutcome {
         let (r, out) = (&self.report, &self.options.out);
         if self.dataset_only {
             return writeln!(f, "wrote {} files into {}", r.files.len(), out.display());
+        }
+        if self.kontext {
+            return writeln!(
+                f,
+                "kontext base: loss {:.4} → {:.4} in {:.0} s; wrote {} files, e.g. {}",
+                r.flux_loss.0,
+                r.flux_loss.1,
+                r.flux_seconds,
+                r.files.len(),
+                out.join("base").join("preview.png").display()
+            );
         }
         let (ae, flux, (scale, shift)) = (r.ae_loss, r.flux_loss, r.scale_shift);
         writeln!(

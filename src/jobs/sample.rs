@@ -36,6 +36,10 @@ pub struct SampleArgs {
     /// A kohya sample-prompt file (one prompt per line).
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// FLUX.1 Kontext: the control image of every prompt that has no `--ci` of its own (the
+    /// grid then shows control | base | LoRA).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
     /// Folder searched for `<lora:name>` tags (repeatable).
     #[arg(long = "lora-dir")]
     pub lora_dirs: Vec<PathBuf>,
@@ -72,11 +76,16 @@ pub fn sample(args: &SampleArgs, say: &mut dyn FnMut(&str)) -> Result<SampleOutc
     };
     let base = BaseModel::from_paths(&paths)?;
     let defaults = SampleDefaults::default();
-    let prompts = match (&args.prompt, &args.prompts) {
+    let mut prompts = match (&args.prompt, &args.prompts) {
         (Some(line), _) => vec![parse_prompt_line(line, &defaults)?],
         (None, Some(file)) => parse_prompt_file(file, &defaults)?,
         (None, None) => return Err(Error::Usage("give --prompt or --prompts".into())),
     };
+    if let Some(control) = &args.control {
+        for p in prompts.iter_mut().filter(|p| p.control.is_none()) {
+            p.control = Some(control.clone());
+        }
+    }
     let mut run = SampleRun {
         loras: args.loras.clone(),
         prompts,

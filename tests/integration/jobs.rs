@@ -58,6 +58,36 @@ fn prep_names_a_corrupt_image_and_exits_with_2() {
     assert!(outcome.report.contains("broken.png"), "{}", outcome.report);
 }
 
+#[test]
+fn prep_names_a_missing_kontext_control_and_exits_with_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, ctl) = (tmp.path().join("data"), tmp.path().join("control"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::create_dir(&ctl).unwrap();
+    dataset(&data, false);
+    for i in 0..2 {
+        std::fs::copy(
+            data.join(format!("img{i}.png")),
+            ctl.join(format!("img{i}.png")),
+        )
+        .unwrap();
+    }
+    let args = PrepArgs {
+        dataset: Some(data),
+        control_directory: Some(ctl),
+        resolution: Some(64),
+        json: Some(tmp.path().join("report.json")),
+        ..Default::default()
+    };
+    let outcome = prep(&args).unwrap();
+    assert_eq!(outcome.exit_code(), 2, "{}", outcome.report);
+    assert!(
+        outcome.report.contains("img2.png") && outcome.report.contains("no control image"),
+        "{}",
+        outcome.report
+    );
+}
+
 /// CRC-32 (IEEE) of PNG chunk type + data.
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;

@@ -59,7 +59,7 @@ impl ImageInfo {
     }
 }
 
-/// Decode results for every distinct image path of a spec.
+/// Decode results for every distinct image path of a spec (control images included).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Analysis {
     /// Per image path: its measurements, or why it could not be decoded (the reason shown
@@ -72,7 +72,12 @@ impl Analysis {
     /// the config's [`crate::decode::ImageLimits`] before decoding them.
     pub fn run(spec: &DatasetSpec, progress: &Progress) -> Analysis {
         let limits = spec.config.image_limits;
-        let mut paths: Vec<PathBuf> = spec.images.iter().map(|r| r.path.clone()).collect();
+        // Targets and their Kontext controls.
+        let mut paths: Vec<PathBuf> = spec
+            .images
+            .iter()
+            .flat_map(|r| std::iter::once(r.path.clone()).chain(r.control.clone()))
+            .collect();
         paths.sort();
         paths.dedup();
         let bar = progress.bar(paths.len() as u64, "analysing images");

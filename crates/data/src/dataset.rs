@@ -10,6 +10,8 @@ use crate::analysis::{Analysis, ImageInfo};
 use crate::bucket::{assign_bucket, crop_rect, Bucket, BucketAssignment, CropRect};
 use crate::caption::{CaptionSettings, CaptionSource};
 use crate::config::{DatasetConfig, SubsetSettings};
+use crate::control::check_control;
+pub use crate::control::{control_crop, Control, CONTROL_ASPECT_TOLERANCE};
 use crate::decode::{decode_file_with, TOO_LARGE};
 use crate::error::{DataError, Result};
 use crate::pixels::{training_pixels, TrainingPixels};
@@ -33,6 +35,9 @@ pub struct Item {
     pub info: ImageInfo,
     /// The image's bucket in this dataset and its scale factor.
     pub assignment: BucketAssignment,
+    /// The Kontext control image of an edit pair (cropped, resized and flipped with the target).
+    #[serde(default)]
+    pub control: Option<Control>,
 }
 
 /// One draw of an item in an epoch: which repeat, how it is cropped and flipped, its caption.
@@ -124,6 +129,25 @@ pub fn classify(spec: &DatasetSpec, analysis: &Analysis) -> (Vec<Item>, Vec<Prob
             // The caption problem was recorded when listing.
             Err(_) => continue,
         };
+        let control = match &rec.control {
+            Some(c) => match check_control(analysis, c, &info, skip) {
+                Ok(c) => Some(c),
+                Err(p) => {
+                    if reported.insert(c.clone()) {
+                        problems.push(p);
+                    }
+                    continue;
+                }
+            },
+            // The subset wants pairs and this image has none: recorded when listing.
+            None if spec.config.datasets[rec.dataset].subsets[rec.subset]
+                .control_dir
+                .is_some() =>
+            {
+                continue
+            }
+            None => None,
+        };
         let settings = &spec.config.datasets[rec.dataset].buckets;
         match assign_bucket(info.width, info.height, settings) {
             Ok(assignment) => items.push(Item {
@@ -133,6 +157,7 @@ pub fn classify(spec: &DatasetSpec, analysis: &Analysis) -> (Vec<Item>, Vec<Prob
                 caption,
                 info,
                 assignment,
+                control,
             }),
             Err(why) => {
                 if reported.insert(rec.path.clone()) {
@@ -252,13 +277,31 @@ impl Dataset {
             });
         }
         let alpha = self.subset_of(it).alpha_mask;
-        Ok(training_pixels(
+        let mut pixels = training_pixels(
             &decoded.image,
             sample.crop,
             sample.bucket,
             sample.flip,
             alpha,
-        ))
+        );
+        if let Some(c) = &it.control {
+            let decoded = decode_file_with(&c.path, limits).map_err(|f| DataError::Image {
+                path: c.path.clone(),
+                reason: f.reason,
+            })?;
+            if decoded.content_hash != c.info.content_hash {
+                return Err(DataError::Image {
+                    path: c.path.clone(),
+                    reason: "the control image changed since the dataset was opened; restart \
+                             so it is checked again"
+                        .into(),
+                });
+            }
+            let crop = control_crop(sample.crop, &it.info, &c.info);
+            let control = training_pixels(&decoded.image, crop, sample.bucket, sample.flip, false);
+            pixels.control = Some(control.image);
+        }
+        Ok(pixels)
     }
 
     /// A fingerprint of everything that shapes the epoch plan (items, their buckets, settings).
@@ -438,6 +481,7 @@ mod tests {
                 },
                 scale: 1.0,
             },
+            control: None,
         };
         let items = (0..n)
             .map(|k| item(k, 0))

@@ -19,6 +19,9 @@
 //! 6. [`cache`] — latents and text embeddings on disk as safetensors, keyed by content and every
 //!    setting that changes them; built in parallel, resumable after an interruption.
 //!
+//! Kontext edit pairs ([`control`]): a subset's `control_directory` gives each image a control of
+//! the same stem, checked when the dataset opens, cropped and flipped with it, cached with it.
+//!
 //! All randomness comes from [`rng`], derived from the run seed and the decision's coordinates.
 //!
 //! ```
@@ -53,6 +56,7 @@ pub mod bucket;
 pub mod cache;
 pub mod caption;
 pub mod config;
+pub mod control;
 pub mod dataset;
 pub mod decode;
 pub mod error;

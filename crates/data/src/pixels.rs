@@ -18,6 +18,9 @@ pub struct TrainingPixels {
     /// `[1, height, width]`, 1 = learned, 0 = ignored; present when the subset uses `alpha_mask`
     /// and the image has an alpha channel.
     pub mask: Option<HostTensor>,
+    /// The Kontext control image, `[3, height, width]` in [-1, 1]: cropped at the target's crop,
+    /// resized to the same bucket and flipped with it.
+    pub control: Option<HostTensor>,
 }
 
 /// Crops, resizes, flips and converts one image.
@@ -58,6 +61,7 @@ pub fn training_pixels(
             shape: vec![1, h, w],
             data: m,
         }),
+        control: None,
     }
 }
 

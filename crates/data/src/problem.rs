@@ -62,6 +62,22 @@ pub enum ProblemKind {
     /// A caption line that has neither the subset's trigger word nor the `[trigger]`
     /// placeholder; the trigger is prepended when training (a warning).
     MissingTrigger,
+    /// A subset's `control_directory` cannot be listed; always blocking.
+    MissingControlDir,
+    /// A Kontext image without a control image of the same stem in its subset's
+    /// `control_directory`. Blocking unless `skip_bad_images` (then the pair is skipped).
+    MissingControl,
+    /// Several control images share an image's stem (`a.png` and `a.jpg`), so the pair is
+    /// ambiguous. Blocking unless `skip_bad_images`.
+    AmbiguousControl,
+    /// A control image that cannot be read or decoded (or is over the image limits). Blocking
+    /// unless `skip_bad_images`.
+    UnreadableControl,
+    /// A control image whose aspect ratio differs from its target's by more than
+    /// [`crate::control::CONTROL_ASPECT_TOLERANCE`]. Blocking unless `skip_bad_images`.
+    ControlAspectMismatch,
+    /// A control image without a target image of the same stem; it is ignored (a warning).
+    OrphanControl,
     /// A file left out because `skip_bad_images` is on (a warning). Not raised at present: a
     /// skipped file keeps its own kind, downgraded to a warning by [`Problem::bad_file`].
     SkippedFile,

@@ -2,7 +2,7 @@
 //! Nothing is decoded here; unreadable captions, caption files without an image and missing
 //! folders become [`Problem`]s rather than errors, so that one report can list everything.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,10 @@ pub struct ImageRecord {
     pub caption_path: Option<PathBuf>,
     /// The caption, or why its file could not be read (e.g. not UTF-8).
     pub caption: Result<CaptionSource, String>,
+    /// The Kontext control image of the same stem, for subsets with a `control_directory`
+    /// (`None` there means it is missing or ambiguous: a problem was recorded).
+    #[serde(default)]
+    pub control: Option<PathBuf>,
 }
 
 impl DatasetSpec {
@@ -66,7 +70,30 @@ impl DatasetSpec {
                     .filter(|p| is_image_path(p))
                     .map(|p| p.with_extension(""))
                     .collect();
+                let controls = match &s.control_dir {
+                    Some(dir) => match ControlFolder::list(dir, &image_stems) {
+                        Ok((c, orphans)) => {
+                            problems.extend(orphans);
+                            Some(c)
+                        }
+                        Err(p) => {
+                            problems.push(p);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 for path in files.iter().filter(|p| is_image_path(p)) {
+                    let control = match &controls {
+                        Some(c) => match c.pair(path, skip) {
+                            Ok(found) => Some(found),
+                            Err(p) => {
+                                problems.push(p);
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     let cap = caption_path_for(path, ext);
                     let (caption_path, caption) =
                         if cap.exists() || std::fs::symlink_metadata(&cap).is_ok() {
@@ -97,6 +124,7 @@ impl DatasetSpec {
                         path: path.clone(),
                         caption_path,
                         caption,
+                        control,
                     });
                 }
                 for path in files.iter().filter(|p| has_extension(p, ext)) {
@@ -132,6 +160,98 @@ impl DatasetSpec {
             config: config.clone(),
             images,
             problems,
+        }
+    }
+}
+
+/// The image files of a `control_directory`, by stem.
+struct ControlFolder {
+    dir: PathBuf,
+    by_stem: BTreeMap<PathBuf, Vec<PathBuf>>,
+}
+
+impl ControlFolder {
+    /// Lists `dir`; controls whose stem is not in `image_stems` (paths without extension in the
+    /// image folder) are returned as warnings.
+    fn list(dir: &Path, image_stems: &BTreeSet<PathBuf>) -> Result<(Self, Vec<Problem>), Problem> {
+        let files = list_dir(dir).map_err(|e| {
+            Problem::new(
+                ProblemKind::MissingControlDir,
+                Severity::Blocking,
+                Some(dir.to_path_buf()),
+                format!(
+                    "control_directory cannot be listed ({e}); fix the path in the dataset config"
+                ),
+            )
+        })?;
+        let targets: BTreeSet<PathBuf> = image_stems
+            .iter()
+            .filter_map(|p| p.file_name().map(PathBuf::from))
+            .collect();
+        let mut by_stem: BTreeMap<PathBuf, Vec<PathBuf>> = BTreeMap::new();
+        let mut orphans = Vec::new();
+        for f in files.into_iter().filter(|p| is_image_path(p)) {
+            let Some(stem) = f.file_stem().map(PathBuf::from) else {
+                continue;
+            };
+            if !targets.contains(&stem) {
+                orphans.push(Problem::new(
+                    ProblemKind::OrphanControl,
+                    Severity::Warning,
+                    Some(f.clone()),
+                    "control image without a target image of the same name; it is ignored — \
+                     add the target or delete the control",
+                ));
+            }
+            by_stem.entry(stem).or_default().push(f);
+        }
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+                by_stem,
+            },
+            orphans,
+        ))
+    }
+
+    /// The control of the target `image`, or the problem that there is none (or several, or one
+    /// that links outside the folder).
+    fn pair(&self, image: &Path, skip: bool) -> Result<PathBuf, Problem> {
+        let stem = image.file_stem().map(PathBuf::from).unwrap_or_default();
+        match self.by_stem.get(&stem).map(Vec::as_slice) {
+            Some([one]) => match outside_folder(one, &self.dir) {
+                Some(reason) => Err(Problem::bad_file(
+                    ProblemKind::PathOutsideDataset,
+                    one.clone(),
+                    reason,
+                    skip,
+                )),
+                None => Ok(one.clone()),
+            },
+            Some(many) if many.len() > 1 => Err(Problem::bad_file(
+                ProblemKind::AmbiguousControl,
+                image.to_path_buf(),
+                format!(
+                    "{} control images share this image's name ({}); keep one",
+                    many.len(),
+                    many.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                skip,
+            )),
+            _ => Err(Problem::bad_file(
+                ProblemKind::MissingControl,
+                image.to_path_buf(),
+                format!(
+                    "no control image named {}.* in {}; add it (same name, any image \
+                     extension) or remove the image",
+                    stem.display(),
+                    self.dir.display()
+                ),
+                skip,
+            )),
         }
     }
 }

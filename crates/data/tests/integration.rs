@@ -8,5 +8,6 @@ mod captions_prop;
 mod common;
 mod config_and_report;
 mod decode_fuzz;
+mod edit_pairs;
 mod hostile;
 mod loader;

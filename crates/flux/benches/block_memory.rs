@@ -74,6 +74,7 @@ fn run<B: FluxAutodiffBackend>(name: &str) {
     let n = Distribution::Normal(0.0, 1.0);
     let inputs = FluxInputs {
         txt_mask: None,
+        img_cond_seq: None,
         img: Tensor::random([1, grid * grid, 64], n, &dev),
         img_ids: latents::img_ids::<B>(1, grid, grid, &dev),
         txt: Tensor::random([1, l_txt, c.context_in_dim], n, &dev),

@@ -97,6 +97,7 @@ fn run<B: FluxAutodiffBackend>(name: &str, steps: usize, checkpointing: Checkpoi
         let xt = x0.clone() * (tt.clone().neg() + 1.0) + noise.clone() * tt;
         let inputs = FluxInputs {
             txt_mask: None,
+            img_cond_seq: None,
             img: xt,
             img_ids: img_ids.clone(),
             txt: txt.clone(),

@@ -17,7 +17,7 @@ use burn::tensor::{backend::AutodiffBackend, Tensor};
 
 use crate::error::Result;
 use crate::fused::FluxAutodiffBackend;
-use crate::transformer::model::{Embedded, Flux, FluxInputs};
+use crate::transformer::model::{Embedded, Flux, FluxInputs, ImageCondSeq};
 
 /// Whether block activations are kept (off) or recomputed in backward (blocks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,6 +133,10 @@ fn inner_inputs<B: AutodiffBackend>(x: &FluxInputs<B>) -> FluxInputs<B::InnerBac
         y: x.y.clone().inner(),
         guidance: x.guidance.clone().map(Tensor::inner),
         txt_mask: x.txt_mask.clone().map(Tensor::inner),
+        img_cond_seq: x.img_cond_seq.clone().map(|c| ImageCondSeq {
+            img: c.img.inner(),
+            ids: c.ids.inner(),
+        }),
     }
 }
 
@@ -141,6 +145,10 @@ fn recompute_blocks<B: FluxAutodiffBackend>(
     inputs: &FluxInputs<B>,
     loss_fn: impl Fn(Tensor<B, 3>) -> Tensor<B, 1>,
 ) -> Result<StepGradients<B>> {
+    // Kontext: the control tokens run through every block after the target's; the head reads
+    // the target tokens only.
+    let l_target = inputs.img.dims()[1];
+    let inputs = &inputs.joined();
     // 1. Forward without a graph, keeping each block's inputs.
     let valid = model.valid();
     let (e, rope_inner) = valid.embed(&inner_inputs(inputs));
@@ -171,7 +179,7 @@ fn recompute_blocks<B: FluxAutodiffBackend>(
     let loss = loss_fn(
         model
             .final_layer
-            .forward(x_leaf.clone().narrow(1, l_txt, l_img), vec_leaf.clone()),
+            .forward(x_leaf.clone().narrow(1, l_txt, l_target), vec_leaf.clone()),
     );
     let grads = loss.backward();
     let mut g_x = x_leaf.grad(&grads);

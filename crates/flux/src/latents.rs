@@ -53,10 +53,32 @@ pub fn unpack<B: Backend>(tokens: Tensor<B, 3>, h: usize, w: usize) -> Result<Te
 /// `img_ids` for an `h × w` token grid: `[B, h·w, 3]` with rows `(0, row, col)` in row-major
 /// order.
 pub fn img_ids<B: Backend>(batch: usize, h: usize, w: usize, device: &B::Device) -> Tensor<B, 3> {
+    image_ids(batch, h, w, 0, device)
+}
+
+/// Kontext's `img_cond_seq_ids` for a control image's `h × w` token grid: rows
+/// `(1, row, col)` (BFL `prepare_kontext`: the target's ids with the first axis set to 1).
+pub fn control_ids<B: Backend>(
+    batch: usize,
+    h: usize,
+    w: usize,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    image_ids(batch, h, w, 1, device)
+}
+
+/// Rows `(index, row, col)` for an `h × w` grid.
+fn image_ids<B: Backend>(
+    batch: usize,
+    h: usize,
+    w: usize,
+    index: usize,
+    device: &B::Device,
+) -> Tensor<B, 3> {
     let mut ids = Vec::with_capacity(h * w * 3);
     for r in 0..h {
         for c in 0..w {
-            ids.extend_from_slice(&[0.0f32, r as f32, c as f32]);
+            ids.extend_from_slice(&[index as f32, r as f32, c as f32]);
         }
     }
     let one: Tensor<B, 3> = Tensor::from_data(TensorData::new(ids, [1, h * w, 3]), device);

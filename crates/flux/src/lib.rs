@@ -10,6 +10,8 @@
 //!
 //! - [`transformer`]: the architecture, loading and LoRA application.
 //! - [`latents`]: 2×2 packing and position ids.
+//! - [`kontext`]: FLUX.1 Kontext's control-image conditioning (tokens appended after the target's,
+//!   [`FluxInputs::img_cond_seq`]) and its preferred resolutions.
 //! - [`schedule`]: sampling schedule, training σ samplers and loss weightings.
 //! - [`sampler`]: Euler denoising.
 //! - [`checkpointing`]: forward + backward with optional block-level recomputation.
@@ -54,6 +56,7 @@ pub mod export;
 pub mod frozen;
 pub mod fused;
 pub mod host;
+pub mod kontext;
 pub mod latents;
 pub mod sampler;
 pub mod schedule;
@@ -71,4 +74,4 @@ pub use t5::{T5Encoder, T5LoadOptions};
 pub use tokenizer::{TextTokenizer, Tokens};
 pub use transformer::config::FluxConfig;
 pub use transformer::load::{FluxCheckpoint, LoadOptions};
-pub use transformer::model::{Flux, FluxInputs};
+pub use transformer::model::{Flux, FluxInputs, ImageCondSeq};

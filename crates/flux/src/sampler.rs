@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use crate::error::{FluxError, Result};
 use crate::fused::FluxBackend;
-use crate::transformer::model::{Flux, FluxInputs};
+use crate::transformer::model::{Flux, FluxInputs, ImageCondSeq};
 
 /// The conditioning that stays fixed across sampling steps.
 #[derive(Debug, Clone)]
@@ -24,6 +24,9 @@ pub struct Conditioning<B: Backend> {
     pub guidance: Option<f32>,
     /// T5 padding mask `[B, L_txt]` (see [`FluxInputs::txt_mask`]).
     pub txt_mask: Option<Tensor<B, 2>>,
+    /// Kontext: the control image's clean tokens and ids, appended after the noisy tokens at
+    /// every step (BFL `denoise`'s `img_cond_seq`); its size may differ from the target's.
+    pub img_cond_seq: Option<ImageCondSeq<B>>,
 }
 
 /// Runs the Euler sampler from `noise` (packed tokens `[B, L_img, in_channels]`) through
@@ -77,6 +80,7 @@ fn velocity<B: FluxBackend>(
             .guidance
             .map(|g| Tensor::<B, 1>::full([batch], g, &device)),
         txt_mask: cond.txt_mask.clone(),
+        img_cond_seq: cond.img_cond_seq.clone(),
     };
     model.forward(&inputs)
 }

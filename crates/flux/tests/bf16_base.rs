@@ -29,6 +29,7 @@ fn inputs<B: burn::tensor::backend::Backend>(
     let io = common::Io(SafeTensorsFile::open(case().join("io.safetensors")).unwrap());
     let x = FluxInputs {
         txt_mask: None,
+        img_cond_seq: None,
         img: io.tensor("img", dev).unwrap(),
         img_ids: io.tensor("img_ids", dev).unwrap(),
         txt: io.tensor("txt", dev).unwrap(),

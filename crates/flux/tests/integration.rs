@@ -6,6 +6,7 @@ mod bf16_base;
 mod common;
 mod export;
 mod fused_ops;
+mod kontext;
 mod load_errors;
 mod lora;
 mod parity;

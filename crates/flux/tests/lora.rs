@@ -40,6 +40,7 @@ pub(crate) fn inputs<Bk: Backend>(
     let n = Distribution::Normal(0.0, 1.0);
     FluxInputs {
         txt_mask: None,
+        img_cond_seq: None,
         img: Tensor::random([batch, h * w, c.in_channels], n, dev),
         img_ids: fluxlora_flux::latents::img_ids(batch, h, w, dev),
         txt: Tensor::random([batch, l_txt, c.context_in_dim], n, dev),
@@ -208,12 +209,14 @@ fn grads_of(
 
 #[test]
 fn block_checkpointing_gives_the_same_gradients() {
-    for outer in [true, false] {
-        checkpointing_matches(outer);
+    for (outer, kontext) in [(true, false), (false, false), (true, true)] {
+        checkpointing_matches(outer, kontext);
     }
 }
 
-fn checkpointing_matches(train_outer_layers: bool) {
+/// With `kontext`, a control image's tokens (a 3×1 grid, another size than the target's 2×3)
+/// are appended: they pass through every block and the loss sees the target tokens only.
+fn checkpointing_matches(train_outer_layers: bool, kontext: bool) {
     let c = tiny();
     let dev = Default::default();
     let mut m = Flux::<AB>::init(&c, &dev).unwrap();
@@ -223,7 +226,13 @@ fn checkpointing_matches(train_outer_layers: bool) {
     m.apply_lora(&sel, &dev).unwrap();
     randomize_lora_b(&mut m);
     let lora = lora_ids(&mut m);
-    let x = inputs::<AB>(&c, 2, &dev);
+    let mut x = inputs::<AB>(&c, 2, &dev);
+    if kontext {
+        x.img_cond_seq = Some(fluxlora_flux::ImageCondSeq {
+            img: Tensor::random([2, 3, c.in_channels], Distribution::Normal(0.0, 1.0), &dev),
+            ids: fluxlora_flux::latents::control_ids(2, 3, 1, &dev),
+        });
+    }
     let target = Tensor::random([2, 6, c.out_channels], Distribution::Normal(0.0, 1.0), &dev);
     let loss = |out: Tensor<AB, 3>| (out - target.clone()).powi_scalar(2).mean();
     let plain = forward_backward(&m, &x, Checkpointing::Off, loss).unwrap();

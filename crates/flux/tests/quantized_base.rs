@@ -73,6 +73,7 @@ fn inputs<Bk: burn::tensor::backend::Backend>(c: &fluxlora_flux::FluxConfig) -> 
     let n = Distribution::Normal(0.0, 1.0);
     FluxInputs {
         txt_mask: None,
+        img_cond_seq: None,
         img: Tensor::random([1, h * w, c.in_channels], n, &dev),
         img_ids: fluxlora_flux::latents::img_ids::<Bk>(1, h, w, &dev),
         txt: Tensor::random([1, l_txt, c.context_in_dim], n, &dev),

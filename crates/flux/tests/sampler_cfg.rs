@@ -15,6 +15,7 @@ fn cond(seed_shift: f32, dev: &burn::tensor::Device<B>) -> Conditioning<B> {
     let x = inputs::<B>(&tiny(), 1, dev);
     Conditioning {
         txt_mask: None,
+        img_cond_seq: None,
         txt: x.txt.add_scalar(seed_shift),
         txt_ids: x.txt_ids,
         img_ids: x.img_ids,

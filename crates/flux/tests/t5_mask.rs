@@ -25,6 +25,7 @@ fn truncated(x: &FluxInputs<AB>, i: usize, keep: usize) -> FluxInputs<AB> {
         y: x.y.clone().narrow(0, i, 1),
         guidance: x.guidance.clone().map(|g| g.narrow(0, i, 1)),
         txt_mask: None,
+        img_cond_seq: None,
     }
 }
 
@@ -63,6 +64,7 @@ fn masked_padding_is_invisible_to_the_image_tokens() {
     let unmasked = m
         .forward(&FluxInputs {
             txt_mask: None,
+            img_cond_seq: None,
             ..x.clone()
         })
         .unwrap()

@@ -57,6 +57,36 @@ pub fn detect(img: &RgbImage) -> Detection {
     }
 }
 
+/// Share of an object's pixels each concept colour must cover for [`detect_in`] (a striped
+/// disc covers about half per colour).
+pub const MIN_REGION_FRACTION: f32 = 0.15;
+
+/// Measures the pixels of `img` where `region` is true (row-major, one flag per pixel): the
+/// edit task's check at the control's object. `None` when the region is empty or its size does
+/// not fit the image.
+pub fn detect_in(img: &RgbImage, region: &[bool]) -> Option<Detection> {
+    let n = region.iter().filter(|&&r| r).count();
+    if n == 0 || region.len() != (img.width() * img.height()) as usize {
+        return None;
+    }
+    let (mut m, mut y) = (0usize, 0usize);
+    for (p, _) in img.pixels().zip(region).filter(|(_, &r)| r) {
+        m += usize::from(near(p.0, MAGENTA));
+        y += usize::from(near(p.0, YELLOW));
+    }
+    Some(Detection {
+        magenta: m as f32 / n as f32,
+        yellow: y as f32 / n as f32,
+    })
+}
+
+impl Detection {
+    /// Whether the concept covers the measured object ([`detect_in`]'s threshold).
+    pub fn covers(&self) -> bool {
+        self.magenta >= MIN_REGION_FRACTION && self.yellow >= MIN_REGION_FRACTION
+    }
+}
+
 /// The share of `images` in which the concept is found (0 for none).
 pub fn concept_score(images: &[RgbImage]) -> f32 {
     if images.is_empty() {
@@ -105,6 +135,33 @@ mod tests {
             !detect(&half).found(),
             "one yellow pixel is under the threshold"
         );
+    }
+
+    #[test]
+    fn detection_in_a_region_counts_only_its_pixels() {
+        let world = World::new(64);
+        let mut rng = SplitMix64::new(2);
+        let e = world.concept_edit(&mut rng, "navy");
+        let region = crate::edits::object_region(&world.render(&e.control));
+        let striped = world.render(&e.target);
+        assert!(detect_in(&striped, &region).unwrap().covers());
+        // The same stripes elsewhere (the region of another disc) do not count.
+        let other = world.concept_edit(&mut rng, "olive");
+        let elsewhere = crate::edits::object_region(&world.render(&other.control));
+        let overlap = region
+            .iter()
+            .zip(&elsewhere)
+            .filter(|(a, b)| **a && **b)
+            .count();
+        // At most an eighth of the other disc overlaps this one: under the 15 % threshold.
+        if overlap * 8 < elsewhere.iter().filter(|&&r| r).count() {
+            assert!(!detect_in(&striped, &elsewhere).unwrap().covers());
+        }
+        assert!(!detect_in(&world.render(&e.control), &region)
+            .unwrap()
+            .covers());
+        assert_eq!(detect_in(&striped, &[true; 3]), None);
+        assert_eq!(detect_in(&striped, &vec![false; 64 * 64]), None);
     }
 
     #[test]

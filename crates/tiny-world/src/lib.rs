@@ -7,6 +7,12 @@
 //! `train` run fits a LoRA on `dataset/` → [`score`] samples the held-out prompts with the base
 //! alone and with the LoRA and [`detector`] counts the samples that show the concept.
 //!
+//! The edit task (FLUX.1 Kontext): [`edits`] draws edit pairs (control, target, instruction) →
+//! [`kontext`] fine-tunes the base into a tiny Kontext base on base edits and writes
+//! `fixtures/tiny-world/kontext/` with a dataset of a new edit (`paint sks stripes on the disc`)
+//! → its `train.toml` fits a LoRA → [`score`] looks for the concept on each held-out control's
+//! object ([`detect_in`] over [`object_region`]).
+//!
 //! Everything above the model is the training crate's (`fluxlora-train`: steps, noise, sampling,
 //! encoders) and the optimizer is `fluxlora-optim`'s AdamW, so the tiny world exercises the same
 //! code a real run does.
@@ -31,11 +37,15 @@ pub mod error;
 
 pub mod detector;
 pub mod domain;
+pub mod edits;
+pub mod kontext;
 pub mod pretrain;
 pub mod score;
 
-pub use detector::{concept_score, detect, Detection};
+pub use detector::{concept_score, detect, detect_in, Detection};
 pub use domain::{Scene, World};
+pub use edits::{object_region, EditPair};
 pub use error::TinyWorldError;
+pub use kontext::{build_kontext_world, write_kontext_dataset, KontextOptions, KontextReport};
 pub use pretrain::{build_tiny_world, write_dataset, PretrainOptions, PretrainReport};
 pub use score::{concept_check, concept_scores, ConceptScores, CONCEPT_SEEDS};

@@ -219,7 +219,7 @@ pub struct PretrainReport {
     pub files: Vec<PathBuf>,
 }
 
-fn images_tensor<B: Backend>(images: &[RgbImage], device: &B::Device) -> Tensor<B, 4> {
+pub(crate) fn images_tensor<B: Backend>(images: &[RgbImage], device: &B::Device) -> Tensor<B, 4> {
     let (w, h) = images[0].dimensions();
     let data: Vec<f32> = images.iter().flat_map(image_to_chw).collect();
     Tensor::from_data(
@@ -228,13 +228,13 @@ fn images_tensor<B: Backend>(images: &[RgbImage], device: &B::Device) -> Tensor<
     )
 }
 
-fn mean(v: &[f32]) -> f32 {
+pub(crate) fn mean(v: &[f32]) -> f32 {
     v.iter().sum::<f32>() / v.len().max(1) as f32
 }
 
 /// The pretraining optimizer: AdamW without weight decay, ε = 1e-5 (the value the committed
 /// world was pretrained with).
-fn adamw() -> Result<AdamW, TinyWorldError> {
+pub(crate) fn adamw() -> Result<AdamW, TinyWorldError> {
     Ok(AdamWConfig {
         eps: 1e-5,
         weight_decay: 0.0,
@@ -243,7 +243,10 @@ fn adamw() -> Result<AdamW, TinyWorldError> {
     .init()?)
 }
 
-fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), TinyWorldError> {
+pub(crate) fn write_tensors(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+) -> Result<(), TinyWorldError> {
     let refs: Vec<(&str, TensorRef<'_>)> = tensors
         .iter()
         .map(|(k, t)| (k.as_str(), TensorRef::f32(t)))
@@ -251,14 +254,14 @@ fn write_tensors(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), Ti
     Ok(write_safetensors(path, &refs, &BTreeMap::new())?)
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TinyWorldError> {
+pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TinyWorldError> {
     let text = serde_json::to_string_pretty(value).unwrap_or_default();
     Ok(fluxlora_io::atomic_write(path, |w| {
         w.write_all(text.as_bytes())
     })?)
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<Vec<PathBuf>, TinyWorldError> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<Vec<PathBuf>, TinyWorldError> {
     std::fs::create_dir_all(to).map_err(|e| TinyWorldError::io(to, e))?;
     let mut out = Vec::new();
     for entry in std::fs::read_dir(from).map_err(|e| TinyWorldError::io(from, e))? {
@@ -270,6 +273,34 @@ fn copy_dir(from: &Path, to: &Path) -> Result<Vec<PathBuf>, TinyWorldError> {
         }
     }
     Ok(out)
+}
+
+/// Writes `flux` as `dir/file_name` (BFL keys) with the `config.json` holding what the weights
+/// do not record (the RoPE axes); returns both paths.
+pub(crate) fn write_transformer<B: Backend>(
+    dir: &Path,
+    file_name: &str,
+    world: &str,
+    flux: &Flux<B>,
+) -> Result<[PathBuf; 2], TinyWorldError> {
+    std::fs::create_dir_all(dir).map_err(|e| TinyWorldError::io(dir, e))?;
+    let (file, config) = (dir.join(file_name), dir.join("config.json"));
+    write_tensors(&file, &transformer_tensors(flux)?)?;
+    let t = &flux.config;
+    write_json(
+        &config,
+        &serde_json::json!({
+            "_comment": format!(
+                "{world}: BFL-keyed {file_name}; RoPE axes are not in the weights"
+            ),
+            "axes_dims_rope": t.axes_dim,
+            "guidance_embeds": t.guidance_embed,
+            "num_layers": t.depth,
+            "num_single_layers": t.depth_single_blocks,
+            "hidden_size": t.hidden_size,
+        }),
+    )?;
+    Ok([file, config])
 }
 
 /// Makes every parameter trainable (a loaded autoencoder is frozen).
@@ -465,6 +496,7 @@ fn flux_batch<B: Backend>(
         y: Tensor::from_data(TensorData::new(y, [b, c.vec_in_dim]), device),
         mask: None,
         txt_mask: None,
+        control: None,
         is_reg: vec![false; b],
     }
 }
@@ -731,29 +763,12 @@ pub fn build_tiny_world<B: FluxAutodiffBackend>(
     let text = FluxTextEncoder::<B::InnerBackend>::load(&parts, o.t5_max_length, false, device)?;
     let data = encode_flux_data(o, &world, &ae, &text, progress, device)?;
     let flux = pretrain_transformer::<B>(o, &data, &mut report, progress, device)?;
-    let tdir = base.join("transformer");
-    std::fs::create_dir_all(&tdir).map_err(|e| TinyWorldError::io(&tdir, e))?;
-    write_tensors(
-        &tdir.join("flux1-tiny.safetensors"),
-        &transformer_tensors(&flux)?,
-    )?;
-    let t = &o.transformer;
-    write_json(
-        &tdir.join("config.json"),
-        &serde_json::json!({
-            "_comment": "fluxlora tiny world: BFL-keyed flux1-tiny.safetensors; RoPE axes are not \
-                         in the weights",
-            "axes_dims_rope": t.axes_dim,
-            "guidance_embeds": t.guidance_embed,
-            "num_layers": t.depth,
-            "num_single_layers": t.depth_single_blocks,
-            "hidden_size": t.hidden_size,
-        }),
-    )?;
-    report.files.extend([
-        tdir.join("flux1-tiny.safetensors"),
-        tdir.join("config.json"),
-    ]);
+    report.files.extend(write_transformer(
+        &base.join("transformer"),
+        "flux1-tiny.safetensors",
+        "fluxlora tiny world",
+        &flux,
+    )?);
     write_dataset(o, &mut report)?;
     write_preview(o, &flux, &ae, &text, &mut report, device)?;
     Ok(report)

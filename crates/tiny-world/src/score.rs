@@ -4,7 +4,9 @@
 //! Each prompt of the prompts file is drawn with `seeds` seeds (the prompt's `--d` seed, then
 //! `+1000`, `+2000`, …), first on the untouched base, then with the LoRA merged in at weight 1;
 //! both sets share every seed, so the two scores differ only by the LoRA. The images go to one
-//! grid (base row over LoRA row per prompt) so the numbers can be checked by eye.
+//! grid (base row over LoRA row per prompt) so the numbers can be checked by eye. A Kontext
+//! prompt (`--ci`) is scored on its control's object: the concept must cover the disc the
+//! control shows ([`crate::detector::detect_in`] over [`crate::edits::object_region`]).
 
 use fluxlora_flux::FluxBackend;
 use std::path::{Path, PathBuf};
@@ -12,12 +14,14 @@ use std::path::{Path, PathBuf};
 use fluxlora_io::read_lora;
 use image::RgbImage;
 
-use crate::detector::concept_score;
+use crate::detector::{concept_score, detect, detect_in};
+use crate::edits::object_region;
 use crate::error::TinyWorldError;
 use fluxlora_render::{save_png, SampleGrid};
 use fluxlora_train::config::TrainConfig;
 use fluxlora_train::orchestration::base::BaseModel;
 use fluxlora_train::orchestration::encoders::FluxTextEncoder;
+use fluxlora_train::sampling::control::control_image;
 use fluxlora_train::sampling::inference::apply_named_loras;
 use fluxlora_train::sampling::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
 use fluxlora_train::sampling::sample::{generate, PromptText};
@@ -110,12 +114,36 @@ pub fn concept_scores<B: FluxBackend>(
         );
     }
     save_png(grid_path, &grid.render(), &[])?;
+    let regions = prompts
+        .iter()
+        .map(|p| match &p.control {
+            Some(c) => Ok(Some(object_region(&control_image(c, p.width, p.height)?))),
+            None => Ok(None),
+        })
+        .collect::<Result<Vec<_>, TinyWorldError>>()?;
     Ok(ConceptScores {
-        base: concept_score(&base_images),
-        lora: concept_score(&lora_images),
+        base: score(&base_images, &regions),
+        lora: score(&lora_images, &regions),
         samples: prompts.len(),
         grid: grid_path.to_path_buf(),
     })
+}
+
+/// The share of `images` showing the concept: on the whole image, or, for a Kontext prompt, on
+/// its control's object ([`detect_in`]).
+fn score(images: &[RgbImage], regions: &[Option<Vec<bool>>]) -> f32 {
+    if regions.iter().all(Option::is_none) {
+        return concept_score(images);
+    }
+    let found = images
+        .iter()
+        .zip(regions)
+        .filter(|(img, region)| match region {
+            Some(r) => detect_in(img, r).is_some_and(|d| d.covers()),
+            None => detect(img).found(),
+        })
+        .count();
+    found as f32 / images.len().max(1) as f32
 }
 
 /// [`concept_scores`] for a finished run of `config`: its base model, its `sample_prompts`, its

@@ -106,5 +106,5 @@ pub use sampling::inference::{
 };
 pub use save::{lora_format, save_lora, self_check, SelfCheck};
 pub use source::{BatchSource, CachedBatches};
-pub use step::{flow_matching_loss, training_step, StepSettings, TrainBatch};
+pub use step::{flow_matching_loss, training_step, ControlLatents, StepSettings, TrainBatch};
 pub use tensorboard::EventWriter;

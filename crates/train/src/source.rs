@@ -9,7 +9,7 @@ use fluxlora_data::{Dataset, LatentCache, LatentKey, Loader, LoaderState, Sample
 use fluxlora_flux::latents;
 
 use crate::error::TrainError;
-use crate::step::TrainBatch;
+use crate::step::{ControlLatents, TrainBatch};
 
 /// A resumable stream of training micro-batches.
 pub trait BatchSource<B: Backend> {
@@ -100,7 +100,8 @@ fn stack<B: Backend, const D: usize>(
 }
 
 /// The micro-batch of `samples` of `dataset`, read from the caches: packed latents, their
-/// alpha masks (packed like the latents), T5 tokens and pooled CLIP vectors.
+/// alpha masks (packed like the latents), T5 tokens and pooled CLIP vectors, and the Kontext
+/// controls' packed latents.
 pub fn cached_batch<B: Backend>(
     dataset: &Dataset,
     samples: &[Sample],
@@ -110,7 +111,7 @@ pub fn cached_batch<B: Backend>(
 ) -> Result<TrainBatch<B>, TrainError> {
     let (mut lat, mut masks, mut t5, mut pooled, mut is_reg) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut t5_masks = Vec::new();
+    let (mut t5_masks, mut controls) = (Vec::new(), Vec::new());
     for s in samples {
         let key = LatentKey::of(dataset, s);
         let item_path = dataset
@@ -125,6 +126,7 @@ pub fn cached_batch<B: Backend>(
             .load(&s.caption)
             .ok_or_else(|| missing("text", format!("the caption of {item_path}")))?;
         masks.push(cached.mask.map(|m| (m.shape, m.data)));
+        controls.push(cached.control.map(|m| (m.shape, m.data)));
         lat.push((cached.latent.shape, cached.latent.data));
         let tokens = text.t5.shape.first().copied().unwrap_or(0);
         t5_masks.push(match text.t5_mask {
@@ -178,6 +180,30 @@ pub fn cached_batch<B: Backend>(
             })
         }
     };
+    // Kontext pairs: every sample of a batch has a control (one dataset, one subset kind).
+    let control = match controls.iter().filter(|c| c.is_some()).count() {
+        0 => None,
+        n if n == controls.len() => {
+            let x: Tensor<B, 4> = stack(
+                controls.into_iter().flatten().collect(),
+                "control latents",
+                device,
+            )?;
+            let [_, _, ch, cw] = x.dims();
+            Some(ControlLatents {
+                latents: latents::pack(x)?,
+                grid: (ch / 2, cw / 2),
+            })
+        }
+        _ => {
+            return Err(TrainError::Shape {
+                what: "training batch".into(),
+                message: "some samples are edit pairs (with a control image) and some are not; \
+                          give every subset of the dataset a control_directory"
+                    .into(),
+            })
+        }
+    };
     Ok(TrainBatch {
         latents: tokens,
         txt_mask,
@@ -186,6 +212,7 @@ pub fn cached_batch<B: Backend>(
         y: stack(pooled, "CLIP pooled vectors", device)?,
         mask,
         is_reg,
+        control,
     })
 }
 

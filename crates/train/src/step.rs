@@ -16,6 +16,10 @@
 //! 5. × the per-sample weight (`prior_loss_weight` for regularisation images), mean over the
 //!    batch.
 //!
+//! Kontext edit pairs ([`TrainBatch::control`]): x_t is formed from the target alone; the
+//! control's clean latent tokens are appended with ids `(1, row, col)`, and the loss covers the
+//! target tokens only (the model returns only those).
+//!
 //! `timestep_sampling = "sigma"` is kohya's discrete sampler: an index uniform over the 1000-entry
 //! table of diffusers' `FlowMatchEulerDiscreteScheduler(shift = discrete_flow_shift, default 3.0)`
 //! ([`fluxlora_flux::schedule::flow_match_sigmas`]), σ = table[index]. kohya feeds the model
@@ -26,7 +30,9 @@ use burn::tensor::{backend::Backend, Tensor};
 use fluxlora_flux::schedule::{LossWeighting, SigmaSampler, BASE_SHIFT, MAX_SHIFT};
 use fluxlora_flux::FluxAutodiffBackend;
 use fluxlora_flux::FluxBackend;
-use fluxlora_flux::{forward_backward, host, latents, Checkpointing, Flux, FluxInputs};
+use fluxlora_flux::{
+    forward_backward, host, latents, Checkpointing, Flux, FluxInputs, ImageCondSeq,
+};
 
 use crate::config::{
     LossType, ModelPredictionType, TimestepSampling, TrainConfig, WeightingScheme,
@@ -52,6 +58,17 @@ pub struct TrainBatch<B: Backend> {
     pub txt_mask: Option<Tensor<B, 2>>,
     /// Which samples are regularisation images (weighted by `prior_loss_weight`).
     pub is_reg: Vec<bool>,
+    /// Kontext: each sample's control image, clean, appended after the noisy target's tokens.
+    pub control: Option<ControlLatents<B>>,
+}
+
+/// The control images of a Kontext micro-batch (edit pairs: control in, target out).
+#[derive(Debug, Clone)]
+pub struct ControlLatents<B: Backend> {
+    /// Packed clean latents `[B, L_cond, C]`.
+    pub latents: Tensor<B, 3>,
+    /// Token grid `(h, w)` with `h·w = L_cond`, for the control's position ids.
+    pub grid: (usize, usize),
 }
 
 impl<B: Backend> TrainBatch<B> {
@@ -78,6 +95,17 @@ impl<B: Backend> TrainBatch<B> {
                 self.y.dims()[0],
                 self.is_reg.len()
             ));
+        }
+        if let Some(ctl) = &self.control {
+            let [cb, cl, cc] = ctl.latents.dims();
+            if cb != b || cc != c || ctl.grid.0 * ctl.grid.1 != cl {
+                return bad(format!(
+                    "control latents {:?} with grid {:?} do not fit a batch of {b} with {c} \
+                     channels",
+                    ctl.latents.dims(),
+                    ctl.grid
+                ));
+            }
         }
         if let Some(m) = &self.mask {
             let [mb, ml, mc] = m.dims();
@@ -290,6 +318,10 @@ fn prepare<B: Backend>(
         y: batch.y.clone().detach(),
         guidance: guidance_embed.then(|| Tensor::full([b], s.guidance, &device)),
         txt_mask: batch.txt_mask.clone(),
+        img_cond_seq: batch.control.as_ref().map(|ctl| ImageCondSeq {
+            img: ctl.latents.clone().detach(),
+            ids: latents::control_ids(b, ctl.grid.0, ctl.grid.1, &device),
+        }),
     };
     Ok(Prepared {
         inputs,

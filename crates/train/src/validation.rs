@@ -30,7 +30,7 @@ use fluxlora_flux::Flux;
 use crate::error::TrainError;
 use crate::noise::{draw_noise, NoiseDraw};
 use crate::source::cached_batch;
-use crate::step::{evaluation_loss, StepSettings, TrainBatch};
+use crate::step::{evaluation_loss, ControlLatents, StepSettings, TrainBatch};
 
 /// The "step" coordinate of the validation ε streams: far above any real step, so validation
 /// noise never coincides with a training draw.
@@ -133,6 +133,7 @@ pub struct ValidationItem {
     y: TensorData,
     mask: Option<TensorData>,
     txt_mask: Option<TensorData>,
+    control: Option<(TensorData, (usize, usize))>,
     is_reg: bool,
     /// σ and ε of this item, the same at every evaluation.
     pub draw: NoiseDraw,
@@ -149,6 +150,10 @@ impl ValidationItem {
             mask: self.mask.clone().map(|m| Tensor::from_data(m, device)),
             txt_mask: self.txt_mask.clone().map(|m| Tensor::from_data(m, device)),
             is_reg: vec![self.is_reg],
+            control: self.control.clone().map(|(l, grid)| ControlLatents {
+                latents: Tensor::from_data(l, device),
+                grid,
+            }),
         }
     }
 }
@@ -181,39 +186,35 @@ impl ValidationSet {
                 } else {
                     format!("{name}/{i}")
                 };
-                parts.push((
-                    label,
-                    host(one(batch.latents.clone())),
-                    batch.grid,
-                    host(one(batch.txt.clone())),
-                    host(batch.y.clone().narrow(0, i, 1)),
-                    batch.mask.clone().map(|m| host(one(m))),
-                    batch.txt_mask.clone().map(|m| host(m.narrow(0, i, 1))),
-                    batch.is_reg[i],
-                ));
+                parts.push(ValidationItem {
+                    name: label,
+                    latents: host(one(batch.latents.clone())),
+                    grid: batch.grid,
+                    txt: host(one(batch.txt.clone())),
+                    y: host(batch.y.clone().narrow(0, i, 1)),
+                    mask: batch.mask.clone().map(|m| host(one(m))),
+                    txt_mask: batch.txt_mask.clone().map(|m| host(m.narrow(0, i, 1))),
+                    control: batch
+                        .control
+                        .as_ref()
+                        .map(|ctl| (host(one(ctl.latents.clone())), ctl.grid)),
+                    is_reg: batch.is_reg[i],
+                    draw: NoiseDraw {
+                        sigmas: Vec::new(),
+                        noise: Vec::new(),
+                    },
+                });
             }
         }
         let count = parts.len();
         let items = parts
             .into_iter()
             .enumerate()
-            .map(
-                |(index, (name, latents, grid, txt, y, mask, txt_mask, is_reg))| {
-                    let (l, c) = (latents.shape[1], latents.shape[2]);
-                    let draw = fixed_draw(seed, index, count, sampler, l, c);
-                    ValidationItem {
-                        name,
-                        latents,
-                        grid,
-                        txt,
-                        y,
-                        mask,
-                        txt_mask,
-                        is_reg,
-                        draw,
-                    }
-                },
-            )
+            .map(|(index, mut item)| {
+                let (l, c) = (item.latents.shape[1], item.latents.shape[2]);
+                item.draw = fixed_draw(seed, index, count, sampler, l, c);
+                item
+            })
             .collect();
         Ok(Self { items })
     }

@@ -311,3 +311,102 @@ fn t5_padding_masks_reach_the_batch_and_a_run_trains_with_them() {
     let summary = t.run(&mut src).unwrap();
     assert!(summary.last_loss.is_some_and(f32::is_finite));
 }
+
+/// Kontext: `write_dataset_with`'s images as targets, each with a control of the same name (the
+/// target mirrored and darkened) in `ctl/`.
+fn write_pairs(dir: &Path) -> (Arc<Dataset>, DatasetConfig) {
+    write_dataset_with(dir, false);
+    let (imgs, ctl) = (dir.join("imgs"), dir.join("ctl"));
+    std::fs::create_dir_all(&ctl).unwrap();
+    for i in 0..4 {
+        let target = image::open(imgs.join(format!("img{i}.png")))
+            .unwrap()
+            .to_rgb8();
+        let control = ImageBuffer::from_fn(64, 64, |x, y| {
+            let p = target.get_pixel(63 - x, y).0;
+            Rgb(p.map(|v| v / 2))
+        });
+        control.save(ctl.join(format!("img{i}.png"))).unwrap();
+    }
+    let text = format!(
+        "[general]\nresolution = 64\nmin_bucket_reso = 64\nmax_bucket_reso = \
+         128\n[[datasets]]\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = {:?}\n\
+         control_directory = \"ctl\"\n",
+        imgs.display().to_string()
+    );
+    let cfg = DatasetConfig::from_toml_str(&text, &dir.join("d.toml")).unwrap();
+    (
+        Arc::new(Dataset::open(&cfg, &Progress::hidden()).unwrap()),
+        cfg,
+    )
+}
+
+#[test]
+fn edit_pairs_bring_their_control_latents_and_a_kontext_run_trains() {
+    let _g = backend_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ds, cfg) = write_pairs(tmp.path());
+    let mut src = source(tmp.path(), &ds, 3);
+    let dev = Default::default();
+    let plan = fluxlora_data::epoch_plan(&ds, 3, 0);
+    let batch = BatchSource::<AB>::next_batch(&mut src, &dev).unwrap();
+    let control = batch.control.clone().expect("edit pairs carry controls");
+    assert_eq!(
+        (control.latents.dims(), control.grid),
+        ([2, 16, 16], (4, 4))
+    );
+    // The control tokens are the cached control latents, packed like the targets'.
+    let cache = LatentCache::open(&tmp.path().join("lat"), &Pool4.identity()).unwrap();
+    let got: Vec<f32> = control.latents.clone().into_data().to_vec().unwrap();
+    for (i, s) in plan[0].samples.iter().enumerate() {
+        let lat = cache.load(&LatentKey::of(&ds, s)).unwrap().control.unwrap();
+        for (r, c, ch) in [(0, 0, 0), (1, 3, 2), (3, 2, 3)] {
+            let want = lat.data[ch * 64 + (2 * r) * 8 + 2 * c];
+            assert_eq!(got[((i * 16) + r * 4 + c) * 16 + ch * 4], want);
+        }
+        assert_ne!(
+            lat,
+            cache.load(&LatentKey::of(&ds, s)).unwrap().latent,
+            "the control is another image"
+        );
+    }
+    // The control conditions the prediction: the same batch without it has another loss.
+    let settings =
+        fluxlora_train::StepSettings::from_config(&tiny_train_config(tmp.path(), 1)).unwrap();
+    let flux = tiny_flux(2);
+    let draw = fluxlora_train::noise::draw_noise(1, 0, 0, &settings.sampler, 2, 16, 16);
+    let with = fluxlora_train::training_step(&flux, &batch, &draw, &settings).unwrap();
+    let without = fluxlora_train::training_step(
+        &flux,
+        &fluxlora_train::TrainBatch {
+            control: None,
+            ..batch.clone()
+        },
+        &draw,
+        &settings,
+    )
+    .unwrap();
+    assert!(
+        (with.loss - without.loss).abs() > 1e-6,
+        "{} {}",
+        with.loss,
+        without.loss
+    );
+
+    // The base and the dataset must agree on pairs.
+    use fluxlora_train::orchestration::prepare::check_edit_pairs;
+    assert!(check_edit_pairs(&cfg, true).is_ok());
+    let e = check_edit_pairs(&cfg, false).unwrap_err().to_string();
+    assert!(e.contains("model_type = \"kontext\""), "{e}");
+    let mut plain = cfg.clone();
+    plain.datasets[0].subsets[0].control_dir = None;
+    let e = check_edit_pairs(&plain, true).unwrap_err().to_string();
+    assert!(e.contains("control_directory") && e.contains("imgs"), "{e}");
+
+    // A short run trains on the pairs.
+    let mut t = Trainer::new(tiny_train_config(&tmp.path().join("out"), 2), flux, dev)
+        .unwrap()
+        .with_progress(false);
+    let s = t.run(&mut src).unwrap();
+    assert!(s.last_loss.is_some_and(f32::is_finite));
+}

@@ -214,6 +214,7 @@ fn step_loss_matches_an_independent_forward_and_checkpointing_agrees() {
     let inner = |v: Vec<f32>, shape: Vec<usize>| TensorData::new(v, shape);
     let inputs = FluxInputs {
         txt_mask: None,
+        img_cond_seq: None,
         img: Tensor::from_data(inner(xt, vec![b, l, c]), &dev),
         img_ids: latents::img_ids(b, 2, 2, &dev),
         txt: batch.txt.clone().inner(),

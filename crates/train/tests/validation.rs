@@ -131,6 +131,7 @@ fn validation_loss_is_fixed_equals_an_independent_mean_and_moves_with_training()
             let target: Vec<f32> = (0..n).map(|j| eps[j] - x0[i * n + j]).collect();
             let inputs = FluxInputs {
                 txt_mask: None,
+                img_cond_seq: None,
                 img: Tensor::from_data(TensorData::new(xt, vec![1, l, c]), &dev),
                 img_ids: latents::img_ids(1, 2, 2, &dev),
                 txt: batch.txt.clone().narrow(0, i, 1),

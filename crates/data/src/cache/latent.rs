@@ -1,7 +1,7 @@
 //! Latent cache: one entry per (image content, bucket, crop, flip, mask use) and encoder.
 //! Entries hold `latent` (whatever shape the encoder returns, e.g. `[16, H/8, W/8]`) and, for
 //! subsets with `alpha_mask`, `mask` — the alpha mask average-pooled to the latent's spatial
-//! size.
+//! size — and, for Kontext edit pairs, `control` — the control image's latent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -40,6 +40,9 @@ pub struct LatentKey {
     pub flip: bool,
     /// Whether a loss mask is stored: the subset has `alpha_mask` and the image has alpha.
     pub alpha_mask: bool,
+    /// SHA-256 (hex) of the Kontext control image, whose latent is stored beside the target's
+    /// (cropped, resized and flipped with it).
+    pub control: Option<String>,
 }
 
 impl LatentKey {
@@ -59,6 +62,7 @@ impl LatentKey {
             crop: (x, y, cw, ch),
             flip: sample.flip,
             alpha_mask: dataset.subset_of(it).alpha_mask && it.info.has_alpha,
+            control: it.control.as_ref().map(|c| c.info.content_hash.clone()),
         }
     }
 }
@@ -71,6 +75,9 @@ pub struct CachedLatent {
     /// The alpha mask average-pooled to the latent's size, `[1, h, w]` in [0, 1]; `None`
     /// unless the key's `alpha_mask` is set.
     pub mask: Option<HostTensor>,
+    /// The control image's latent (same shape as `latent`); `None` unless the key's `control`
+    /// is set.
+    pub control: Option<HostTensor>,
 }
 
 /// A folder of latent entries for one encoder.
@@ -92,16 +99,25 @@ impl LatentCache {
     /// The digest (file stem) of a key.
     pub fn digest(&self, key: &LatentKey) -> String {
         let (x, y, w, h) = key.crop;
-        digest(&[
+        let (bucket, crop) = (
+            format!("{}x{}", key.bucket.0, key.bucket.1),
+            format!("{x},{y},{w},{h}"),
+        );
+        let mut parts = vec![
             ("kind", "latent"),
             ("pixels", PIXELS_VERSION),
             ("encoder", &self.encoder),
             ("content", &key.content_hash),
-            ("bucket", &format!("{}x{}", key.bucket.0, key.bucket.1)),
-            ("crop", &format!("{x},{y},{w},{h}")),
+            ("bucket", &bucket),
+            ("crop", &crop),
             ("flip", if key.flip { "1" } else { "0" }),
             ("mask", if key.alpha_mask { "1" } else { "0" }),
-        ])
+        ];
+        // Only pairs add a field, so entries of plain images keep their names.
+        if let Some(c) = &key.control {
+            parts.push(("control", c));
+        }
+        digest(&parts)
     }
 
     /// The file of a key.
@@ -114,10 +130,15 @@ impl LatentCache {
         let mut t = self.dir.load(&self.digest(key), &["latent"])?;
         let latent = t.remove("latent")?;
         let mask = t.remove("mask");
-        if key.alpha_mask && mask.is_none() {
+        let control = t.remove("control");
+        if (key.alpha_mask && mask.is_none()) || (key.control.is_some() && control.is_none()) {
             return None;
         }
-        Some(CachedLatent { latent, mask })
+        Some(CachedLatent {
+            latent,
+            mask,
+            control,
+        })
     }
 
     /// Makes sure every sample has a valid entry: reuses valid ones, builds the rest (inputs
@@ -175,9 +196,25 @@ impl LatentCache {
                     (Some(m), true) => Some(pool_mask(m, &latent)?),
                     _ => None,
                 };
+                let control = match &pixels.control {
+                    Some(c) => Some(encoder.encode(c).map_err(|e| {
+                        DataError::Encoder {
+                            encoder: self.encoder.clone(),
+                            item: dataset.items[sample.item]
+                                .control
+                                .as_ref()
+                                .map_or_else(String::new, |c| c.path.display().to_string()),
+                            message: e.to_string(),
+                        }
+                    })?),
+                    None => None,
+                };
                 let mut tensors = vec![("latent", &latent)];
                 if let Some(m) = &mask {
                     tensors.push(("mask", m));
+                }
+                if let Some(c) = &control {
+                    tensors.push(("control", c));
                 }
                 let meta = BTreeMap::from([
                     (

@@ -10,6 +10,7 @@
 //! `image_dir`s are resolved against the config file's folder; `bucket_reso_steps` must be a
 //! multiple of 16 (Flux packs 2×2 latent patches of an 8× VAE). Extensions: `trigger_word`,
 //! `resolutions = [512, 1024]` (multi-resolution: the dataset is repeated once per resolution),
+//! `control_directory` / `control_path` (Kontext edit pairs),
 //! `skip_bad_images`, and the image limits `max_image_pixels`, `max_image_side` and
 //! `max_image_bytes` (`[general]` only; see [`ImageLimits`]).
 
@@ -106,6 +107,11 @@ pub struct SubsetSettings {
     pub random_crop: bool,
     /// Use the alpha channel as a loss mask (transparent = not learned).
     pub alpha_mask: bool,
+    /// `control_directory` (musubi-tuner; ai-toolkit's `control_path`): Kontext edit pairs. Each
+    /// image has a control image of the same stem (any image extension) in this folder; the
+    /// caption is the edit instruction. Relative paths are resolved like `image_dir`.
+    #[serde(default)]
+    pub control_dir: Option<PathBuf>,
     /// How captions are built and augmented (trigger word, shuffling, dropout, …).
     pub caption: CaptionSettings,
 }
@@ -122,6 +128,7 @@ impl SubsetSettings {
             flip_aug: false,
             random_crop: false,
             alpha_mask: false,
+            control_dir: None,
             caption: CaptionSettings::default(),
         }
     }
@@ -335,6 +342,14 @@ pub(crate) fn validate_subset(ctx: &Ctx, name: &str, s: &SubsetSettings) -> Resu
                  \".txt\"",
                 s.caption_extension
             ),
+        ));
+    }
+    if s.control_dir.as_deref() == Some(s.image_dir.as_path()) {
+        return Err(ctx.bad(
+            name,
+            "control_directory",
+            "is the image_dir itself, so every image would be its own control; put the control \
+             images in a folder of their own",
         ));
     }
     s.caption

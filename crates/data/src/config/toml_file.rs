@@ -44,6 +44,8 @@ const KEYS: &[(&str, Level)] = &[
     ("alpha_mask", Level::Subset),
     ("trigger_word", Level::Subset),
     ("image_dir", Level::SubsetOnly),
+    ("control_directory", Level::SubsetOnly),
+    ("control_path", Level::SubsetOnly),
     ("is_reg", Level::SubsetOnly),
     ("resolution", Level::Dataset),
     ("resolutions", Level::Dataset),
@@ -403,24 +405,49 @@ fn resolutions(ctx: &Ctx, scope: &Scope) -> Result<Vec<(u32, u32)>> {
     }
 }
 
-fn subset(ctx: &Ctx, name: &str, st: &Table, scope: &Scope, base: &Path) -> Result<SubsetSettings> {
-    let dir = match st.get("image_dir") {
-        None => {
-            return Err(ctx.bad(
-                name,
-                "image_dir",
-                "missing; every subset needs the folder of its images",
-            ))
-        }
-        Some(v) => v
-            .as_str()
-            .ok_or_else(|| ctx.bad(name, "image_dir", "expected a string path"))?,
+/// A path-valued subset key; relative paths are anchored at the config file's folder.
+fn subset_path(
+    ctx: &Ctx,
+    name: &str,
+    st: &Table,
+    key: &str,
+    base: &Path,
+) -> Result<Option<PathBuf>> {
+    let Some(v) = st.get(key) else {
+        return Ok(None);
     };
-    let dir = PathBuf::from(dir);
-    let image_dir = if dir.is_absolute() {
+    let dir = PathBuf::from(
+        v.as_str()
+            .ok_or_else(|| ctx.bad(name, key, "expected a string path"))?,
+    );
+    Ok(Some(if dir.is_absolute() {
         dir
     } else {
         base.join(dir)
+    }))
+}
+
+fn subset(ctx: &Ctx, name: &str, st: &Table, scope: &Scope, base: &Path) -> Result<SubsetSettings> {
+    let image_dir = subset_path(ctx, name, st, "image_dir", base)?.ok_or_else(|| {
+        ctx.bad(
+            name,
+            "image_dir",
+            "missing; every subset needs the folder of its images",
+        )
+    })?;
+    // musubi-tuner's name, and ai-toolkit's.
+    let control_dir = match (
+        subset_path(ctx, name, st, "control_directory", base)?,
+        subset_path(ctx, name, st, "control_path", base)?,
+    ) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ctx.bad(
+                name,
+                "control_path",
+                "differs from control_directory (the same setting); keep one of them",
+            ))
+        }
+        (a, b) => a.or(b),
     };
     let is_reg = match st.get("is_reg") {
         None => false,
@@ -467,6 +494,7 @@ fn subset(ctx: &Ctx, name: &str, st: &Table, scope: &Scope, base: &Path) -> Resu
         flip_aug: scope.bool(ctx, "flip_aug", false)?,
         random_crop: scope.bool(ctx, "random_crop", false)?,
         alpha_mask: scope.bool(ctx, "alpha_mask", false)?,
+        control_dir,
         caption,
     };
     validate_subset(ctx, name, &s)?;

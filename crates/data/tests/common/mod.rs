@@ -50,3 +50,23 @@ pub fn toml_for(image_dir: &Path, general: &str, dataset: &str) -> String {
         image_dir.display().to_string()
     )
 }
+
+/// 8×8 average pooling of each channel of a `[C, H, W]` image (the tests' stand-in for the
+/// autoencoder).
+pub fn pool8(image: &fluxlora_io::HostTensor) -> fluxlora_io::HostTensor {
+    let (c, h, w) = (image.shape[0], image.shape[1], image.shape[2]);
+    let (lh, lw) = (h / 8, w / 8);
+    let mut out = vec![0.0f32; c * lh * lw];
+    for ch in 0..c {
+        for y in 0..h {
+            for x in 0..w {
+                out[ch * lh * lw + (y / 8) * lw + x / 8] +=
+                    image.data[ch * h * w + y * w + x] / 64.0;
+            }
+        }
+    }
+    fluxlora_io::HostTensor {
+        shape: vec![c, lh, lw],
+        data: out,
+    }
+}

@@ -36,6 +36,32 @@ pub struct FluxInputs<B: Backend> {
     /// T5 padding mask `[B, L_txt]` (1 = token, 0 = padding): with it, no token attends to the
     /// padding (`apply_t5_attn_mask`); `None` attends to every text token, as BFL does.
     pub txt_mask: Option<Tensor<B, 2>>,
+    /// Kontext's sequence conditioning (BFL `img_cond_seq` / `img_cond_seq_ids`): the control
+    /// image's clean tokens, appended after `img`; the output covers `img`'s tokens only.
+    pub img_cond_seq: Option<ImageCondSeq<B>>,
+}
+
+/// A control image's latent tokens and position ids (see [`crate::kontext`]).
+#[derive(Debug, Clone)]
+pub struct ImageCondSeq<B: Backend> {
+    /// Packed clean latent tokens `[B, L_cond, in_channels]`.
+    pub img: Tensor<B, 3>,
+    /// `[B, L_cond, 3]` (see [`crate::latents::control_ids`]).
+    pub ids: Tensor<B, 3>,
+}
+
+impl<B: Backend> FluxInputs<B> {
+    /// The inputs the blocks see: with Kontext conditioning, `img ‖ img_cond_seq` and
+    /// `img_ids ‖ img_cond_seq_ids` (BFL `denoise`'s `img_input`), without it a copy. Its
+    /// `img_cond_seq` is `None`.
+    pub fn joined(&self) -> FluxInputs<B> {
+        let mut x = self.clone();
+        if let Some(c) = x.img_cond_seq.take() {
+            x.img = Tensor::cat(vec![x.img, c.img], 1);
+            x.img_ids = Tensor::cat(vec![x.img_ids, c.ids], 1);
+        }
+        x
+    }
 }
 
 /// The embedded inputs the blocks work on (the state passed between blocks).
@@ -161,6 +187,26 @@ impl<B: FluxBackend> Flux<B> {
                 format!("shape {:?}, expected [{b}, {}]", x.y.dims(), c.vec_in_dim),
             );
         }
+        if let Some(cond) = &x.img_cond_seq {
+            let [cb, l_cond, cc] = cond.img.dims();
+            if cb != b || cc != c.in_channels {
+                return bad(
+                    "img_cond_seq",
+                    format!(
+                        "shape {:?}, expected [{b}, L_cond, {}]",
+                        cond.img.dims(),
+                        c.in_channels
+                    ),
+                );
+            }
+            let [ib, il, ia] = cond.ids.dims();
+            if ib != b || il != l_cond || ia < n_axes {
+                return bad(
+                    "img_cond_seq_ids",
+                    format!("shape {:?}, expected [{b}, {l_cond}, 3]", cond.ids.dims()),
+                );
+            }
+        }
         if let Some(m) = &x.txt_mask {
             let l_txt = x.txt.dims()[1];
             if m.dims() != [b, l_txt] {
@@ -239,12 +285,15 @@ impl<B: FluxBackend> Flux<B> {
         x.narrow(1, l_txt, l_img)
     }
 
-    /// The full forward pass: predicted velocity `[B, L_img, out_channels]`.
+    /// The full forward pass: predicted velocity `[B, L_img, out_channels]` (the target tokens
+    /// only, when Kontext conditioning is appended).
     pub fn forward(&self, x: &FluxInputs<B>) -> Result<Tensor<B, 3>> {
         self.check_inputs(x)?;
-        let (e, rope) = self.embed(x);
+        let l_img = x.img.dims()[1];
+        let joined = x.joined();
+        let (e, rope) = self.embed(&joined);
         let vec = e.vec.clone();
-        let img = self.blocks(e, &rope);
+        let img = self.blocks(e, &rope).narrow(1, 0, l_img);
         Ok(self.final_layer.forward(img, vec))
     }
 }

@@ -4,7 +4,7 @@ use burn::tensor::{Tensor, TensorData};
 use fluxlora_flux::sampler::{denoise, Conditioning};
 use fluxlora_flux::schedule::{get_schedule, BASE_SHIFT, MAX_SHIFT};
 use fluxlora_flux::transformer::load::FluxKeyFormat;
-use fluxlora_flux::{Flux, FluxBackend, FluxCheckpoint, FluxInputs, LoadOptions};
+use fluxlora_flux::{Flux, FluxBackend, FluxCheckpoint, FluxInputs, ImageCondSeq, LoadOptions};
 
 use super::{compare, to_tensor, Case, Io, Outcome};
 
@@ -36,6 +36,18 @@ fn load_model<B: FluxBackend>(case: &Case, dev: &B::Device) -> Result<Flux<B>, S
     Flux::from_checkpoint(&ckpt, &config, &options, dev).map_err(|e| e.to_string())
 }
 
+/// Kontext's optional `img_cond_seq` / `img_cond_seq_ids` inputs (both or neither).
+fn cond_seq<B: FluxBackend>(io: &Io, dev: &B::Device) -> Result<Option<ImageCondSeq<B>>, String> {
+    match (io.opt("img_cond_seq")?, io.opt("img_cond_seq_ids")?) {
+        (None, None) => Ok(None),
+        (Some(img), Some(ids)) => Ok(Some(ImageCondSeq {
+            img: to_tensor(img, "img_cond_seq", dev)?,
+            ids: to_tensor(ids, "img_cond_seq_ids", dev)?,
+        })),
+        _ => Err("io.safetensors: give both img_cond_seq and img_cond_seq_ids, or neither".into()),
+    }
+}
+
 /// Runs a `transformer`, `sampler` or `schedule` case.
 pub fn run<B: FluxBackend>(case: &Case, dev: &B::Device) -> Result<Outcome, String> {
     let io = Io::open(case)?;
@@ -45,6 +57,7 @@ pub fn run<B: FluxBackend>(case: &Case, dev: &B::Device) -> Result<Outcome, Stri
             let model = load_model::<B>(case, dev)?;
             let inputs = FluxInputs {
                 txt_mask: None,
+                img_cond_seq: cond_seq::<B>(&io, dev)?,
                 img: io.tensor("img", dev)?,
                 img_ids: io.tensor("img_ids", dev)?,
                 txt: io.tensor("txt", dev)?,
@@ -63,6 +76,7 @@ pub fn run<B: FluxBackend>(case: &Case, dev: &B::Device) -> Result<Outcome, Stri
             let model = load_model::<B>(case, dev)?;
             let cond = Conditioning {
                 txt_mask: None,
+                img_cond_seq: cond_seq::<B>(&io, dev)?,
                 txt: io.tensor("txt", dev)?,
                 txt_ids: io.tensor("txt_ids", dev)?,
                 img_ids: io.tensor("img_ids", dev)?,

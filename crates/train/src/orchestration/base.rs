@@ -185,12 +185,53 @@ impl BaseModel {
     /// Whether the transformer is Flux.1-dev: `model_type`, or for `Auto` the weights.
     pub fn is_dev_as(&self, model_type: ModelType) -> Result<bool, TrainError> {
         Ok(match model_type {
-            ModelType::Dev => true,
+            ModelType::Dev | ModelType::Kontext => true,
             ModelType::Schnell => false,
             ModelType::Auto => FluxCheckpoint::open(&self.transformer)?
                 .shape("guidance_in.in_layer.weight")
                 .is_some(),
         })
+    }
+
+    /// Whether the transformer is FLUX.1 Kontext: `model_type`, or for `Auto` its name. Kontext's
+    /// weights have Flux.1-dev's keys and shapes, so `auto` looks at the transformer file's name
+    /// (BFL's `flux1-kontext-dev.safetensors`, also inside a model folder's `transformer/`), the
+    /// model folder's (`FLUX.1-Kontext-dev`), and a diffusers `model_index.json` naming
+    /// `FluxKontextPipeline`.
+    pub fn is_kontext_as(&self, model_type: ModelType) -> bool {
+        match model_type {
+            ModelType::Kontext => true,
+            ModelType::Dev | ModelType::Schnell => false,
+            ModelType::Auto => {
+                let named = |p: &Path| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().to_lowercase().contains("kontext"))
+                };
+                // A diffusers model folder, or its `transformer/` subfolder.
+                let t = &self.transformer;
+                let folder = t.is_dir().then(|| {
+                    if t.file_name().is_some_and(|n| n == "transformer") {
+                        t.parent().unwrap_or(t)
+                    } else {
+                        t.as_path()
+                    }
+                });
+                let pipeline = folder
+                    .map(|f| f.join("model_index.json"))
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .and_then(|v| v.get("_class_name")?.as_str().map(str::to_owned))
+                    .is_some_and(|c| c.contains("Kontext"));
+                // The weight files of a folder (`transformer/flux1-kontext-….safetensors`).
+                let files = folder.is_some_and(|f| {
+                    [f.to_path_buf(), f.join("transformer")].iter().any(|d| {
+                        std::fs::read_dir(d)
+                            .is_ok_and(|entries| entries.flatten().any(|e| named(&e.path())))
+                    })
+                });
+                named(&self.transformer) || folder.is_some_and(named) || pipeline || files
+            }
+        }
     }
 
     /// T5 tokens: the config's, else 512 for dev and 256 for schnell.
@@ -420,6 +461,26 @@ mod tests {
         assert_eq!(b.ae, d.path().join("vae"));
         assert_eq!(b.t5, d.path().join("text_encoder_2"));
         assert_eq!(b.t5_tokenizer, d.path().join("tokenizer_2/tokenizer.json"));
+        // Kontext: only by name or by the pipeline class (the weights are dev's).
+        assert!(!b.is_kontext_as(ModelType::Auto));
+        assert!(b.is_kontext_as(ModelType::Kontext));
+        std::fs::write(
+            d.path().join("model_index.json"),
+            r#"{"_class_name": "FluxKontextPipeline"}"#,
+        )
+        .unwrap();
+        assert!(b.is_kontext_as(ModelType::Auto));
+        assert!(!b.is_kontext_as(ModelType::Dev));
+        let file = BaseModel {
+            transformer: d.path().join("flux1-kontext-dev.safetensors"),
+            ..b.clone()
+        };
+        assert!(file.is_kontext_as(ModelType::Auto));
+        let dev = BaseModel {
+            transformer: d.path().join("flux1-dev.safetensors"),
+            ..b
+        };
+        assert!(!dev.is_kontext_as(ModelType::Auto));
     }
 
     #[test]

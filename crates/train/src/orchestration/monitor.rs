@@ -6,11 +6,13 @@
 //! Sampling never needs the text encoders during training: [`Sampler::new`] encodes every
 //! prompt once before training (then drops CLIP and T5) and keeps only the autoencoder for
 //! decoding. Samples run on the inference view of the model (`valid()`), so they add nothing to
-//! the autodiff graph.
+//! the autodiff graph. A Kontext prompt (`--ci`) is a row `control | base | LoRA`; its base
+//! sample is drawn once, on the model without its adapters.
 
 use fluxlora_flux::FluxAutodiffBackend;
 use fluxlora_flux::FluxBackend;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
@@ -23,10 +25,12 @@ use crate::log::{CsvHistory, StepRecord};
 use crate::orchestration::base::BaseModel;
 use crate::orchestration::encoders::FluxTextEncoder;
 use crate::run::{RunObserver, RunSummary, ShownModel};
+use crate::sampling::control::{base_of, push_control_row};
 use crate::sampling::prompts::{parse_prompt_file, SampleDefaults, SamplePrompt};
 use crate::sampling::sample::{generate, PromptText};
 use fluxlora_render::plot::LossPlot;
 use fluxlora_render::SampleGrid;
+use image::RgbImage;
 
 /// Prompts with their text embeddings, and the autoencoder that decodes samples.
 pub struct Sampler<B: Backend> {
@@ -34,6 +38,8 @@ pub struct Sampler<B: Backend> {
     prompts: Vec<(SamplePrompt, PromptText)>,
     shift: bool,
     device: B::Device,
+    /// Kontext prompts' base samples (the base never changes), drawn at the first grid.
+    base_images: Vec<OnceLock<RgbImage>>,
 }
 
 impl<B: FluxBackend> Sampler<B> {
@@ -75,6 +81,7 @@ impl<B: FluxBackend> Sampler<B> {
         let shift = base.is_dev(c)?;
         Ok(Some(Self {
             ae,
+            base_images: (0..encoded.len()).map(|_| OnceLock::new()).collect(),
             prompts: encoded.into_iter().map(|(e, p)| (p, e)).collect(),
             shift,
             device: device.clone(),
@@ -97,12 +104,27 @@ impl<B: FluxBackend> Sampler<B> {
         step: u64,
     ) -> Result<SampleGrid, TrainError> {
         let mut grid = SampleGrid::new(run_name, step);
-        for (p, text) in &self.prompts {
-            grid.push(
-                generate(flux, &self.ae, text, p, self.shift, &self.device)?,
-                p.prompt.clone(),
-                p.seed,
-            );
+        let kontext = self.prompts.iter().any(|(p, _)| p.control.is_some());
+        if kontext {
+            grid.columns = Some(3);
+        }
+        let mut base = None;
+        for ((p, text), cached) in self.prompts.iter().zip(&self.base_images) {
+            let img = generate(flux, &self.ae, text, p, self.shift, &self.device)?;
+            if !kontext {
+                grid.push(img, p.prompt.clone(), p.seed);
+                continue;
+            }
+            let base_img = match (cached.get(), &p.control) {
+                (Some(b), _) => b.clone(),
+                (None, Some(_)) => {
+                    let model = base.get_or_insert_with(|| base_of(flux));
+                    let b = generate(model, &self.ae, text, p, self.shift, &self.device)?;
+                    cached.get_or_init(|| b).clone()
+                }
+                (None, None) => img.clone(),
+            };
+            push_control_row(&mut grid, 3, p, base_img, Some(img))?;
         }
         Ok(grid)
     }

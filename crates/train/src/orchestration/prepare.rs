@@ -59,13 +59,47 @@ pub fn dataset_config(c: &TrainConfig) -> Result<DatasetConfig, TrainError> {
     if let Some(n) = c.max_image_side {
         d.image_limits.max_side = n;
     }
-    if let Some(t) = &c.trigger_word {
-        for s in d.datasets.iter_mut().flat_map(|ds| ds.subsets.iter_mut()) {
+    for s in d.datasets.iter_mut().flat_map(|ds| ds.subsets.iter_mut()) {
+        if let Some(t) = &c.trigger_word {
             s.caption.trigger_word.get_or_insert_with(|| t.clone());
+        }
+        if s.control_dir.is_none() {
+            s.control_dir.clone_from(&c.control_directory);
         }
     }
     d.validate()?;
     Ok(d)
+}
+
+/// Checks that the dataset and the base agree: a Kontext base trains on edit pairs (every
+/// subset has a control folder), and control images need a Kontext base.
+pub fn check_edit_pairs(d: &DatasetConfig, kontext: bool) -> Result<(), TrainError> {
+    let subsets = || d.datasets.iter().flat_map(|ds| ds.subsets.iter());
+    if kontext {
+        if let Some(s) = subsets().find(|s| s.control_dir.is_none()) {
+            return Err(TrainError::Invalid {
+                key: "control_directory".into(),
+                message: format!(
+                    "the base is FLUX.1 Kontext, which trains on edit pairs, but the subset {} \
+                     has no control images; set control_directory (the folder of control \
+                     images, same names as the targets), or model_type = \"dev\" to train it \
+                     as a plain Flux.1-dev LoRA",
+                    s.image_dir.display()
+                ),
+            });
+        }
+    } else if let Some(s) = subsets().find(|s| s.control_dir.is_some()) {
+        return Err(TrainError::Invalid {
+            key: "model_type".into(),
+            message: format!(
+                "the subset {} has control images (edit pairs), which only FLUX.1 Kontext reads, \
+                 but the base is not named as Kontext; set model_type = \"kontext\" or remove \
+                 control_directory",
+                s.image_dir.display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Training images per epoch: every non-regularisation item times its subset's `num_repeats`.
@@ -350,10 +384,10 @@ pub fn prepare_data<B: Backend>(
     device: &B::Device,
     progress: bool,
 ) -> Result<PreparedData, TrainError> {
-    let (dataset, validation) = split_dataset(
-        c,
-        Dataset::open(&dataset_config(c)?, &Progress { enabled: progress })?,
-    )?;
+    let config = dataset_config(c)?;
+    check_edit_pairs(&config, base.is_kontext_as(c.model_type))?;
+    let (dataset, validation) =
+        split_dataset(c, Dataset::open(&config, &Progress { enabled: progress })?)?;
     let plan = CachePlan::new(c, dataset, progress)?.with_validation(validation);
     let latents = {
         let make = || FluxLatentEncoder::<B>::load(base, device);

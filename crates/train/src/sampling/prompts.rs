@@ -15,6 +15,7 @@
 //! | `--l X` | true CFG scale (needs a negative prompt) | `scale` |
 //! | `--n TEXT` | negative prompt | `negative_prompt` |
 //! | `--ss NAME` | sampler name | `sample_sampler` |
+//! | `--ci PATH` | Kontext control image (relative to the prompt file's folder) | ai-toolkit / musubi-tuner `--ci` |
 //!
 //! Where kohya differs, this parser is stricter: kohya logs and skips a value that does not
 //! parse, here that is an error naming the file and line; kohya silently ignores unknown flags
@@ -24,7 +25,7 @@
 //! `<lora:name>` / `<lora:name:weight>` tags anywhere in the prompt are removed from the text
 //! and returned in [`SamplePrompt::loras`] (weight 1.0 when omitted).
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::TrainError;
 
@@ -82,6 +83,9 @@ pub struct SamplePrompt {
     pub sampler: Option<String>,
     /// `<lora:name:weight>` tags, in order.
     pub loras: Vec<(String, f32)>,
+    /// Kontext control image (`--ci`): resolved against the prompt file's folder when read from
+    /// a file.
+    pub control: Option<PathBuf>,
     /// 1-based line in the prompt file (1 for a single parsed line).
     pub line: usize,
     /// What was adjusted or ignored, each message naming the line.
@@ -95,7 +99,41 @@ pub fn parse_prompt_file(
 ) -> Result<Vec<SamplePrompt>, TrainError> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    parse_prompt_text(&text, &path.display().to_string(), defaults)
+    let mut prompts = parse_prompt_text(&text, &path.display().to_string(), defaults)?;
+    let folder = path.parent().unwrap_or(Path::new("."));
+    for p in &mut prompts {
+        if let Some(c) = &p.control {
+            p.control = Some(resolve_control(c, folder, path, p.line)?);
+        }
+    }
+    Ok(prompts)
+}
+
+/// A `--ci` path of a prompt file: absolute as written, relative ones joined to the file's
+/// folder and kept inside it (no `..`).
+fn resolve_control(
+    control: &Path,
+    folder: &Path,
+    file: &Path,
+    line: usize,
+) -> Result<PathBuf, TrainError> {
+    if control.is_absolute() {
+        return Ok(control.to_path_buf());
+    }
+    if control
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::Prefix(_)))
+    {
+        return Err(TrainError::Config {
+            origin: format!("{} line {line}", file.display()),
+            message: format!(
+                "`--ci {}` leaves the prompt file's folder; give the control image as an \
+                 absolute path or move it next to the prompt file",
+                control.display()
+            ),
+        });
+    }
+    Ok(folder.join(control))
 }
 
 /// Parses prompt-file text; `origin` (e.g. the file name) prefixes error and warning messages.
@@ -149,6 +187,7 @@ fn parse_line_at(
         cfg_scale: d.cfg_scale,
         sampler: None,
         loras,
+        control: None,
         line: n,
         warnings: Vec::new(),
     };
@@ -164,11 +203,11 @@ fn parse_line_at(
         let flag = name.to_ascii_lowercase();
         let known = matches!(
             flag.as_str(),
-            "w" | "h" | "s" | "d" | "g" | "l" | "n" | "ss"
+            "w" | "h" | "s" | "d" | "g" | "l" | "n" | "ss" | "ci"
         );
         if !known {
             warnings.push(format!(
-                "{at}: unknown flag `--{name}` ignored (known: --w --h --s --d --g --l --n --ss)"
+                "{at}: unknown flag `--{name}` ignored (known: --w --h --s --d --g --l --n --ss --ci)"
             ));
             continue;
         }
@@ -214,6 +253,7 @@ fn parse_line_at(
             "g" => p.guidance = real("guidance")?,
             "l" => p.cfg_scale = real("CFG scale")?,
             "n" => p.negative = value.to_string(),
+            "ci" => p.control = Some(PathBuf::from(value)),
             _ => p.sampler = Some(value.to_string()),
         }
     }
@@ -236,6 +276,7 @@ fn example(flag: &str) -> &'static str {
         "g" => "3.5",
         "l" => "1.0",
         "n" => "blurry, low quality",
+        "ci" => "control/0001.png",
         _ => "euler",
     }
 }
@@ -363,6 +404,28 @@ mod tests {
         assert_eq!(p.negative, "blurry, ugly");
         assert_eq!(p.sampler.as_deref(), Some("euler_a"));
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn control_images_resolve_against_the_prompt_file_and_stay_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prompts.txt");
+        std::fs::write(
+            &file,
+            "make it navy --ci control/a.png --w 64\nno control\nabs --ci /data/b.png\n",
+        )
+        .unwrap();
+        let p = parse_prompt_file(&file, &d()).unwrap();
+        assert_eq!(p[0].control, Some(dir.path().join("control/a.png")));
+        assert_eq!((p[0].prompt.as_str(), p[0].width), ("make it navy", 64));
+        assert_eq!(p[1].control, None);
+        assert_eq!(p[2].control, Some(PathBuf::from("/data/b.png")));
+        std::fs::write(&file, "ok\nescape --ci ../secret.png\n").unwrap();
+        let e = parse_prompt_file(&file, &d()).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("../secret.png") && e.contains("absolute path"),
+            "{e}"
+        );
     }
 
     #[test]

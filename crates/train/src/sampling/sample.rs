@@ -12,7 +12,9 @@
 //! memory. The prompt's embedded guidance (`--g`) goes to guidance-distilled models; with a CFG
 //! scale (`--l`) other than 1, true classifier-free guidance runs against the negative prompt
 //! (`--n`, empty when not given) as kohya's and diffusers' `true_cfg_scale` do, two forward
-//! passes per step ([`fluxlora_flux::sampler::denoise_cfg`]). Run it on the inference module
+//! passes per step ([`fluxlora_flux::sampler::denoise_cfg`]). A Kontext prompt's control image
+//! (`--ci`) is encoded and its clean tokens appended at every step, under both prompts
+//! ([`crate::sampling::control`]). Run it on the inference module
 //! (`model.valid()`), never on the autodiff one: forward passes on an autodiff model without
 //! `backward()` leak the
 //! graph.
@@ -27,6 +29,7 @@ use fluxlora_io::HostTensor;
 use image::RgbImage;
 
 use crate::error::TrainError;
+use crate::sampling::control::{control_image, control_tokens};
 use crate::sampling::prompts::SamplePrompt;
 
 /// Stream purpose tag of the sampling noise (keeps it apart from the training draws).
@@ -185,6 +188,14 @@ pub fn generate<B: FluxBackend>(
     let noise = seeded_normals(prompt.seed, z * lh * lw);
     let noise: Tensor<B, 4> = Tensor::from_data(TensorData::new(noise, [1, z, lh, lw]), device);
     let noise = latents::pack(noise)?;
+    let control = match &prompt.control {
+        Some(path) => Some(control_tokens(
+            ae,
+            &control_image(path, prompt.width, prompt.height)?,
+            device,
+        )?),
+        None => None,
+    };
     let condition = |text: &TextEmbedding| -> Result<Conditioning<B>, TrainError> {
         let txt_len = check_embedding(text, cfg)?;
         Ok(Conditioning {
@@ -212,6 +223,7 @@ pub fn generate<B: FluxBackend>(
                 }
                 None => None,
             },
+            img_cond_seq: control.clone(),
         })
     };
     let cond = condition(&text.positive)?;
@@ -348,6 +360,7 @@ pub(crate) mod tests {
             cfg_scale: 1.0,
             sampler: None,
             loras: Vec::new(),
+            control: None,
             line: 1,
             warnings: Vec::new(),
         }
@@ -438,6 +451,43 @@ pub(crate) mod tests {
             generate(&flux, &ae, &with_negative, &guided, true, &dev).unwrap(),
             plain
         );
+    }
+
+    #[test]
+    fn a_control_image_conditions_the_sample_and_a_missing_one_is_named() {
+        let dev = Default::default();
+        let (flux, ae) = (tiny_flux(&dev), tiny_ae(&dev));
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("control.png");
+        // 40×24 (5:3) becomes the nearest Kontext aspect at the sample's area, a multiple of 16.
+        RgbImage::from_fn(40, 24, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 10) as u8, 90])
+        })
+        .save(&control)
+        .unwrap();
+        let plain = generate(&flux, &ae, &text(), &prompt(32, 32, 3), true, &dev).unwrap();
+        let with = SamplePrompt {
+            control: Some(control.clone()),
+            ..prompt(32, 32, 3)
+        };
+        let a = generate(&flux, &ae, &text(), &with, true, &dev).unwrap();
+        assert_eq!(
+            a.dimensions(),
+            (32, 32),
+            "the target keeps the prompt's size"
+        );
+        assert_ne!(a, plain, "the control tokens change the sample");
+        assert_eq!(a, generate(&flux, &ae, &text(), &with, true, &dev).unwrap());
+        let shown = crate::sampling::control::control_image(&control, 32, 32).unwrap();
+        assert_eq!(shown.dimensions(), (32, 16));
+        let missing = SamplePrompt {
+            control: Some(dir.path().join("nope.png")),
+            ..prompt(32, 32, 3)
+        };
+        let e = generate(&flux, &ae, &text(), &missing, true, &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.png"), "{e}");
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl<B: Backend> BatchSource<B> for RandomBatches {
             y: Tensor::from_data(t(values(&mut rng, b * 8), vec![b, 8]), device),
             mask,
             txt_mask: None,
+            control: None,
             is_reg: (0..b).map(|i| i == 1).collect(),
         })
     }

@@ -1,8 +1,10 @@
 use super::*;
 use crate::config::TrainConfig;
 use crate::lora_export::import_lora;
+use crate::sampling::prompts::SamplePrompt;
 use crate::sampling::prompts::{parse_prompt_line, SampleDefaults};
 use crate::sampling::sample::tests::tiny_flux;
+use crate::BaseModel;
 use burn::backend::NdArray;
 use fluxlora_flux::{latents, FluxInputs};
 use fluxlora_io::HostTensor;
@@ -58,6 +60,7 @@ fn inputs(dev: &burn::tensor::Device<B>) -> FluxInputs<B> {
     };
     FluxInputs {
         txt_mask: None,
+        img_cond_seq: None,
         img: t(vec![1, 4, 16], 3),
         img_ids: latents::img_ids(1, 2, 2, dev),
         txt: t(vec![1, 3, 8], 4),

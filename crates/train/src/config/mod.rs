@@ -15,147 +15,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::TrainError;
 use crate::preset::TrainingPreset;
 
-/// Which Flux.1 variant the base is (inferred from the checkpoint when `auto`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelType {
-    /// Inferred from the weights: guidance embedder present ⇒ dev.
-    #[default]
-    Auto,
-    /// Guidance-distilled Flux.1-dev.
-    Dev,
-    /// Timestep-distilled Flux.1-schnell (no guidance embedder).
-    Schnell,
-}
+mod choices;
+mod cli;
 
-/// The config spelling of the frozen base's storage (`base_dtype`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BaseDtypeKey {
-    /// f32.
-    F32,
-    /// bf16.
-    Bf16,
-    /// fp8 E4M3 with a scale per output channel.
-    Fp8,
-    /// int8 with a scale per output channel.
-    Int8,
-}
-
-impl From<BaseDtypeKey> for fluxlora_lora::BaseDtype {
-    fn from(k: BaseDtypeKey) -> Self {
-        match k {
-            BaseDtypeKey::F32 => fluxlora_lora::BaseDtype::F32,
-            BaseDtypeKey::Bf16 => fluxlora_lora::BaseDtype::Bf16,
-            BaseDtypeKey::Fp8 => fluxlora_lora::BaseDtype::Fp8,
-            BaseDtypeKey::Int8 => fluxlora_lora::BaseDtype::Int8,
-        }
-    }
-}
-
-/// Optimizer, by kohya's `optimizer_type` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum OptimizerType {
-    /// AdamW with f32 state.
-    AdamW,
-    /// AdamW with block-wise 8-bit state (bitsandbytes-style).
-    #[default]
-    AdamW8bit,
-    /// Prodigy (learning rate 1.0 is the normal setting).
-    Prodigy,
-    /// Adafactor (factored second moments).
-    Adafactor,
-}
-
-/// Learning-rate schedule, by diffusers/kohya names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LrScheduler {
-    /// Constant after warmup.
-    #[default]
-    Constant,
-    /// Alias of constant with warmup steps.
-    ConstantWithWarmup,
-    /// Linear decay to 0.
-    Linear,
-    /// Half-cosine decay to 0.
-    Cosine,
-    /// Cosine with hard restarts (`lr_scheduler_num_cycles`).
-    CosineWithRestarts,
-    /// Polynomial decay (`lr_scheduler_power`).
-    Polynomial,
-}
-
-/// How training noise levels σ are drawn (kohya's `timestep_sampling`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TimestepSampling {
-    /// σ from the shifted discrete table (kohya `sigma`).
-    Sigma,
-    /// σ = u, u ~ U(0,1).
-    Uniform,
-    /// σ = sigmoid(scale·n), n ~ N(0,1).
-    Sigmoid,
-    /// σ = s·q / (1 + (s−1)·q), q = sigmoid(scale·n) (kohya `shift`).
-    #[default]
-    Shift,
-    /// BFL time shift with μ from the image's token count (kohya `flux_shift`).
-    FluxShift,
-    /// σ = sigmoid(N(logit_mean, logit_std)).
-    LogitNormal,
-}
-
-/// What the transformer's output is compared with (kohya's `model_prediction_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelPredictionType {
-    /// The raw prediction, target ε − x0 (recommended for Flux).
-    #[default]
-    Raw,
-    /// prediction + x_t (kohya `additive`).
-    Additive,
-    /// prediction·(−σ) + x_t, with the loss weighting applied (kohya `sigma_scaled`).
-    SigmaScaled,
-}
-
-/// Per-sample loss weighting by σ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightingScheme {
-    /// Weight 1.
-    #[default]
-    None,
-    /// w = σ⁻².
-    SigmaSqrt,
-    /// w = 2 / (π(1 − 2σ + 2σ²)).
-    Cosmap,
-}
-
-/// Per-element loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LossType {
-    /// Mean squared error.
-    #[default]
-    L2,
-    /// Mean absolute error.
-    L1,
-    /// Pseudo-Huber with `huber_c`.
-    Huber,
-}
-
-/// LoRA file layout written at each save.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SaveFormat {
-    /// `lora_unet_*` with `.alpha` (ComfyUI, Forge, kohya tools).
-    #[default]
-    Kohya,
-    /// `transformer.*.lora_A/B`, scale folded (diffusers, ai-toolkit).
-    Peft,
-    /// `diffusion_model.*` (ComfyUI native).
-    Comfyui,
-}
+pub use choices::*;
+use cli::{cli_table, parse_table, parse_value};
 
 /// Every training setting. Field names follow kohya sd-scripts where it has one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,6 +62,10 @@ pub struct TrainConfig {
     pub dataset_config: Option<PathBuf>,
     /// A single image folder (used when `dataset_config` is not given).
     pub train_data_dir: Option<PathBuf>,
+    /// Kontext edit pairs: the folder of control images, one per training image with the same
+    /// stem (musubi-tuner's `control_directory`). Applies to every subset that sets none of its
+    /// own (a dataset TOML's subsets take `control_directory` / `control_path`).
+    pub control_directory: Option<PathBuf>,
     /// Trigger word inserted into captions that lack it.
     pub trigger_word: Option<String>,
     /// Caption file extension.
@@ -361,6 +229,7 @@ impl Default for TrainConfig {
             device_memory_gb: None,
             dataset_config: None,
             train_data_dir: None,
+            control_directory: None,
             trigger_word: None,
             caption_extension: ".txt".into(),
             max_image_pixels: None,
@@ -661,61 +530,6 @@ impl TrainConfig {
                 Ok((k.trim().to_string(), parse_value(v.trim())))
             })
             .collect()
-    }
-}
-
-fn parse_table(text: &str, origin: &str) -> Result<toml::Table, TrainError> {
-    text.parse::<toml::Table>().map_err(|e| TrainError::Config {
-        origin: origin.to_string(),
-        message: e.to_string(),
-    })
-}
-
-/// A command-line value as TOML: numbers, booleans, arrays and quoted strings parse as such,
-/// anything else is a bare string.
-fn parse_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
-}
-
-fn cli_table(args: &[String]) -> Result<toml::Table, TrainError> {
-    let mut table = toml::Table::new();
-    let mut it = args.iter().peekable();
-    while let Some(arg) = it.next() {
-        let Some(flag) = arg.strip_prefix("--") else {
-            return Err(TrainError::Config {
-                origin: "command line".into(),
-                message: format!("unexpected argument {arg:?}; options look like --network_dim 32"),
-            });
-        };
-        let (key, value) = if flag == "set" {
-            let kv = it.next().ok_or_else(|| cli_err("--set needs key=value"))?;
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| cli_err(&format!("--set {kv}: expected key=value")))?;
-            (k.to_string(), v.to_string())
-        } else if let Some((k, v)) = flag.split_once('=') {
-            (k.to_string(), v.to_string())
-        } else {
-            match it.peek() {
-                Some(next) if !next.starts_with("--") => {
-                    (flag.to_string(), it.next().cloned().unwrap_or_default())
-                }
-                _ => (flag.to_string(), "true".to_string()), // a bare flag is a boolean switch
-            }
-        };
-        table.insert(key.replace('-', "_"), parse_value(&value));
-    }
-    Ok(table)
-}
-
-fn cli_err(message: &str) -> TrainError {
-    TrainError::Config {
-        origin: "command line".into(),
-        message: message.to_string(),
     }
 }
 
