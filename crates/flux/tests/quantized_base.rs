@@ -67,20 +67,52 @@ fn options(base: BaseDtype, swap: usize) -> LoadOptions {
     }
 }
 
-fn inputs<Bk: burn::tensor::backend::Backend>(c: &fluxlora_flux::FluxConfig) -> FluxInputs<Bk> {
+fn inputs<Bk: burn::tensor::backend::Backend>(
+    c: &fluxlora_flux::FluxConfig,
+    seed: u64,
+) -> FluxInputs<Bk> {
     let dev = Default::default();
     let (h, w, l_txt) = (2, 3, 5);
-    let n = Distribution::Normal(0.0, 1.0);
+    // Fixed inputs, so a run cannot draw an unlucky batch: over 40 seeds the fp8 forward error
+    // spread from 0.036 to 0.12 (median 0.05), bf16 from 0.0024 to 0.009, int8 from 0.0055 to
+    // 0.021. Seed 0 sits near the median (fp8 0.051).
+    let mut rng = Normal(seed);
+    let mut normal = |shape: [usize; 3]| {
+        let data: Vec<f32> = (0..shape.iter().product()).map(|_| rng.next()).collect();
+        Tensor::<Bk, 1>::from_floats(data.as_slice(), &dev).reshape(shape)
+    };
+    let img = normal([1, h * w, c.in_channels]);
+    let txt = normal([1, l_txt, c.context_in_dim]);
+    let y = normal([1, 1, c.vec_in_dim]).reshape([1, c.vec_in_dim]);
     FluxInputs {
         txt_mask: None,
         img_cond_seq: None,
-        img: Tensor::random([1, h * w, c.in_channels], n, &dev),
+        img,
         img_ids: fluxlora_flux::latents::img_ids::<Bk>(1, h, w, &dev),
-        txt: Tensor::random([1, l_txt, c.context_in_dim], n, &dev),
+        txt,
         txt_ids: fluxlora_flux::latents::txt_ids::<Bk>(1, l_txt, &dev),
         timesteps: Tensor::from_floats([0.3], &dev),
-        y: Tensor::random([1, c.vec_in_dim], n, &dev),
+        y,
         guidance: c.guidance_embed.then(|| Tensor::from_floats([3.5], &dev)),
+    }
+}
+
+/// Standard normal draws from splitmix64 and Box–Muller, reproducible across runs and threads.
+struct Normal(u64);
+
+impl Normal {
+    fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn next(&mut self) -> f32 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        let u2 = self.uniform();
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
     }
 }
 
@@ -104,7 +136,7 @@ fn scaled_fp8_checkpoints_load_with_their_scales() {
     scaled_fp8(&path, None);
     let dev = Default::default();
     let f32_model = Flux::<B>::load(bfl_case(), &options(BaseDtype::F32, 0), &dev).unwrap();
-    let x = inputs::<B>(&f32_model.config);
+    let x = inputs::<B>(&f32_model.config, 0);
     let reference = values(f32_model.forward(&x).unwrap());
     for base in [BaseDtype::F32, BaseDtype::Fp8] {
         let mut m = Flux::<B>::load(&path, &options(base, 0), &dev).unwrap();
@@ -142,7 +174,7 @@ fn an_fp8_weight_without_its_scale_in_a_scaled_file_is_an_error() {
 fn every_base_dtype_stays_close_to_f32() {
     let dev = Default::default();
     let f32_model = Flux::<B>::load(bfl_case(), &options(BaseDtype::F32, 0), &dev).unwrap();
-    let x = inputs::<B>(&f32_model.config);
+    let x = inputs::<B>(&f32_model.config, 0);
     let reference = values(f32_model.forward(&x).unwrap());
     for (base, bound) in [
         (BaseDtype::Bf16, 2e-2),
@@ -175,7 +207,7 @@ fn streamed_blocks_give_identical_lora_gradients() {
         let bytes = m.device_base_bytes();
         m.apply_lora(&TargetSelector::new(Preset::Kohya, 2, 2.0), &dev)
             .unwrap();
-        let x = inputs::<AB>(&m.config);
+        let x = inputs::<AB>(&m.config, 2);
         let step =
             forward_backward(&m, &x, Checkpointing::Blocks, |o| o.powi_scalar(2).mean()).unwrap();
         let mut grads: Vec<Vec<f32>> = Vec::new();
