@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Tensor;
 use fluxlora_flux::{
     forward_backward, Checkpointing, Flux, FluxCheckpoint, FluxError, FluxInputs, LoadOptions,
 };

@@ -369,7 +369,7 @@ const TRAIN_TOML: &str = "\
 # FLUX.1 Kontext base (fixtures/tiny-world/kontext/base, built by `pretrain_tiny --kontext`), from
 # 20 edit pairs: targets and instructions in dataset/, their controls (same names) in control/.
 # Run from the repository root:
-#   cargo run --release --example train -- --config fixtures/tiny-world/kontext/train.toml \\
+#   cargo run --release --example train -- fixtures/tiny-world/kontext/train.toml \\
 #     --concept-score
 pretrained_model_name_or_path = \"fixtures/tiny-world/kontext/base\"
 train_data_dir = \"fixtures/tiny-world/kontext/dataset\"

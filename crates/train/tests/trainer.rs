@@ -147,6 +147,54 @@ fn every_save_format_reloads_to_the_trained_delta() {
 }
 
 #[test]
+fn a_kontext_run_saves_every_format_and_each_reloads_to_the_trained_delta() {
+    // Kontext LoRAs are Flux.1-dev LoRAs: trained with control tokens appended, saved in the
+    // same three formats, each read back into a fresh model to the same ΔW.
+    let _g = backend_rng_lock();
+    for (format, want) in [
+        (SaveFormat::Kohya, LoraFormat::Kohya),
+        (SaveFormat::Peft, LoraFormat::Peft),
+        (SaveFormat::Comfyui, LoraFormat::ComfyUi),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            save_format: format,
+            model_type: fluxlora_train::ModelType::Kontext,
+            ..tiny_train_config(d.path(), 2)
+        };
+        let mut t = Trainer::new(cfg, tiny_flux(9), Default::default())
+            .unwrap()
+            .with_progress(false);
+        let mut batches = RandomBatches {
+            with_control: true,
+            ..RandomBatches::new(9)
+        };
+        let s = t.run(&mut batches).unwrap();
+        let path = s.lora.unwrap();
+        let (w, fmt) = read_lora(&path).unwrap();
+        assert_eq!(fmt, want, "{format:?}");
+        let mut fresh = tiny_flux(9);
+        assert_eq!(import_lora(&mut fresh, &w, &path).unwrap(), 13);
+        let mut trained = t.into_model();
+        let deltas = |m: &mut fluxlora_flux::Flux<AB>| -> Vec<f32> {
+            m.linears_mut()
+                .into_iter()
+                .flat_map(|(_, l)| l.delta_weight().into_data().to_vec::<f32>().unwrap())
+                .collect()
+        };
+        let (a, b) = (deltas(&mut trained), deltas(&mut fresh));
+        let max = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(max > 0.0, "{format:?}: the adapters must have trained");
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 1e-6 * max.max(1.0),
+                "{format:?}: {x} vs {y}"
+            );
+        }
+    }
+}
+
+#[test]
 fn split_adapters_export_fused_and_import_back_exactly() {
     let _g = backend_rng_lock();
     let d = tempfile::tempdir().unwrap();

@@ -7,7 +7,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use fluxlora_data::SplitMix64;
 use fluxlora_flux::{Flux, FluxConfig};
-use fluxlora_train::{BatchSource, OptimizerType, TrainBatch, TrainConfig, TrainError};
+use fluxlora_train::{
+    BatchSource, ControlLatents, OptimizerType, TrainBatch, TrainConfig, TrainError,
+};
 
 pub type AB = Autodiff<NdArray>;
 
@@ -74,6 +76,8 @@ pub struct RandomBatches {
     pub grid: (usize, usize),
     pub with_mask: bool,
     pub poison: bool,
+    /// Kontext batches: a control of another grid (1×3) appended to each sample.
+    pub with_control: bool,
 }
 
 impl RandomBatches {
@@ -85,6 +89,7 @@ impl RandomBatches {
             grid: (2, 2),
             with_mask: true,
             poison: false,
+            with_control: false,
         }
     }
 }
@@ -116,7 +121,10 @@ impl<B: Backend> BatchSource<B> for RandomBatches {
             y: Tensor::from_data(t(values(&mut rng, b * 8), vec![b, 8]), device),
             mask,
             txt_mask: None,
-            control: None,
+            control: self.with_control.then(|| ControlLatents {
+                latents: Tensor::from_data(t(values(&mut rng, b * 3 * 16), vec![b, 3, 16]), device),
+                grid: (1, 3),
+            }),
             is_reg: (0..b).map(|i| i == 1).collect(),
         })
     }
