@@ -68,6 +68,9 @@ pub struct PretrainArgs {
     /// `--flux-*` options and `--seed` / `--out` apply to it (`--flux-images`: distinct pairs).
     #[arg(long)]
     pub kontext: bool,
+    /// Edit pairs in the Kontext dataset (`--kontext`; the concept edit's training pairs).
+    #[arg(long)]
+    pub concept_pairs: Option<usize>,
     /// cuda | wgpu | ndarray | auto.
     #[arg(long)]
     pub backend: Option<String>,
@@ -130,6 +133,7 @@ impl PretrainArgs {
         o.batch = self.flux_batch.unwrap_or(o.batch);
         o.lr = self.flux_lr.unwrap_or(o.lr);
         o.pairs = self.flux_images.unwrap_or(o.pairs);
+        o.concept_pairs = self.concept_pairs.unwrap_or(o.concept_pairs);
         o
     }
 }

@@ -16,6 +16,10 @@ pub enum FluxVariant {
     Dev,
     /// FLUX.1 [schnell], the few-step timestep-distilled model (`flux-1-schnell`).
     Schnell,
+    /// FLUX.1 Kontext [dev], dev's transformer trained on edit pairs (`flux-1-kontext-dev`). There
+    /// is no agreed name: musubi-tuner writes dev's (`Flux.1-dev`) for Kontext too. Ours says
+    /// which model the LoRA fits; loaders read the tensors, not this key.
+    KontextDev,
 }
 
 impl FluxVariant {
@@ -24,6 +28,7 @@ impl FluxVariant {
         match self {
             FluxVariant::Dev => "flux-1-dev/lora",
             FluxVariant::Schnell => "flux-1-schnell/lora",
+            FluxVariant::KontextDev => "flux-1-kontext-dev/lora",
         }
     }
 }

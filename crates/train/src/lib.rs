@@ -29,6 +29,7 @@
 //! - [`tensorboard`]: the same per-step scalars as TensorBoard event files (`logging_dir`).
 //! - [`source`]: the batch source trait and the cached-data source.
 //! - [`run`]: the [`Trainer`] loop.
+//! - [`observer`]: what watches a run ([`RunObserver`], [`ShownModel`]) and its [`RunSummary`].
 //!
 //! ```
 //! use fluxlora_train::{OptimizerType, RunLayout, TrainConfig};
@@ -68,6 +69,7 @@ mod lycoris_export;
 pub mod memory;
 pub mod network;
 pub mod noise;
+pub mod observer;
 pub mod optimizer;
 pub mod orchestration;
 pub mod preset;

@@ -39,7 +39,7 @@ use fluxlora_flux::Flux;
 use fluxlora_lora::{BlockList, Preset, TargetSelector};
 use fluxlora_optim::{GradientMean, LrSchedule};
 
-use crate::config::TrainConfig;
+use crate::config::{ModelType, TrainConfig};
 use crate::ema::LoraEma;
 use crate::error::TrainError;
 use crate::layout::RunLayout;
@@ -49,11 +49,15 @@ use crate::optimizer::{lr_schedule, TrainOptimizer};
 use crate::resume::{
     config_hash, load_checkpoint, lora_file_name, save_checkpoint, TrainState, STATE_FORMAT,
 };
-use crate::save::{lora_format, prune_checkpoints, save_lora, training_metadata, SelfCheck};
+use crate::save::{
+    flux_variant, lora_format, prune_checkpoints, save_lora, training_metadata, SelfCheck,
+};
 use crate::source::BatchSource;
 use crate::step::{training_step, StepSettings};
 use crate::tensorboard::{unix_seconds, EventWriter};
-use crate::validation::{BestCheckpoint, ValidationHistory, ValidationSet};
+use crate::validation::{ValidationHistory, ValidationSet};
+
+pub use crate::observer::{NoObserver, RunObserver, RunSummary, ShownModel};
 
 /// The LoRA targets a config asks for (`lora_targets`, block lists, rank, alpha, dropouts).
 pub fn target_selector(c: &TrainConfig) -> Result<TargetSelector, TrainError> {
@@ -81,111 +85,6 @@ pub fn target_selector(c: &TrainConfig) -> Result<TargetSelector, TrainError> {
     Ok(s)
 }
 
-/// What a finished (or stopped) run produced.
-#[derive(Debug, Clone)]
-pub struct RunSummary {
-    /// Optimizer steps completed.
-    pub steps: u64,
-    /// Whether the stop flag ended the run before `max_train_steps`.
-    pub stopped: bool,
-    /// Loss of the last step.
-    pub last_loss: Option<f32>,
-    /// The final LoRA (`None` when stopped early).
-    pub lora: Option<PathBuf>,
-    /// The last checkpoint folder written.
-    pub checkpoint: Option<PathBuf>,
-    /// The CSV log.
-    pub csv: PathBuf,
-    /// This run's TensorBoard event file (`logging_dir` set).
-    pub events: Option<PathBuf>,
-    /// The self-check of the last save.
-    pub self_check: Option<SelfCheck>,
-    /// Wall time of `run`.
-    pub seconds: f64,
-    /// The last validation loss, with its step (runs with a validation set).
-    pub last_val_loss: Option<(u64, f32)>,
-    /// The existing save with the lowest validation loss (runs with a validation set).
-    pub best_checkpoint: Option<BestCheckpoint>,
-}
-
-/// The weights an observer is shown: those the saves hold. With `ema_decay` set these are the
-/// EMA averages, a model clone sharing the base that is built on the first [`ShownModel::get`]
-/// only, so steps on which no observer looks cost nothing; otherwise the live model.
-pub struct ShownModel<'a, B: FluxAutodiffBackend> {
-    live: &'a Flux<B>,
-    ema: Option<&'a LoraEma>,
-    averaged: std::cell::OnceCell<Flux<B>>,
-}
-
-impl<'a, B: FluxAutodiffBackend> ShownModel<'a, B> {
-    /// The live weights as they are (no EMA).
-    pub fn live(model: &'a Flux<B>) -> Self {
-        Self::new(model, None)
-    }
-
-    /// `live`, shown through `ema`'s averages when there is one.
-    fn new(live: &'a Flux<B>, ema: Option<&'a LoraEma>) -> Self {
-        Self {
-            live,
-            ema,
-            averaged: std::cell::OnceCell::new(),
-        }
-    }
-
-    /// The model to look at (sample, score, export).
-    pub fn get(&self) -> Result<&Flux<B>, TrainError> {
-        let Some(ema) = self.ema else {
-            return Ok(self.live);
-        };
-        if let Some(m) = self.averaged.get() {
-            return Ok(m);
-        }
-        let m = ema.averaged(self.live)?;
-        Ok(self.averaged.get_or_init(|| m))
-    }
-}
-
-/// Watches a run: called by [`Trainer::run_observed`] before the first step, after every
-/// optimizer step, after every intermediate checkpoint, and at the end. Sampling, the loss curve
-/// and validation hook in here ([`crate::orchestration::monitor::Monitor`]); every method defaults
-/// to nothing.
-pub trait RunObserver<B: FluxAutodiffBackend> {
-    /// Before the first step of this `run` (step 0, or the resumed step).
-    fn on_start(&mut self, _step: u64, _model: &ShownModel<'_, B>) -> Result<(), TrainError> {
-        Ok(())
-    }
-    /// After each optimizer step. Returns lines to print above the progress bar.
-    fn on_step(
-        &mut self,
-        _record: &StepRecord,
-        _model: &ShownModel<'_, B>,
-    ) -> Result<Vec<String>, TrainError> {
-        Ok(Vec::new())
-    }
-    /// After each checkpoint folder is written (`dir`), including the last one.
-    fn on_checkpoint(
-        &mut self,
-        _step: u64,
-        _dir: &std::path::Path,
-        _model: &ShownModel<'_, B>,
-    ) -> Result<Vec<String>, TrainError> {
-        Ok(Vec::new())
-    }
-    /// At the end of the run, with its summary.
-    fn on_end(
-        &mut self,
-        _summary: &RunSummary,
-        _model: &ShownModel<'_, B>,
-    ) -> Result<(), TrainError> {
-        Ok(())
-    }
-}
-
-/// The observer that does nothing.
-pub struct NoObserver;
-
-impl<B: FluxAutodiffBackend> RunObserver<B> for NoObserver {}
-
 /// The training loop over a LoRA-wrapped [`Flux`].
 pub struct Trainer<B: FluxAutodiffBackend> {
     config: TrainConfig,
@@ -199,6 +98,7 @@ pub struct Trainer<B: FluxAutodiffBackend> {
     started_at: f64,
     stop: Arc<AtomicBool>,
     show_progress: bool,
+    kontext: bool,
     last_check: Option<SelfCheck>,
     ema: Option<LoraEma>,
     validation: Option<ValidationSet>,
@@ -255,6 +155,7 @@ impl<B: FluxAutodiffBackend> Trainer<B> {
             started_at,
             stop: Arc::new(AtomicBool::new(false)),
             show_progress: true,
+            kontext: false,
             last_check: None,
             ema,
             validation: None,
@@ -266,6 +167,13 @@ impl<B: FluxAutodiffBackend> Trainer<B> {
     /// Hides (false) or shows the progress bar.
     pub fn with_progress(mut self, show: bool) -> Self {
         self.show_progress = show;
+        self
+    }
+
+    /// Marks the base as FLUX.1 Kontext (its weights are dev's), so saves name Kontext's
+    /// architecture. `model_type = "kontext"` marks it too.
+    pub fn for_kontext(mut self, kontext: bool) -> Self {
+        self.kontext = kontext;
         self
     }
 
@@ -482,7 +390,9 @@ impl<B: FluxAutodiffBackend> Trainer<B> {
 
     fn metadata(&self, epoch: u64) -> fluxlora_io::TrainingMetadata {
         let guidance = self.model.as_ref().is_some_and(|m| m.config.guidance_embed);
-        let mut meta = training_metadata(&self.config, guidance, self.step, epoch, self.started_at);
+        let kontext = self.kontext || self.config.model_type == ModelType::Kontext;
+        let variant = flux_variant(kontext, guidance);
+        let mut meta = training_metadata(&self.config, variant, self.step, epoch, self.started_at);
         meta.optimizer = Some(self.optimizer.name().into());
         meta
     }

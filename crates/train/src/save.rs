@@ -27,19 +27,27 @@ pub fn lora_format(f: SaveFormat) -> LoraFormat {
     }
 }
 
+/// Which Flux.1 a LoRA fits, for its `modelspec.architecture`: Kontext's for a Kontext base
+/// (`model_type = "kontext"`, or a base named as Kontext), else dev's or schnell's by the
+/// guidance embedder.
+pub fn flux_variant(kontext: bool, guidance_model: bool) -> FluxVariant {
+    if kontext {
+        FluxVariant::KontextDev
+    } else if guidance_model {
+        FluxVariant::Dev
+    } else {
+        FluxVariant::Schnell
+    }
+}
+
 /// kohya-style metadata for a save at `step` (`started_at`: Unix seconds of the run start).
 pub fn training_metadata(
     c: &TrainConfig,
-    guidance_model: bool,
+    variant: FluxVariant,
     step: u64,
     epoch: u64,
     started_at: f64,
 ) -> TrainingMetadata {
-    let variant = if guidance_model {
-        FluxVariant::Dev
-    } else {
-        FluxVariant::Schnell
-    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

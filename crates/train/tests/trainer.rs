@@ -149,7 +149,9 @@ fn every_save_format_reloads_to_the_trained_delta() {
 #[test]
 fn a_kontext_run_saves_every_format_and_each_reloads_to_the_trained_delta() {
     // Kontext LoRAs are Flux.1-dev LoRAs: trained with control tokens appended, saved in the
-    // same three formats, each read back into a fresh model to the same ΔW.
+    // same three formats, each read back into a fresh model to the same ΔW. Their architecture
+    // says Kontext, whether by `model_type` (kohya) or by the base's name (`for_kontext`, which
+    // the session sets for `model_type = "auto"`).
     let _g = backend_rng_lock();
     for (format, want) in [
         (SaveFormat::Kohya, LoraFormat::Kohya),
@@ -159,12 +161,17 @@ fn a_kontext_run_saves_every_format_and_each_reloads_to_the_trained_delta() {
         let d = tempfile::tempdir().unwrap();
         let cfg = TrainConfig {
             save_format: format,
-            model_type: fluxlora_train::ModelType::Kontext,
+            model_type: if format == SaveFormat::Kohya {
+                fluxlora_train::ModelType::Kontext
+            } else {
+                fluxlora_train::ModelType::Auto
+            },
             ..tiny_train_config(d.path(), 2)
         };
         let mut t = Trainer::new(cfg, tiny_flux(9), Default::default())
             .unwrap()
-            .with_progress(false);
+            .with_progress(false)
+            .for_kontext(format != SaveFormat::Kohya);
         let mut batches = RandomBatches {
             with_control: true,
             ..RandomBatches::new(9)
@@ -173,6 +180,10 @@ fn a_kontext_run_saves_every_format_and_each_reloads_to_the_trained_delta() {
         let path = s.lora.unwrap();
         let (w, fmt) = read_lora(&path).unwrap();
         assert_eq!(fmt, want, "{format:?}");
+        assert_eq!(
+            w.metadata["modelspec.architecture"], "flux-1-kontext-dev/lora",
+            "{format:?}"
+        );
         let mut fresh = tiny_flux(9);
         assert_eq!(import_lora(&mut fresh, &w, &path).unwrap(), 13);
         let mut trained = t.into_model();

@@ -79,20 +79,14 @@ impl<'a, B: Backend> RandomInit<'a, B> {
         }
     }
 
-    /// `n` values uniform in `(-bound, bound)` from a SplitMix64 stream.
+    /// `n` values uniform in `(-bound, bound)`: the next `n` draws of a SplitMix64 stream,
+    /// made in parallel ([`fluxlora_io::random_flux::splitmix_uniform`]).
     fn uniform(&mut self, n: usize, bound: f32) -> Vec<f32> {
-        let mut s = self.seed;
-        let v = (0..n)
-            .map(|_| {
-                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = s;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
-            })
-            .collect();
-        self.seed = s;
+        let mut v = vec![0f32; n];
+        fluxlora_io::random_flux::splitmix_uniform(self.seed, 0, &mut v, bound);
+        self.seed = self
+            .seed
+            .wrapping_add((n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         v
     }
 }

@@ -99,8 +99,9 @@ pub fn train_session<B: FluxAutodiffBackend>(
     let sampler = Sampler::<B::InnerBackend>::new(&config, &base, device)?;
     let plan = crate::memory::plan_for_run::<B>(&config, &base, device)?;
     let flux = base.load_transformer::<B>(plan.base_dtype, plan.blocks_to_swap, device)?;
-    let mut trainer =
-        Trainer::new(config.clone(), flux, device.clone())?.with_progress(options.progress);
+    let mut trainer = Trainer::new(config.clone(), flux, device.clone())?
+        .with_progress(options.progress)
+        .for_kontext(base.is_kontext_as(config.model_type));
     if let Some(set) = data.validation_set::<B::InnerBackend>(&config, device)? {
         trainer = trainer.with_validation(set);
     }

@@ -26,41 +26,32 @@
 //!
 //! Everything is drawn from the seed (scenes, noise, initial weights via `B::seed`).
 
-use fluxlora_flux::FluxAutodiffBackend;
-use fluxlora_flux::FluxBackend;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use fluxlora_data::SplitMix64;
 use fluxlora_flux::autoencoder::AutoencoderConfig;
 use fluxlora_flux::export::{autoencoder_tensors, transformer_tensors};
-use fluxlora_flux::schedule::SigmaSampler;
-use fluxlora_flux::{
-    host, latents, Autoencoder, AutoencoderLoadOptions, Flux, FluxCheckpoint, FluxConfig,
-    LoadOptions,
-};
+use fluxlora_flux::{Autoencoder, Flux, FluxAutodiffBackend, FluxBackend, FluxConfig};
 use fluxlora_io::{write_safetensors, HostTensor, TensorRef};
 use fluxlora_optim::{AdamW, AdamWConfig};
-use image::RgbImage;
-
-use crate::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
-use crate::error::TinyWorldError;
 use fluxlora_render::{save_png, SampleGrid};
-use fluxlora_train::noise::draw_noise;
 use fluxlora_train::orchestration::base::{load_autoencoder, BaseModel};
 use fluxlora_train::orchestration::encoders::FluxTextEncoder;
 use fluxlora_train::sampling::prompts::{parse_prompt_line, SampleDefaults};
 use fluxlora_train::sampling::sample::{generate, PromptText};
-use fluxlora_train::step::{
-    bfl_shift, scalar, training_step, LossSettings, StepSettings, TrainBatch,
-};
-use fluxlora_train::{LossType, ModelPredictionType};
+use image::RgbImage;
+
+use crate::domain::{image_to_chw, World, CONCEPT_BACKGROUNDS, HELD_OUT_BACKGROUNDS};
+use crate::error::TinyWorldError;
+
+mod autoencoder;
+mod transformer;
+
+use autoencoder::pretrain_autoencoder;
+use transformer::{encode_flux_data, pretrain_transformer};
 
 /// Stream tags for the seeded draws.
 const AE_SCENES: u64 = 0xae;
@@ -301,302 +292,6 @@ pub(crate) fn write_transformer<B: Backend>(
         }),
     )?;
     Ok([file, config])
-}
-
-/// Makes every parameter trainable (a loaded autoencoder is frozen).
-struct Trainable;
-
-impl<B: Backend> ModuleMapper<B> for Trainable {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        param.set_require_grad(true)
-    }
-}
-
-/// Trains the autoencoder; returns it (inner backend) with its measured scale/shift.
-fn pretrain_autoencoder<B: FluxAutodiffBackend>(
-    o: &PretrainOptions,
-    world: &World,
-    report: &mut PretrainReport,
-    progress: &mut dyn FnMut(&str),
-    device: &B::Device,
-) -> Result<Autoencoder<B::InnerBackend>, TinyWorldError> {
-    let start = Instant::now();
-    let (mut ae, first_stage) = match &o.ae_from {
-        Some(path) => {
-            let options = AutoencoderLoadOptions {
-                norm_groups: o.autoencoder.norm_groups,
-                scale_factor: 1.0,
-                shift_factor: 0.0,
-                ..Default::default()
-            };
-            (
-                Autoencoder::<B>::load(path, &options, device)?.map(&mut Trainable),
-                false,
-            )
-        }
-        None => (Autoencoder::<B>::init(o.autoencoder.clone(), device)?, true),
-    };
-    let crops = World::new(o.ae_size);
-    let mut losses = Vec::with_capacity(o.ae_steps + o.ae_refine_steps);
-    let stages = [
-        (first_stage, 0, o.ae_steps, o.ae_lr, false),
-        (true, o.ae_steps, o.ae_refine_steps, o.ae_lr / 2.0, true),
-    ];
-    for (run, offset, steps, lr0, saturated) in stages {
-        if !run {
-            continue;
-        }
-        let mut optim: OptimizerAdaptor<AdamW, Autoencoder<B>, B> = adamw()?.into();
-        for i in 0..steps {
-            let step = offset + i;
-            let mut rng = SplitMix64::derive(o.seed, &[AE_SCENES, step as u64]);
-            let images: Vec<RgbImage> = (0..o.ae_batch)
-                .map(|k| {
-                    let scene = if k % 2 == 0 {
-                        crops.autoencoder_scene(&mut rng, saturated)
-                    } else {
-                        crops.base_scene(&mut rng)
-                    };
-                    crops.render(&scene)
-                })
-                .collect();
-            let x = images_tensor::<B>(&images, device);
-            let z = ae.encode(x.clone())?;
-            let recon = ae.decode(z.clone())?;
-            let loss = (recon - x).powi_scalar(2).mean() + z.powi_scalar(2).mean() * 1e-4;
-            let value = scalar(loss.clone())?;
-            if !value.is_finite() {
-                return Err(TinyWorldError::NonFiniteLoss {
-                    step: step as u64,
-                    value,
-                    lr: lr0,
-                });
-            }
-            losses.push(value);
-            let grads = GradientsParams::from_grads(loss.backward(), &ae);
-            // Linear decay to 10 % over the stage.
-            let lr = lr0 * (1.0 - 0.9 * i as f64 / steps.max(1) as f64);
-            ae = optim.step(lr, ae, grads);
-            if step % 100 == 0 || i + 1 == steps {
-                progress(&format!(
-                    "autoencoder step {step}/{}: loss {value:.4}",
-                    o.ae_steps + o.ae_refine_steps
-                ));
-            }
-        }
-    }
-    report.ae_loss = (
-        mean(&losses[..losses.len().min(50)]),
-        mean(&losses[losses.len().saturating_sub(50)..]),
-    );
-    let mut ae = ae.valid();
-    // Latent statistics of the base domain.
-    let mut rng = SplitMix64::derive(o.seed, &[AE_SCENES, u64::MAX]);
-    let images: Vec<RgbImage> = (0..64)
-        .map(|_| world.render(&world.base_scene(&mut rng)))
-        .collect();
-    let z = ae.encode(images_tensor::<B::InnerBackend>(&images, device))?;
-    let v = host::values(z)?;
-    let m = v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64;
-    let var = v.iter().map(|&x| (f64::from(x) - m).powi(2)).sum::<f64>() / v.len().max(1) as f64;
-    ae.config.shift_factor = m;
-    ae.config.scale_factor = 1.0 / var.sqrt().max(1e-6);
-    report.scale_shift = (ae.config.scale_factor, ae.config.shift_factor);
-    report.ae_seconds = start.elapsed().as_secs_f64();
-    Ok(ae)
-}
-
-/// Latents and text of the transformer's training set, on the host.
-struct FluxData {
-    latents: Vec<f32>,
-    captions: Vec<usize>,
-    texts: Vec<(Vec<f32>, Vec<f32>)>,
-    tokens: usize,
-    channels: usize,
-    grid: (usize, usize),
-}
-
-fn encode_flux_data<B: Backend>(
-    o: &PretrainOptions,
-    world: &World,
-    ae: &Autoencoder<B>,
-    text: &FluxTextEncoder<B>,
-    progress: &mut dyn FnMut(&str),
-    device: &B::Device,
-) -> Result<FluxData, TinyWorldError> {
-    let mut rng = SplitMix64::derive(o.seed, &[FLUX_SCENES]);
-    let mut index: BTreeMap<String, usize> = BTreeMap::new();
-    let mut data = FluxData {
-        latents: Vec::new(),
-        captions: Vec::new(),
-        texts: Vec::new(),
-        tokens: 0,
-        channels: 0,
-        grid: (0, 0),
-    };
-    let chunk = 32;
-    let mut done = 0;
-    while done < o.flux_images {
-        let n = chunk.min(o.flux_images - done);
-        let scenes: Vec<_> = (0..n).map(|_| world.base_scene(&mut rng)).collect();
-        let images: Vec<RgbImage> = scenes.iter().map(|s| world.render(s)).collect();
-        let z = ae.encode(images_tensor::<B>(&images, device))?;
-        let [_, _, h, w] = z.dims();
-        let packed = latents::pack(z)?;
-        let [_, l, c] = packed.dims();
-        (data.tokens, data.channels, data.grid) = (l, c, (h / 2, w / 2));
-        data.latents.extend(host::values(packed)?);
-        for s in &scenes {
-            let next = index.len();
-            let id = *index.entry(s.caption.clone()).or_insert(next);
-            if id == data.texts.len() {
-                let (t5, pooled) = text.encode_tensors(&s.caption)?;
-                data.texts.push((host::values(t5)?, host::values(pooled)?));
-            }
-            data.captions.push(id);
-        }
-        done += n;
-        progress(&format!(
-            "encoded {done}/{} images, {} captions",
-            o.flux_images,
-            index.len()
-        ));
-    }
-    Ok(data)
-}
-
-fn flux_batch<B: Backend>(
-    d: &FluxData,
-    picks: &[usize],
-    o: &PretrainOptions,
-    device: &B::Device,
-) -> TrainBatch<B> {
-    let per = d.tokens * d.channels;
-    let lat: Vec<f32> = picks
-        .iter()
-        .flat_map(|&i| d.latents[i * per..(i + 1) * per].iter().copied())
-        .collect();
-    let txt: Vec<f32> = picks
-        .iter()
-        .flat_map(|&i| d.texts[d.captions[i]].0.iter().copied())
-        .collect();
-    let y: Vec<f32> = picks
-        .iter()
-        .flat_map(|&i| d.texts[d.captions[i]].1.iter().copied())
-        .collect();
-    let b = picks.len();
-    let c = &o.transformer;
-    TrainBatch {
-        latents: Tensor::from_data(TensorData::new(lat, [b, d.tokens, d.channels]), device),
-        grid: d.grid,
-        txt: Tensor::from_data(
-            TensorData::new(txt, [b, o.t5_max_length, c.context_in_dim]),
-            device,
-        ),
-        y: Tensor::from_data(TensorData::new(y, [b, c.vec_in_dim]), device),
-        mask: None,
-        txt_mask: None,
-        control: None,
-        is_reg: vec![false; b],
-    }
-}
-
-fn pretrain_transformer<B: FluxAutodiffBackend>(
-    o: &PretrainOptions,
-    data: &FluxData,
-    report: &mut PretrainReport,
-    progress: &mut dyn FnMut(&str),
-    device: &B::Device,
-) -> Result<Flux<B::InnerBackend>, TinyWorldError> {
-    let start = Instant::now();
-    // Its own seed: the initial weights do not depend on whether the autoencoder was trained in
-    // this process (which draws from the backend's generator) or reused.
-    B::seed(device, SplitMix64::derive(o.seed, &[FLUX_INIT]).next_u64());
-    let (mut model, first_stage) = match &o.flux_from {
-        Some(path) => {
-            let options = LoadOptions {
-                axes_dim: Some(o.transformer.axes_dim.clone()),
-                trainable_base: true,
-                ..Default::default()
-            };
-            (
-                Flux::<B>::from_checkpoint(
-                    &FluxCheckpoint::open(path)?,
-                    &o.transformer,
-                    &options,
-                    device,
-                )?,
-                1,
-            )
-        }
-        None => (Flux::<B>::init(&o.transformer, device)?, 0),
-    };
-    let loss = LossSettings {
-        loss_type: LossType::L2,
-        huber_c: 0.1,
-        prediction: ModelPredictionType::Raw,
-        weighting: fluxlora_flux::schedule::LossWeighting::None,
-        prior_loss_weight: 1.0,
-    };
-    let sampler = SigmaSampler::Shift {
-        shift: bfl_shift(o.size),
-        sigmoid_scale: 1.0,
-    };
-    let mut settings = StepSettings {
-        sampler: sampler.clone(),
-        loss,
-        guidance: 1.0,
-        checkpointing: Default::default(),
-    };
-    let n = data.captions.len();
-    let total = o.flux_steps * o.flux_stages;
-    let mut losses = Vec::with_capacity(total);
-    for stage in first_stage..o.flux_stages {
-        let mut optim: OptimizerAdaptor<AdamW, Flux<B>, B> = adamw()?.into();
-        let peak = o.flux_lr * 0.5f64.powi(stage.min(31) as i32);
-        for i in 0..o.flux_steps {
-            let step = stage * o.flux_steps + i;
-            let mut rng = SplitMix64::derive(o.seed, &[FLUX_BATCHES, step as u64]);
-            let picks: Vec<usize> = (0..o.flux_batch)
-                .map(|_| rng.below(n as u64) as usize)
-                .collect();
-            settings.guidance = (1.0 + 4.0 * rng.next_f64()) as f32;
-            let batch = flux_batch::<B>(data, &picks, o, device);
-            let draw = draw_noise(
-                o.seed,
-                step as u64,
-                0,
-                &sampler,
-                picks.len(),
-                data.tokens,
-                data.channels,
-            );
-            let out = training_step(&model, &batch, &draw, &settings)?;
-            if !out.loss.is_finite() {
-                return Err(TinyWorldError::NonFiniteLoss {
-                    step: step as u64,
-                    value: out.loss,
-                    lr: peak,
-                });
-            }
-            losses.push(out.loss);
-            let warm = ((i + 1) as f64 / 100.0).min(1.0);
-            let lr = peak * warm * (1.0 - 0.9 * i as f64 / o.flux_steps.max(1) as f64);
-            model = optim.step(lr, model, out.grads);
-            if i % 100 == 0 || i + 1 == o.flux_steps {
-                let recent = mean(&losses[losses.len().saturating_sub(100)..]);
-                progress(&format!(
-                    "transformer step {step}/{total}: loss {recent:.4} (mean of the last 100)"
-                ));
-            }
-        }
-    }
-    report.flux_loss = (
-        mean(&losses[..losses.len().min(100)]),
-        mean(&losses[losses.len().saturating_sub(100)..]),
-    );
-    report.flux_seconds = start.elapsed().as_secs_f64();
-    Ok(model.valid())
 }
 
 /// Writes the concept dataset (`dataset/`, replacing it) and the held-out prompts
