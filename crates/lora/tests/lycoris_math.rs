@@ -129,7 +129,8 @@ fn loha(seed: u64, rows: usize, d_in: usize, r: usize, alpha: f32) -> (LohaAdapt
 }
 
 /// A DoRA with random LoRA factors and magnitudes over `w` (`[d_in, d_out]`); its merged weight
-/// (Burn layout) in f64: `W + m_u·(g⊙(W + ΔW) − W)` with the per-output-channel norm.
+/// (Burn layout) in f64: `W + m_u·(g⊙(W + ΔW) − W)` with the per-output-channel norm, and
+/// each column's factor on `W`, `1 + m_u·(g − 1)`, which unmerge divides by.
 fn dora(
     seed: u64,
     w: &[f32],
@@ -138,7 +139,7 @@ fn dora(
     r: usize,
     alpha: f32,
     mult: f32,
-) -> (DoraAdapter<B>, Vec<f64>) {
+) -> (DoraAdapter<B>, Vec<f64>, Vec<f64>) {
     let (a, b) = (values(seed, d_in * r), values(seed + 1, r * d_out));
     let mag: Vec<f32> = values(seed + 2, d_out)
         .iter()
@@ -162,18 +163,20 @@ fn dora(
         .map(|(w, d)| f64::from(*w) + s * d)
         .collect();
     let mut out = f64s(w);
+    let mut factors = Vec::with_capacity(d_out);
     for c in 0..d_out {
         let norm = (0..d_in)
             .map(|i| wc[i * d_out + c].powi(2))
             .sum::<f64>()
             .sqrt();
         let g = f64::from(mag[c]) / (norm + f64::from(f32::EPSILON));
+        factors.push(1.0 + f64::from(mult) * (g - 1.0));
         for i in 0..d_in {
             let k = i * d_out + c;
             out[k] += f64::from(mult) * (g * wc[k] - f64::from(w[k]));
         }
     }
-    (adapter, out)
+    (adapter, out, factors)
 }
 
 proptest! {
@@ -215,7 +218,7 @@ proptest! {
         let w = values(seed, d_in * d_out);
         let bias = values(seed + 1, d_out);
         let bias_t = with_bias.then(|| Tensor::from_data(TensorData::new(bias.clone(), [d_out]), &dev()));
-        let (da, dora_ref) = dora(seed + 2, &w, d_in, d_out, r, alpha, mult);
+        let (da, dora_ref, factors) = dora(seed + 2, &w, d_in, d_out, r, alpha, mult);
         let mut only = LoraLinear::<B>::from_weights(tensor2(&w, d_in, d_out), None);
         only.push_lycoris("d", LycorisAdapter::Dora(da.clone())).unwrap();
         only.merge();
@@ -237,7 +240,11 @@ proptest! {
         let merged_delta = to_vec(lin.delta_weight());
         prop_assert!(max_abs_diff(&merged_delta, &delta) <= 1e-4 * scale);
         lin.unmerge();
-        prop_assert!(max_abs_diff(&to_vec(lin.weight.as_ref().unwrap().val()), &w) <= 1e-5 * scale);
+        // Unmerge divides by DoRA's factor on W, so its rounding grows as that factor nears 0
+        // (PEFT's unmerge divides the same way).
+        let smallest = factors.iter().fold(f64::INFINITY, |m, f| m.min(f.abs())) as f32;
+        let restored = max_abs_diff(&to_vec(lin.weight.as_ref().unwrap().val()), &w);
+        prop_assert!(restored <= 1e-5 * scale / smallest.min(1.0), "unmerge off by {restored}, smallest factor {smallest}");
         prop_assert!(max_abs_diff(&to_vec(lin.forward(x)), &unmerged) <= 1e-4 * scale);
     }
 
